@@ -1,0 +1,67 @@
+//! Settings shared by every process that talks to the bus.
+
+use std::time::Duration;
+
+/// How to reach Redis and how patient to be with it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BusConfig {
+    /// Redis URL (`redis://[user:password@]host:port[/db]`).
+    #[arg(long = "redis-url", env = "CHORUS_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+
+    /// Longest wait for any one Redis operation before it fails as unavailable.
+    #[arg(long = "redis-timeout", env = "CHORUS_REDIS_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub redis_timeout: Duration,
+
+    /// Largest number of pooled Redis connections for publishing and queries.
+    #[arg(long = "redis-pool-size", env = "CHORUS_REDIS_POOL_SIZE", default_value_t = 16)]
+    pub redis_pool_size: usize,
+
+    /// How long a node's registry entry (and its connections) outlives the node's last refresh.
+    /// A node that dies disappears from the nodes list within this time.
+    #[arg(long = "node-lease", env = "CHORUS_NODE_LEASE", default_value = "5s", value_parser = parse_duration)]
+    pub node_lease: Duration,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        Self {
+            redis_url: "redis://127.0.0.1:6379".into(),
+            redis_timeout: Duration::from_secs(2),
+            redis_pool_size: 16,
+            node_lease: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Parses durations like `500ms`, `2s`, `1m` (a bare number means seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map_or((s, "s"), |i| (&s[..i], &s[i..]));
+    let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}: expected e.g. 500ms, 2s, 1m"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("invalid duration unit in {s:?}: use ms, s, m or h")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("invalid duration {s:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("2 weeks").is_err());
+    }
+}

@@ -1,0 +1,56 @@
+//! The Redis key layout, in one place.
+//!
+//! Every key and pub/sub channel of a Chorus channel carries the channel name in a `{...}`
+//! hash tag, so all of one channel's keys hash to one slot and the layout works unchanged on
+//! Redis Cluster. Channel names cannot contain braces (see `chorus_protocol::channel`).
+
+/// Prefix of every key Chorus writes.
+pub const PREFIX: &str = "chorus";
+
+/// The pub/sub channel that carries a channel's envelopes.
+pub fn pubsub(channel: &str) -> String {
+    format!("{PREFIX}.pub.{{{channel}}}")
+}
+
+/// The channel name back from its pub/sub channel, if it is one of Chorus's.
+pub fn channel_of_pubsub(pubsub: &str) -> Option<&str> {
+    pubsub
+        .strip_prefix(PREFIX)?
+        .strip_prefix(".pub.{")?
+        .strip_suffix('}')
+}
+
+/// Hash with a channel's metadata: `epoch` and `offset` (the newest publication's offset).
+pub fn meta(channel: &str) -> String {
+    format!("{PREFIX}:meta:{{{channel}}}")
+}
+
+/// Sorted set of live node ids, scored by lease expiry (ms since the Unix epoch).
+pub fn nodes() -> String {
+    format!("{PREFIX}:nodes")
+}
+
+/// Hash with one node's description (`address`, `started_at_ms`); expires with its lease.
+pub fn node(id: &str) -> String {
+    format!("{PREFIX}:node:{{{id}}}")
+}
+
+/// Hash of one node's connections: client id → JSON `{user, connected_at_ms}`; expires with
+/// the node's lease.
+pub fn node_connections(id: &str) -> String {
+    format!("{PREFIX}:node:{{{id}}}:conns")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pubsub_names_round_trip_and_carry_a_hash_tag() {
+        let p = pubsub("chat:room");
+        assert_eq!(p, "chorus.pub.{chat:room}");
+        assert_eq!(channel_of_pubsub(&p), Some("chat:room"));
+        assert_eq!(channel_of_pubsub("other"), None);
+        assert_eq!(meta("news"), "chorus:meta:{news}");
+    }
+}

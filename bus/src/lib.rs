@@ -1,0 +1,238 @@
+//! The bus: how a publication travels from whoever publishes it to every gateway with a
+//! subscriber on its channel, and the cluster bookkeeping that rides alongside.
+//!
+//! Both services use this crate. broker-api (and a gateway, for client publishes) calls
+//! [`Bus::publish`]; the bus assigns the channel's next offset and hands the resulting
+//! [`Envelope`] to every gateway whose [`NodeLink`] wants that channel. A gateway attaches to
+//! the bus once with [`Bus::attach`], giving a [`BusSink`] that receives envelopes, and then
+//! says which channels it wants as its local subscriptions come and go.
+//!
+//! Two implementations sit behind the one [`Bus`] type:
+//! - [`redis`]: the production bus. A Lua script per publish assigns the offset and PUBLISHes
+//!   the envelope; each gateway holds one RESP3 pub/sub connection; nodes and their
+//!   connections are registered under short leases. Key names live in [`keys`].
+//! - [`memory`]: the single-process bus used by `chorus` with no Redis. Same contract, same
+//!   callers.
+
+pub mod config;
+pub mod error;
+pub mod keys;
+pub mod logging;
+pub mod memory;
+pub mod redis;
+mod wanted;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+pub use chorus_protocol::bus::Envelope;
+pub use config::BusConfig;
+pub use error::BusError;
+pub use wanted::ChannelReady;
+
+/// A message to publish on one channel.
+#[derive(Debug, Clone, Default)]
+pub struct Publish {
+    pub channel: String,
+    pub data: Bytes,
+    /// The client id of a publishing client that does not want its own message back.
+    pub exclude_client: String,
+}
+
+/// Where a publication landed in its channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub offset: u64,
+    pub epoch: String,
+}
+
+/// A channel's current position: its epoch and the offset of its newest publication
+/// (0 and an empty epoch for a channel never published to).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Position {
+    pub offset: u64,
+    pub epoch: String,
+}
+
+/// A live gateway node, as the registry reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub id: String,
+    /// Where clients reach the node (its advertised WebSocket address).
+    pub address: String,
+    pub connections: u64,
+    pub started_at_ms: i64,
+}
+
+/// One client connection, as registered in the node registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionInfo {
+    pub client: String,
+    pub user: String,
+    pub connected_at_ms: i64,
+}
+
+/// Receives every envelope for the channels a node wants.
+///
+/// Called from the bus's reader task, in channel order. It must never block or wait: a slow
+/// sink would stall every channel of the node (and Redis drops pub/sub readers that fall behind).
+pub trait BusSink: Send + Sync + 'static {
+    fn publication(&self, envelope: Envelope);
+}
+
+/// The bus, shared by cloning.
+#[derive(Clone)]
+pub enum Bus {
+    Redis(Arc<redis::RedisBus>),
+    Memory(Arc<memory::MemoryBus>),
+}
+
+impl Bus {
+    /// The in-memory bus of the single-process mode.
+    pub fn memory() -> Self {
+        Bus::Memory(Arc::new(memory::MemoryBus::default()))
+    }
+
+    /// A Redis bus. Connects lazily: this fails only on a malformed configuration, so a
+    /// service can start while Redis is down and report it through readiness.
+    pub fn redis(config: &BusConfig) -> Result<Self, BusError> {
+        Ok(Bus::Redis(Arc::new(redis::RedisBus::new(config)?)))
+    }
+
+    /// Publishes one message. Returns only after the bus accepted it and assigned its offset.
+    pub async fn publish(&self, msg: Publish) -> Result<Published, BusError> {
+        chorus_protocol::channel::validate(&msg.channel)?;
+        match self {
+            Bus::Redis(b) => b.publish(msg).await,
+            Bus::Memory(b) => Ok(b.publish(msg)),
+        }
+    }
+
+    /// Publishes one message to many channels; one result per channel, in order.
+    pub async fn broadcast(&self, channels: &[String], data: Bytes) -> Vec<Result<Published, BusError>> {
+        match self {
+            Bus::Redis(b) => b.broadcast(channels, data).await,
+            Bus::Memory(b) => channels
+                .iter()
+                .map(|channel| {
+                    chorus_protocol::channel::validate(channel)?;
+                    Ok(b.publish(Publish {
+                        channel: channel.clone(),
+                        data: data.clone(),
+                        exclude_client: String::new(),
+                    }))
+                })
+                .collect(),
+        }
+    }
+
+    /// A channel's current position.
+    pub async fn position(&self, channel: &str) -> Result<Position, BusError> {
+        match self {
+            Bus::Redis(b) => b.position(channel).await,
+            Bus::Memory(b) => Ok(b.position(channel)),
+        }
+    }
+
+    /// The live gateway nodes.
+    pub async fn nodes(&self) -> Result<Vec<NodeInfo>, BusError> {
+        match self {
+            Bus::Redis(b) => b.nodes().await,
+            Bus::Memory(b) => Ok(b.nodes()),
+        }
+    }
+
+    /// Whether the bus can currently publish (Redis reachable).
+    pub async fn check(&self) -> Result<(), BusError> {
+        match self {
+            Bus::Redis(b) => b.check().await,
+            Bus::Memory(_) => Ok(()),
+        }
+    }
+
+    /// Attaches a gateway node: registers it and starts delivering wanted channels to `sink`.
+    pub fn attach(&self, node: NodeInfo, sink: Arc<dyn BusSink>) -> NodeLink {
+        match self {
+            Bus::Redis(b) => NodeLink::Redis(b.attach(node, sink)),
+            Bus::Memory(b) => NodeLink::Memory(b.attach(node, sink)),
+        }
+    }
+}
+
+/// A gateway's attachment to the bus: its channel subscriptions and its registry entry.
+///
+/// `want`/`unwant` are synchronous and ordered so the hub can call them under its own lock
+/// when a channel's first local subscriber arrives or its last one leaves; the bus reconciles
+/// its real subscriptions with the wanted set in the background (and again after every
+/// reconnect).
+pub enum NodeLink {
+    Redis(redis::RedisLink),
+    Memory(memory::MemoryLink),
+}
+
+impl NodeLink {
+    /// Starts (or keeps) receiving `channel`. Await the returned [`ChannelReady`] before
+    /// telling a client it is subscribed.
+    pub fn want(&self, channel: &str) -> ChannelReady {
+        match self {
+            NodeLink::Redis(l) => l.want(channel),
+            NodeLink::Memory(l) => l.want(channel),
+        }
+    }
+
+    /// Stops receiving `channel`.
+    pub fn unwant(&self, channel: &str) {
+        match self {
+            NodeLink::Redis(l) => l.unwant(channel),
+            NodeLink::Memory(l) => l.unwant(channel),
+        }
+    }
+
+    /// Whether the node's link to the bus is up (for `/readyz`).
+    pub fn is_ready(&self) -> bool {
+        match self {
+            NodeLink::Redis(l) => l.is_ready(),
+            NodeLink::Memory(_) => true,
+        }
+    }
+
+    /// Records a new client connection in the registry. Never waits.
+    pub fn connection_opened(&self, conn: ConnectionInfo) {
+        match self {
+            NodeLink::Redis(l) => l.connection_opened(conn),
+            NodeLink::Memory(l) => l.connection_opened(conn),
+        }
+    }
+
+    /// Removes a client connection from the registry. Never waits.
+    pub fn connection_closed(&self, client: &str) {
+        match self {
+            NodeLink::Redis(l) => l.connection_closed(client),
+            NodeLink::Memory(l) => l.connection_closed(client),
+        }
+    }
+
+    /// Detaches: stops the background tasks and removes the node from the registry.
+    pub async fn detach(&self) {
+        match self {
+            NodeLink::Redis(l) => l.detach().await,
+            NodeLink::Memory(l) => l.detach(),
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_millis() as i64
+}
+
+/// A fresh random epoch: identifies one life of a channel's offset sequence.
+pub fn new_epoch() -> String {
+    let bytes: [u8; 6] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

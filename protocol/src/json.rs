@@ -1,0 +1,284 @@
+//! The JSON form of the client protocol, carried in WebSocket text frames.
+//!
+//! A command is an object with an `id` and exactly one key naming the command:
+//! `{"id":1,"subscribe":{"channel":"news"}}`. A reply echoes the id and carries either the
+//! command's result under the same key or an `error`: `{"id":1,"subscribe":{"epoch":"…","offset":0}}`,
+//! `{"id":1,"error":{"code":102,"message":"…"}}`. Pushes carry no id: `{"pub":{…}}`,
+//! `{"disconnect":{…}}`.
+//!
+//! Message data is JSON in JSON frames: a publication whose data is valid JSON is embedded as
+//! is under `data`. Data that is not JSON (published in binary by a protobuf client or the
+//! gRPC API) is sent as base64 under `b64data` instead, so a JSON client never receives a frame
+//! it cannot parse.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value, json};
+
+use crate::client::{self, command, push, reply, server_frame};
+use crate::codes::ErrorCode;
+use crate::wire::DecodeError;
+
+#[derive(Deserialize)]
+struct RawCommand<'a> {
+    #[serde(default)]
+    id: Option<Value>,
+    #[serde(default)]
+    connect: Option<ConnectBody>,
+    #[serde(default)]
+    subscribe: Option<ChannelBody>,
+    #[serde(default)]
+    unsubscribe: Option<ChannelBody>,
+    #[serde(default, borrow)]
+    publish: Option<PublishBody<'a>>,
+    #[serde(default)]
+    ping: Option<Map<String, Value>>,
+}
+
+#[derive(Deserialize)]
+struct ConnectBody {
+    #[serde(default)]
+    token: String,
+    #[serde(default)]
+    name: String,
+}
+
+#[derive(Deserialize)]
+struct ChannelBody {
+    channel: String,
+}
+
+#[derive(Deserialize)]
+struct PublishBody<'a> {
+    channel: String,
+    #[serde(borrow)]
+    data: &'a RawValue,
+    #[serde(default)]
+    echo: bool,
+}
+
+/// Decodes one JSON command.
+pub fn decode_command(bytes: &[u8]) -> Result<client::Command, DecodeError> {
+    // The id is recovered first, on its own, so that even a command whose body is malformed
+    // gets an error reply the client can match to its request.
+    let raw: RawCommand<'_> = match serde_json::from_slice(bytes) {
+        Ok(raw) => raw,
+        Err(e) => {
+            return Err(DecodeError {
+                id: id_of_malformed(bytes),
+                error: ErrorCode::BadRequest.with(format!("invalid JSON command: {e}")),
+            });
+        }
+    };
+    let id = match raw.id {
+        Some(Value::Number(n)) => n.as_u64().and_then(|n| u32::try_from(n).ok()),
+        _ => None,
+    }
+    .filter(|id| *id != 0);
+    let Some(id) = id else {
+        return Err(DecodeError {
+            id: 0,
+            error: ErrorCode::BadRequest.with("command needs an \"id\": an integer from 1 to 4294967295"),
+        });
+    };
+    let mut bodies = Vec::with_capacity(1);
+    if let Some(c) = raw.connect {
+        bodies.push(command::Body::Connect(client::ConnectRequest {
+            token: c.token,
+            name: c.name,
+        }));
+    }
+    if let Some(s) = raw.subscribe {
+        bodies.push(command::Body::Subscribe(client::SubscribeRequest {
+            channel: s.channel,
+        }));
+    }
+    if let Some(u) = raw.unsubscribe {
+        bodies.push(command::Body::Unsubscribe(client::UnsubscribeRequest {
+            channel: u.channel,
+        }));
+    }
+    if let Some(p) = raw.publish {
+        bodies.push(command::Body::Publish(client::PublishRequest {
+            channel: p.channel,
+            data: Bytes::copy_from_slice(p.data.get().as_bytes()),
+            echo: p.echo,
+        }));
+    }
+    if raw.ping.is_some() {
+        bodies.push(command::Body::Ping(client::PingRequest {}));
+    }
+    match bodies.len() {
+        1 => Ok(client::Command {
+            id,
+            body: bodies.pop(),
+        }),
+        0 => Err(DecodeError {
+            id,
+            error: ErrorCode::UnknownCommand
+                .with("unknown command: expected one of connect, subscribe, unsubscribe, publish, ping"),
+        }),
+        _ => Err(DecodeError {
+            id,
+            error: ErrorCode::BadRequest.with("a command must name exactly one method"),
+        }),
+    }
+}
+
+fn id_of_malformed(bytes: &[u8]) -> u32 {
+    #[derive(Deserialize)]
+    struct IdOnly {
+        id: u32,
+    }
+    serde_json::from_slice::<IdOnly>(bytes).map_or(0, |c| c.id)
+}
+
+/// Encodes one command as JSON (used by clients and tests).
+pub fn encode_command(cmd: &client::Command) -> Bytes {
+    let mut obj = Map::new();
+    obj.insert("id".into(), json!(cmd.id));
+    let (key, body) = match &cmd.body {
+        Some(command::Body::Connect(c)) => ("connect", json!({"token": c.token, "name": c.name})),
+        Some(command::Body::Subscribe(s)) => ("subscribe", json!({"channel": s.channel})),
+        Some(command::Body::Unsubscribe(u)) => ("unsubscribe", json!({"channel": u.channel})),
+        Some(command::Body::Publish(p)) => {
+            let data: Value = serde_json::from_slice(&p.data).unwrap_or(Value::Null);
+            (
+                "publish",
+                json!({"channel": p.channel, "data": data, "echo": p.echo}),
+            )
+        }
+        Some(command::Body::Ping(_)) | None => ("ping", json!({})),
+    };
+    obj.insert(key.into(), body);
+    Bytes::from(Value::Object(obj).to_string())
+}
+
+/// Encodes one server frame (a reply or a push) as JSON.
+pub fn encode_frame(frame: &client::ServerFrame) -> Bytes {
+    let value = match &frame.frame {
+        Some(server_frame::Frame::Reply(r)) => reply_value(r),
+        Some(server_frame::Frame::Push(p)) => push_value(p),
+        None => json!({}),
+    };
+    Bytes::from(value.to_string())
+}
+
+fn reply_value(r: &client::Reply) -> Value {
+    let mut obj = Map::new();
+    obj.insert("id".into(), json!(r.id));
+    if let Some(e) = &r.error {
+        obj.insert("error".into(), json!({"code": e.code, "message": e.message}));
+    }
+    let result = match &r.result {
+        Some(reply::Result::Connect(c)) => Some((
+            "connect",
+            json!({"client": c.client, "node": c.node, "version": c.version, "ping_interval": c.ping_interval}),
+        )),
+        Some(reply::Result::Subscribe(s)) => {
+            Some(("subscribe", json!({"epoch": s.epoch, "offset": s.offset})))
+        }
+        Some(reply::Result::Unsubscribe(_)) => Some(("unsubscribe", json!({}))),
+        Some(reply::Result::Publish(p)) => {
+            Some(("publish", json!({"offset": p.offset, "epoch": p.epoch})))
+        }
+        Some(reply::Result::Ping(_)) => Some(("ping", json!({}))),
+        None => None,
+    };
+    if let Some((key, v)) = result {
+        obj.insert(key.into(), v);
+    }
+    Value::Object(obj)
+}
+
+fn push_value(p: &client::Push) -> Value {
+    match &p.body {
+        Some(push::Body::Publication(p)) => {
+            let mut body = Map::new();
+            body.insert("channel".into(), json!(p.channel));
+            body.insert("offset".into(), json!(p.offset));
+            body.insert("epoch".into(), json!(p.epoch));
+            match serde_json::from_slice::<Value>(&p.data) {
+                Ok(data) => body.insert("data".into(), data),
+                Err(_) => body.insert("b64data".into(), json!(BASE64.encode(&p.data))),
+            };
+            json!({ "pub": body })
+        }
+        Some(push::Body::Disconnect(d)) => {
+            json!({"disconnect": {"code": d.code, "reason": d.reason, "reconnect": d.reconnect}})
+        }
+        None => json!({}),
+    }
+}
+
+/// Decodes one JSON server frame (used by clients and tests). Publication data comes back as
+/// the JSON text of `data`, or the decoded bytes of `b64data`.
+pub fn decode_frame(bytes: &[u8]) -> Result<client::ServerFrame, serde_json::Error> {
+    let v: Value = serde_json::from_slice(bytes)?;
+    let bad = |what: &str| <serde_json::Error as serde::de::Error>::custom(what);
+    let str_of = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+    let u64_of = |v: &Value, k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
+    if let Some(p) = v.get("pub") {
+        let data = match (p.get("data"), p.get("b64data").and_then(Value::as_str)) {
+            (Some(d), _) => Bytes::from(d.to_string()),
+            (None, Some(b)) => Bytes::from(BASE64.decode(b).map_err(|_| bad("bad b64data"))?),
+            (None, None) => Bytes::new(),
+        };
+        let publication = client::Publication {
+            channel: str_of(p, "channel"),
+            offset: u64_of(p, "offset"),
+            epoch: str_of(p, "epoch"),
+            data,
+        };
+        return Ok(push_frame(push::Body::Publication(publication)));
+    }
+    if let Some(d) = v.get("disconnect") {
+        let disconnect = client::Disconnect {
+            code: u32::try_from(u64_of(d, "code")).map_err(|_| bad("bad code"))?,
+            reason: str_of(d, "reason"),
+            reconnect: d.get("reconnect").and_then(Value::as_bool).unwrap_or(false),
+        };
+        return Ok(push_frame(push::Body::Disconnect(disconnect)));
+    }
+    let id = u32::try_from(u64_of(&v, "id")).map_err(|_| bad("bad id"))?;
+    let error = v.get("error").map(|e| client::Error {
+        code: u32::try_from(u64_of(e, "code")).unwrap_or(0),
+        message: str_of(e, "message"),
+    });
+    let result = if let Some(c) = v.get("connect") {
+        Some(reply::Result::Connect(client::ConnectResult {
+            client: str_of(c, "client"),
+            node: str_of(c, "node"),
+            version: str_of(c, "version"),
+            ping_interval: u32::try_from(u64_of(c, "ping_interval")).unwrap_or(0),
+        }))
+    } else if let Some(s) = v.get("subscribe") {
+        Some(reply::Result::Subscribe(client::SubscribeResult {
+            epoch: str_of(s, "epoch"),
+            offset: u64_of(s, "offset"),
+        }))
+    } else if v.get("unsubscribe").is_some() {
+        Some(reply::Result::Unsubscribe(client::UnsubscribeResult {}))
+    } else if let Some(p) = v.get("publish") {
+        Some(reply::Result::Publish(client::PublishResult {
+            offset: u64_of(p, "offset"),
+            epoch: str_of(p, "epoch"),
+        }))
+    } else if v.get("ping").is_some() {
+        Some(reply::Result::Ping(client::PingResult {}))
+    } else {
+        None
+    };
+    Ok(client::ServerFrame {
+        frame: Some(server_frame::Frame::Reply(client::Reply { id, error, result })),
+    })
+}
+
+fn push_frame(body: push::Body) -> client::ServerFrame {
+    client::ServerFrame {
+        frame: Some(server_frame::Frame::Push(client::Push { body: Some(body) })),
+    }
+}
