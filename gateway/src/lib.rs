@@ -1,1 +1,49 @@
+//! The Chorus gateway: holds client WebSocket connections and fans publications out to them.
+//!
+//! Data flows like this. [`serve`] accepts TCP connections and routes them (`server`); a
+//! `GET /ws` upgrade becomes a `session`, which reads the client's frames and runs its
+//! commands. A subscribe adds the connection to the `hub` and, for a channel's first local
+//! subscriber, makes the node's bus link want the channel. The bus delivers each envelope of a
+//! wanted channel to the hub once; the hub encodes it once per wire format and queues the same
+//! bytes on every subscriber's `conn`, whose single `writer` task puts them on the socket.
+//! A client publish goes from the session straight to the bus, like a broker-api publish.
+//!
+//! The gateway keeps no state that matters: subscriptions live in memory, messages live in
+//! the bus, and a client that loses its gateway reconnects to any other.
 
+pub mod config;
+mod conn;
+mod hub;
+mod node;
+mod server;
+mod session;
+mod writer;
+
+use std::time::Duration;
+
+use chorus_bus::Bus;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::GatewayConfig;
+
+/// Runs a gateway node on `listener` until `shutdown` is cancelled, then closes every client
+/// connection (close code 3000, after a `disconnect` push with `reconnect: true`) and leaves
+/// the cluster registry.
+///
+/// `bus_timeout` bounds every wait on the bus on a client's behalf.
+pub async fn serve(
+    listener: TcpListener,
+    bus: Bus,
+    config: GatewayConfig,
+    bus_timeout: Duration,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let local = listener.local_addr()?;
+    let node = node::Node::start(bus, config, bus_timeout, local.to_string(), shutdown);
+    tracing::info!(node = %node.id, address = %local, "gateway listening");
+    server::accept_loop(listener, node.clone()).await;
+    tracing::info!(node = %node.id, connections = node.connection_count(), channels = node.hub.channel_count(), "gateway stopped");
+    node.link.detach().await;
+    Ok(())
+}

@@ -69,7 +69,14 @@ mod tests {
 
     #[test]
     fn accepts_plain_and_namespaced_names() {
-        for ok in ["news", "chat:room-1", "a", "feed:user#42,43", "ns:a:b", "x.y/z@q=1"] {
+        for ok in [
+            "news",
+            "chat:room-1",
+            "a",
+            "feed:user#42,43",
+            "ns:a:b",
+            "x.y/z@q=1",
+        ] {
             assert_eq!(validate(ok), Ok(()), "{ok}");
         }
         assert_eq!(validate(&"a".repeat(MAX_CHANNEL_LEN)), Ok(()));

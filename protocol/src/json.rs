@@ -14,7 +14,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
@@ -81,7 +81,8 @@ pub fn decode_command(bytes: &[u8]) -> Result<client::Command, DecodeError> {
     let Some(id) = id else {
         return Err(DecodeError {
             id: 0,
-            error: ErrorCode::BadRequest.with("command needs an \"id\": an integer from 1 to 4294967295"),
+            error: ErrorCode::BadRequest
+                .with("command needs an \"id\": an integer from 1 to 4294967295"),
         });
     };
     let mut bodies = Vec::with_capacity(1);
@@ -118,8 +119,9 @@ pub fn decode_command(bytes: &[u8]) -> Result<client::Command, DecodeError> {
         }),
         0 => Err(DecodeError {
             id,
-            error: ErrorCode::UnknownCommand
-                .with("unknown command: expected one of connect, subscribe, unsubscribe, publish, ping"),
+            error: ErrorCode::UnknownCommand.with(
+                "unknown command: expected one of connect, subscribe, unsubscribe, publish, ping",
+            ),
         }),
         _ => Err(DecodeError {
             id,
@@ -161,7 +163,11 @@ pub fn encode_command(cmd: &client::Command) -> Bytes {
 pub fn encode_frame(frame: &client::ServerFrame) -> Bytes {
     let value = match &frame.frame {
         Some(server_frame::Frame::Reply(r)) => reply_value(r),
-        Some(server_frame::Frame::Push(p)) => push_value(p),
+        Some(server_frame::Frame::Push(p)) => match &p.body {
+            Some(push::Body::Publication(p)) => return encode_publication(p),
+            Some(push::Body::Disconnect(d)) => disconnect_value(d),
+            None => json!({}),
+        },
         None => json!({}),
     };
     Bytes::from(value.to_string())
@@ -171,7 +177,10 @@ fn reply_value(r: &client::Reply) -> Value {
     let mut obj = Map::new();
     obj.insert("id".into(), json!(r.id));
     if let Some(e) = &r.error {
-        obj.insert("error".into(), json!({"code": e.code, "message": e.message}));
+        obj.insert(
+            "error".into(),
+            json!({"code": e.code, "message": e.message}),
+        );
     }
     let result = match &r.result {
         Some(reply::Result::Connect(c)) => Some((
@@ -194,24 +203,43 @@ fn reply_value(r: &client::Reply) -> Value {
     Value::Object(obj)
 }
 
-fn push_value(p: &client::Push) -> Value {
-    match &p.body {
-        Some(push::Body::Publication(p)) => {
-            let mut body = Map::new();
-            body.insert("channel".into(), json!(p.channel));
-            body.insert("offset".into(), json!(p.offset));
-            body.insert("epoch".into(), json!(p.epoch));
-            match serde_json::from_slice::<Value>(&p.data) {
-                Ok(data) => body.insert("data".into(), data),
-                Err(_) => body.insert("b64data".into(), json!(BASE64.encode(&p.data))),
-            };
-            json!({ "pub": body })
-        }
-        Some(push::Body::Disconnect(d)) => {
-            json!({"disconnect": {"code": d.code, "reason": d.reason, "reconnect": d.reconnect}})
-        }
-        None => json!({}),
+fn disconnect_value(d: &client::Disconnect) -> Value {
+    json!({"disconnect": {"code": d.code, "reason": d.reason, "reconnect": d.reconnect}})
+}
+
+/// The JSON text of a publication push. Built directly (not through [`Value`]) because this is
+/// the fan-out path, and because JSON data must reach clients exactly as published: same
+/// number precision, same key order, same whitespace.
+fn encode_publication(p: &client::Publication) -> Bytes {
+    #[derive(Serialize)]
+    struct Pub<'a> {
+        channel: &'a str,
+        offset: u64,
+        epoch: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        data: Option<&'a RawValue>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        b64data: Option<String>,
     }
+    #[derive(Serialize)]
+    struct Push<'a> {
+        #[serde(rename = "pub")]
+        publication: Pub<'a>,
+    }
+    let data = std::str::from_utf8(&p.data)
+        .ok()
+        .and_then(|text| serde_json::from_str::<&RawValue>(text).ok());
+    let push = Push {
+        publication: Pub {
+            channel: &p.channel,
+            offset: p.offset,
+            epoch: &p.epoch,
+            b64data: data.is_none().then(|| BASE64.encode(&p.data)),
+            data,
+        },
+    };
+    // Serialising plain strings, integers and an already-valid RawValue cannot fail.
+    Bytes::from(serde_json::to_vec(&push).unwrap_or_default())
 }
 
 /// Decodes one JSON server frame (used by clients and tests). Publication data comes back as
@@ -273,7 +301,11 @@ pub fn decode_frame(bytes: &[u8]) -> Result<client::ServerFrame, serde_json::Err
         None
     };
     Ok(client::ServerFrame {
-        frame: Some(server_frame::Frame::Reply(client::Reply { id, error, result })),
+        frame: Some(server_frame::Frame::Reply(client::Reply {
+            id,
+            error,
+            result,
+        })),
     })
 }
 

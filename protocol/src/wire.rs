@@ -156,8 +156,11 @@ mod tests {
         assert_eq!((e.id, e.error.code), (4, ErrorCode::BadRequest.code()));
         let e = decode_command(Format::Json, br#"{"subscribe":{"channel":"a"}}"#).unwrap_err();
         assert_eq!((e.id, e.error.code), (0, ErrorCode::BadRequest.code()));
-        let e = decode_command(Format::Json, br#"{"id":2,"ping":{},"subscribe":{"channel":"a"}}"#)
-            .unwrap_err();
+        let e = decode_command(
+            Format::Json,
+            br#"{"id":2,"ping":{},"subscribe":{"channel":"a"}}"#,
+        )
+        .unwrap_err();
         assert_eq!((e.id, e.error.code), (2, ErrorCode::BadRequest.code()));
     }
 
@@ -187,10 +190,22 @@ mod tests {
         let text = encode_frame(Format::Json, &publication(br#"{"n":1}"#));
         assert_eq!(
             &text[..],
-            br#"{"pub":{"channel":"chat:room","data":{"n":1},"epoch":"e1","offset":7}}"#
+            br#"{"pub":{"channel":"chat:room","offset":7,"epoch":"e1","data":{"n":1}}}"#
         );
         let bin = encode_frame(Format::Json, &publication(&[0, 1]));
-        assert!(std::str::from_utf8(&bin).unwrap().contains(r#""b64data":"AAE=""#));
+        assert!(
+            std::str::from_utf8(&bin)
+                .unwrap()
+                .contains(r#""b64data":"AAE=""#)
+        );
+    }
+
+    #[test]
+    fn json_publication_data_is_passed_through_byte_for_byte() {
+        let raw = br#"{ "z": 1, "a": 12345678901234567890123, "x": 0.10000000000000000001 }"#;
+        let text = encode_frame(Format::Json, &publication(raw));
+        let text = std::str::from_utf8(&text).unwrap();
+        assert!(text.contains(std::str::from_utf8(raw).unwrap()), "{text}");
     }
 
     #[test]

@@ -4,12 +4,15 @@
 //!   dropped, so every test has its own Redis and no test depends on another's state.
 //! - [`WsClient`] is a real WebSocket client (tokio-tungstenite, independent of the gateway's
 //!   own WebSocket library) speaking Chorus's client protocol in either format.
+//! - [`Process`] runs a Chorus binary as a child process that a test can SIGKILL.
 
+mod process;
 mod redis_server;
 mod ws_client;
 
+pub use process::{Process, eventually, wait_http_ok};
 pub use redis_server::RedisServer;
-pub use ws_client::WsClient;
+pub use ws_client::{Closed, WAIT, WsClient};
 
 use std::net::{SocketAddr, TcpListener};
 

@@ -60,7 +60,10 @@ impl RedisServer {
             .output()
             .context("running redis-cli")?;
         if !out.status.success() {
-            bail!("redis-cli {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "redis-cli {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(String::from_utf8_lossy(&out.stdout)
             .lines()
@@ -83,11 +86,17 @@ impl RedisServer {
         // Wait for the server to accept connections: PING until PONG, with a deadline.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if self.cli(&["PING"]).is_ok_and(|l| l.first().is_some_and(|p| p == "PONG")) {
+            if self
+                .cli(&["PING"])
+                .is_ok_and(|l| l.first().is_some_and(|p| p == "PONG"))
+            {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("redis-server on port {} did not answer within 10s", self.port);
+                bail!(
+                    "redis-server on port {} did not answer within 10s",
+                    self.port
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }

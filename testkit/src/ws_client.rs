@@ -51,7 +51,10 @@ impl WsClient {
     }
 
     /// Opens and sends `connect`; returns the connect result.
-    pub async fn connect(url: &str, format: Format) -> anyhow::Result<(Self, client::ConnectResult)> {
+    pub async fn connect(
+        url: &str,
+        format: Format,
+    ) -> anyhow::Result<(Self, client::ConnectResult)> {
         let mut c = Self::open(url, format).await?;
         let reply = c
             .request(command::Body::Connect(client::ConnectRequest::default()))
@@ -70,7 +73,8 @@ impl WsClient {
             id,
             body: Some(body),
         };
-        self.send_raw(wire::encode_command(self.format, &cmd)).await?;
+        self.send_raw(wire::encode_command(self.format, &cmd))
+            .await?;
         self.reply_to(id).await
     }
 
@@ -97,7 +101,11 @@ impl WsClient {
         .await
     }
 
-    pub async fn publish(&mut self, channel: &str, data: &[u8]) -> anyhow::Result<client::PublishResult> {
+    pub async fn publish(
+        &mut self,
+        channel: &str,
+        data: &[u8],
+    ) -> anyhow::Result<client::PublishResult> {
         let reply = self
             .ok(command::Body::Publish(client::PublishRequest {
                 channel: channel.into(),
@@ -155,14 +163,35 @@ impl WsClient {
                 .ok_or_else(|| anyhow!("connection ended"))?
                 .context("reading a frame")?;
             let bytes = match msg {
-                Message::Text(t) if self.format == Format::Json => Bytes::from(t.as_bytes().to_vec()),
+                Message::Text(t) if self.format == Format::Json => {
+                    Bytes::from(t.as_bytes().to_vec())
+                }
                 Message::Binary(b) if self.format == Format::Protobuf => b,
                 Message::Ping(_) | Message::Pong(_) => continue,
                 Message::Close(c) => bail!("connection closed: {c:?}"),
                 other => bail!("unexpected frame kind for {:?}: {other:?}", self.format),
             };
-            return wire::decode_frame(self.format, &bytes).map_err(|e| anyhow!("bad server frame: {e}"));
+            return wire::decode_frame(self.format, &bytes)
+                .map_err(|e| anyhow!("bad server frame: {e}"));
         }
+    }
+
+    /// Reads until the server has sent `n` WebSocket pings (answered automatically), failing
+    /// on any other frame or a close.
+    pub async fn wait_pings(&mut self, n: usize) -> anyhow::Result<()> {
+        let mut seen = 0;
+        while seen < n {
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .context("no ping within the wait")?
+                .ok_or_else(|| anyhow!("connection ended"))?
+                .context("reading a frame")?;
+            match msg {
+                Message::Ping(_) => seen += 1,
+                other => bail!("expected a ping, got {other:?}"),
+            }
+        }
+        Ok(())
     }
 
     /// Waits for the server to close the connection and returns its close code and reason.
@@ -179,7 +208,12 @@ impl WsClient {
                         reason: reason.to_string(),
                     });
                 }
-                Some(Ok(Message::Close(None))) => return Ok(Closed { code: 1005, reason: String::new() }),
+                Some(Ok(Message::Close(None))) => {
+                    return Ok(Closed {
+                        code: 1005,
+                        reason: String::new(),
+                    });
+                }
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => bail!("connection failed instead of closing: {e}"),
                 None => bail!("connection ended without a close frame"),

@@ -1,0 +1,88 @@
+//! `chorus`: the whole of Chorus in one process — a gateway, the broker API and an in-memory
+//! bus — with the demo page at `/`. Needs no Redis. It runs the same gateway and broker-api
+//! code as a cluster; only the bus differs.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use chorus_broker_api::BrokerConfig;
+use chorus_bus::Bus;
+use chorus_bus::logging::{self, LogConfig};
+use chorus_gateway::GatewayConfig;
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+/// The API key used when none is configured, so a first run works out of the box.
+const DEV_API_KEY: &str = "dev-key";
+
+/// Chorus in one process: WebSocket gateway, broker API (HTTP and gRPC) and an in-memory bus.
+#[derive(Parser)]
+#[command(name = "chorus", version)]
+struct Cli {
+    #[command(flatten)]
+    gateway: GatewayConfig,
+    #[command(flatten)]
+    api: BrokerConfig,
+    #[command(flatten)]
+    log: LogConfig,
+    /// Do not serve the demo page at `/`.
+    #[arg(long = "no-demo-page", env = "CHORUS_NO_DEMO_PAGE")]
+    no_demo_page: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut cli = Cli::parse();
+    logging::init(&cli.log);
+    cli.gateway.demo_page = !cli.no_demo_page;
+    if cli.api.api_keys.iter().all(|k| k.trim().is_empty()) {
+        tracing::warn!(
+            key = DEV_API_KEY,
+            "no --api-key given; using the development key"
+        );
+        cli.api.api_keys = vec![DEV_API_KEY.into()];
+    }
+
+    let bus = Bus::memory();
+    let shutdown = CancellationToken::new();
+    let gateway_listener = tokio::net::TcpListener::bind(cli.gateway.listen)
+        .await
+        .with_context(|| format!("binding the gateway to {}", cli.gateway.listen))?;
+    let api_listener = tokio::net::TcpListener::bind(&cli.api.listen)
+        .await
+        .with_context(|| format!("binding the broker API to {}", cli.api.listen))?;
+    let ws = gateway_listener.local_addr()?;
+    let api = api_listener.local_addr()?;
+    tracing::info!("Chorus is running in one process with an in-memory bus");
+    if cli.gateway.demo_page {
+        tracing::info!("demo page:  http://{}/", display(ws));
+    }
+    tracing::info!("WebSocket:  ws://{}/ws", display(ws));
+    tracing::info!(
+        "server API: http://{}/api/ (HTTP JSON and gRPC; Authorization: Bearer <key>)",
+        display(api)
+    );
+
+    tokio::spawn(chorus_bus::shutdown::on_signal(shutdown.clone()));
+    let gateway = chorus_gateway::serve(
+        gateway_listener,
+        bus.clone(),
+        cli.gateway,
+        Duration::from_secs(2),
+        shutdown.clone(),
+    );
+    let broker = chorus_broker_api::serve(api_listener, bus, cli.api, shutdown.clone());
+    let (gateway, broker) = tokio::join!(gateway, broker);
+    gateway.context("gateway")?;
+    broker.context("broker API")?;
+    Ok(())
+}
+
+/// A listen address as a person would type it in a browser: `0.0.0.0` becomes `127.0.0.1`.
+fn display(addr: std::net::SocketAddr) -> std::net::SocketAddr {
+    if addr.ip().is_unspecified() {
+        std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()))
+    } else {
+        addr
+    }
+}

@@ -1,0 +1,195 @@
+//! A connection's handle: how the hub and the session reach one client's socket.
+//!
+//! Everything bound for the client goes through one bounded queue to one writer task, so the
+//! reader, the hub and the heartbeat never write to the socket themselves and never wait on it.
+//! The queue is bounded twice — in frames and in bytes — and a client whose queue overflows is
+//! closed as a slow consumer rather than allowed to grow the gateway's memory. Closing has its
+//! own path that bypasses the queue, so a full queue can always be closed.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use chorus_protocol::wire::Format;
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// One item for the writer.
+#[derive(Debug)]
+pub(crate) enum Outgoing {
+    /// A data frame in the connection's format (text for JSON, binary for protobuf).
+    Data(Bytes),
+    /// A pong answering the client's ping.
+    Pong(Bytes),
+    /// The echo of the client's close frame; the writer sends it and stops.
+    CloseEcho(Bytes),
+}
+
+impl Outgoing {
+    fn cost(&self) -> usize {
+        match self {
+            Outgoing::Data(b) | Outgoing::Pong(b) | Outgoing::CloseEcho(b) => b.len(),
+        }
+    }
+}
+
+/// Why a frame could not be queued.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum QueueFull {
+    Overflow,
+    Closed,
+}
+
+pub(crate) struct Conn {
+    /// Cluster-unique client id (`<node>-<n>`).
+    pub(crate) client: String,
+    pub(crate) format: Format,
+    tx: mpsc::Sender<Outgoing>,
+    queued_bytes: AtomicUsize,
+    max_bytes: usize,
+    close_frame: Mutex<Option<(u16, String)>>,
+    /// Cancelled when the connection is ending, for whatever reason.
+    pub(crate) closing: CancellationToken,
+}
+
+pub(crate) struct ConnQueue {
+    pub(crate) rx: mpsc::Receiver<Outgoing>,
+}
+
+impl Conn {
+    pub(crate) fn new(
+        client: String,
+        format: Format,
+        max_frames: usize,
+        max_bytes: usize,
+    ) -> (Self, ConnQueue) {
+        let (tx, rx) = mpsc::channel(max_frames.max(1));
+        let conn = Self {
+            client,
+            format,
+            tx,
+            queued_bytes: AtomicUsize::new(0),
+            max_bytes,
+            close_frame: Mutex::new(None),
+            closing: CancellationToken::new(),
+        };
+        (conn, ConnQueue { rx })
+    }
+
+    /// Queues an item without waiting.
+    pub(crate) fn send(&self, item: Outgoing) -> Result<(), QueueFull> {
+        let cost = item.cost();
+        let before = self.queued_bytes.fetch_add(cost, Ordering::Relaxed);
+        if before + cost > self.max_bytes && before > 0 {
+            self.queued_bytes.fetch_sub(cost, Ordering::Relaxed);
+            return Err(QueueFull::Overflow);
+        }
+        match self.tx.try_send(item) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.queued_bytes.fetch_sub(cost, Ordering::Relaxed);
+                Err(match e {
+                    mpsc::error::TrySendError::Full(_) => QueueFull::Overflow,
+                    mpsc::error::TrySendError::Closed(_) => QueueFull::Closed,
+                })
+            }
+        }
+    }
+
+    /// Queues a data frame; a client that cannot keep up is closed as a slow consumer.
+    pub(crate) fn deliver(&self, frame: Bytes) {
+        if self.send(Outgoing::Data(frame)) == Err(QueueFull::Overflow) {
+            self.close(
+                chorus_protocol::codes::close::SLOW_CONSUMER,
+                "slow consumer: the client did not read fast enough",
+            );
+        }
+    }
+
+    /// The writer took an item off the queue.
+    pub(crate) fn dequeued(&self, item: &Outgoing) {
+        self.queued_bytes.fetch_sub(item.cost(), Ordering::Relaxed);
+    }
+
+    /// Bytes currently queued.
+    #[cfg(test)]
+    pub(crate) fn queued_bytes(&self) -> usize {
+        self.queued_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Closes the connection with a close frame; the first reason given wins.
+    pub(crate) fn close(&self, code: u16, reason: &str) {
+        {
+            let mut frame = self.close_frame.lock();
+            if frame.is_some() || self.closing.is_cancelled() {
+                return;
+            }
+            *frame = Some((code, reason.to_owned()));
+        }
+        self.closing.cancel();
+    }
+
+    /// Ends the connection without a close frame (the socket is already gone).
+    pub(crate) fn abandon(&self) {
+        self.closing.cancel();
+    }
+
+    /// The close frame to send, if one was asked for.
+    pub(crate) fn take_close_frame(&self) -> Option<(u16, String)> {
+        self.close_frame.lock().take()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chorus_protocol::codes::close;
+
+    #[test]
+    fn queue_is_bounded_in_bytes_and_overflow_closes_as_slow_consumer() {
+        let (conn, mut q) = Conn::new("c".into(), Format::Json, 100, 10);
+        conn.deliver(Bytes::from_static(b"123456"));
+        assert_eq!(conn.queued_bytes(), 6);
+        conn.deliver(Bytes::from_static(b"123456"));
+        assert!(conn.closing.is_cancelled());
+        assert_eq!(
+            conn.take_close_frame().map(|(c, _)| c),
+            Some(close::SLOW_CONSUMER)
+        );
+        let item = q.rx.try_recv().unwrap();
+        conn.dequeued(&item);
+        assert_eq!(conn.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn queue_is_bounded_in_frames() {
+        let (conn, _q) = Conn::new("c".into(), Format::Json, 2, 1 << 20);
+        assert_eq!(conn.send(Outgoing::Data(Bytes::from_static(b"a"))), Ok(()));
+        assert_eq!(conn.send(Outgoing::Data(Bytes::from_static(b"b"))), Ok(()));
+        assert_eq!(
+            conn.send(Outgoing::Data(Bytes::from_static(b"c"))),
+            Err(QueueFull::Overflow)
+        );
+        assert_eq!(conn.queued_bytes(), 2);
+    }
+
+    #[test]
+    fn a_single_frame_larger_than_the_byte_bound_still_goes_to_an_empty_queue() {
+        let (conn, _q) = Conn::new("c".into(), Format::Json, 8, 4);
+        assert_eq!(
+            conn.send(Outgoing::Data(Bytes::from_static(b"123456"))),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn first_close_reason_wins() {
+        let (conn, _q) = Conn::new("c".into(), Format::Json, 8, 64);
+        conn.close(close::IDLE_TIMEOUT, "idle");
+        conn.close(close::SLOW_CONSUMER, "slow");
+        assert_eq!(
+            conn.take_close_frame(),
+            Some((close::IDLE_TIMEOUT, "idle".into()))
+        );
+    }
+}

@@ -1,0 +1,91 @@
+//! The running gateway node: its identity, its link to the bus, its hub and its counters.
+//! One `Node` is shared (behind an `Arc`) by every connection the node holds.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use chorus_bus::{Bus, NodeInfo, NodeLink, now_ms};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::GatewayConfig;
+use crate::hub::Hub;
+
+pub(crate) struct Node {
+    pub(crate) id: String,
+    pub(crate) config: GatewayConfig,
+    pub(crate) bus: Bus,
+    /// Longest wait for the bus on a client's behalf (subscribe confirmation, publish).
+    pub(crate) bus_timeout: Duration,
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) link: NodeLink,
+    next_client: AtomicU64,
+    connections: AtomicUsize,
+    /// Cancelled when the node shuts down; every session watches it.
+    pub(crate) shutdown: CancellationToken,
+}
+
+impl Node {
+    pub(crate) fn start(
+        bus: Bus,
+        config: GatewayConfig,
+        bus_timeout: Duration,
+        advertise: String,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
+        let id = config
+            .node_id
+            .clone()
+            .unwrap_or_else(|| format!("gw-{}", chorus_bus::new_epoch()));
+        let hub = Arc::new(Hub::default());
+        let info = NodeInfo {
+            id: id.clone(),
+            address: config.advertise_address.clone().unwrap_or(advertise),
+            connections: 0,
+            started_at_ms: now_ms(),
+        };
+        let link = bus.attach(info, hub.clone());
+        Arc::new(Self {
+            id,
+            config,
+            bus,
+            bus_timeout,
+            hub,
+            link,
+            next_client: AtomicU64::new(1),
+            connections: AtomicUsize::new(0),
+            shutdown,
+        })
+    }
+
+    /// A cluster-unique id for a new client connection.
+    pub(crate) fn next_client_id(&self) -> String {
+        let n = self.next_client.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{n}", self.id)
+    }
+
+    /// Counts an open WebSocket connection for as long as the guard lives.
+    pub(crate) fn track_connection(self: &Arc<Self>) -> ConnectionGuard {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        ConnectionGuard { node: self.clone() }
+    }
+
+    pub(crate) fn connection_count(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Ready to take clients: the bus link is up and the node is not shutting down.
+    pub(crate) fn is_ready(&self) -> bool {
+        !self.shutdown.is_cancelled() && self.link.is_ready()
+    }
+}
+
+pub(crate) struct ConnectionGuard {
+    node: Arc<Node>,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.node.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}

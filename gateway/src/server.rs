@@ -1,0 +1,242 @@
+//! The HTTP side of the gateway: accepting TCP connections, routing `/ws`, `/healthz`,
+//! `/readyz` and the demo page, and handing upgraded WebSockets to sessions.
+//!
+//! Connections are served by hyper's HTTP/1 server with upgrades enabled and a timer, so the
+//! header-read timeout applies (a client that never finishes its request is dropped). Upgraded
+//! connections leave hyper's bookkeeping, so the node tracks them itself to wait for them on
+//! shutdown.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chorus_protocol::wire::{Format, JSON_SUBPROTOCOL, PROTOBUF_SUBPROTOCOL};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_TYPE, HeaderValue, SEC_WEBSOCKET_PROTOCOL};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::task::TaskTracker;
+
+use crate::node::Node;
+use crate::session;
+
+/// How long a client has to send its request headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for sessions to send their close frames.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+const DEMO_PAGE: &str = include_str!("../assets/demo.html");
+
+type Body = Full<Bytes>;
+
+pub(crate) async fn accept_loop(listener: TcpListener, node: Arc<Node>) {
+    let tracker = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = node.shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, _peer)) => {
+                let _ = stream.set_nodelay(true);
+                tracker.spawn(serve_http(stream, node.clone(), tracker.clone()));
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    drop(listener);
+    tracker.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after the shutdown grace; leaving them");
+    }
+}
+
+async fn serve_http(stream: TcpStream, node: Arc<Node>, tracker: TaskTracker) {
+    let service = {
+        let node = node.clone();
+        service_fn(move |req| {
+            let response = route(req, &node, &tracker);
+            std::future::ready(Ok::<_, Infallible>(response))
+        })
+    };
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        res = conn.as_mut() => {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "http connection ended with an error");
+            }
+        }
+        _ = node.shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+fn route(req: Request<Incoming>, node: &Arc<Node>, tracker: &TaskTracker) -> Response<Body> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/ws") => upgrade(req, node, tracker),
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/readyz") => {
+            if node.is_ready() {
+                text(StatusCode::OK, "ready\n")
+            } else if node.shutdown.is_cancelled() {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not ready: shutting down\n",
+                )
+            } else {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not ready: bus link down\n",
+                )
+            }
+        }
+        (&Method::GET, "/") if node.config.demo_page => {
+            let mut resp = Response::new(Body::from(DEMO_PAGE));
+            resp.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            resp
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+fn upgrade(mut req: Request<Incoming>, node: &Arc<Node>, tracker: &TaskTracker) -> Response<Body> {
+    if !fastwebsockets::upgrade::is_upgrade_request(&req) {
+        return text(
+            StatusCode::UPGRADE_REQUIRED,
+            "expected a WebSocket upgrade\n",
+        );
+    }
+    if node.shutdown.is_cancelled() {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
+    }
+    let (format, subprotocol) = match negotiate(&req) {
+        Ok(f) => f,
+        Err(msg) => return text(StatusCode::BAD_REQUEST, &msg),
+    };
+    let (response, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
+        Ok(r) => r,
+        Err(e) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                &format!("bad WebSocket upgrade: {e}\n"),
+            );
+        }
+    };
+    let node = node.clone();
+    tracker.spawn(async move {
+        match fut.await {
+            Ok(ws) => session::run(node, ws, format).await,
+            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+        }
+    });
+    let (mut parts, _) = response.into_parts();
+    if let Some(p) = subprotocol {
+        parts
+            .headers
+            .insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p));
+    }
+    Response::from_parts(parts, Body::default())
+}
+
+/// The connection's wire format: `?format=`, else the first Chorus subprotocol the client
+/// offers, else JSON; the two must not disagree. Returns the subprotocol to confirm, if the client offered one.
+fn negotiate<B>(req: &Request<B>) -> Result<(Format, Option<&'static str>), String> {
+    let offered: Vec<&str> = req
+        .headers()
+        .get_all(SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    let subprotocol = offered.iter().find_map(|p| {
+        [PROTOBUF_SUBPROTOCOL, JSON_SUBPROTOCOL]
+            .into_iter()
+            .find(|s| s == p)
+    });
+    let query = req
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("format="));
+    let format = match query {
+        Some("json") => Format::Json,
+        Some("protobuf") => Format::Protobuf,
+        Some(other) => return Err(format!("unknown format {other:?}: use json or protobuf\n")),
+        None if subprotocol == Some(PROTOBUF_SUBPROTOCOL) => Format::Protobuf,
+        None => Format::Json,
+    };
+    // A client that offers only the other format's subprotocol would see its handshake
+    // fail in the browser; say why instead.
+    if let Some(p) = subprotocol {
+        if (p == PROTOBUF_SUBPROTOCOL) != (format == Format::Protobuf) {
+            return Err(format!("?format= and the {p} subprotocol disagree\n"));
+        }
+    }
+    Ok((format, subprotocol))
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Body> {
+    let mut resp = Response::new(Body::from(body.to_owned()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(uri: &str, protocols: Option<&str>) -> Request<()> {
+        let mut b = Request::builder().uri(uri);
+        if let Some(p) = protocols {
+            b = b.header(SEC_WEBSOCKET_PROTOCOL, p);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn format_comes_from_query_then_subprotocol_then_defaults_to_json() {
+        assert_eq!(negotiate(&req("/ws", None)), Ok((Format::Json, None)));
+        assert_eq!(
+            negotiate(&req("/ws?format=protobuf", None)),
+            Ok((Format::Protobuf, None))
+        );
+        assert_eq!(
+            negotiate(&req("/ws", Some("other, chorus-protobuf"))),
+            Ok((Format::Protobuf, Some(PROTOBUF_SUBPROTOCOL)))
+        );
+        assert_eq!(
+            negotiate(&req("/ws", Some("chorus-json"))),
+            Ok((Format::Json, Some(JSON_SUBPROTOCOL)))
+        );
+        assert!(negotiate(&req("/ws?format=json", Some("chorus-protobuf"))).is_err());
+        assert!(negotiate(&req("/ws?format=xml", None)).is_err());
+    }
+}

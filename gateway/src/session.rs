@@ -1,0 +1,390 @@
+//! One client's session: reads its frames, runs its commands, and cleans up after it.
+//!
+//! The session is the connection's only reader. It reassembles fragmented messages (with a
+//! running size cap: the frame library's own cap is per frame), turns protocol violations into
+//! the RFC 6455 close codes, decodes commands in the connection's format and answers each with
+//! a reply carrying its id. Commands run one after another, so replies come in command order.
+//! When the session ends, for any reason, it removes the connection from the hub (releasing
+//! the node's bus subscriptions it was the last user of) and from the node registry.
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use chorus_bus::{BusError, ConnectionInfo, Publish, now_ms};
+use chorus_protocol::client::{self, command, push, reply};
+use chorus_protocol::codes::{ErrorCode, close};
+use chorus_protocol::wire::{self, Format};
+use chorus_protocol::{VERSION, channel};
+use fastwebsockets::{Frame, OpCode, WebSocket, WebSocketError, WebSocketRead};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio::io::ReadHalf;
+use tracing::Instrument;
+
+use crate::conn::{Conn, Outgoing};
+use crate::node::Node;
+use crate::writer;
+
+type Reader = WebSocketRead<ReadHalf<TokioIo<Upgraded>>>;
+
+/// Runs a WebSocket connection from the completed upgrade to the end.
+pub(crate) async fn run(node: Arc<Node>, ws: WebSocket<TokioIo<Upgraded>>, format: Format) {
+    let _counted = node.track_connection();
+    let config = &node.config;
+    let (conn, queue) = Conn::new(
+        node.next_client_id(),
+        format,
+        config.queue_max_frames,
+        config.queue_max_bytes,
+    );
+    let conn = Arc::new(conn);
+    let (mut rx, tx) = ws.split(tokio::io::split);
+    // The library refuses frames whose length is >= the limit; ours is inclusive.
+    rx.set_max_message_size(config.max_message_size.saturating_add(1));
+    let writer = tokio::spawn(writer::run(tx, conn.clone(), queue, config.ping_interval));
+    let mut session = Session {
+        node: node.clone(),
+        conn: conn.clone(),
+        connected: false,
+        channels: HashSet::new(),
+    };
+    let span = tracing::debug_span!("session", client = %conn.client, ?format);
+    session.read_loop(&mut rx).instrument(span).await;
+    session.end();
+    // The writer sends the close frame (if any) and stops; a socket that will not take even
+    // that is abandoned after a short grace.
+    if tokio::time::timeout(std::time::Duration::from_secs(5), writer)
+        .await
+        .is_err()
+    {
+        tracing::debug!(client = %conn.client, "writer did not finish; dropping the socket");
+    }
+}
+
+struct Session {
+    node: Arc<Node>,
+    conn: Arc<Conn>,
+    connected: bool,
+    channels: HashSet<String>,
+}
+
+impl Session {
+    async fn read_loop(&mut self, rx: &mut Reader) {
+        let obligated = self.conn.clone();
+        // Pongs and close echoes the frame library owes the peer go through the writer queue.
+        let mut send_fn = move |frame: Frame<'_>| {
+            let payload = Bytes::copy_from_slice(&frame.payload);
+            let item = match frame.opcode {
+                OpCode::Close => Outgoing::CloseEcho(payload),
+                _ => Outgoing::Pong(payload),
+            };
+            let _ = obligated.send(item);
+            std::future::ready(Ok::<(), Infallible>(()))
+        };
+        let idle_timeout = self.node.config.idle_timeout;
+        let max = self.node.config.max_message_size;
+        // A fragmented message being reassembled: (is text, bytes so far).
+        let mut partial: Option<(bool, BytesMut)> = None;
+        loop {
+            // Every branch other than the read ends the loop, so cancelling a half-read frame
+            // (read_frame is not cancel-safe) loses nothing.
+            let read = tokio::select! {
+                biased;
+                _ = self.conn.closing.cancelled() => return,
+                _ = self.node.shutdown.cancelled() => {
+                    self.push(push::Body::Disconnect(client::Disconnect {
+                        code: u32::from(close::SHUTDOWN),
+                        reason: "gateway shutting down".into(),
+                        reconnect: true,
+                    }));
+                    self.conn.close(close::SHUTDOWN, "gateway shutting down");
+                    return;
+                }
+                read = tokio::time::timeout(idle_timeout, rx.read_frame(&mut send_fn)) => read,
+            };
+            let frame = match read {
+                Err(_) => {
+                    self.conn.close(close::IDLE_TIMEOUT, "idle timeout");
+                    return;
+                }
+                Ok(Err(e)) => {
+                    self.protocol_error(e);
+                    return;
+                }
+                Ok(Ok(frame)) => frame,
+            };
+            let (text, payload) = match (frame.opcode, partial.as_mut()) {
+                (OpCode::Close, _) => return,
+                (OpCode::Ping | OpCode::Pong, _) => continue,
+                (OpCode::Text | OpCode::Binary, Some(_)) => {
+                    self.conn.close(
+                        close::PROTOCOL_ERROR,
+                        "new message before the fragmented one ended",
+                    );
+                    return;
+                }
+                (OpCode::Continuation, None) => {
+                    self.conn.close(
+                        close::PROTOCOL_ERROR,
+                        "continuation frame without a message",
+                    );
+                    return;
+                }
+                (OpCode::Text | OpCode::Binary, None) if frame.fin => (
+                    frame.opcode == OpCode::Text,
+                    Bytes::copy_from_slice(&frame.payload),
+                ),
+                (OpCode::Text | OpCode::Binary, None) => {
+                    partial = Some((
+                        frame.opcode == OpCode::Text,
+                        BytesMut::from(&frame.payload[..]),
+                    ));
+                    continue;
+                }
+                (OpCode::Continuation, Some((_, buf))) => {
+                    if buf.len() + frame.payload.len() > max {
+                        self.conn.close(close::MESSAGE_TOO_BIG, "message too big");
+                        return;
+                    }
+                    buf.extend_from_slice(&frame.payload);
+                    if !frame.fin {
+                        continue;
+                    }
+                    let Some((text, buf)) = partial.take() else {
+                        return;
+                    };
+                    if text && std::str::from_utf8(&buf).is_err() {
+                        self.conn
+                            .close(close::INVALID_PAYLOAD, "text message is not valid UTF-8");
+                        return;
+                    }
+                    (text, buf.freeze())
+                }
+            };
+            self.on_message(text, &payload).await;
+        }
+    }
+
+    fn protocol_error(&self, e: WebSocketError) {
+        let (code, reason) = match e {
+            WebSocketError::FrameTooLarge => (close::MESSAGE_TOO_BIG, "message too big"),
+            WebSocketError::InvalidUTF8 => {
+                (close::INVALID_PAYLOAD, "text message is not valid UTF-8")
+            }
+            WebSocketError::UnexpectedEOF
+            | WebSocketError::ConnectionClosed
+            | WebSocketError::IoError(_)
+            | WebSocketError::SendError(_) => {
+                self.conn.abandon();
+                return;
+            }
+            _ => (close::PROTOCOL_ERROR, "websocket protocol error"),
+        };
+        tracing::debug!(client = %self.conn.client, error = %e, code, "closing on a protocol error");
+        self.conn.close(code, reason);
+    }
+
+    async fn on_message(&mut self, text: bool, payload: &[u8]) {
+        let format = self.conn.format;
+        if text != format.is_text() {
+            let expected = if format.is_text() {
+                "text (JSON)"
+            } else {
+                "binary (protobuf)"
+            };
+            self.reply_error(
+                0,
+                ErrorCode::WrongFrameType.with(format!("this connection takes {expected} frames")),
+            );
+            return;
+        }
+        match wire::decode_command(format, payload) {
+            Ok(cmd) => self.handle(cmd).await,
+            Err(e) => self.reply_error(e.id, e.error),
+        }
+    }
+
+    async fn handle(&mut self, cmd: client::Command) {
+        let id = cmd.id;
+        let Some(body) = cmd.body else {
+            self.reply_error(id, ErrorCode::UnknownCommand.with("unknown command"));
+            return;
+        };
+        let result = match body {
+            command::Body::Connect(req) => self.connect(req),
+            _ if !self.connected => Err(ErrorCode::NotConnected.with("send connect first")),
+            command::Body::Subscribe(req) => self.subscribe(req).await,
+            command::Body::Unsubscribe(req) => self.unsubscribe(req),
+            command::Body::Publish(req) => self.publish(req).await,
+            command::Body::Ping(_) => Ok(reply::Result::Ping(client::PingResult {})),
+        };
+        match result {
+            Ok(result) => self.reply(client::Reply {
+                id,
+                error: None,
+                result: Some(result),
+            }),
+            Err(error) => self.reply_error(id, error),
+        }
+    }
+
+    fn connect(&mut self, _req: client::ConnectRequest) -> Result<reply::Result, client::Error> {
+        if self.connected {
+            return Err(ErrorCode::AlreadyConnected.with("already connected"));
+        }
+        self.connected = true;
+        self.node.link.connection_opened(ConnectionInfo {
+            client: self.conn.client.clone(),
+            user: String::new(),
+            connected_at_ms: now_ms(),
+        });
+        Ok(reply::Result::Connect(client::ConnectResult {
+            client: self.conn.client.clone(),
+            node: self.node.id.clone(),
+            version: VERSION.into(),
+            ping_interval: u32::try_from(self.node.config.ping_interval.as_secs())
+                .unwrap_or(u32::MAX),
+        }))
+    }
+
+    async fn subscribe(
+        &mut self,
+        req: client::SubscribeRequest,
+    ) -> Result<reply::Result, client::Error> {
+        let ch = req.channel;
+        channel::validate(&ch).map_err(|e| ErrorCode::BadChannel.with(e.to_string()))?;
+        if self.channels.contains(&ch) {
+            return Err(ErrorCode::AlreadySubscribed.with(format!("already subscribed to {ch}")));
+        }
+        let limit = self.node.config.max_channels_per_connection;
+        if self.channels.len() >= limit {
+            return Err(
+                ErrorCode::LimitExceeded.with(format!("at most {limit} channels per connection"))
+            );
+        }
+        let node = &self.node;
+        let ready = node.hub.subscribe(&node.link, &ch, &self.conn);
+        self.channels.insert(ch.clone());
+        let confirmed = async {
+            ready.wait(node.bus_timeout).await?;
+            bounded(node.bus_timeout, node.bus.position(&ch)).await
+        };
+        match confirmed.await {
+            Ok(pos) => Ok(reply::Result::Subscribe(client::SubscribeResult {
+                epoch: pos.epoch,
+                offset: pos.offset,
+            })),
+            Err(e) => {
+                self.channels.remove(&ch);
+                node.hub.unsubscribe(&node.link, &ch, &self.conn);
+                Err(bus_error(e))
+            }
+        }
+    }
+
+    fn unsubscribe(
+        &mut self,
+        req: client::UnsubscribeRequest,
+    ) -> Result<reply::Result, client::Error> {
+        channel::validate(&req.channel).map_err(|e| ErrorCode::BadChannel.with(e.to_string()))?;
+        if self.channels.remove(&req.channel) {
+            self.node
+                .hub
+                .unsubscribe(&self.node.link, &req.channel, &self.conn);
+        }
+        Ok(reply::Result::Unsubscribe(client::UnsubscribeResult {}))
+    }
+
+    async fn publish(
+        &mut self,
+        req: client::PublishRequest,
+    ) -> Result<reply::Result, client::Error> {
+        channel::validate(&req.channel).map_err(|e| ErrorCode::BadChannel.with(e.to_string()))?;
+        let ns = channel::namespace(&req.channel);
+        if !self.node.config.client_may_publish(ns) {
+            return Err(ErrorCode::PermissionDenied.with(format!(
+                "clients may not publish to {}",
+                if ns.is_empty() {
+                    "channels without a namespace".to_owned()
+                } else {
+                    format!("namespace {ns}")
+                }
+            )));
+        }
+        let msg = Publish {
+            channel: req.channel,
+            data: req.data,
+            exclude_client: if req.echo {
+                String::new()
+            } else {
+                self.conn.client.clone()
+            },
+        };
+        let published = bounded(self.node.bus_timeout, self.node.bus.publish(msg))
+            .await
+            .map_err(bus_error)?;
+        Ok(reply::Result::Publish(client::PublishResult {
+            offset: published.offset,
+            epoch: published.epoch,
+        }))
+    }
+
+    fn reply(&self, reply: client::Reply) {
+        self.send(wire::reply(reply));
+    }
+
+    fn reply_error(&self, id: u32, error: client::Error) {
+        self.reply(client::Reply {
+            id,
+            error: Some(error),
+            result: None,
+        });
+    }
+
+    fn push(&self, body: push::Body) {
+        self.send(wire::push(body));
+    }
+
+    fn send(&self, frame: client::ServerFrame) {
+        self.conn
+            .deliver(wire::encode_frame(self.conn.format, &frame));
+    }
+
+    /// Releases everything the session holds in the hub and the registry.
+    fn end(&mut self) {
+        for ch in self.channels.drain() {
+            self.node.hub.unsubscribe(&self.node.link, &ch, &self.conn);
+        }
+        if self.connected {
+            self.node.link.connection_closed(&self.conn.client);
+        }
+        self.conn.abandon();
+    }
+}
+
+/// A bus call with an overall deadline, so a client's command never hangs on the bus.
+async fn bounded<T>(
+    timeout: std::time::Duration,
+    fut: impl std::future::Future<Output = Result<T, BusError>>,
+) -> Result<T, BusError> {
+    tokio::time::timeout(timeout, fut)
+        .await
+        .unwrap_or_else(|_| {
+            Err(BusError::Unavailable(format!(
+                "no answer from the bus within {timeout:?}"
+            )))
+        })
+}
+
+fn bus_error(e: BusError) -> client::Error {
+    match e {
+        BusError::BadChannel(e) => ErrorCode::BadChannel.with(e.to_string()),
+        BusError::Unavailable(reason) => ErrorCode::Unavailable.with(reason),
+        other => {
+            tracing::warn!(error = %other, "bus error");
+            ErrorCode::Internal.with("internal error")
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! The one task per connection that writes to the socket.
+//!
+//! It drains the connection's queue in batches, sends the gateway's heartbeat pings, and
+//! sends the close frame when the connection is closed for a reason (idle, slow consumer,
+//! protocol error, shutdown). Nothing else writes to the socket, so nothing else can block on
+//! a slow client.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fastwebsockets::{Frame, OpCode, Payload, WebSocketWrite};
+use tokio::io::AsyncWrite;
+use tokio::time::MissedTickBehavior;
+
+use chorus_protocol::codes::close::SLOW_CONSUMER;
+
+use crate::conn::{Conn, ConnQueue, Outgoing};
+
+const BATCH: usize = 64;
+
+pub(crate) async fn run<W>(
+    mut ws: WebSocketWrite<W>,
+    conn: Arc<Conn>,
+    mut queue: ConnQueue,
+    ping_interval: Duration,
+) where
+    W: AsyncWrite + Unpin,
+{
+    let mut ping =
+        tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut batch = Vec::with_capacity(BATCH);
+    let data_opcode = if conn.format.is_text() {
+        OpCode::Text
+    } else {
+        OpCode::Binary
+    };
+    let result: Result<(), fastwebsockets::WebSocketError> = async {
+        loop {
+            tokio::select! {
+                biased;
+                _ = conn.closing.cancelled() => {
+                    let Some((code, reason)) = conn.take_close_frame() else {
+                        return Ok(());
+                    };
+                    // What is already queued (a disconnect push, say) goes out before the close
+                    // frame — except for a slow consumer, whose queue is the problem.
+                    if code != SLOW_CONSUMER {
+                        while let Ok(item) = queue.rx.try_recv() {
+                            conn.dequeued(&item);
+                            if let Outgoing::Data(bytes) = item {
+                                ws.write_frame(Frame::new(true, data_opcode, None, Payload::Borrowed(&bytes))).await?;
+                            }
+                        }
+                    }
+                    ws.write_frame(Frame::close(code, reason.as_bytes())).await?;
+                    ws.flush().await?;
+                    return Ok(());
+                }
+                n = queue.rx.recv_many(&mut batch, BATCH) => {
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    for item in batch.drain(..) {
+                        conn.dequeued(&item);
+                        match item {
+                            Outgoing::Data(bytes) => {
+                                ws.write_frame(Frame::new(true, data_opcode, None, Payload::Borrowed(&bytes))).await?;
+                            }
+                            Outgoing::Pong(bytes) => {
+                                ws.write_frame(Frame::pong(Payload::Borrowed(&bytes))).await?;
+                            }
+                            Outgoing::CloseEcho(bytes) => {
+                                ws.write_frame(Frame::close_raw(Payload::Borrowed(&bytes))).await?;
+                                ws.flush().await?;
+                                conn.abandon();
+                                return Ok(());
+                            }
+                        }
+                    }
+                    ws.flush().await?;
+                }
+                _ = ping.tick() => {
+                    ws.write_frame(Frame::new(true, OpCode::Ping, None, Payload::Borrowed(&[]))).await?;
+                    ws.flush().await?;
+                }
+            }
+        }
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::debug!(client = %conn.client, error = %e, "write failed; dropping connection");
+    }
+    // Whatever ended the writer ends the connection.
+    conn.abandon();
+}

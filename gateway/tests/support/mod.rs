@@ -1,0 +1,194 @@
+//! A whole Chorus cluster for end-to-end tests: a real redis-server on a free port, a
+//! broker-api and N gateways in this process, each with its own Redis bus (its own pool and
+//! pub/sub connection, as separate processes would have), all on loopback.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use chorus_broker_api::BrokerConfig;
+use chorus_bus::{Bus, BusConfig};
+use chorus_gateway::GatewayConfig;
+use chorus_protocol::api::chorus_api_client::ChorusApiClient;
+use chorus_testkit::RedisServer;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+pub const API_KEY: &str = "test-key";
+
+pub struct Cluster {
+    pub redis: RedisServer,
+    pub api: SocketAddr,
+    pub gateways: Vec<SocketAddr>,
+    shutdown: CancellationToken,
+    http: reqwest::Client,
+}
+
+pub fn bus_config(redis: &RedisServer) -> BusConfig {
+    BusConfig {
+        redis_url: redis.url(),
+        redis_timeout: Duration::from_millis(800),
+        node_lease: Duration::from_secs(2),
+        ..BusConfig::default()
+    }
+}
+
+impl Cluster {
+    pub async fn start(gateways: usize) -> Self {
+        Self::start_with(gateways, GatewayConfig::default()).await
+    }
+
+    pub async fn start_with(gateways: usize, gateway_config: GatewayConfig) -> Self {
+        let redis = RedisServer::start().expect("redis-server starts");
+        let shutdown = CancellationToken::new();
+        let bus_cfg = bus_config(&redis);
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let api = listener.local_addr().unwrap();
+        let config = BrokerConfig {
+            api_keys: vec![API_KEY.into()],
+            ..BrokerConfig::default()
+        }
+        .with_bus_timeout(&bus_cfg);
+        let bus = Bus::redis(&bus_cfg).unwrap();
+        tokio::spawn(chorus_broker_api::serve(
+            listener,
+            bus,
+            config,
+            shutdown.clone(),
+        ));
+
+        let mut addrs = Vec::new();
+        for i in 0..gateways {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            addrs.push(listener.local_addr().unwrap());
+            let config = GatewayConfig {
+                node_id: Some(format!("gw-{}", i + 1)),
+                ..gateway_config.clone()
+            };
+            let bus = Bus::redis(&bus_cfg).unwrap();
+            tokio::spawn(chorus_gateway::serve(
+                listener,
+                bus,
+                config,
+                bus_cfg.redis_timeout,
+                shutdown.clone(),
+            ));
+        }
+        let cluster = Self {
+            redis,
+            api,
+            gateways: addrs,
+            shutdown,
+            http: reqwest::Client::new(),
+        };
+        for i in 0..gateways {
+            chorus_testkit::wait_http_ok(
+                &cluster.gateway_url(i, "/readyz"),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("gateway ready");
+        }
+        cluster
+    }
+
+    pub fn ws(&self, gateway: usize) -> String {
+        format!("ws://{}/ws", self.gateways[gateway])
+    }
+
+    pub fn gateway_url(&self, gateway: usize, path: &str) -> String {
+        format!("http://{}{path}", self.gateways[gateway])
+    }
+
+    pub async fn http_publish(&self, channel: &str, data: Value) -> reqwest::Response {
+        self.http
+            .post(format!("http://{}/api/publish", self.api))
+            .bearer_auth(API_KEY)
+            .json(&json!({"channel": channel, "data": data}))
+            .send()
+            .await
+            .expect("HTTP request")
+    }
+
+    pub async fn http_get(&self, url: &str) -> reqwest::Response {
+        self.http
+            .get(url)
+            .bearer_auth(API_KEY)
+            .send()
+            .await
+            .expect("HTTP request")
+    }
+
+    pub async fn grpc(&self) -> ChorusApiClient<Channel> {
+        ChorusApiClient::connect(format!("http://{}", self.api))
+            .await
+            .expect("gRPC connect")
+    }
+
+    pub fn api_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.api)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A gRPC request carrying the test API key.
+pub fn authed<T>(msg: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {API_KEY}").parse().unwrap(),
+    );
+    req
+}
+
+/// One gateway on the in-memory bus, for tests of a single connection's behaviour.
+pub struct MemoryGateway {
+    pub addr: SocketAddr,
+    pub bus: Bus,
+    shutdown: CancellationToken,
+}
+
+impl MemoryGateway {
+    pub async fn start(config: GatewayConfig) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let bus = Bus::memory();
+        let shutdown = CancellationToken::new();
+        tokio::spawn(chorus_gateway::serve(
+            listener,
+            bus.clone(),
+            config,
+            Duration::from_secs(2),
+            shutdown.clone(),
+        ));
+        Self {
+            addr,
+            bus,
+            shutdown,
+        }
+    }
+
+    pub fn ws(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// Stops the gateway as SIGTERM would.
+    pub fn shut_down(&self) {
+        self.shutdown.cancel();
+    }
+}
+
+impl Drop for MemoryGateway {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
