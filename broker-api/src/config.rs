@@ -1,0 +1,224 @@
+//! broker-api's settings, as a `clap::Args` group so that the broker-api binary and the
+//! single-process `chorus` binary can both flatten it next to their other settings.
+//!
+//! Every flag is prefixed `--api-` (and every variable `CHORUS_API_`) so it cannot clash with
+//! the gateway's flags in the single-process binary.
+
+use std::fmt;
+use std::time::Duration;
+
+use chorus_bus::BusConfig;
+use chorus_bus::config::parse_duration;
+
+/// How much longer than one bus operation a whole API request may take, when
+/// `--api-request-timeout` is not given: the bus answers "unavailable" first, and the request
+/// timeout only catches what the bus's own timeout missed.
+pub const REQUEST_TIMEOUT_MARGIN: Duration = Duration::from_secs(1);
+
+/// broker-api's settings.
+#[derive(Clone, clap::Args)]
+pub struct BrokerConfig {
+    /// Address (host:port) where broker-api serves both HTTP/JSON and gRPC (h2c).
+    #[arg(
+        long = "api-listen",
+        env = "CHORUS_API_LISTEN",
+        default_value = "0.0.0.0:8001"
+    )]
+    pub listen: String,
+
+    /// API key that backend applications send as `Authorization: Bearer <key>`. Several keys
+    /// are allowed (repeat the flag, or separate them with commas) so keys can be rotated.
+    /// At least one is required.
+    #[arg(
+        long = "api-key",
+        env = "CHORUS_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_keys: Vec<String>,
+
+    /// Largest request body: the HTTP body limit and the gRPC maximum decoded message size.
+    /// Accepts bytes or a KiB/MiB suffix.
+    #[arg(
+        long = "api-max-body",
+        env = "CHORUS_API_MAX_BODY",
+        default_value = "1MiB",
+        value_parser = parse_size
+    )]
+    pub max_body: usize,
+
+    /// Largest message data accepted for publishing (the raw JSON text of `data`, the decoded
+    /// bytes of `b64data`, or the gRPC `data` bytes). Accepts bytes or a KiB/MiB suffix.
+    #[arg(
+        long = "api-max-data",
+        env = "CHORUS_API_MAX_DATA",
+        default_value = "64KiB",
+        value_parser = parse_size
+    )]
+    pub max_data: usize,
+
+    /// Most channels one broadcast request may name.
+    #[arg(
+        long = "api-max-broadcast",
+        env = "CHORUS_API_MAX_BROADCAST",
+        default_value_t = DEFAULT_MAX_BROADCAST
+    )]
+    pub max_broadcast: usize,
+
+    /// Longest time one API request may take before it fails as unavailable (e.g. 3s, 500ms).
+    /// Default: --redis-timeout plus 1s.
+    #[arg(long = "api-request-timeout", env = "CHORUS_API_REQUEST_TIMEOUT", value_parser = parse_duration)]
+    pub request_timeout: Option<Duration>,
+}
+
+/// Default for `--api-max-broadcast`.
+pub const DEFAULT_MAX_BROADCAST: usize = 1000;
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8001".into(),
+            api_keys: Vec::new(),
+            max_body: 1024 * 1024,
+            max_data: 64 * 1024,
+            max_broadcast: DEFAULT_MAX_BROADCAST,
+            request_timeout: None,
+        }
+    }
+}
+
+impl BrokerConfig {
+    /// Fills in the request timeout from the bus's settings when it was not set explicitly:
+    /// `redis_timeout` plus [`REQUEST_TIMEOUT_MARGIN`]. Call this wherever both configs are
+    /// known (the binaries do).
+    pub fn with_bus_timeout(mut self, bus: &BusConfig) -> Self {
+        self.request_timeout
+            .get_or_insert(bus.redis_timeout + REQUEST_TIMEOUT_MARGIN);
+        self
+    }
+
+    /// The overall limit on one request: the configured one, or the default bus timeout plus
+    /// the margin.
+    pub fn effective_request_timeout(&self) -> Duration {
+        self.request_timeout
+            .unwrap_or(BusConfig::default().redis_timeout + REQUEST_TIMEOUT_MARGIN)
+    }
+
+    /// The configured keys without blanks (a trailing comma in `CHORUS_API_KEYS` adds none).
+    pub(crate) fn usable_keys(&self) -> Vec<String> {
+        self.api_keys
+            .iter()
+            .map(|k| k.trim())
+            .filter(|k| !k.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl fmt::Debug for BrokerConfig {
+    // Written out so that the keys never reach a log line.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BrokerConfig")
+            .field("listen", &self.listen)
+            .field(
+                "api_keys",
+                &format_args!("[{} redacted]", self.api_keys.len()),
+            )
+            .field("max_body", &self.max_body)
+            .field("max_data", &self.max_data)
+            .field("max_broadcast", &self.max_broadcast)
+            .field("request_timeout", &self.request_timeout)
+            .finish()
+    }
+}
+
+/// Parses sizes like `65536`, `64KiB`, `1MiB` (also `B`, `K`/`KB`, `M`/`MB`, all binary).
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = (&s[..split], s[split..].trim());
+    let n: usize = num
+        .parse()
+        .map_err(|_| format!("invalid size {s:?}: expected e.g. 65536, 64KiB, 1MiB"))?;
+    let factor: usize = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1024,
+        "m" | "mb" | "mib" => 1024 * 1024,
+        "g" | "gb" | "gib" => 1024 * 1024 * 1024,
+        _ => {
+            return Err(format!(
+                "invalid size unit in {s:?}: use B, KiB, MiB or GiB"
+            ));
+        }
+    };
+    n.checked_mul(factor)
+        .ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        broker: BrokerConfig,
+    }
+
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert_eq!(parse_size("64KiB"), Ok(64 * 1024));
+        assert_eq!(parse_size("1MiB"), Ok(1024 * 1024));
+        assert_eq!(parse_size("2 mb"), Ok(2 * 1024 * 1024));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("1TB").is_err());
+        assert!(parse_size("-1").is_err());
+    }
+
+    #[test]
+    fn defaults_match_the_documented_ones() {
+        let cli = Cli::try_parse_from(["x"]).unwrap();
+        let d = BrokerConfig::default();
+        assert_eq!(cli.broker.listen, d.listen);
+        assert_eq!(cli.broker.max_body, d.max_body);
+        assert_eq!(cli.broker.max_data, d.max_data);
+        assert_eq!(cli.broker.max_broadcast, d.max_broadcast);
+        assert_eq!(cli.broker.request_timeout, None);
+    }
+
+    #[test]
+    fn keys_come_comma_separated_or_repeated_and_blanks_are_dropped() {
+        let cli = Cli::try_parse_from(["x", "--api-key", "a,b,", "--api-key", " c "]).unwrap();
+        assert_eq!(cli.broker.usable_keys(), ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn request_timeout_follows_the_bus_timeout_unless_set() {
+        let bus = BusConfig {
+            redis_timeout: Duration::from_millis(500),
+            ..BusConfig::default()
+        };
+        let derived = BrokerConfig::default().with_bus_timeout(&bus);
+        assert_eq!(
+            derived.effective_request_timeout(),
+            Duration::from_millis(1500)
+        );
+        let explicit = BrokerConfig {
+            request_timeout: Some(Duration::from_secs(9)),
+            ..BrokerConfig::default()
+        }
+        .with_bus_timeout(&bus);
+        assert_eq!(explicit.effective_request_timeout(), Duration::from_secs(9));
+    }
+
+    #[test]
+    fn debug_output_hides_the_keys() {
+        let c = BrokerConfig {
+            api_keys: vec!["s3cret".into()],
+            ..BrokerConfig::default()
+        };
+        assert!(!format!("{c:?}").contains("s3cret"));
+    }
+}

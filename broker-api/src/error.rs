@@ -1,0 +1,211 @@
+//! Errors, named once and rendered for both protocols, so an HTTP caller and a gRPC caller of
+//! the same operation learn the same thing: one [`ErrorCode`] decides the snake_case `code`
+//! of the JSON body, the HTTP status and the gRPC status code.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use chorus_bus::BusError;
+use serde_json::json;
+use thiserror::Error;
+
+/// The gRPC metadata key that carries the [`ErrorCode`] name of a failed call, so a gRPC
+/// client can tell e.g. `too_large` from `bad_channel` (both INVALID_ARGUMENT).
+pub const GRPC_ERROR_CODE_KEY: &str = "chorus-error-code";
+
+/// What went wrong with a request, as callers branch on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// The request could not be parsed or misses a field (HTTP 400, gRPC INVALID_ARGUMENT).
+    BadRequest,
+    /// A channel name breaks the channel-name rules (HTTP 400, gRPC INVALID_ARGUMENT).
+    BadChannel,
+    /// The data, the body or the channel list is over its limit (HTTP 413, gRPC
+    /// INVALID_ARGUMENT).
+    TooLarge,
+    /// The API key is missing or wrong (HTTP 401, gRPC UNAUTHENTICATED).
+    Unauthorized,
+    /// No such HTTP route (HTTP 404, gRPC UNIMPLEMENTED).
+    NotFound,
+    /// The route exists but not for this HTTP method (HTTP 405).
+    MethodNotAllowed,
+    /// The bus (Redis) is unreachable or too slow; retry later (HTTP 503, gRPC UNAVAILABLE).
+    Unavailable,
+    /// Something failed inside broker-api or the bus (HTTP 500, gRPC INTERNAL).
+    Internal,
+}
+
+impl ErrorCode {
+    /// The snake_case name used in JSON bodies and gRPC `ApiError.code`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::BadChannel => "bad_channel",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
+    pub fn http_status(self) -> StatusCode {
+        match self {
+            ErrorCode::BadRequest | ErrorCode::BadChannel => StatusCode::BAD_REQUEST,
+            ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorCode::NotFound => StatusCode::NOT_FOUND,
+            ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn grpc_code(self) -> tonic::Code {
+        match self {
+            ErrorCode::BadRequest
+            | ErrorCode::BadChannel
+            | ErrorCode::TooLarge
+            | ErrorCode::MethodNotAllowed => tonic::Code::InvalidArgument,
+            ErrorCode::Unauthorized => tonic::Code::Unauthenticated,
+            ErrorCode::NotFound => tonic::Code::Unimplemented,
+            ErrorCode::Unavailable => tonic::Code::Unavailable,
+            ErrorCode::Internal => tonic::Code::Internal,
+        }
+    }
+}
+
+/// A failed request: a code and a human-readable message.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{}: {message}", code.name())]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::BadRequest, message)
+    }
+
+    pub fn too_large(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::TooLarge, message)
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Unavailable, message)
+    }
+
+    /// The JSON error body: `{"error":{"code":"…","message":"…"}}`.
+    pub fn body(&self) -> serde_json::Value {
+        json!({"error": {"code": self.code.name(), "message": self.message}})
+    }
+
+    /// The gRPC status, with the code name in [`GRPC_ERROR_CODE_KEY`] metadata.
+    pub fn to_status(&self) -> tonic::Status {
+        let mut status = tonic::Status::new(self.code.grpc_code(), self.message.clone());
+        if let Ok(value) = self.code.name().parse() {
+            status.metadata_mut().insert(GRPC_ERROR_CODE_KEY, value);
+        }
+        status
+    }
+
+    /// The gRPC `ApiError` message used inside a broadcast result.
+    pub fn to_proto(&self) -> chorus_protocol::api::ApiError {
+        chorus_protocol::api::ApiError {
+            code: self.code.name().into(),
+            message: self.message.clone(),
+        }
+    }
+}
+
+impl From<BusError> for ApiError {
+    fn from(e: BusError) -> Self {
+        let code = match &e {
+            BusError::BadChannel(_) => ErrorCode::BadChannel,
+            BusError::Unavailable(_) => ErrorCode::Unavailable,
+            BusError::Config(_) | BusError::Protocol(_) => ErrorCode::Internal,
+        };
+        ApiError::new(code, e.to_string())
+    }
+}
+
+impl From<ApiError> for tonic::Status {
+    fn from(e: ApiError) -> Self {
+        e.to_status()
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.code.http_status(), Json(self.body())).into_response()
+    }
+}
+
+/// Why [`crate::serve`] could not run.
+#[derive(Debug, Error)]
+pub enum BrokerError {
+    /// No API key is configured; broker-api refuses to serve an unauthenticated API.
+    #[error(
+        "no API key configured: set --api-key or CHORUS_API_KEYS (comma-separated) so backend \
+         applications can authenticate"
+    )]
+    NoApiKey,
+    /// The listener or the server failed.
+    #[error("broker-api server failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chorus_protocol::channel::ChannelError;
+
+    #[test]
+    fn bus_errors_map_to_http_and_grpc_codes() {
+        let cases = [
+            (
+                BusError::BadChannel(ChannelError::Empty),
+                StatusCode::BAD_REQUEST,
+                tonic::Code::InvalidArgument,
+                "bad_channel",
+            ),
+            (
+                BusError::Unavailable("down".into()),
+                StatusCode::SERVICE_UNAVAILABLE,
+                tonic::Code::Unavailable,
+                "unavailable",
+            ),
+            (
+                BusError::Protocol("odd".into()),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                tonic::Code::Internal,
+                "internal",
+            ),
+        ];
+        for (bus, http, grpc, name) in cases {
+            let e = ApiError::from(bus);
+            assert_eq!(e.code.http_status(), http);
+            assert_eq!(e.to_status().code(), grpc);
+            assert_eq!(e.code.name(), name);
+            assert_eq!(
+                e.to_status().metadata().get(GRPC_ERROR_CODE_KEY).unwrap(),
+                name
+            );
+        }
+    }
+
+    #[test]
+    fn unavailable_keeps_the_bus_reason() {
+        let e = ApiError::from(BusError::Unavailable("connection refused".into()));
+        assert!(e.message.contains("connection refused"), "{}", e.message);
+    }
+}

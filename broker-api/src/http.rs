@@ -1,0 +1,239 @@
+//! The HTTP/JSON face of the API (`/api/...`) and the probes (`/healthz`, `/readyz`).
+//!
+//! Handlers only translate JSON to service calls and back; every JSON failure, including
+//! axum's own extractor rejections and unknown routes, answers in the one error shape
+//! `{"error":{"code":"…","message":"…"}}` so clients need a single error path.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Request, State};
+use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::Bytes;
+use chorus_bus::Published;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::json;
+use serde_json::value::RawValue;
+
+use crate::error::{ApiError, ErrorCode};
+use crate::service::Broker;
+
+/// `/api/...` routes (authentication and the body limit are layered on by the caller).
+pub fn api_routes() -> Router<Broker> {
+    Router::new()
+        .route("/api/publish", post(publish))
+        .route("/api/broadcast", post(broadcast))
+        .route("/api/nodes", get(nodes))
+}
+
+/// `/healthz` and `/readyz`: no API key, so load balancers and orchestrators can probe.
+pub fn probe_routes() -> Router<Broker> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+}
+
+/// A JSON body whose rejections answer in the API's error shape instead of axum's plain text.
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(value)) => Ok(ApiJson(value)),
+            Err(rejection) => Err(rejection_to_error(&rejection)),
+        }
+    }
+}
+
+fn rejection_to_error(rejection: &JsonRejection) -> ApiError {
+    match rejection {
+        JsonRejection::MissingJsonContentType(_) => {
+            ApiError::bad_request("expected a JSON body with `Content-Type: application/json`")
+        }
+        JsonRejection::BytesRejection(_) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::too_large("request body is over the limit (--api-max-body)")
+        }
+        JsonRejection::JsonSyntaxError(_) => {
+            ApiError::bad_request(format!("invalid JSON: {}", rejection.body_text()))
+        }
+        _ => ApiError::bad_request(rejection.body_text()),
+    }
+}
+
+/// Deserializes a present field as `Some`, even when it is JSON `null`, so that
+/// `"data": null` publishes `null` rather than counting as a missing `data`.
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
+/// Message data in JSON: `data` (any JSON value, published as its exact JSON text) or
+/// `b64data` (base64, published as the decoded bytes). Exactly one of them.
+///
+/// (The request structs repeat the two fields rather than `#[serde(flatten)]` this one:
+/// `RawValue` cannot be read through flatten's buffering.)
+struct DataFields {
+    data: Option<Box<RawValue>>,
+    b64data: Option<String>,
+}
+
+impl DataFields {
+    fn into_bytes(self, max_data: usize) -> Result<Bytes, ApiError> {
+        match (self.data, self.b64data) {
+            (Some(raw), None) => Ok(Bytes::from(String::from(Box::<str>::from(raw)))),
+            (None, Some(b64)) => {
+                // A cheap bound before decoding: base64 takes 4 characters per 3 bytes.
+                if b64.len() / 4 * 3 > max_data + 3 {
+                    return Err(ApiError::too_large(format!(
+                        "data is about {} bytes, the limit is {max_data} bytes (--api-max-data)",
+                        b64.len() / 4 * 3
+                    )));
+                }
+                BASE64
+                    .decode(b64.as_bytes())
+                    .map(Bytes::from)
+                    .map_err(|e| ApiError::bad_request(format!("b64data is not valid base64: {e}")))
+            }
+            (Some(_), Some(_)) => Err(ApiError::bad_request(
+                "give either data or b64data, not both",
+            )),
+            (None, None) => Err(ApiError::bad_request(
+                "missing data: give data (any JSON value) or b64data (base64 bytes)",
+            )),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct PublishRequest {
+    channel: String,
+    #[serde(default, deserialize_with = "present")]
+    data: Option<Box<RawValue>>,
+    #[serde(default)]
+    b64data: Option<String>,
+}
+
+#[derive(Serialize)]
+struct PublishResponse {
+    offset: u64,
+    epoch: String,
+}
+
+impl From<Published> for PublishResponse {
+    fn from(p: Published) -> Self {
+        Self {
+            offset: p.offset,
+            epoch: p.epoch,
+        }
+    }
+}
+
+async fn publish(
+    State(broker): State<Broker>,
+    ApiJson(req): ApiJson<PublishRequest>,
+) -> Result<Json<PublishResponse>, ApiError> {
+    let data = DataFields {
+        data: req.data,
+        b64data: req.b64data,
+    }
+    .into_bytes(broker.max_data())?;
+    let published = broker.publish(req.channel, data).await?;
+    Ok(Json(published.into()))
+}
+
+#[derive(Deserialize)]
+struct BroadcastRequest {
+    channels: Vec<String>,
+    #[serde(default, deserialize_with = "present")]
+    data: Option<Box<RawValue>>,
+    #[serde(default)]
+    b64data: Option<String>,
+}
+
+async fn broadcast(
+    State(broker): State<Broker>,
+    ApiJson(req): ApiJson<BroadcastRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let data = DataFields {
+        data: req.data,
+        b64data: req.b64data,
+    }
+    .into_bytes(broker.max_data())?;
+    let outcomes = broker.broadcast(req.channels, data).await?;
+    let results: Vec<_> = outcomes
+        .into_iter()
+        .map(|o| match o.result {
+            Ok(p) => json!({"channel": o.channel, "offset": p.offset, "epoch": p.epoch}),
+            Err(e) => json!({"channel": o.channel, "error": e.body()["error"]}),
+        })
+        .collect();
+    Ok(Json(json!({ "results": results })))
+}
+
+async fn nodes(State(broker): State<Broker>) -> Result<Json<serde_json::Value>, ApiError> {
+    let nodes: Vec<_> = broker
+        .nodes()
+        .await?
+        .into_iter()
+        .map(|n| {
+            json!({
+                "id": n.id,
+                "address": n.address,
+                "connections": n.connections,
+                "started_at_ms": n.started_at_ms,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "nodes": nodes })))
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn readyz(State(broker): State<Broker>) -> Result<Json<serde_json::Value>, ApiError> {
+    broker.ready().await?;
+    Ok(Json(json!({"status": "ready"})))
+}
+
+/// Unknown paths: a JSON 404 for HTTP callers, UNIMPLEMENTED for gRPC callers (whose unknown
+/// services land here too).
+pub async fn not_found(req: Request) -> Response {
+    let is_grpc = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    if is_grpc {
+        let status = tonic::Status::unimplemented(format!("no gRPC method {}", req.uri().path()));
+        return status.into_http();
+    }
+    ApiError::new(
+        ErrorCode::NotFound,
+        format!("no route {} {}", req.method(), req.uri().path()),
+    )
+    .into_response()
+}
+
+/// Known paths with the wrong method.
+pub async fn method_not_allowed(req: Request) -> Response {
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        format!("{} is not allowed on {}", req.method(), req.uri().path()),
+    )
+    .into_response()
+}

@@ -1,0 +1,110 @@
+//! Puts the pieces on one port: the JSON routes, the probes and the gRPC service in one axum
+//! router, served over HTTP/1.1 and HTTP/2 (h2c) by the same listener, with graceful shutdown.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::middleware;
+use axum::serve::ListenerExt as _;
+use chorus_bus::Bus;
+use chorus_protocol::api::chorus_api_server::ChorusApiServer;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+use tonic::service::interceptor::InterceptedService;
+use tracing::{debug, info, warn};
+
+use crate::auth::{ApiKeys, GrpcAuth, require_api_key};
+use crate::config::BrokerConfig;
+use crate::error::BrokerError;
+use crate::grpc::GrpcApi;
+use crate::http;
+use crate::service::Broker;
+
+/// How long shutdown waits, beyond the request timeout, for open connections to finish
+/// before giving up on them.
+const DRAIN_MARGIN: Duration = Duration::from_secs(5);
+
+/// The whole API as one router: `/api/...` (API key, body limit), `/healthz`, `/readyz`,
+/// and the gRPC `ChorusApi` service (API key, decoding limit) under its gRPC path.
+///
+/// Fails with [`BrokerError::NoApiKey`] when no usable key is configured.
+pub fn router(bus: Bus, config: &BrokerConfig) -> Result<Router, BrokerError> {
+    let keys = ApiKeys::new(config.usable_keys());
+    if keys.is_empty() {
+        return Err(BrokerError::NoApiKey);
+    }
+    let broker = Broker::new(bus, config);
+
+    let api = http::api_routes()
+        .route_layer(middleware::from_fn_with_state(
+            keys.clone(),
+            require_api_key,
+        ))
+        .layer(DefaultBodyLimit::max(config.max_body));
+    let json = api
+        .merge(http::probe_routes())
+        .method_not_allowed_fallback(http::method_not_allowed)
+        .with_state(broker.clone());
+
+    let grpc_service = InterceptedService::new(
+        ChorusApiServer::new(GrpcApi::new(broker)).max_decoding_message_size(config.max_body),
+        GrpcAuth(keys),
+    );
+    let grpc = Routes::new(grpc_service).into_axum_router();
+
+    // tonic's router brings a gRPC "unimplemented" fallback; the last fallback set wins, and
+    // ours answers gRPC callers in gRPC and everyone else in JSON.
+    Ok(json.merge(grpc).fallback(http::not_found))
+}
+
+/// Serves the API on `listener` until `shutdown` is cancelled, then stops accepting, lets
+/// in-flight requests finish (for at most the request timeout plus a few seconds) and returns.
+///
+/// Refuses to start without an API key ([`BrokerError::NoApiKey`]).
+pub async fn serve(
+    listener: TcpListener,
+    bus: Bus,
+    config: BrokerConfig,
+    shutdown: CancellationToken,
+) -> Result<(), BrokerError> {
+    let app = router(bus, &config)?;
+    let addr = listener.local_addr()?;
+    if config.max_data.saturating_mul(4) / 3 > config.max_body {
+        warn!(
+            max_data = config.max_data,
+            max_body = config.max_body,
+            "--api-max-data is above what fits in --api-max-body as base64"
+        );
+    }
+    info!(
+        %addr,
+        request_timeout = ?config.effective_request_timeout(),
+        "broker-api listening: HTTP/JSON under /api/, gRPC chorus.api.v1.ChorusApi, same port"
+    );
+
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
+    let server = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .into_future();
+    tokio::pin!(server);
+
+    tokio::select! {
+        result = &mut server => result?,
+        () = shutdown.cancelled() => {
+            info!(%addr, "broker-api shutting down: finishing in-flight requests");
+            let drain = config.effective_request_timeout() + DRAIN_MARGIN;
+            match tokio::time::timeout(drain, &mut server).await {
+                Ok(result) => result?,
+                Err(_) => warn!(?drain, "broker-api: connections still open after the drain time; closing"),
+            }
+        }
+    }
+    info!(%addr, "broker-api stopped");
+    Ok(())
+}

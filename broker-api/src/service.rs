@@ -1,0 +1,267 @@
+//! The service layer: every API operation once, whatever the protocol. The HTTP handlers and
+//! the gRPC service only translate to and from their wire forms and call in here, so limits,
+//! validation, timeouts and error mapping cannot drift apart between the two.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chorus_bus::{Bus, BusError, NodeInfo, Publish, Published};
+use tracing::warn;
+
+use crate::config::BrokerConfig;
+use crate::error::{ApiError, ErrorCode};
+
+/// The outcome of a broadcast for one channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelOutcome {
+    pub channel: String,
+    pub result: Result<Published, ApiError>,
+}
+
+/// The API operations over the bus. Cheap to clone.
+#[derive(Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    bus: Bus,
+    max_data: usize,
+    max_broadcast: usize,
+    request_timeout: Duration,
+}
+
+impl Broker {
+    pub fn new(bus: Bus, config: &BrokerConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                bus,
+                max_data: config.max_data,
+                max_broadcast: config.max_broadcast,
+                request_timeout: config.effective_request_timeout(),
+            }),
+        }
+    }
+
+    /// The largest data a publish may carry, in bytes.
+    pub fn max_data(&self) -> usize {
+        self.inner.max_data
+    }
+
+    /// Publishes `data` on `channel`; answers once the bus assigned the offset.
+    pub async fn publish(&self, channel: String, data: Bytes) -> Result<Published, ApiError> {
+        self.check_data_size(data.len())?;
+        let publish = Publish {
+            channel,
+            data,
+            exclude_client: String::new(),
+        };
+        let published = self
+            .within_deadline(self.inner.bus.publish(publish))
+            .await?;
+        published.map_err(|e| logged(e.into()))
+    }
+
+    /// Publishes `data` on every channel of `channels`: one outcome per channel, in request
+    /// order. A bad channel name fails only its own entry (it never reaches the bus). When the
+    /// bus failed every channel as unavailable, the whole request fails as unavailable, so a
+    /// caller sees "Redis down" the same way for every operation.
+    pub async fn broadcast(
+        &self,
+        channels: Vec<String>,
+        data: Bytes,
+    ) -> Result<Vec<ChannelOutcome>, ApiError> {
+        if channels.is_empty() {
+            return Err(ApiError::bad_request(
+                "channels is empty: name at least one channel",
+            ));
+        }
+        if channels.len() > self.inner.max_broadcast {
+            return Err(ApiError::too_large(format!(
+                "broadcast names {} channels, the limit is {}",
+                channels.len(),
+                self.inner.max_broadcast
+            )));
+        }
+        self.check_data_size(data.len())?;
+
+        // Bad names fail on their own and never reach the bus.
+        let checked: Vec<(String, Option<ApiError>)> = channels
+            .into_iter()
+            .map(|channel| {
+                let bad = chorus_protocol::channel::validate(&channel)
+                    .err()
+                    .map(|e| ApiError::from(BusError::from(e)));
+                (channel, bad)
+            })
+            .collect();
+        let valid: Vec<String> = checked
+            .iter()
+            .filter(|(_, bad)| bad.is_none())
+            .map(|(channel, _)| channel.clone())
+            .collect();
+        let results = if valid.is_empty() {
+            Vec::new()
+        } else {
+            self.within_deadline(self.inner.bus.broadcast(&valid, data))
+                .await?
+        };
+        if results.len() != valid.len() {
+            return Err(logged(ApiError::new(
+                ErrorCode::Internal,
+                format!(
+                    "the bus answered {} results for {} channels",
+                    results.len(),
+                    valid.len()
+                ),
+            )));
+        }
+        let unavailable = results
+            .iter()
+            .find_map(|r| match r {
+                Err(BusError::Unavailable(reason)) => Some(reason.clone()),
+                _ => None,
+            })
+            .filter(|_| {
+                results
+                    .iter()
+                    .all(|r| matches!(r, Err(BusError::Unavailable(_))))
+            });
+        if let Some(reason) = unavailable {
+            return Err(logged(ApiError::from(BusError::Unavailable(reason))));
+        }
+        let mut results = results.into_iter();
+        Ok(checked
+            .into_iter()
+            .map(|(channel, bad)| {
+                let result = match bad {
+                    Some(e) => Err(e),
+                    // Same length as `valid`, checked above.
+                    None => results
+                        .next()
+                        .unwrap_or_else(|| Err(BusError::Protocol("missing result".into())))
+                        .map_err(ApiError::from),
+                };
+                ChannelOutcome { channel, result }
+            })
+            .collect())
+    }
+
+    /// The live gateway nodes with their connection counts.
+    pub async fn nodes(&self) -> Result<Vec<NodeInfo>, ApiError> {
+        let nodes = self.within_deadline(self.inner.bus.nodes()).await?;
+        nodes.map_err(|e| logged(e.into()))
+    }
+
+    /// Whether the bus can publish now (for `/readyz`).
+    pub async fn ready(&self) -> Result<(), ApiError> {
+        let checked = self.within_deadline(self.inner.bus.check()).await?;
+        checked.map_err(ApiError::from)
+    }
+
+    fn check_data_size(&self, len: usize) -> Result<(), ApiError> {
+        if len > self.inner.max_data {
+            return Err(ApiError::too_large(format!(
+                "data is {len} bytes, the limit is {} bytes (--api-max-data)",
+                self.inner.max_data
+            )));
+        }
+        Ok(())
+    }
+
+    /// Runs one bus operation under the request timeout, so a request never hangs even if
+    /// the bus's own timeout fails to fire.
+    async fn within_deadline<T>(&self, op: impl Future<Output = T>) -> Result<T, ApiError> {
+        let limit = self.inner.request_timeout;
+        tokio::time::timeout(limit, op).await.map_err(|_| {
+            logged(ApiError::unavailable(format!(
+                "the bus did not answer within {limit:?}"
+            )))
+        })
+    }
+}
+
+/// Logs server-side failures (client mistakes are not worth a log line).
+fn logged(e: ApiError) -> ApiError {
+    match e.code {
+        ErrorCode::Unavailable => warn!(error = %e.message, "bus unavailable"),
+        ErrorCode::Internal => tracing::error!(error = %e.message, "internal error"),
+        _ => {}
+    }
+    e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn broker(config: BrokerConfig) -> Broker {
+        Broker::new(Bus::memory(), &config)
+    }
+
+    #[tokio::test]
+    async fn broadcast_keeps_request_order_around_bad_channels() {
+        let b = broker(BrokerConfig::default());
+        let out = b
+            .broadcast(
+                vec!["a".into(), "bad{x}".into(), "a".into(), "c".into()],
+                Bytes::from_static(b"1"),
+            )
+            .await
+            .unwrap();
+        let summary: Vec<_> = out
+            .iter()
+            .map(|o| {
+                (
+                    o.channel.as_str(),
+                    o.result.as_ref().map(|p| p.offset).map_err(|e| e.code),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("a", Ok(1)),
+                ("bad{x}", Err(ErrorCode::BadChannel)),
+                ("a", Ok(2)),
+                ("c", Ok(1)),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn broadcast_limits_are_enforced_before_publishing() {
+        let b = broker(BrokerConfig {
+            max_broadcast: 2,
+            ..BrokerConfig::default()
+        });
+        let err = b.broadcast(vec![], Bytes::new()).await.unwrap_err();
+        assert_eq!(err.code, ErrorCode::BadRequest);
+        let err = b
+            .broadcast(vec!["a".into(), "b".into(), "c".into()], Bytes::new())
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::TooLarge);
+        assert!(err.message.contains("limit is 2"), "{}", err.message);
+    }
+
+    #[tokio::test]
+    async fn data_over_the_limit_is_refused_naming_the_limit() {
+        let b = broker(BrokerConfig {
+            max_data: 4,
+            ..BrokerConfig::default()
+        });
+        assert!(
+            b.publish("a".into(), Bytes::from_static(b"1234"))
+                .await
+                .is_ok()
+        );
+        let err = b
+            .publish("a".into(), Bytes::from_static(b"12345"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::TooLarge);
+        assert!(err.message.contains("limit is 4 bytes"), "{}", err.message);
+    }
+}

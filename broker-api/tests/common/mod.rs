@@ -1,0 +1,112 @@
+//! A real broker-api on a loopback port for the integration tests, with real HTTP and gRPC
+//! clients.
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use chorus_broker_api::{BrokerConfig, BrokerError};
+use chorus_bus::{Bus, BusSink, Envelope};
+use chorus_protocol::api::chorus_api_client::ChorusApiClient;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+/// The key most tests authenticate with.
+pub const KEY: &str = "test-key-one";
+/// A second configured key (key rotation).
+pub const OTHER_KEY: &str = "test-key-two";
+
+/// A config with two API keys and otherwise the defaults.
+pub fn config() -> BrokerConfig {
+    BrokerConfig {
+        api_keys: vec![KEY.into(), OTHER_KEY.into()],
+        ..BrokerConfig::default()
+    }
+}
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<Result<(), BrokerError>>>,
+}
+
+impl TestServer {
+    /// Serves `bus` with `config` on 127.0.0.1 on a free port.
+    pub async fn start(bus: Bus, config: BrokerConfig) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(chorus_broker_api::serve(
+            listener,
+            bus,
+            config,
+            shutdown.clone(),
+        ));
+        Self {
+            addr,
+            shutdown,
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Cancels and waits for `serve` to return.
+    pub async fn stop(mut self) -> Result<(), BrokerError> {
+        self.shutdown.cancel();
+        let task = self.task.take().unwrap();
+        task.await.unwrap()
+    }
+
+    /// A gRPC client over a real TCP connection to this server.
+    pub async fn grpc(&self) -> ChorusApiClient<Channel> {
+        ChorusApiClient::connect(self.url("")).await.unwrap()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A gRPC request carrying `authorization: Bearer <key>`.
+pub fn authed<T>(message: T, key: &str) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(message);
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    req
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+/// Collects every envelope a node attached to the bus receives.
+#[derive(Default)]
+pub struct Collect(pub Mutex<Vec<Envelope>>);
+
+impl BusSink for Collect {
+    fn publication(&self, envelope: Envelope) {
+        self.0.lock().unwrap().push(envelope);
+    }
+}
+
+impl Collect {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    pub fn data(&self) -> Vec<Vec<u8>> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| e.data.to_vec())
+            .collect()
+    }
+}

@@ -1,0 +1,98 @@
+//! Redis going away and coming back, with the real Redis bus and a real redis-server.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chorus_bus::{Bus, BusConfig};
+use chorus_protocol::api::PublishRequest;
+use chorus_testkit::RedisServer;
+use common::{KEY, TestServer, authed, config, http};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tonic::Code;
+
+const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
+
+async fn http_publish(server: &TestServer) -> (StatusCode, Value) {
+    let resp = http()
+        .post(server.url("/api/publish"))
+        .bearer_auth(KEY)
+        .json(&json!({"channel": "news", "data": {"n": 1}}))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    (status, resp.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_unreachable_answers_503_and_unavailable_then_recovers() {
+    let mut redis = RedisServer::start().unwrap();
+    let bus_config = BusConfig {
+        redis_url: redis.url(),
+        redis_timeout: REDIS_TIMEOUT,
+        ..BusConfig::default()
+    };
+    let bus = Bus::redis(&bus_config).unwrap();
+    let server = TestServer::start(bus, config().with_bus_timeout(&bus_config)).await;
+    let bound = REDIS_TIMEOUT + Duration::from_secs(1);
+
+    let (status, body) = http_publish(&server).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let ready = http().get(server.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+
+    tokio::task::block_in_place(|| redis.stop());
+
+    let started = Instant::now();
+    let (status, body) = http_publish(&server).await;
+    let took = started.elapsed();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "unavailable", "{body}");
+    assert!(took <= bound, "HTTP publish took {took:?} with Redis down");
+
+    let mut grpc = server.grpc().await;
+    let req = PublishRequest {
+        channel: "news".into(),
+        data: Bytes::from_static(b"1"),
+    };
+    let started = Instant::now();
+    let status = grpc.publish(authed(req.clone(), KEY)).await.unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(took <= bound, "gRPC publish took {took:?} with Redis down");
+
+    let started = Instant::now();
+    let ready = http().get(server.url("/readyz")).send().await.unwrap();
+    assert!(
+        started.elapsed() <= bound,
+        "/readyz took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unavailable", "{body}");
+
+    tokio::task::block_in_place(|| redis.restart()).unwrap();
+
+    // The bus reconnects on its own; poll until a publish goes through again.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, body) = http_publish(&server).await;
+        if status == StatusCode::OK {
+            assert!(body["offset"].as_u64().is_some_and(|o| o >= 1), "{body}");
+            break;
+        }
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert!(
+            Instant::now() < deadline,
+            "publish still failing after Redis restart: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    grpc.publish(authed(req, KEY)).await.unwrap();
+    let ready = http().get(server.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+}
