@@ -1,54 +1,119 @@
 //! The Redis bus: publishing through one Lua script per channel, one RESP3 pub/sub
 //! connection per gateway node, and the node registry under short leases.
+//!
+//! - [`connect`]: connection settings (keepalive, timeouts), the pool, and how Redis failures
+//!   read as [`BusError`]s;
+//! - [`publish`]: the publish script and `publish`/`broadcast`/`position`/`check`;
+//! - [`subscriber`]: the per-node task that keeps Redis subscriptions equal to the wanted set
+//!   and hands envelopes to the node's sink;
+//! - [`registry`]: the per-node task that keeps the node and its connections registered, and
+//!   the `nodes` query.
+//!
+//! A [`RedisLink`] owns its two background tasks through one cancellation token: `detach`
+//! cancels them and waits for their clean-up (UNSUBSCRIBE, registry removal); dropping the link
+//! cancels them too, and they clean up on their own.
+
+mod connect;
+mod publish;
+mod registry;
+mod subscriber;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
-use bytes::Bytes;
+use deadpool_redis::Pool;
+use parking_lot::Mutex;
+use redis::Script;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::wanted::Wanted;
-use crate::{
-    BusConfig, BusError, BusSink, ChannelReady, ConnectionInfo, NodeInfo, Position, Publish,
-    Published,
-};
+use crate::{BusConfig, BusError, BusSink, ChannelReady, ConnectionInfo, NodeInfo};
 
-pub struct RedisBus {}
+pub struct RedisBus {
+    config: BusConfig,
+    /// Connections for publishing, queries and the registry.
+    pool: Pool,
+    /// The client for subscriber connections (RESP3), one per attached node.
+    subscriber_client: redis::Client,
+    publish_script: Script,
+    lease_script: Script,
+    live_nodes_script: Script,
+}
 
 impl RedisBus {
-    pub(crate) fn new(_config: &BusConfig) -> Result<Self, BusError> {
-        todo!()
+    pub(crate) fn new(config: &BusConfig) -> Result<Self, BusError> {
+        if config.redis_timeout.is_zero() {
+            return Err(BusError::Config("redis timeout must be above zero".into()));
+        }
+        if config.node_lease < Duration::from_millis(30) {
+            return Err(BusError::Config("node lease must be at least 30ms".into()));
+        }
+        let info = connect::connection_info(config)?;
+        let subscriber_client = redis::Client::open(connect::resp3(&info))
+            .map_err(|e| BusError::Config(format!("redis connection settings: {e}")))?;
+        Ok(Self {
+            pool: connect::pool(config, info)?,
+            subscriber_client,
+            config: config.clone(),
+            publish_script: publish::publish_script(),
+            lease_script: registry::lease_script(),
+            live_nodes_script: registry::live_nodes_script(),
+        })
     }
 
-    pub(crate) async fn publish(&self, _msg: Publish) -> Result<Published, BusError> {
-        todo!()
+    /// Starts the node's subscriber and registry tasks. Must be called within a Tokio runtime.
+    pub(crate) fn attach(self: &Arc<Self>, node: NodeInfo, sink: Arc<dyn BusSink>) -> RedisLink {
+        let wanted = Arc::new(Wanted::default());
+        let state = Arc::new(LinkState::default());
+        let cancel = CancellationToken::new();
+        let (registry_handle, registry_task) =
+            registry::Registry::new(self.clone(), node.clone(), state.clone(), cancel.clone());
+        let subscriber_task = subscriber::Subscriber {
+            client: self.subscriber_client.clone(),
+            timeout: self.config.redis_timeout,
+            node: node.id.clone(),
+            wanted: wanted.clone(),
+            sink,
+            state: state.clone(),
+            cancel: cancel.clone(),
+        };
+        tracing::info!(node = %node.id, address = %node.address, "attaching node to the redis bus");
+        let tasks = vec![
+            tokio::spawn(subscriber_task.run()),
+            tokio::spawn(registry_task.run()),
+        ];
+        RedisLink {
+            wanted,
+            state,
+            registry: registry_handle,
+            cancel,
+            tasks: Mutex::new(tasks),
+            // One operation in flight plus the clean-up, each bounded by the timeout.
+            detach_deadline: self.config.redis_timeout * 2 + Duration::from_millis(200),
+            node: node.id,
+        }
     }
+}
 
-    pub(crate) async fn broadcast(
-        &self,
-        _channels: &[String],
-        _data: Bytes,
-    ) -> Vec<Result<Published, BusError>> {
-        todo!()
-    }
-
-    pub(crate) async fn position(&self, _channel: &str) -> Result<Position, BusError> {
-        todo!()
-    }
-
-    pub(crate) async fn nodes(&self) -> Result<Vec<NodeInfo>, BusError> {
-        todo!()
-    }
-
-    pub(crate) async fn check(&self) -> Result<(), BusError> {
-        todo!()
-    }
-
-    pub(crate) fn attach(self: &Arc<Self>, _node: NodeInfo, _sink: Arc<dyn BusSink>) -> RedisLink {
-        todo!()
-    }
+/// What the link's tasks report back for readiness.
+#[derive(Default)]
+pub(crate) struct LinkState {
+    /// The subscriber connection is up and the whole wanted set is subscribed.
+    pub(crate) subscriber_ready: AtomicBool,
+    /// The last registry refresh succeeded.
+    pub(crate) registry_ready: AtomicBool,
 }
 
 pub struct RedisLink {
     wanted: Arc<Wanted>,
+    state: Arc<LinkState>,
+    registry: registry::RegistryHandle,
+    cancel: CancellationToken,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    detach_deadline: Duration,
+    node: String,
 }
 
 impl RedisLink {
@@ -61,18 +126,41 @@ impl RedisLink {
     }
 
     pub(crate) fn is_ready(&self) -> bool {
-        todo!()
+        self.state.subscriber_ready.load(Ordering::Acquire)
+            && self.state.registry_ready.load(Ordering::Acquire)
     }
 
-    pub(crate) fn connection_opened(&self, _conn: ConnectionInfo) {
-        todo!()
+    pub(crate) fn connection_opened(&self, conn: ConnectionInfo) {
+        self.registry.opened(conn);
     }
 
-    pub(crate) fn connection_closed(&self, _client: &str) {
-        todo!()
+    pub(crate) fn connection_closed(&self, client: &str) {
+        self.registry.closed(client);
     }
 
     pub(crate) async fn detach(&self) {
-        todo!()
+        self.cancel.cancel();
+        let tasks = std::mem::take(&mut *self.tasks.lock());
+        if tasks.is_empty() {
+            return;
+        }
+        let aborts: Vec<_> = tasks.iter().map(JoinHandle::abort_handle).collect();
+        let joined = tokio::time::timeout(self.detach_deadline, futures::future::join_all(tasks));
+        if joined.await.is_err() {
+            tracing::warn!(node = %self.node, deadline = ?self.detach_deadline,
+                "detach did not finish its clean-up in time; the registry entry expires with its lease");
+            for abort in aborts {
+                abort.abort();
+            }
+        } else {
+            tracing::info!(node = %self.node, "node detached from the redis bus");
+        }
+    }
+}
+
+impl Drop for RedisLink {
+    /// The tasks stop (and clean up on their own) when the link goes away without `detach`.
+    fn drop(&mut self) {
+        self.cancel.cancel();
     }
 }

@@ -1,0 +1,381 @@
+//! Publishing: one Lua script per channel publish, so that assigning the offset and sending
+//! the envelope are one atomic step inside Redis.
+//!
+//! Why a script: two publishers racing on a channel must not both see offset N, and every
+//! gateway must receive publications in offset order. Inside a script the HINCRBY and the
+//! PUBLISH cannot interleave with another publisher's, so pub/sub order is offset order.
+//!
+//! Why the script edits protobuf: the publisher cannot know the offset (nor, for a channel
+//! Redis lost, the epoch) before the script runs, yet gateways should decode one message. The
+//! publisher encodes the envelope without offset and epoch; the script appends field 1
+//! (varint offset) and field 2 (the epoch string). Protobuf merges concatenated encodings of
+//! a message, so the appended fields are what every gateway decodes — no re-encoding in Lua.
+//!
+//! Why the caller proposes the epoch: Lua in Redis has no good randomness, so the publisher
+//! sends a fresh candidate with every call; it is stored only when the channel has none (a new
+//! channel, or one whose metadata Redis lost — which is exactly when the epoch must change).
+
+use bytes::Bytes;
+use prost::Message;
+use redis::{Pipeline, Script, ServerErrorKind, Value};
+
+use super::RedisBus;
+use super::connect::{pool_error, redis_error, timed_out};
+use crate::{BusError, Envelope, Position, Publish, Published, keys, new_epoch, now_ms};
+
+/// KEYS[1] = the channel's meta hash; ARGV[1] = its pub/sub channel, ARGV[2] = a candidate
+/// epoch, ARGV[3] = the envelope encoded without offset and epoch.
+/// Returns `{offset, epoch}`.
+pub(crate) const PUBLISH_LUA: &str = r#"
+local function varint(n)
+  local out = {}
+  while n >= 128 do
+    out[#out + 1] = string.char(n % 128 + 128)
+    n = math.floor(n / 128)
+  end
+  out[#out + 1] = string.char(n)
+  return table.concat(out)
+end
+
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  redis.call('HSETNX', KEYS[1], 'epoch', ARGV[2])
+  epoch = ARGV[2]
+end
+local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
+-- field 1, wire type 0 (varint): tag 0x08; field 2, wire type 2 (bytes): tag 0x12.
+local tail = '\8' .. varint(offset) .. '\18' .. varint(#epoch) .. epoch
+redis.call('PUBLISH', ARGV[1], ARGV[3] .. tail)
+return {offset, epoch}
+"#;
+
+pub(crate) fn publish_script() -> Script {
+    Script::new(PUBLISH_LUA)
+}
+
+/// The envelope as the publisher sends it to the script: everything but offset and epoch.
+fn envelope_without_position(channel: &str, data: Bytes, exclude_client: String) -> Vec<u8> {
+    Envelope {
+        offset: 0,
+        epoch: String::new(),
+        channel: channel.to_owned(),
+        data,
+        published_at_ms: now_ms(),
+        exclude_client,
+    }
+    .encode_to_vec()
+}
+
+/// The EVALSHA command for one channel publish (for pipelines, which cannot fall back to
+/// EVAL on their own).
+fn evalsha(script: &Script, channel: &str, envelope: Vec<u8>) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(script.get_hash())
+        .arg(1)
+        .arg(keys::meta(channel))
+        .arg(keys::pubsub(channel))
+        .arg(new_epoch())
+        .arg(envelope);
+    cmd
+}
+
+fn published_from(value: Value) -> Result<Published, BusError> {
+    let (offset, epoch): (u64, String) = redis::from_redis_value(value)
+        .map_err(|e| BusError::Protocol(format!("publish script returned {e}")))?;
+    Ok(Published { offset, epoch })
+}
+
+fn is_noscript(value: &Value) -> bool {
+    matches!(value, Value::ServerError(e) if e.kind() == Some(ServerErrorKind::NoScript))
+}
+
+impl RedisBus {
+    pub(crate) async fn publish(&self, msg: Publish) -> Result<Published, BusError> {
+        chorus_protocol::channel::validate(&msg.channel)?;
+        let envelope = envelope_without_position(&msg.channel, msg.data, msg.exclude_client);
+        let timeout = self.config.redis_timeout;
+        let run = async {
+            let mut conn = self.pool.get().await.map_err(|e| pool_error(e, timeout))?;
+            let value: Value = self
+                .publish_script
+                .key(keys::meta(&msg.channel))
+                .arg(keys::pubsub(&msg.channel))
+                .arg(new_epoch())
+                .arg(envelope)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| redis_error(&e))?;
+            published_from(value)
+        };
+        let result = tokio::time::timeout(timeout, run)
+            .await
+            .unwrap_or_else(|_| Err(timed_out("a publish", timeout)));
+        if let Err(e) = &result {
+            tracing::debug!(channel = %msg.channel, error = %e, "publish failed");
+        }
+        result
+    }
+
+    pub(crate) async fn broadcast(
+        &self,
+        channels: &[String],
+        data: Bytes,
+    ) -> Vec<Result<Published, BusError>> {
+        let mut results: Vec<Option<Result<Published, BusError>>> =
+            Vec::with_capacity(channels.len());
+        // (index in `channels`, command) for every valid channel.
+        let mut pending = Vec::with_capacity(channels.len());
+        for (i, channel) in channels.iter().enumerate() {
+            match chorus_protocol::channel::validate(channel) {
+                Ok(()) => {
+                    let envelope = envelope_without_position(channel, data.clone(), String::new());
+                    pending.push((i, evalsha(&self.publish_script, channel, envelope)));
+                    results.push(None);
+                }
+                Err(e) => results.push(Some(Err(e.into()))),
+            }
+        }
+        if !pending.is_empty() {
+            let timeout = self.config.redis_timeout;
+            let outcome = tokio::time::timeout(timeout, self.run_publishes(&pending))
+                .await
+                .unwrap_or_else(|_| Err(timed_out("a broadcast", timeout)));
+            match outcome {
+                Ok(values) => {
+                    for ((i, _), value) in pending.iter().zip(values) {
+                        results[*i] = Some(value);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(channels = pending.len(), error = %e, "broadcast failed");
+                    let reason = e.to_string();
+                    for (i, _) in &pending {
+                        results[*i] = Some(Err(match &e {
+                            BusError::Unavailable(r) => BusError::Unavailable(r.clone()),
+                            _ => BusError::Protocol(reason.clone()),
+                        }));
+                    }
+                }
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(BusError::Protocol("no reply for channel".into()))))
+            .collect()
+    }
+
+    /// Runs the publish commands in one pipeline; if Redis had no copy of the script (a
+    /// restart, SCRIPT FLUSH), loads it and runs again only the commands it refused — they
+    /// did not execute, so nothing is published twice.
+    async fn run_publishes(
+        &self,
+        pending: &[(usize, redis::Cmd)],
+    ) -> Result<Vec<Result<Published, BusError>>, BusError> {
+        let timeout = self.config.redis_timeout;
+        let mut conn = self.pool.get().await.map_err(|e| pool_error(e, timeout))?;
+        let mut pipe = Pipeline::with_capacity(pending.len());
+        pipe.ignore_errors();
+        for (_, cmd) in pending {
+            pipe.add_command(cmd.clone());
+        }
+        let mut values: Vec<Value> = pipe
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| redis_error(&e))?;
+        if values.len() != pending.len() {
+            return Err(BusError::Protocol(format!(
+                "{} replies to {} publishes",
+                values.len(),
+                pending.len()
+            )));
+        }
+        let refused: Vec<usize> = (0..values.len())
+            .filter(|&i| is_noscript(&values[i]))
+            .collect();
+        if !refused.is_empty() {
+            self.publish_script
+                .load_async(&mut conn)
+                .await
+                .map_err(|e| redis_error(&e))?;
+            let mut retry = Pipeline::with_capacity(refused.len());
+            retry.ignore_errors();
+            for &i in &refused {
+                retry.add_command(pending[i].1.clone());
+            }
+            let again: Vec<Value> = retry
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| redis_error(&e))?;
+            for (&i, value) in refused.iter().zip(again) {
+                values[i] = value;
+            }
+        }
+        Ok(values
+            .into_iter()
+            .map(|value| match value {
+                Value::ServerError(e) => Err(redis_error(&e.into())),
+                value => published_from(value),
+            })
+            .collect())
+    }
+
+    pub(crate) async fn position(&self, channel: &str) -> Result<Position, BusError> {
+        chorus_protocol::channel::validate(channel)?;
+        let timeout = self.config.redis_timeout;
+        let run = async {
+            let mut conn = self.pool.get().await.map_err(|e| pool_error(e, timeout))?;
+            let (epoch, offset): (Option<String>, Option<u64>) = redis::cmd("HMGET")
+                .arg(keys::meta(channel))
+                .arg("epoch")
+                .arg("offset")
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| redis_error(&e))?;
+            Ok(match (epoch, offset) {
+                (Some(epoch), offset) => Position {
+                    offset: offset.unwrap_or(0),
+                    epoch,
+                },
+                (None, _) => Position::default(),
+            })
+        };
+        tokio::time::timeout(timeout, run)
+            .await
+            .unwrap_or_else(|_| Err(timed_out("a position query", timeout)))
+    }
+
+    pub(crate) async fn check(&self) -> Result<(), BusError> {
+        let timeout = self.config.redis_timeout;
+        let run = async {
+            let mut conn = self.pool.get().await.map_err(|e| pool_error(e, timeout))?;
+            let _: String = redis::cmd("PING")
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| redis_error(&e))?;
+            Ok(())
+        };
+        tokio::time::timeout(timeout, run)
+            .await
+            .unwrap_or_else(|_| Err(timed_out("PING", timeout)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::BusConfig;
+    use chorus_testkit::RedisServer;
+    use std::time::Duration;
+
+    const TEST_WAIT: Duration = Duration::from_secs(5);
+
+    /// Runs the script directly (no gateway) and decodes what it PUBLISHed.
+    async fn publish_and_capture(
+        server: &RedisServer,
+        meta_offset: Option<u64>,
+        epoch: &str,
+    ) -> (Published, Envelope) {
+        let client = redis::Client::open(format!("{}/?protocol=resp3", server.url())).unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let config = redis::AsyncConnectionConfig::new().set_push_sender(tx);
+        let mut sub = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .unwrap();
+        sub.subscribe(keys::pubsub("t")).await.unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        if let Some(offset) = meta_offset {
+            let _: () = redis::cmd("HSET")
+                .arg(keys::meta("t"))
+                .arg("offset")
+                .arg(offset)
+                .arg("epoch")
+                .arg(epoch)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+        let body = envelope_without_position("t", Bytes::from_static(b"payload"), "c9".into());
+        let value: Value = publish_script()
+            .key(keys::meta("t"))
+            .arg(keys::pubsub("t"))
+            .arg(epoch)
+            .arg(body)
+            .invoke_async(&mut conn)
+            .await
+            .unwrap();
+        let published = published_from(value).unwrap();
+        loop {
+            let push = tokio::time::timeout(TEST_WAIT, rx.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            if push.kind == redis::PushKind::Message {
+                let payload: Vec<u8> = redis::from_redis_value(push.data[1].clone()).unwrap();
+                return (published, Envelope::decode(payload.as_slice()).unwrap());
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn script_appends_offset_and_epoch_that_prost_decodes() {
+        let server = RedisServer::start().unwrap();
+        // Offsets around every varint length boundary, up to just below 2^53.
+        let cases = [
+            0u64,
+            126,
+            127,
+            16_382,
+            16_383,
+            (1 << 21) - 1,
+            (1 << 28) - 1,
+            (1 << 35) - 1,
+            (1 << 42) - 1,
+            (1 << 49) - 1,
+            (1 << 53) - 2,
+        ];
+        for before in cases {
+            let (published, envelope) = publish_and_capture(&server, Some(before), "ep0ch").await;
+            assert_eq!(published.offset, before + 1);
+            assert_eq!(envelope.offset, before + 1, "offset after {before}");
+            assert_eq!(envelope.epoch, "ep0ch");
+            assert_eq!(envelope.channel, "t");
+            assert_eq!(envelope.data, Bytes::from_static(b"payload"));
+            assert_eq!(envelope.exclude_client, "c9");
+        }
+        // A long epoch needs a two-byte length.
+        let long_epoch = "e".repeat(300);
+        let (published, envelope) = publish_and_capture(&server, Some(5), &long_epoch).await;
+        assert_eq!((published.offset, envelope.offset), (6, 6));
+        assert_eq!(envelope.epoch, long_epoch);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_new_channel_takes_the_candidate_epoch_and_keeps_it() {
+        let server = RedisServer::start().unwrap();
+        let (first, envelope) = publish_and_capture(&server, None, "cand1").await;
+        assert_eq!((first.offset, first.epoch.as_str()), (1, "cand1"));
+        assert_eq!(envelope.epoch, "cand1");
+        let (second, envelope) = publish_and_capture(&server, None, "cand2").await;
+        assert_eq!((second.offset, second.epoch.as_str()), (2, "cand1"));
+        assert_eq!((envelope.offset, envelope.epoch.as_str()), (2, "cand1"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn broadcast_loads_the_script_when_redis_has_none() {
+        let server = RedisServer::start().unwrap();
+        let bus = RedisBus::new(&BusConfig {
+            redis_url: server.url(),
+            ..BusConfig::default()
+        })
+        .unwrap();
+        server.cli(&["SCRIPT", "FLUSH"]).unwrap();
+        let results = bus
+            .broadcast(&["a".into(), "b".into()], Bytes::from_static(b"x"))
+            .await;
+        assert_eq!(results.len(), 2);
+        for r in results {
+            assert_eq!(r.unwrap().offset, 1);
+        }
+    }
+}

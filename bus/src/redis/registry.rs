@@ -1,0 +1,409 @@
+//! The node registry: which gateways are alive, where they are, and who is connected to them.
+//!
+//! Why leases: a gateway killed with SIGKILL cannot deregister itself. So a node is a member of
+//! the `keys::nodes()` sorted set scored by the moment its lease runs out, and its two hashes
+//! carry a TTL of one lease; a task renews both every lease/3. A dead node's score falls into
+//! the past (readers drop expired members) and its hashes expire on their own.
+//!
+//! Why Redis's clock: the lease scores are computed from `TIME` inside small scripts, both when
+//! a lease is renewed and when `nodes()` filters, so gateways with skewed clocks still agree on
+//! who is alive. Each script touches only the sorted set, so it stays valid on Redis Cluster.
+//!
+//! Why a queue of client ids and an in-memory map: `connection_opened`/`connection_closed` are
+//! called on the hot path of every WebSocket and must never wait. They update the link's map
+//! (the truth about this node) and `try_send` the client id into a bounded queue; the task
+//! writes each dirty id's *current* state (HSET or HDEL) in pipelined batches, so order in the
+//! queue does not matter. If the queue is full, or a write fails, or Redis lost the node's
+//! entry (a restart), the next refresh rewrites the whole connections hash from the map in one
+//! MULTI, so readers never see it half-written.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use redis::{Script, Value};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::connect::{pool_error, redis_error, timed_out};
+use super::{LinkState, RedisBus};
+use crate::{BusError, ConnectionInfo, NodeInfo, keys};
+
+/// Capacity of the queue of dirty client ids.
+const QUEUE: usize = 16 * 1024;
+/// Most client ids written in one pipeline.
+const WRITE_BATCH: usize = 1024;
+/// Most fields per HSET when the whole connections hash is rewritten.
+const RESYNC_CHUNK: usize = 1000;
+
+/// KEYS[1] = the nodes sorted set; ARGV[1] = node id, ARGV[2] = lease in ms.
+/// Scores the node with Redis's now + lease; returns 1 if the node was not registered.
+const LEASE_LUA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('ZADD', KEYS[1], string.format('%d', now + tonumber(ARGV[2])), ARGV[1])
+"#;
+
+/// KEYS[1] = the nodes sorted set. Drops expired nodes, returns the live ones.
+const LIVE_NODES_LUA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%d', now))
+return redis.call('ZRANGEBYSCORE', KEYS[1], string.format('(%d', now), '+inf')
+"#;
+
+pub(crate) fn lease_script() -> Script {
+    Script::new(LEASE_LUA)
+}
+
+pub(crate) fn live_nodes_script() -> Script {
+    Script::new(LIVE_NODES_LUA)
+}
+
+/// The registry state shared by the link (writers) and the task (reader).
+#[derive(Default)]
+struct Shared {
+    /// This node's connections: the truth the Redis hash is kept equal to.
+    connections: Mutex<HashMap<String, ConnectionInfo>>,
+    /// The Redis hash may differ from `connections`: rewrite it on the next refresh.
+    resync: AtomicBool,
+}
+
+/// The link's side: records connections without waiting.
+pub(crate) struct RegistryHandle {
+    shared: Arc<Shared>,
+    dirty: mpsc::Sender<String>,
+}
+
+impl RegistryHandle {
+    pub(crate) fn opened(&self, conn: ConnectionInfo) {
+        let client = conn.client.clone();
+        self.shared.connections.lock().insert(client.clone(), conn);
+        self.mark_dirty(client);
+    }
+
+    pub(crate) fn closed(&self, client: &str) {
+        if self.shared.connections.lock().remove(client).is_some() {
+            self.mark_dirty(client.to_owned());
+        }
+    }
+
+    fn mark_dirty(&self, client: String) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.dirty.try_send(client) {
+            self.shared.resync.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// The task's side.
+pub(crate) struct Registry {
+    bus: Arc<RedisBus>,
+    node: NodeInfo,
+    state: Arc<LinkState>,
+    shared: Arc<Shared>,
+    dirty: mpsc::Receiver<String>,
+    cancel: CancellationToken,
+}
+
+impl Registry {
+    pub(crate) fn new(
+        bus: Arc<RedisBus>,
+        node: NodeInfo,
+        state: Arc<LinkState>,
+        cancel: CancellationToken,
+    ) -> (RegistryHandle, Registry) {
+        let shared = Arc::new(Shared::default());
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let handle = RegistryHandle {
+            shared: shared.clone(),
+            dirty: tx,
+        };
+        let task = Registry {
+            bus,
+            node,
+            state,
+            shared,
+            dirty: rx,
+            cancel,
+        };
+        (handle, task)
+    }
+
+    fn lease(&self) -> Duration {
+        self.bus.config.node_lease
+    }
+
+    fn timeout(&self) -> Duration {
+        self.bus.config.redis_timeout
+    }
+
+    /// Refreshes the lease every lease/3 and writes connection changes as they come, until
+    /// cancelled; then removes the node. Each operation runs to its own deadline before
+    /// cancellation is looked at, so a renewal can never land after the removal.
+    pub(crate) async fn run(mut self) {
+        let mut refresh = tokio::time::interval(self.lease() / 3);
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut batch = Vec::with_capacity(WRITE_BATCH);
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => break,
+                _ = refresh.tick() => self.refresh().await,
+                n = self.dirty.recv_many(&mut batch, WRITE_BATCH) => {
+                    if n == 0 {
+                        break; // the link is gone
+                    }
+                    self.write_dirty(&batch).await;
+                    batch.clear();
+                }
+            }
+        }
+        self.state.registry_ready.store(false, Ordering::Release);
+        self.remove().await;
+    }
+
+    async fn refresh(&self) {
+        let result = tokio::time::timeout(self.timeout(), self.try_refresh())
+            .await
+            .unwrap_or_else(|_| Err(timed_out("a registry refresh", self.timeout())));
+        let was_ready = self
+            .state
+            .registry_ready
+            .swap(result.is_ok(), Ordering::AcqRel);
+        match result {
+            Ok(()) if !was_ready => {
+                tracing::info!(node = %self.node.id, lease = ?self.lease(), "node registered");
+            }
+            Ok(()) => {}
+            Err(e) => {
+                // Whatever happened, the hash may now be stale: rewrite it once Redis is back.
+                self.shared.resync.store(true, Ordering::Release);
+                tracing::warn!(node = %self.node.id, error = %e, "node registry refresh failed");
+            }
+        }
+    }
+
+    async fn try_refresh(&self) -> Result<(), BusError> {
+        let lease_ms = self.lease().as_millis() as u64;
+        let mut conn = self
+            .bus
+            .pool
+            .get()
+            .await
+            .map_err(|e| pool_error(e, self.timeout()))?;
+        // The description first, so a reader never sees a live node without it.
+        let node_key = keys::node(&self.node.id);
+        redis::pipe()
+            .cmd("HSET")
+            .arg(&node_key)
+            .arg("address")
+            .arg(&self.node.address)
+            .arg("started_at_ms")
+            .arg(self.node.started_at_ms)
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&node_key)
+            .arg(lease_ms)
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(keys::node_connections(&self.node.id))
+            .arg(lease_ms)
+            .ignore()
+            .exec_async(&mut conn)
+            .await
+            .map_err(|e| redis_error(&e))?;
+        let added: i64 = self
+            .bus
+            .lease_script
+            .key(keys::nodes())
+            .arg(&self.node.id)
+            .arg(lease_ms)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| redis_error(&e))?;
+        // A node Redis did not know (first refresh, expired lease, restarted Redis) has no
+        // trustworthy connections hash either.
+        let resync = self.shared.resync.swap(false, Ordering::AcqRel) || added == 1;
+        if resync {
+            let result = self.rewrite_connections(&mut conn, lease_ms).await;
+            if result.is_err() {
+                self.shared.resync.store(true, Ordering::Release);
+            }
+            result?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the connections hash with the in-memory map, atomically.
+    async fn rewrite_connections(
+        &self,
+        conn: &mut deadpool_redis::Connection,
+        lease_ms: u64,
+    ) -> Result<(), BusError> {
+        let key = keys::node_connections(&self.node.id);
+        let entries: Vec<(String, String)> = self
+            .shared
+            .connections
+            .lock()
+            .values()
+            .map(|c| (c.client.clone(), connection_json(c)))
+            .collect();
+        let mut pipe = redis::pipe();
+        pipe.atomic().cmd("DEL").arg(&key).ignore();
+        for chunk in entries.chunks(RESYNC_CHUNK) {
+            pipe.cmd("HSET").arg(&key).arg(chunk).ignore();
+        }
+        pipe.cmd("PEXPIRE").arg(&key).arg(lease_ms).ignore();
+        pipe.exec_async(conn).await.map_err(|e| redis_error(&e))?;
+        tracing::debug!(node = %self.node.id, connections = entries.len(),
+            "node connections rewritten");
+        Ok(())
+    }
+
+    /// Writes the current state of each dirty client: HSET if connected, HDEL if not.
+    async fn write_dirty(&self, clients: &[String]) {
+        let unique: HashSet<&String> = clients.iter().collect();
+        let changes: Vec<(&String, Option<String>)> = {
+            let connections = self.shared.connections.lock();
+            unique
+                .into_iter()
+                .map(|c| (c, connections.get(c).map(connection_json)))
+                .collect()
+        };
+        let key = keys::node_connections(&self.node.id);
+        let mut pipe = redis::pipe();
+        for (client, json) in &changes {
+            match json {
+                Some(json) => pipe.cmd("HSET").arg(&key).arg(client).arg(json).ignore(),
+                None => pipe.cmd("HDEL").arg(&key).arg(client).ignore(),
+            };
+        }
+        // A hash created here must not outlive the node if it dies before the next refresh.
+        pipe.cmd("PEXPIRE")
+            .arg(&key)
+            .arg(self.lease().as_millis() as u64)
+            .ignore();
+        let timeout = self.timeout();
+        let run = async {
+            let mut conn = self
+                .bus
+                .pool
+                .get()
+                .await
+                .map_err(|e| pool_error(e, timeout))?;
+            pipe.exec_async(&mut conn)
+                .await
+                .map_err(|e| redis_error(&e))
+        };
+        let result = tokio::time::timeout(timeout, run)
+            .await
+            .unwrap_or_else(|_| Err(timed_out("connection updates", timeout)));
+        if let Err(e) = result {
+            self.shared.resync.store(true, Ordering::Release);
+            tracing::warn!(node = %self.node.id, changes = changes.len(), error = %e,
+                "writing node connections failed; they are rewritten on the next refresh");
+        }
+    }
+
+    /// Removes the node from the registry (on detach), within the timeout.
+    async fn remove(&self) {
+        let timeout = self.timeout();
+        let run = async {
+            let mut conn = self
+                .bus
+                .pool
+                .get()
+                .await
+                .map_err(|e| pool_error(e, timeout))?;
+            redis::pipe()
+                .cmd("ZREM")
+                .arg(keys::nodes())
+                .arg(&self.node.id)
+                .ignore()
+                .cmd("DEL")
+                .arg(keys::node(&self.node.id))
+                .ignore()
+                .cmd("DEL")
+                .arg(keys::node_connections(&self.node.id))
+                .ignore()
+                .exec_async(&mut conn)
+                .await
+                .map_err(|e| redis_error(&e))
+        };
+        let result = tokio::time::timeout(timeout, run)
+            .await
+            .unwrap_or_else(|_| Err(timed_out("the node removal", timeout)));
+        match result {
+            Ok(()) => tracing::info!(node = %self.node.id, "node removed from the registry"),
+            Err(e) => tracing::warn!(node = %self.node.id, error = %e,
+                "removing the node failed; it expires with its lease"),
+        }
+    }
+}
+
+fn connection_json(conn: &ConnectionInfo) -> String {
+    serde_json::json!({ "user": conn.user, "connected_at_ms": conn.connected_at_ms }).to_string()
+}
+
+impl RedisBus {
+    pub(crate) async fn nodes(&self) -> Result<Vec<NodeInfo>, BusError> {
+        let timeout = self.config.redis_timeout;
+        tokio::time::timeout(timeout, self.try_nodes())
+            .await
+            .unwrap_or_else(|_| Err(timed_out("the nodes query", timeout)))
+    }
+
+    async fn try_nodes(&self) -> Result<Vec<NodeInfo>, BusError> {
+        let timeout = self.config.redis_timeout;
+        let mut conn = self.pool.get().await.map_err(|e| pool_error(e, timeout))?;
+        let mut ids: Vec<String> = self
+            .live_nodes_script
+            .key(keys::nodes())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| redis_error(&e))?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        ids.sort();
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.cmd("HGETALL").arg(keys::node(id));
+            pipe.cmd("HLEN").arg(keys::node_connections(id));
+        }
+        let replies: Vec<Value> = pipe
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| redis_error(&e))?;
+        if replies.len() != ids.len() * 2 {
+            return Err(BusError::Protocol(format!(
+                "{} replies to {} node queries",
+                replies.len(),
+                ids.len() * 2
+            )));
+        }
+        let mut replies = replies.into_iter();
+        let mut nodes = Vec::with_capacity(ids.len());
+        for id in ids {
+            let (Some(description), Some(count)) = (replies.next(), replies.next()) else {
+                break;
+            };
+            let description: HashMap<String, String> = redis::from_redis_value(description)
+                .map_err(|e| BusError::Protocol(format!("node {id}: {e}")))?;
+            let connections: u64 = redis::from_redis_value(count)
+                .map_err(|e| BusError::Protocol(format!("node {id} connections: {e}")))?;
+            nodes.push(NodeInfo {
+                address: description.get("address").cloned().unwrap_or_default(),
+                started_at_ms: description
+                    .get("started_at_ms")
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0),
+                connections,
+                id,
+            });
+        }
+        Ok(nodes)
+    }
+}

@@ -1,0 +1,380 @@
+//! The subscriber: one task per attached node, holding one dedicated RESP3 connection.
+//!
+//! Why RESP3 on a multiplexed connection rather than the crate's `PubSub`: the RESP2 `PubSub`
+//! type never reconnects and cannot PING with a deadline, so a half-open socket would hang it
+//! forever. With RESP3, messages arrive as push values on an ordinary connection that still
+//! answers commands (SUBSCRIBE confirmations, PING), and the crate reports a lost connection as
+//! a `Disconnection` push.
+//!
+//! Why the task reconciles a wanted *set* instead of replaying subscribe/unsubscribe calls: the
+//! hub changes [`Wanted`] synchronously and notifies; the task diffs it against what Redis
+//! confirmed and sends only the difference, in batches. After a reconnect "what Redis
+//! confirmed" is empty, so the same code resubscribes everything. Churn never queues up: a
+//! channel wanted and unwanted before the task looks costs nothing.
+//!
+//! Why messages are handled in the push sender itself: the push sender runs on the
+//! connection's reader (its driver task), in arrival order. Decoding there and handing the
+//! envelope straight to the [`BusSink`] (which must never block) keeps channel order, needs no
+//! queue between reader and sink — so no memory that grows when something is slow — and keeps
+//! Redis from seeing a slow pub/sub reader. Everything that can wait (subscribing, PING,
+//! reconnecting) happens in the task, never in the push sender.
+//!
+//! After a lost connection, publications of the gap are gone from pub/sub: every channel is
+//! marked pending until resubscribed, which is the gateway's cue to recover it from history.
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use prost::Message;
+use redis::aio::MultiplexedConnection;
+use redis::{PushInfo, PushKind, Value};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::LinkState;
+use super::connect::async_config;
+use crate::wanted::Wanted;
+use crate::{BusSink, Envelope, keys};
+
+/// Channels per SUBSCRIBE/UNSUBSCRIBE command.
+const BATCH: usize = 500;
+/// How often the idle connection is PINGed to detect a half-open socket.
+const PING_EVERY: Duration = Duration::from_secs(3);
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Payloads on Chorus's pub/sub channels that were not envelopes, across all links.
+static UNDECODABLE: AtomicU64 = AtomicU64::new(0);
+
+pub(crate) struct Subscriber {
+    pub(crate) client: redis::Client,
+    pub(crate) timeout: Duration,
+    pub(crate) node: String,
+    pub(crate) wanted: Arc<Wanted>,
+    pub(crate) sink: Arc<dyn BusSink>,
+    pub(crate) state: Arc<LinkState>,
+    pub(crate) cancel: CancellationToken,
+}
+
+/// Why a session with Redis ended.
+enum End {
+    Cancelled,
+    Lost(String),
+}
+
+impl Subscriber {
+    pub(crate) async fn run(self) {
+        let mut backoff = Backoff::default();
+        loop {
+            match self.session(&mut backoff).await {
+                End::Cancelled => break,
+                End::Lost(reason) => {
+                    // Pending first: whoever sees "not ready" must not find a stale "live".
+                    self.wanted.mark_all_pending();
+                    self.state.subscriber_ready.store(false, Ordering::Release);
+                    let delay = backoff.next_delay();
+                    tracing::warn!(node = %self.node, %reason, retry_in = ?delay,
+                        "redis subscriber connection lost");
+                    tokio::select! {
+                        _ = self.cancel.cancelled() => break,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+        self.state.subscriber_ready.store(false, Ordering::Release);
+        tracing::debug!(node = %self.node, "redis subscriber stopped");
+    }
+
+    /// One connection's life: connect, subscribe the wanted set, then follow changes until
+    /// the connection fails or the link is cancelled.
+    async fn session(&self, backoff: &mut Backoff) -> End {
+        let lost = Arc::new(Notify::new());
+        let config = async_config(self.timeout).set_push_sender(self.push_handler(lost.clone()));
+        let connect = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config);
+        let mut conn = tokio::select! {
+            _ = self.cancel.cancelled() => return End::Cancelled,
+            result = tokio::time::timeout(self.timeout, connect) => match result {
+                Ok(Ok(conn)) => conn,
+                Ok(Err(e)) => return End::Lost(super::connect::redis_error(&e).to_string()),
+                Err(_) => return End::Lost(format!("no connection within {:?}", self.timeout)),
+            },
+        };
+        let mut subscribed = HashSet::new();
+        if let Err(reason) = self.reconcile(&mut conn, &mut subscribed).await {
+            return End::Lost(reason);
+        }
+        if self.cancel.is_cancelled() {
+            self.unsubscribe_all(&mut conn, &subscribed).await;
+            return End::Cancelled;
+        }
+        self.state.subscriber_ready.store(true, Ordering::Release);
+        backoff.reset();
+        tracing::info!(node = %self.node, channels = subscribed.len(), "redis subscriber connected");
+
+        let mut ping =
+            tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => {
+                    self.unsubscribe_all(&mut conn, &subscribed).await;
+                    return End::Cancelled;
+                }
+                _ = lost.notified() => return End::Lost("connection closed".into()),
+                _ = self.wanted.changed() => {
+                    if let Err(reason) = self.reconcile(&mut conn, &mut subscribed).await {
+                        return End::Lost(reason);
+                    }
+                }
+                _ = ping.tick() => {
+                    let ping = redis::cmd("PING");
+                    match tokio::time::timeout(self.timeout, ping.query_async::<Value>(&mut conn)).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => return End::Lost(format!("PING failed: {e}")),
+                        Err(_) => return End::Lost(format!("no PONG within {:?}", self.timeout)),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Makes Redis's subscriptions on this connection equal to the wanted set, and marks each
+    /// wanted channel live once Redis confirmed it. Stops early (without error) when cancelled.
+    async fn reconcile(
+        &self,
+        conn: &mut MultiplexedConnection,
+        subscribed: &mut HashSet<String>,
+    ) -> Result<(), String> {
+        let snapshot = self.wanted.snapshot();
+        let wanted: HashSet<&str> = snapshot.iter().map(|(c, _)| c.as_str()).collect();
+        let mut to_subscribe = Vec::new();
+        for (channel, live) in &snapshot {
+            if !subscribed.contains(channel) {
+                to_subscribe.push(channel.clone());
+            } else if !live {
+                // Unwanted and wanted again before the unsubscribe went out: still confirmed.
+                self.wanted.mark_live(channel);
+            }
+        }
+        let to_unsubscribe: Vec<String> = subscribed
+            .iter()
+            .filter(|c| !wanted.contains(c.as_str()))
+            .cloned()
+            .collect();
+
+        for batch in to_subscribe.chunks(BATCH) {
+            if self.cancel.is_cancelled() {
+                return Ok(());
+            }
+            let names: Vec<String> = batch.iter().map(|c| keys::pubsub(c)).collect();
+            self.bounded("SUBSCRIBE", conn.subscribe(&names)).await?;
+            for channel in batch {
+                subscribed.insert(channel.clone());
+                self.wanted.mark_live(channel);
+            }
+        }
+        for batch in to_unsubscribe.chunks(BATCH) {
+            if self.cancel.is_cancelled() {
+                return Ok(());
+            }
+            let names: Vec<String> = batch.iter().map(|c| keys::pubsub(c)).collect();
+            self.bounded("UNSUBSCRIBE", conn.unsubscribe(&names))
+                .await?;
+            for channel in batch {
+                subscribed.remove(channel);
+            }
+        }
+        if !to_subscribe.is_empty() || !to_unsubscribe.is_empty() {
+            tracing::debug!(node = %self.node, subscribed = to_subscribe.len(),
+                unsubscribed = to_unsubscribe.len(), total = subscribed.len(),
+                "redis subscriptions reconciled");
+        }
+        Ok(())
+    }
+
+    async fn bounded(
+        &self,
+        what: &str,
+        command: impl Future<Output = redis::RedisResult<()>>,
+    ) -> Result<(), String> {
+        match tokio::time::timeout(self.timeout, command).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("{what} failed: {e}")),
+            Err(_) => Err(format!("{what} not confirmed within {:?}", self.timeout)),
+        }
+    }
+
+    /// On detach: leave Redis with no subscriptions of ours, within the timeout.
+    async fn unsubscribe_all(
+        &self,
+        conn: &mut MultiplexedConnection,
+        subscribed: &HashSet<String>,
+    ) {
+        if subscribed.is_empty() {
+            return;
+        }
+        let names: Vec<String> = subscribed.iter().map(|c| keys::pubsub(c)).collect();
+        let all = async {
+            for batch in names.chunks(BATCH) {
+                conn.unsubscribe(batch).await?;
+            }
+            Ok::<(), redis::RedisError>(())
+        };
+        match tokio::time::timeout(self.timeout, all).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(node = %self.node, error = %e, "UNSUBSCRIBE on detach failed")
+            }
+            Err(_) => tracing::warn!(node = %self.node, "UNSUBSCRIBE on detach timed out"),
+        }
+    }
+
+    /// The push sender: runs on the connection's reader for every push value. Never waits.
+    fn push_handler(
+        &self,
+        lost: Arc<Notify>,
+    ) -> impl Fn(PushInfo) -> Result<(), Infallible> + Send + Sync + 'static {
+        let wanted = self.wanted.clone();
+        let sink = self.sink.clone();
+        let node = self.node.clone();
+        move |push: PushInfo| {
+            match push.kind {
+                PushKind::Message => deliver(&node, &wanted, sink.as_ref(), push.data),
+                PushKind::Disconnection => lost.notify_one(),
+                _ => {}
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Decodes one pub/sub message and hands it to the sink if the node still wants its channel.
+fn deliver(node: &str, wanted: &Wanted, sink: &dyn BusSink, data: Vec<Value>) {
+    let mut data = data.into_iter();
+    let (Some(Value::BulkString(name)), Some(Value::BulkString(payload))) =
+        (data.next(), data.next())
+    else {
+        undecodable(node, "", "message push without channel and payload");
+        return;
+    };
+    let Some(channel) = std::str::from_utf8(&name)
+        .ok()
+        .and_then(keys::channel_of_pubsub)
+    else {
+        return; // not one of Chorus's channels
+    };
+    if !wanted.contains(channel) {
+        return; // unwanted while the UNSUBSCRIBE was on its way
+    }
+    match Envelope::decode(Bytes::from(payload)) {
+        Ok(mut envelope) => {
+            if envelope.offset == 0 || envelope.epoch.is_empty() {
+                undecodable(node, channel, "envelope without offset or epoch");
+                return;
+            }
+            if envelope.channel.is_empty() {
+                envelope.channel = channel.to_owned();
+            } else if envelope.channel != channel {
+                undecodable(node, channel, "envelope names another channel");
+                return;
+            }
+            sink.publication(envelope);
+        }
+        Err(e) => undecodable(node, channel, &e.to_string()),
+    }
+}
+
+fn undecodable(node: &str, channel: &str, reason: &str) {
+    let total = UNDECODABLE.fetch_add(1, Ordering::Relaxed) + 1;
+    tracing::warn!(
+        node,
+        channel,
+        reason,
+        total,
+        "dropped an undecodable bus message"
+    );
+}
+
+/// Exponential backoff: 100 ms doubling to 5 s, each delay drawn from its upper half so that
+/// many gateways losing Redis at once do not come back in lockstep.
+#[derive(Default)]
+struct Backoff {
+    attempt: u32,
+}
+
+impl Backoff {
+    fn next_delay(&mut self) -> Duration {
+        let ceiling = BACKOFF_FIRST
+            .saturating_mul(1 << self.attempt.min(16))
+            .min(BACKOFF_MAX);
+        self.attempt = self.attempt.saturating_add(1);
+        ceiling.mul_f64(rand::random_range(0.5..=1.0))
+    }
+
+    fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parking_lot::Mutex;
+
+    #[test]
+    fn backoff_doubles_up_to_its_ceiling_with_jitter() {
+        let mut backoff = Backoff::default();
+        let delays: Vec<Duration> = (0..10).map(|_| backoff.next_delay()).collect();
+        assert!(delays[0] >= Duration::from_millis(50) && delays[0] <= BACKOFF_FIRST);
+        assert!(delays[3] >= Duration::from_millis(400) && delays[3] <= Duration::from_millis(800));
+        assert!(delays.iter().all(|d| *d <= BACKOFF_MAX));
+        assert!(delays[9] >= BACKOFF_MAX / 2);
+        backoff.reset();
+        assert!(backoff.next_delay() <= BACKOFF_FIRST);
+    }
+
+    #[derive(Default)]
+    struct Collect(Mutex<Vec<Envelope>>);
+    impl BusSink for Collect {
+        fn publication(&self, envelope: Envelope) {
+            self.0.lock().push(envelope);
+        }
+    }
+
+    fn message(channel: &str, payload: Vec<u8>) -> Vec<Value> {
+        vec![
+            Value::BulkString(keys::pubsub(channel).into_bytes()),
+            Value::BulkString(payload),
+        ]
+    }
+
+    #[test]
+    fn undecodable_or_unwanted_messages_are_dropped_without_panicking() {
+        let wanted = Wanted::default();
+        let _ready = wanted.want("a", false);
+        let sink = Collect::default();
+        let good = Envelope {
+            offset: 3,
+            epoch: "e".into(),
+            ..Envelope::default()
+        }
+        .encode_to_vec();
+        deliver("n", &wanted, &sink, message("a", vec![0xff, 0xff, 0xff]));
+        deliver("n", &wanted, &sink, message("a", vec![]));
+        deliver("n", &wanted, &sink, vec![Value::Nil]);
+        deliver("n", &wanted, &sink, message("b", good.clone()));
+        deliver("n", &wanted, &sink, message("a", good));
+        let got = sink.0.lock();
+        // Only the good envelope on the wanted channel, its channel filled in from the name.
+        assert_eq!(got.len(), 1);
+        assert_eq!((got[0].channel.as_str(), got[0].offset), ("a", 3));
+    }
+}

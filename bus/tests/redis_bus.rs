@@ -1,0 +1,495 @@
+//! The Redis bus against a real redis-server (one per test, from chorus-testkit).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chorus_bus::{
+    Bus, BusConfig, BusError, BusSink, ConnectionInfo, Envelope, NodeInfo, Publish, keys,
+};
+use chorus_testkit::RedisServer;
+use tokio::sync::mpsc;
+
+const WAIT: Duration = Duration::from_secs(5);
+const TIMEOUT: Duration = Duration::from_millis(500);
+
+fn config(server: &RedisServer) -> BusConfig {
+    BusConfig {
+        redis_url: server.url(),
+        redis_timeout: TIMEOUT,
+        redis_pool_size: 4,
+        node_lease: Duration::from_millis(1500),
+    }
+}
+
+fn node(id: &str) -> NodeInfo {
+    NodeInfo {
+        id: id.into(),
+        address: format!("ws://{id}.local:8000/ws"),
+        connections: 0,
+        started_at_ms: 1_700_000_000_000,
+    }
+}
+
+fn publish(channel: &str, data: &'static [u8]) -> Publish {
+    Publish {
+        channel: channel.into(),
+        data: Bytes::from_static(data),
+        exclude_client: String::new(),
+    }
+}
+
+fn connection(client: &str, user: &str) -> ConnectionInfo {
+    ConnectionInfo {
+        client: client.into(),
+        user: user.into(),
+        connected_at_ms: 42,
+    }
+}
+
+/// A sink that forwards envelopes to the test.
+struct Forward(mpsc::UnboundedSender<Envelope>);
+
+impl BusSink for Forward {
+    fn publication(&self, envelope: Envelope) {
+        let _ = self.0.send(envelope);
+    }
+}
+
+fn sink() -> (Arc<Forward>, mpsc::UnboundedReceiver<Envelope>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (Arc::new(Forward(tx)), rx)
+}
+
+async fn next(rx: &mut mpsc::UnboundedReceiver<Envelope>) -> Envelope {
+    tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .expect("an envelope within the deadline")
+        .expect("the sink is alive")
+}
+
+/// Polls `check` until it holds or `deadline` passes; returns whether it held.
+async fn eventually<F, Fut>(deadline: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let end = Instant::now() + deadline;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() > end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn pubsub_channels(server: &RedisServer) -> Vec<String> {
+    server.cli(&["PUBSUB", "CHANNELS", "chorus.*"]).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_get_consecutive_offsets_in_one_epoch_and_arrive_as_published() {
+    let server = RedisServer::start().unwrap();
+    let bus = Bus::redis(&config(&server)).unwrap();
+    let (sink, mut rx) = sink();
+    let link = bus.attach(node("n1"), sink);
+    link.want("chat:room").wait(WAIT).await.unwrap();
+
+    let mut published = Vec::new();
+    for data in [&b"one"[..], b"two", b"three"] {
+        let mut msg = publish("chat:room", data);
+        msg.exclude_client = "c7".into();
+        published.push(bus.publish(msg).await.unwrap());
+    }
+    let offsets: Vec<u64> = published.iter().map(|p| p.offset).collect();
+    assert_eq!(offsets, [1, 2, 3]);
+    let epoch = &published[0].epoch;
+    assert!(!epoch.is_empty());
+    assert!(published.iter().all(|p| &p.epoch == epoch));
+
+    for (p, data) in published.iter().zip([&b"one"[..], b"two", b"three"]) {
+        let envelope = next(&mut rx).await;
+        assert_eq!(envelope.channel, "chat:room");
+        assert_eq!((envelope.offset, &envelope.epoch), (p.offset, &p.epoch));
+        assert_eq!(envelope.data, Bytes::from_static(data));
+        assert_eq!(envelope.exclude_client, "c7");
+        assert!(envelope.published_at_ms > 0);
+    }
+
+    let position = bus.position("chat:room").await.unwrap();
+    assert_eq!((position.offset, &position.epoch), (3, epoch));
+    assert_eq!(bus.position("never").await.unwrap(), Default::default());
+    bus.check().await.unwrap();
+    link.detach().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_wanting_a_channel_both_receive_it() {
+    let server = RedisServer::start().unwrap();
+    let bus = Bus::redis(&config(&server)).unwrap();
+    let (sink_a, mut rx_a) = sink();
+    let (sink_b, mut rx_b) = sink();
+    let a = bus.attach(node("a"), sink_a);
+    let b = bus.attach(node("b"), sink_b);
+    a.want("news").wait(WAIT).await.unwrap();
+    b.want("news").wait(WAIT).await.unwrap();
+
+    let p = bus.publish(publish("news", b"hello")).await.unwrap();
+    for rx in [&mut rx_a, &mut rx_b] {
+        let envelope = next(rx).await;
+        assert_eq!(
+            (envelope.offset, envelope.epoch.as_str()),
+            (p.offset, p.epoch.as_str())
+        );
+        assert_eq!(envelope.data, Bytes::from_static(b"hello"));
+    }
+    a.detach().await;
+    b.detach().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unwanting_a_channel_stops_delivery_and_its_redis_subscription() {
+    let server = RedisServer::start().unwrap();
+    let bus = Bus::redis(&config(&server)).unwrap();
+    let (sink, mut rx) = sink();
+    let link = bus.attach(node("n1"), sink);
+    link.want("gone").wait(WAIT).await.unwrap();
+    link.want("kept").wait(WAIT).await.unwrap();
+    assert!(pubsub_channels(&server).contains(&keys::pubsub("gone")));
+
+    link.unwant("gone");
+    bus.publish(publish("gone", b"not for us")).await.unwrap();
+    bus.publish(publish("kept", b"for us")).await.unwrap();
+    // One connection delivers in publish order: had "gone" been delivered, it would come first.
+    let envelope = next(&mut rx).await;
+    assert_eq!(
+        (envelope.channel.as_str(), &envelope.data[..]),
+        ("kept", &b"for us"[..])
+    );
+
+    assert!(
+        eventually(WAIT, || async {
+            !pubsub_channels(&server).contains(&keys::pubsub("gone"))
+        })
+        .await,
+        "the unwanted channel stays subscribed in redis"
+    );
+    assert!(pubsub_channels(&server).contains(&keys::pubsub("kept")));
+
+    // Wanted again: subscribed again.
+    link.want("gone").wait(WAIT).await.unwrap();
+    bus.publish(publish("gone", b"back")).await.unwrap();
+    assert_eq!(&next(&mut rx).await.data[..], b"back");
+
+    link.detach().await;
+    assert!(
+        pubsub_channels(&server).is_empty(),
+        "detach leaves subscriptions behind"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcast_reports_invalid_channels_and_publishes_the_rest() {
+    let server = RedisServer::start().unwrap();
+    let bus = Bus::redis(&config(&server)).unwrap();
+    let (sink, mut rx) = sink();
+    let link = bus.attach(node("n1"), sink);
+    link.want("a").wait(WAIT).await.unwrap();
+    link.want("c").wait(WAIT).await.unwrap();
+    bus.publish(publish("c", b"first")).await.unwrap();
+    assert_eq!(next(&mut rx).await.offset, 1);
+
+    let channels: Vec<String> = ["a", "bad{name}", "c", ""].map(String::from).to_vec();
+    let results = bus.broadcast(&channels, Bytes::from_static(b"all")).await;
+    assert_eq!(results.len(), 4);
+    assert_eq!(results[0].as_ref().unwrap().offset, 1);
+    assert!(matches!(results[1], Err(BusError::BadChannel(_))));
+    assert_eq!(results[2].as_ref().unwrap().offset, 2);
+    assert!(matches!(results[3], Err(BusError::BadChannel(_))));
+
+    let mut got: Vec<(String, u64)> = Vec::new();
+    for _ in 0..2 {
+        let envelope = next(&mut rx).await;
+        assert_eq!(&envelope.data[..], b"all");
+        got.push((envelope.channel, envelope.offset));
+    }
+    got.sort();
+    assert_eq!(got, [("a".to_string(), 1), ("c".to_string(), 2)]);
+    assert!(bus.broadcast(&[], Bytes::new()).await.is_empty());
+    link.detach().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_list_attached_nodes_with_their_connection_counts() {
+    let server = RedisServer::start().unwrap();
+    let bus = Bus::redis(&config(&server)).unwrap();
+    let a = bus.attach(node("a"), sink().0);
+    let b = bus.attach(node("b"), sink().0);
+    a.connection_opened(connection("c1", "alice"));
+    a.connection_opened(connection("c2", "bob"));
+    b.connection_opened(connection("c3", "carol"));
+    a.connection_closed("c1");
+
+    let expected = vec![
+        NodeInfo {
+            connections: 1,
+            ..node("a")
+        },
+        NodeInfo {
+            connections: 1,
+            ..node("b")
+        },
+    ];
+    assert!(
+        eventually(WAIT, || async { bus.nodes().await.unwrap() == expected }).await,
+        "nodes: {:?}",
+        bus.nodes().await
+    );
+    let json = server
+        .cli(&["HGET", &keys::node_connections("a"), "c2"])
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_str(&json[0]).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({"user": "bob", "connected_at_ms": 42})
+    );
+    assert!(a.is_ready() && b.is_ready());
+
+    a.detach().await;
+    assert_eq!(
+        bus.nodes().await.unwrap(),
+        vec![NodeInfo {
+            connections: 1,
+            ..node("b")
+        }]
+    );
+    for key in [keys::node("a"), keys::node_connections("a")] {
+        assert_eq!(
+            server.cli(&["EXISTS", &key]).unwrap(),
+            ["0"],
+            "{key} outlives detach"
+        );
+    }
+    b.detach().await;
+    assert!(bus.nodes().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_stops_refreshing_disappears_within_its_lease() {
+    let server = RedisServer::start().unwrap();
+    let lease = Duration::from_millis(600);
+    let bus = Bus::redis(&config(&server)).unwrap();
+
+    // The doomed node lives on its own runtime; shutting that down kills its tasks without
+    // any clean-up, as SIGKILL would.
+    let doomed_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let doomed_config = BusConfig {
+        node_lease: lease,
+        ..config(&server)
+    };
+    let (doomed_bus, doomed_link) = doomed_runtime
+        .spawn(async move {
+            let bus = Bus::redis(&doomed_config).unwrap();
+            let link = bus.attach(node("doomed"), sink().0);
+            link.connection_opened(connection("c1", "u"));
+            (bus, link)
+        })
+        .await
+        .unwrap();
+    assert!(
+        eventually(WAIT, || async {
+            bus.nodes().await.unwrap()
+                == [NodeInfo {
+                    connections: 1,
+                    ..node("doomed")
+                }]
+        })
+        .await
+    );
+
+    doomed_runtime.shutdown_background();
+    let killed = Instant::now();
+    assert!(
+        eventually(WAIT, || async { bus.nodes().await.unwrap().is_empty() }).await,
+        "the dead node stays listed"
+    );
+    let margin = Duration::from_millis(300);
+    assert!(
+        killed.elapsed() <= lease + margin,
+        "vanished after {:?}",
+        killed.elapsed()
+    );
+    assert!(
+        eventually(lease + margin, || async {
+            server
+                .cli(&[
+                    "EXISTS",
+                    &keys::node("doomed"),
+                    &keys::node_connections("doomed"),
+                ])
+                .unwrap()
+                == ["0"]
+        })
+        .await,
+        "the dead node's hashes do not expire"
+    );
+    // Their tasks are gone with their runtime; dropping them here would touch it.
+    std::mem::forget((doomed_bus, doomed_link));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_fails_fast_and_everything_recovers_after_restart() {
+    let mut server = RedisServer::start().unwrap();
+    let bus = Bus::redis(&config(&server)).unwrap();
+    let (sink, mut rx) = sink();
+    let link = bus.attach(node("n1"), sink);
+    link.connection_opened(connection("c1", "alice"));
+    link.want("news").wait(WAIT).await.unwrap();
+    let before = bus.publish(publish("news", b"before")).await.unwrap();
+    assert_eq!(next(&mut rx).await.offset, before.offset);
+    assert!(eventually(WAIT, || async { link.is_ready() }).await);
+
+    server.stop();
+    let started = Instant::now();
+    let err = bus.publish(publish("news", b"lost")).await.unwrap_err();
+    let took = started.elapsed();
+    assert!(matches!(&err, BusError::Unavailable(_)), "{err:?}");
+    assert!(
+        took <= TIMEOUT + Duration::from_millis(250),
+        "publish failed after {took:?}"
+    );
+    assert!(matches!(bus.check().await, Err(BusError::Unavailable(_))));
+    assert!(matches!(bus.nodes().await, Err(BusError::Unavailable(_))));
+    assert!(
+        eventually(WAIT, || async { !link.is_ready() }).await,
+        "still ready with redis down"
+    );
+
+    server.restart().unwrap();
+    let after = bus.publish(publish("other", b"x")).await.unwrap();
+    assert_eq!(after.offset, 1);
+    assert!(
+        eventually(WAIT, || async { link.is_ready() }).await,
+        "not ready again"
+    );
+    link.want("news").wait(WAIT).await.unwrap();
+    // Redis lost the channel: a new epoch starts at offset 1.
+    let again = bus.publish(publish("news", b"after")).await.unwrap();
+    assert_eq!(again.offset, 1);
+    assert_ne!(again.epoch, before.epoch);
+    let envelope = next(&mut rx).await;
+    assert_eq!((envelope.offset, &envelope.data[..]), (1, &b"after"[..]));
+    // The registry comes back, connections included.
+    assert!(
+        eventually(WAIT, || async {
+            bus.nodes().await.is_ok_and(|n| {
+                n == [NodeInfo {
+                    connections: 1,
+                    ..node("n1")
+                }]
+            })
+        })
+        .await
+    );
+    link.detach().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_redis_is_reported_as_unavailable_with_a_reason() {
+    let config = BusConfig {
+        redis_url: format!("redis://127.0.0.1:{}", chorus_testkit::free_port()),
+        redis_timeout: TIMEOUT,
+        ..BusConfig::default()
+    };
+    let bus = Bus::redis(&config).unwrap();
+    let started = Instant::now();
+    match bus.publish(publish("news", b"x")).await {
+        Err(BusError::Unavailable(reason)) => {
+            assert!(reason.contains("connection refused"), "{reason}")
+        }
+        other => panic!("expected unavailable, got {other:?}"),
+    }
+    assert!(started.elapsed() <= TIMEOUT + Duration::from_millis(250));
+    let results = bus
+        .broadcast(&["a".into(), "b{".into()], Bytes::new())
+        .await;
+    assert!(matches!(results[0], Err(BusError::Unavailable(_))));
+    assert!(matches!(results[1], Err(BusError::BadChannel(_))));
+    assert!(matches!(
+        Bus::redis(&BusConfig {
+            redis_url: "nope://".into(),
+            ..config
+        }),
+        Err(BusError::Config(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_subscriber_connection_reconnects_and_resubscribes() {
+    let server = RedisServer::start().unwrap();
+    let bus = Bus::redis(&config(&server)).unwrap();
+    let (sink, mut rx) = sink();
+    let link = bus.attach(node("n1"), sink);
+    link.want("news").wait(WAIT).await.unwrap();
+    assert!(eventually(WAIT, || async { link.is_ready() }).await);
+
+    let killed = server.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]).unwrap();
+    assert_eq!(killed, ["1"], "exactly the subscriber connection");
+    // Resubscribed on a new connection: the pub/sub channel is back and delivery resumes.
+    assert!(
+        eventually(WAIT, || async {
+            server
+                .cli(&["CLIENT", "LIST", "TYPE", "pubsub"])
+                .unwrap()
+                .len()
+                == 1
+                && pubsub_channels(&server).contains(&keys::pubsub("news"))
+        })
+        .await
+    );
+    link.want("news").wait(WAIT).await.unwrap();
+    assert!(eventually(WAIT, || async { link.is_ready() }).await);
+    let p = bus.publish(publish("news", b"again")).await.unwrap();
+    assert_eq!(next(&mut rx).await.offset, p.offset);
+    link.detach().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_connection_that_stops_answering_is_replaced() {
+    let server = RedisServer::start().unwrap();
+    let bus = Bus::redis(&config(&server)).unwrap();
+    let (sink, mut rx) = sink();
+    let link = bus.attach(node("n1"), sink);
+    link.want("news").wait(WAIT).await.unwrap();
+    let subscriber_id = |server: &RedisServer| -> Option<String> {
+        let list = server.cli(&["CLIENT", "LIST", "TYPE", "pubsub"]).unwrap();
+        let line = list.first()?;
+        line.split(' ')
+            .find_map(|f| f.strip_prefix("id="))
+            .map(str::to_owned)
+    };
+    let before = subscriber_id(&server).unwrap();
+
+    // Redis keeps the socket open but answers nothing for longer than a PING period plus its
+    // deadline: only the subscriber's own PING can tell.
+    server.cli(&["CLIENT", "PAUSE", "4000", "ALL"]).unwrap();
+    assert!(
+        eventually(Duration::from_secs(8), || async {
+            subscriber_id(&server).is_some_and(|id| id != before)
+        })
+        .await,
+        "the stalled subscriber connection was kept"
+    );
+    link.want("news").wait(WAIT).await.unwrap();
+    let p = bus.publish(publish("news", b"x")).await.unwrap();
+    assert_eq!(next(&mut rx).await.offset, p.offset);
+    link.detach().await;
+}
