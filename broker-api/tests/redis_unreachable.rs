@@ -96,3 +96,62 @@ async fn redis_unreachable_answers_503_and_unavailable_then_recovers() {
     let ready = http().get(server.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), StatusCode::OK);
 }
+
+/// A Redis that accepts connections but stops answering (paused clients) exercises the
+/// timeouts rather than a fast "connection refused".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_that_stops_answering_gets_503_within_the_timeout_then_recovers() {
+    let redis = RedisServer::start().unwrap();
+    let bus_config = BusConfig {
+        redis_url: redis.url(),
+        redis_timeout: REDIS_TIMEOUT,
+        ..BusConfig::default()
+    };
+    let bus = Bus::redis(&bus_config).unwrap();
+    let server = TestServer::start(bus, config().with_bus_timeout(&bus_config)).await;
+    let bound = REDIS_TIMEOUT + Duration::from_secs(1);
+    let (status, body) = http_publish(&server).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // Redis holds every command of every normal client for 3 s.
+    let paused_at = Instant::now();
+    tokio::task::block_in_place(|| redis.cli(&["CLIENT", "PAUSE", "3000", "ALL"])).unwrap();
+
+    let (status, body) = http_publish(&server).await;
+    let took = paused_at.elapsed();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "unavailable", "{body}");
+    assert!(
+        took <= bound,
+        "HTTP publish took {took:?} with Redis paused"
+    );
+
+    let mut grpc = server.grpc().await;
+    let req = PublishRequest {
+        channel: "news".into(),
+        data: Bytes::from_static(b"1"),
+    };
+    let started = Instant::now();
+    let status = grpc.publish(authed(req, KEY)).await.unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        took <= bound,
+        "gRPC publish took {took:?} with Redis paused"
+    );
+
+    // Once the pause ends, publishing works again.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, body) = http_publish(&server).await;
+        if status == StatusCode::OK {
+            break;
+        }
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert!(
+            Instant::now() < deadline,
+            "publish still failing after the pause: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
