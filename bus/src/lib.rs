@@ -20,6 +20,7 @@ pub mod keys;
 pub mod logging;
 pub mod memory;
 pub mod redis;
+pub mod shutdown;
 mod wanted;
 
 use std::sync::Arc;
