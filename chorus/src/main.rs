@@ -55,12 +55,12 @@ async fn main() -> anyhow::Result<()> {
     let api = api_listener.local_addr()?;
     tracing::info!("Chorus is running in one process with an in-memory bus");
     if cli.gateway.demo_page {
-        tracing::info!("demo page:  http://{}/", display(ws));
+        tracing::info!("demo page:  http://{}/", reachable(ws));
     }
-    tracing::info!("WebSocket:  ws://{}/ws", display(ws));
+    tracing::info!("WebSocket:  ws://{}/ws", reachable(ws));
     tracing::info!(
         "server API: http://{}/api/ (HTTP JSON and gRPC; Authorization: Bearer <key>)",
-        display(api)
+        reachable(api)
     );
 
     tokio::spawn(chorus_bus::shutdown::on_signal(shutdown.clone()));
@@ -79,10 +79,21 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// A listen address as a person would type it in a browser: `0.0.0.0` becomes `127.0.0.1`.
-fn display(addr: std::net::SocketAddr) -> std::net::SocketAddr {
+fn reachable(addr: std::net::SocketAddr) -> std::net::SocketAddr {
     if addr.ip().is_unspecified() {
         std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()))
     } else {
         addr
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn flags_of_gateway_and_broker_api_do_not_clash() {
+        Cli::command().debug_assert();
     }
 }

@@ -9,6 +9,8 @@ use chorus_bus::config::parse_duration;
 pub struct GatewayConfig {
     /// Address the gateway listens on for WebSocket clients (`/ws`) and health checks.
     #[arg(
+        id = "gateway_listen",
+        value_name = "ADDR",
         long = "gateway-listen",
         env = "CHORUS_GATEWAY_LISTEN",
         default_value = "0.0.0.0:8000"

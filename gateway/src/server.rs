@@ -191,10 +191,10 @@ fn negotiate<B>(req: &Request<B>) -> Result<(Format, Option<&'static str>), Stri
     };
     // A client that offers only the other format's subprotocol would see its handshake
     // fail in the browser; say why instead.
-    if let Some(p) = subprotocol {
-        if (p == PROTOBUF_SUBPROTOCOL) != (format == Format::Protobuf) {
-            return Err(format!("?format= and the {p} subprotocol disagree\n"));
-        }
+    if let Some(p) = subprotocol
+        && (p == PROTOBUF_SUBPROTOCOL) != (format == Format::Protobuf)
+    {
+        return Err(format!("?format= and the {p} subprotocol disagree\n"));
     }
     Ok((format, subprotocol))
 }

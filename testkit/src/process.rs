@@ -69,10 +69,9 @@ pub async fn wait_http_ok(url: &str, within: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + within;
     let client = reqwest::Client::new();
     loop {
-        if let Ok(resp) = client.get(url).timeout(Duration::from_secs(1)).send().await {
-            if resp.status().is_success() {
-                return Ok(());
-            }
+        let answered = client.get(url).timeout(Duration::from_secs(1)).send().await;
+        if answered.is_ok_and(|resp| resp.status().is_success()) {
+            return Ok(());
         }
         if Instant::now() > deadline {
             bail!("{url} did not answer 200 within {within:?}");

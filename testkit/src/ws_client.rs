@@ -139,18 +139,16 @@ impl WsClient {
 
     /// The next publication (queued pushes first), within [`WAIT`].
     pub async fn next_publication(&mut self) -> anyhow::Result<client::Publication> {
-        loop {
-            let push = match self.pushes.pop_front() {
-                Some(p) => p,
-                None => match self.next_frame().await?.frame {
-                    Some(server_frame::Frame::Push(p)) => p,
-                    other => bail!("expected a push, got {other:?}"),
-                },
-            };
-            match push.body {
-                Some(push::Body::Publication(p)) => return Ok(p),
-                other => bail!("expected a publication, got {other:?}"),
-            }
+        let push = match self.pushes.pop_front() {
+            Some(p) => p,
+            None => match self.next_frame().await?.frame {
+                Some(server_frame::Frame::Push(p)) => p,
+                other => bail!("expected a push, got {other:?}"),
+            },
+        };
+        match push.body {
+            Some(push::Body::Publication(p)) => Ok(p),
+            other => bail!("expected a publication, got {other:?}"),
         }
     }
 
