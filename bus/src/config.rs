@@ -6,7 +6,11 @@ use std::time::Duration;
 #[derive(Debug, Clone, clap::Args)]
 pub struct BusConfig {
     /// Redis URL (`redis://[user:password@]host:port[/db]`).
-    #[arg(long = "redis-url", env = "CHORUS_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    #[arg(
+        long = "redis-url",
+        env = "CHORUS_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
     pub redis_url: String,
 
     /// Longest wait for any one Redis operation before it fails as unavailable.
@@ -14,7 +18,11 @@ pub struct BusConfig {
     pub redis_timeout: Duration,
 
     /// Largest number of pooled Redis connections for publishing and queries.
-    #[arg(long = "redis-pool-size", env = "CHORUS_REDIS_POOL_SIZE", default_value_t = 16)]
+    #[arg(
+        long = "redis-pool-size",
+        env = "CHORUS_REDIS_POOL_SIZE",
+        default_value_t = 16
+    )]
     pub redis_pool_size: usize,
 
     /// How long a node's registry entry (and its connections) outlives the node's last refresh.
@@ -40,7 +48,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let (num, unit) = s
         .find(|c: char| !c.is_ascii_digit() && c != '.')
         .map_or((s, "s"), |i| (&s[..i], &s[i..]));
-    let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}: expected e.g. 500ms, 2s, 1m"))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 500ms, 2s, 1m"))?;
     let secs = match unit {
         "ms" => n / 1000.0,
         "s" => n,

@@ -112,7 +112,11 @@ impl Bus {
     }
 
     /// Publishes one message to many channels; one result per channel, in order.
-    pub async fn broadcast(&self, channels: &[String], data: Bytes) -> Vec<Result<Published, BusError>> {
+    pub async fn broadcast(
+        &self,
+        channels: &[String],
+        data: Bytes,
+    ) -> Vec<Result<Published, BusError>> {
         match self {
             Bus::Redis(b) => b.broadcast(channels, data).await,
             Bus::Memory(b) => channels

@@ -56,7 +56,11 @@ impl MemoryBus {
     }
 
     pub(crate) fn position(&self, channel: &str) -> Position {
-        self.channels.lock().get(channel).cloned().unwrap_or_default()
+        self.channels
+            .lock()
+            .get(channel)
+            .cloned()
+            .unwrap_or_default()
     }
 
     pub(crate) fn nodes(&self) -> Vec<NodeInfo> {
@@ -145,7 +149,10 @@ mod tests {
         let bus = Bus::memory();
         let sink = Arc::new(Collect::default());
         let link = bus.attach(node("n1"), sink.clone());
-        link.want("a").wait(std::time::Duration::from_secs(1)).await.unwrap();
+        link.want("a")
+            .wait(std::time::Duration::from_secs(1))
+            .await
+            .unwrap();
         let publish = |ch: &str| Publish {
             channel: ch.into(),
             data: Bytes::from_static(b"1"),
@@ -156,7 +163,12 @@ mod tests {
         bus.publish(publish("b")).await.unwrap();
         assert_eq!((first.offset, second.offset), (1, 2));
         assert_eq!(first.epoch, second.epoch);
-        let got: Vec<_> = sink.0.lock().iter().map(|e| (e.channel.clone(), e.offset)).collect();
+        let got: Vec<_> = sink
+            .0
+            .lock()
+            .iter()
+            .map(|e| (e.channel.clone(), e.offset))
+            .collect();
         assert_eq!(got, vec![("a".into(), 1), ("a".into(), 2)]);
         link.unwant("a");
         bus.publish(publish("a")).await.unwrap();
