@@ -20,6 +20,8 @@ pub const REQUEST_TIMEOUT_MARGIN: Duration = Duration::from_secs(1);
 pub struct BrokerConfig {
     /// Address (host:port) where broker-api serves both HTTP/JSON and gRPC (h2c).
     #[arg(
+        id = "api_listen",
+        value_name = "ADDR",
         long = "api-listen",
         env = "CHORUS_API_LISTEN",
         default_value = "0.0.0.0:8001"
@@ -30,6 +32,8 @@ pub struct BrokerConfig {
     /// are allowed (repeat the flag, or separate them with commas) so keys can be rotated.
     /// At least one is required.
     #[arg(
+        id = "api_keys",
+        value_name = "KEY",
         long = "api-key",
         env = "CHORUS_API_KEYS",
         value_delimiter = ',',
@@ -40,6 +44,8 @@ pub struct BrokerConfig {
     /// Largest request body: the HTTP body limit and the gRPC maximum decoded message size.
     /// Accepts bytes or a KiB/MiB suffix.
     #[arg(
+        id = "api_max_body",
+        value_name = "SIZE",
         long = "api-max-body",
         env = "CHORUS_API_MAX_BODY",
         default_value = "1MiB",
@@ -50,6 +56,8 @@ pub struct BrokerConfig {
     /// Largest message data accepted for publishing (the raw JSON text of `data`, the decoded
     /// bytes of `b64data`, or the gRPC `data` bytes). Accepts bytes or a KiB/MiB suffix.
     #[arg(
+        id = "api_max_data",
+        value_name = "SIZE",
         long = "api-max-data",
         env = "CHORUS_API_MAX_DATA",
         default_value = "64KiB",
@@ -59,6 +67,8 @@ pub struct BrokerConfig {
 
     /// Most channels one broadcast request may name.
     #[arg(
+        id = "api_max_broadcast",
+        value_name = "N",
         long = "api-max-broadcast",
         env = "CHORUS_API_MAX_BROADCAST",
         default_value_t = DEFAULT_MAX_BROADCAST
@@ -67,7 +77,13 @@ pub struct BrokerConfig {
 
     /// Longest time one API request may take before it fails as unavailable (e.g. 3s, 500ms).
     /// Default: --redis-timeout plus 1s.
-    #[arg(long = "api-request-timeout", env = "CHORUS_API_REQUEST_TIMEOUT", value_parser = parse_duration)]
+    #[arg(
+        id = "api_request_timeout",
+        value_name = "DURATION",
+        long = "api-request-timeout",
+        env = "CHORUS_API_REQUEST_TIMEOUT",
+        value_parser = parse_duration
+    )]
     pub request_timeout: Option<Duration>,
 }
 
@@ -164,6 +180,17 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         broker: BrokerConfig,
+    }
+
+    #[test]
+    fn flags_are_well_formed_with_ids_that_cannot_clash_when_flattened() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let ids: Vec<_> = Cli::command()
+            .get_arguments()
+            .map(|a| a.get_id().to_string())
+            .collect();
+        assert!(ids.iter().all(|id| id.starts_with("api_")), "{ids:?}");
     }
 
     #[test]
