@@ -8,7 +8,7 @@ use std::fmt;
 use std::time::Duration;
 
 use chorus_bus::BusConfig;
-use chorus_bus::config::parse_duration;
+use chorus_bus::config::{parse_duration, parse_size};
 
 /// How much longer than one bus operation a whole API request may take, when
 /// `--api-request-timeout` is not given: the bus answers "unavailable" first, and the request
@@ -148,29 +148,6 @@ impl fmt::Debug for BrokerConfig {
     }
 }
 
-/// Parses sizes like `65536`, `64KiB`, `1MiB` (also `B`, `K`/`KB`, `M`/`MB`, all binary).
-pub fn parse_size(s: &str) -> Result<usize, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = (&s[..split], s[split..].trim());
-    let n: usize = num
-        .parse()
-        .map_err(|_| format!("invalid size {s:?}: expected e.g. 65536, 64KiB, 1MiB"))?;
-    let factor: usize = match unit.to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1024,
-        "m" | "mb" | "mib" => 1024 * 1024,
-        "g" | "gb" | "gib" => 1024 * 1024 * 1024,
-        _ => {
-            return Err(format!(
-                "invalid size unit in {s:?}: use B, KiB, MiB or GiB"
-            ));
-        }
-    };
-    n.checked_mul(factor)
-        .ok_or_else(|| format!("size {s:?} is too large"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,17 +168,6 @@ mod tests {
             .map(|a| a.get_id().to_string())
             .collect();
         assert!(ids.iter().all(|id| id.starts_with("api_")), "{ids:?}");
-    }
-
-    #[test]
-    fn sizes_parse_with_binary_units() {
-        assert_eq!(parse_size("65536"), Ok(65536));
-        assert_eq!(parse_size("64KiB"), Ok(64 * 1024));
-        assert_eq!(parse_size("1MiB"), Ok(1024 * 1024));
-        assert_eq!(parse_size("2 mb"), Ok(2 * 1024 * 1024));
-        assert!(parse_size("lots").is_err());
-        assert!(parse_size("1TB").is_err());
-        assert!(parse_size("-1").is_err());
     }
 
     #[test]

@@ -8,7 +8,6 @@ use chorus_bus::{Bus, BusConfig};
 use clap::Parser;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
 
 /// Chorus broker-api: publish into Chorus over HTTP/JSON and gRPC on one port.
 #[derive(Parser)]
@@ -34,35 +33,7 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", broker.listen))?;
 
     let shutdown = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    tokio::spawn(chorus_bus::shutdown::on_signal(shutdown.clone()));
     chorus_broker_api::serve(listener, bus, broker, shutdown).await?;
     Ok(())
-}
-
-/// Cancels `shutdown` on SIGINT (Ctrl-C) or SIGTERM.
-async fn cancel_on_signal(shutdown: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => info!("SIGINT received"),
-                    _ = term.recv() => info!("SIGTERM received"),
-                }
-            }
-            Err(e) => {
-                warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the server");
-                let _ = ctrl_c.await;
-                info!("SIGINT received");
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-        info!("SIGINT received");
-    }
-    shutdown.cancel();
 }

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use chorus_bus::config::parse_duration;
+use chorus_bus::config::{parse_duration, parse_size};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct GatewayConfig {
@@ -33,18 +33,19 @@ pub struct GatewayConfig {
     #[arg(long = "idle-timeout", env = "CHORUS_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
 
-    /// Largest WebSocket message a client may send, in bytes; larger ones close the
-    /// connection with code 1009.
+    /// Largest WebSocket message a client may send (bytes, or a KiB/MiB suffix); larger ones
+    /// close the connection with code 1009.
     #[arg(
         long = "max-message-size",
         env = "CHORUS_MAX_MESSAGE_SIZE",
-        default_value_t = 65536
+        default_value = "64KiB",
+        value_parser = parse_size
     )]
     pub max_message_size: usize,
 
     /// Largest number of bytes queued for one client before it is disconnected as a slow
     /// consumer (code 3002).
-    #[arg(long = "queue-max-bytes", env = "CHORUS_QUEUE_MAX_BYTES", default_value_t = 1 << 20)]
+    #[arg(long = "queue-max-bytes", env = "CHORUS_QUEUE_MAX_BYTES", default_value = "1MiB", value_parser = parse_size)]
     pub queue_max_bytes: usize,
 
     /// Largest number of frames queued for one client (a second bound beside the bytes).
