@@ -194,3 +194,32 @@ async fn redis_down_fails_publish_and_readiness_and_both_recover_when_it_returns
     let p = a.next_publication().await.unwrap();
     assert_eq!(json_of(&p.data), json!("back"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_broadcast_reaches_subscribers_of_every_channel_on_every_gateway() {
+    let cluster = Cluster::start(2).await;
+    let mut a = connected(&cluster.ws(0), Format::Json).await;
+    let mut b = connected(&cluster.ws(1), Format::Protobuf).await;
+    a.subscribe("alerts:eu").await.unwrap();
+    b.subscribe("alerts:us").await.unwrap();
+
+    let resp = reqwest::Client::new()
+        .post(cluster.api_url("/api/broadcast"))
+        .bearer_auth(support::API_KEY)
+        .json(&json!({"channels": ["alerts:eu", "alerts:us", "bad name"], "data": {"level": "high"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    let results = body["results"].as_array().unwrap();
+    assert_eq!(results[0]["offset"], 1);
+    assert_eq!(results[1]["offset"], 1);
+    assert_eq!(results[2]["error"]["code"], "bad_channel");
+
+    let pa = a.next_publication().await.unwrap();
+    let pb = b.next_publication().await.unwrap();
+    assert_eq!((pa.channel.as_str(), pb.channel.as_str()), ("alerts:eu", "alerts:us"));
+    assert_eq!(json_of(&pa.data), json!({"level": "high"}));
+    assert_eq!(json_of(&pb.data), json!({"level": "high"}));
+}
