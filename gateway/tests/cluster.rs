@@ -206,7 +206,9 @@ async fn http_broadcast_reaches_subscribers_of_every_channel_on_every_gateway() 
     let resp = reqwest::Client::new()
         .post(cluster.api_url("/api/broadcast"))
         .bearer_auth(support::API_KEY)
-        .json(&json!({"channels": ["alerts:eu", "alerts:us", "bad name"], "data": {"level": "high"}}))
+        .json(
+            &json!({"channels": ["alerts:eu", "alerts:us", "bad name"], "data": {"level": "high"}}),
+        )
         .send()
         .await
         .unwrap();
@@ -219,7 +221,10 @@ async fn http_broadcast_reaches_subscribers_of_every_channel_on_every_gateway() 
 
     let pa = a.next_publication().await.unwrap();
     let pb = b.next_publication().await.unwrap();
-    assert_eq!((pa.channel.as_str(), pb.channel.as_str()), ("alerts:eu", "alerts:us"));
+    assert_eq!(
+        (pa.channel.as_str(), pb.channel.as_str()),
+        ("alerts:eu", "alerts:us")
+    );
     assert_eq!(json_of(&pa.data), json!({"level": "high"}));
     assert_eq!(json_of(&pb.data), json!({"level": "high"}));
 }

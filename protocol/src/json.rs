@@ -188,7 +188,7 @@ fn reply_value(r: &client::Reply) -> Value {
             json!({"client": c.client, "node": c.node, "version": c.version, "ping_interval": c.ping_interval}),
         )),
         Some(reply::Result::Subscribe(s)) => {
-            Some(("subscribe", json!({"epoch": s.epoch, "offset": s.offset})))
+            Some(("subscribe", json!({"offset": s.offset, "epoch": s.epoch})))
         }
         Some(reply::Result::Unsubscribe(_)) => Some(("unsubscribe", json!({}))),
         Some(reply::Result::Publish(p)) => {

@@ -220,7 +220,7 @@ mod tests {
         });
         assert_eq!(
             &encode_frame(Format::Json, &ok)[..],
-            br#"{"id":1,"publish":{"epoch":"e","offset":2}}"#
+            br#"{"id":1,"publish":{"offset":2,"epoch":"e"}}"#
         );
         let err = reply(client::Reply {
             id: 2,
@@ -229,7 +229,7 @@ mod tests {
         });
         assert_eq!(
             &encode_frame(Format::Json, &err)[..],
-            br#"{"error":{"code":102,"message":"nope"},"id":2}"#
+            br#"{"id":2,"error":{"code":102,"message":"nope"}}"#
         );
     }
 }
