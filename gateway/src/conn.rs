@@ -98,7 +98,12 @@ impl Conn {
 
     /// Queues a data frame; a client that cannot keep up is closed as a slow consumer.
     pub(crate) fn deliver(&self, frame: Bytes) {
-        if self.send(Outgoing::Data(frame)) == Err(QueueFull::Overflow) {
+        self.enqueue(Outgoing::Data(frame));
+    }
+
+    /// Queues any item; a client that cannot keep up is closed as a slow consumer.
+    pub(crate) fn enqueue(&self, item: Outgoing) {
+        if self.send(item) == Err(QueueFull::Overflow) {
             self.close(
                 chorus_protocol::codes::close::SLOW_CONSUMER,
                 "slow consumer: the client did not read fast enough",

@@ -43,7 +43,7 @@ pub(crate) async fn run(node: Arc<Node>, ws: WebSocket<TokioIo<Upgraded>>, forma
     let (mut rx, tx) = ws.split(tokio::io::split);
     // The library refuses frames whose length is >= the limit; ours is inclusive.
     rx.set_max_message_size(config.max_message_size.saturating_add(1));
-    let writer = tokio::spawn(writer::run(tx, conn.clone(), queue, config.ping_interval));
+    let mut writer = tokio::spawn(writer::run(tx, conn.clone(), queue, config.ping_interval));
     let mut session = Session {
         node: node.clone(),
         conn: conn.clone(),
@@ -53,13 +53,15 @@ pub(crate) async fn run(node: Arc<Node>, ws: WebSocket<TokioIo<Upgraded>>, forma
     let span = tracing::debug_span!("session", client = %conn.client, ?format);
     session.read_loop(&mut rx).instrument(span).await;
     session.end();
-    // The writer sends the close frame (if any) and stops; a socket that will not take even
-    // that is abandoned after a short grace.
-    if tokio::time::timeout(std::time::Duration::from_secs(5), writer)
+    // The writer sends the close frame (if any) and stops. A client that stopped reading can
+    // leave it blocked on a full socket for ever: after a short grace it is aborted, which
+    // drops the socket.
+    if tokio::time::timeout(std::time::Duration::from_secs(5), &mut writer)
         .await
         .is_err()
     {
-        tracing::debug!(client = %conn.client, "writer did not finish; dropping the socket");
+        writer.abort();
+        tracing::debug!(client = %conn.client, "writer did not finish; dropped the socket");
     }
 }
 
@@ -80,7 +82,7 @@ impl Session {
                 OpCode::Close => Outgoing::CloseEcho(payload),
                 _ => Outgoing::Pong(payload),
             };
-            let _ = obligated.send(item);
+            obligated.enqueue(item);
             std::future::ready(Ok::<(), Infallible>(()))
         };
         let idle_timeout = self.node.config.idle_timeout;

@@ -40,20 +40,29 @@ pub(crate) async fn run<W>(
             tokio::select! {
                 biased;
                 _ = conn.closing.cancelled() => {
-                    let Some((code, reason)) = conn.take_close_frame() else {
-                        return Ok(());
-                    };
-                    // What is already queued (a disconnect push, say) goes out before the close
-                    // frame — except for a slow consumer, whose queue is the problem.
-                    if code != SLOW_CONSUMER {
+                    let close = conn.take_close_frame();
+                    // What is already queued goes out first: a disconnect push before a close
+                    // frame, the echo of the client's own close. Not for a slow consumer,
+                    // whose queue is the problem.
+                    if close.as_ref().is_none_or(|(code, _)| *code != SLOW_CONSUMER) {
                         while let Ok(item) = queue.rx.try_recv() {
                             conn.dequeued(&item);
-                            if let Outgoing::Data(bytes) = item {
-                                ws.write_frame(Frame::new(true, data_opcode, None, Payload::Borrowed(&bytes))).await?;
+                            match item {
+                                Outgoing::Data(bytes) => {
+                                    ws.write_frame(Frame::new(true, data_opcode, None, Payload::Borrowed(&bytes))).await?;
+                                }
+                                Outgoing::Pong(_) => {}
+                                Outgoing::CloseEcho(bytes) => {
+                                    ws.write_frame(Frame::close_raw(Payload::Borrowed(&bytes))).await?;
+                                    ws.flush().await?;
+                                    return Ok(());
+                                }
                             }
                         }
                     }
-                    ws.write_frame(Frame::close(code, reason.as_bytes())).await?;
+                    if let Some((code, reason)) = close {
+                        ws.write_frame(Frame::close(code, reason.as_bytes())).await?;
+                    }
                     ws.flush().await?;
                     return Ok(());
                 }

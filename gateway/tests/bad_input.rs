@@ -274,3 +274,56 @@ async fn shutdown_sends_a_reconnect_disconnect_push_and_closes_with_3000() {
     }
     assert_eq!(c.closed().await.unwrap().code, close::SHUTDOWN);
 }
+
+#[tokio::test]
+async fn client_close_is_echoed_with_its_code() {
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    let gw = MemoryGateway::start(GatewayConfig::default()).await;
+    let mut c = connected(&gw, Format::Json).await;
+    c.send_message(Message::Close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "bye".into(),
+    })))
+    .await
+    .unwrap();
+    assert_eq!(c.closed().await.unwrap().code, close::NORMAL);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_disconnected_and_others_get_everything() {
+    let config = GatewayConfig {
+        queue_max_bytes: 64 * 1024,
+        ..GatewayConfig::default()
+    };
+    let gw = MemoryGateway::start(config).await;
+    let mut stalled = WsClient::open_slow_reader(&gw.ws(), Format::Protobuf)
+        .await
+        .unwrap();
+    stalled.subscribe("firehose").await.unwrap();
+    let mut healthy = connected(&gw, Format::Protobuf).await;
+    healthy.subscribe("firehose").await.unwrap();
+
+    // 400 × 32 KiB = 12.5 MiB: far more than the stalled client's socket buffers and its 64 KiB
+    // queue can hold. Each message is published only after the healthy client received the
+    // previous one, so only the stalled client falls behind.
+    const N: u64 = 400;
+    let payload = bytes::Bytes::from(vec![7u8; 32 * 1024]);
+    for i in 1..=N {
+        gw.bus
+            .publish(chorus_bus::Publish {
+                channel: "firehose".into(),
+                data: payload.clone(),
+                exclude_client: String::new(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(healthy.next_publication().await.unwrap().offset, i);
+    }
+    let got = stalled.drain_until_closed().await.unwrap();
+    assert!(
+        got < N as usize,
+        "the stalled client was cut off, after {got} of {N}"
+    );
+    still_usable(&mut healthy).await;
+}

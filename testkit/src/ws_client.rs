@@ -50,6 +50,52 @@ impl WsClient {
         })
     }
 
+    /// Opens a connection whose socket receive buffer is as small as the OS allows, so that a
+    /// client that stops reading backs up into the gateway quickly (for slow-consumer tests).
+    pub async fn open_slow_reader(url: &str, format: Format) -> anyhow::Result<Self> {
+        let url = match format {
+            Format::Json => url.to_owned(),
+            Format::Protobuf => format!("{url}?format=protobuf"),
+        };
+        let authority = url
+            .strip_prefix("ws://")
+            .and_then(|rest| rest.split('/').next())
+            .ok_or_else(|| anyhow!("expected a ws:// URL, got {url}"))?;
+        let addr: std::net::SocketAddr = authority.parse().context("ws URL needs an ip:port")?;
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.set_recv_buffer_size(4096)?;
+        let stream = socket.connect(addr).await.context("connecting")?;
+        let (ws, _) = tokio_tungstenite::client_async(url.as_str(), MaybeTlsStream::Plain(stream))
+            .await
+            .context("WebSocket handshake")?;
+        let mut c = Self {
+            ws,
+            format,
+            next_id: 1,
+            pushes: VecDeque::new(),
+        };
+        c.ok(command::Body::Connect(client::ConnectRequest::default()))
+            .await?;
+        Ok(c)
+    }
+
+    /// Reads publications until the connection ends; returns how many arrived. Fails if the
+    /// connection is still open after the wait.
+    pub async fn drain_until_closed(&mut self) -> anyhow::Result<usize> {
+        let mut publications = self.pushes.len();
+        self.pushes.clear();
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .context("connection still open after the wait")?;
+            match msg {
+                Some(Ok(Message::Binary(_) | Message::Text(_))) => publications += 1,
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return Ok(publications),
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+
     /// Opens and sends `connect`; returns the connect result.
     pub async fn connect(
         url: &str,
