@@ -14,6 +14,9 @@ use tokio_util::sync::CancellationToken;
 
 /// The API key used when none is configured, so a first run works out of the box.
 const DEV_API_KEY: &str = "dev-key";
+/// How long a client command may wait on the bus. The in-memory bus answers at once; this only
+/// bounds the wait the gateway's code path always has.
+const BUS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Chorus in one process: WebSocket gateway, broker API (HTTP and gRPC) and an in-memory bus.
 #[derive(Parser)]
@@ -68,7 +71,7 @@ async fn main() -> anyhow::Result<()> {
         gateway_listener,
         bus.clone(),
         cli.gateway,
-        Duration::from_secs(2),
+        BUS_TIMEOUT,
         shutdown.clone(),
     );
     let broker = chorus_broker_api::serve(api_listener, bus, cli.api, shutdown.clone());
