@@ -63,6 +63,27 @@ impl RedisBus {
         })
     }
 
+    /// Runs `op` on a pooled connection. The whole of it, checkout included, is bounded by
+    /// `--redis-timeout`; running out of time is reported as unavailable, naming `what`.
+    pub(crate) async fn with_conn<T>(
+        &self,
+        what: &str,
+        op: impl AsyncFnOnce(&mut deadpool_redis::Connection) -> Result<T, BusError>,
+    ) -> Result<T, BusError> {
+        let timeout = self.config.redis_timeout;
+        let run = async {
+            let mut conn = self
+                .pool
+                .get()
+                .await
+                .map_err(|e| connect::pool_error(e, timeout))?;
+            op(&mut conn).await
+        };
+        tokio::time::timeout(timeout, run)
+            .await
+            .unwrap_or_else(|_| Err(connect::timed_out(what, timeout)))
+    }
+
     /// Starts the node's subscriber and registry tasks. Must be called within a Tokio runtime.
     pub(crate) fn attach(self: &Arc<Self>, node: NodeInfo, sink: Arc<dyn BusSink>) -> RedisLink {
         let wanted = Arc::new(Wanted::default());

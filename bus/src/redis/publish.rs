@@ -20,7 +20,7 @@ use prost::Message;
 use redis::{Pipeline, Script, ServerErrorKind, Value};
 
 use super::RedisBus;
-use super::connect::{pool_error, redis_error, timed_out};
+use super::connect::redis_error;
 use crate::{BusError, Envelope, Position, Publish, Published, keys, new_epoch, now_ms};
 
 /// KEYS[1] = the channel's meta hash; ARGV[1] = its pub/sub channel, ARGV[2] = a candidate
@@ -93,23 +93,20 @@ impl RedisBus {
     pub(crate) async fn publish(&self, msg: Publish) -> Result<Published, BusError> {
         chorus_protocol::channel::validate(&msg.channel)?;
         let envelope = envelope_without_position(&msg.channel, msg.data, msg.exclude_client);
-        let timeout = self.config.redis_timeout;
-        let run = async {
-            let mut conn = self.pool.get().await.map_err(|e| pool_error(e, timeout))?;
-            let value: Value = self
-                .publish_script
-                .key(keys::meta(&msg.channel))
-                .arg(keys::pubsub(&msg.channel))
-                .arg(new_epoch())
-                .arg(envelope)
-                .invoke_async(&mut conn)
-                .await
-                .map_err(|e| redis_error(&e))?;
-            published_from(value)
-        };
-        let result = tokio::time::timeout(timeout, run)
-            .await
-            .unwrap_or_else(|_| Err(timed_out("a publish", timeout)));
+        let result = self
+            .with_conn("a publish", async |conn| {
+                let value: Value = self
+                    .publish_script
+                    .key(keys::meta(&msg.channel))
+                    .arg(keys::pubsub(&msg.channel))
+                    .arg(new_epoch())
+                    .arg(envelope)
+                    .invoke_async(conn)
+                    .await
+                    .map_err(|e| redis_error(&e))?;
+                published_from(value)
+            })
+            .await;
         if let Err(e) = &result {
             tracing::debug!(channel = %msg.channel, error = %e, "publish failed");
         }
@@ -136,10 +133,11 @@ impl RedisBus {
             }
         }
         if !pending.is_empty() {
-            let timeout = self.config.redis_timeout;
-            let outcome = tokio::time::timeout(timeout, self.run_publishes(&pending))
-                .await
-                .unwrap_or_else(|_| Err(timed_out("a broadcast", timeout)));
+            let outcome = self
+                .with_conn("a broadcast", async |conn| {
+                    self.run_publishes(conn, &pending).await
+                })
+                .await;
             match outcome {
                 Ok(values) => {
                     for ((i, _), value) in pending.iter().zip(values) {
@@ -169,19 +167,15 @@ impl RedisBus {
     /// did not execute, so nothing is published twice.
     async fn run_publishes(
         &self,
+        conn: &mut deadpool_redis::Connection,
         pending: &[(usize, redis::Cmd)],
     ) -> Result<Vec<Result<Published, BusError>>, BusError> {
-        let timeout = self.config.redis_timeout;
-        let mut conn = self.pool.get().await.map_err(|e| pool_error(e, timeout))?;
         let mut pipe = Pipeline::with_capacity(pending.len());
         pipe.ignore_errors();
         for (_, cmd) in pending {
             pipe.add_command(cmd.clone());
         }
-        let mut values: Vec<Value> = pipe
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| redis_error(&e))?;
+        let mut values: Vec<Value> = pipe.query_async(conn).await.map_err(|e| redis_error(&e))?;
         if values.len() != pending.len() {
             return Err(BusError::Protocol(format!(
                 "{} replies to {} publishes",
@@ -194,7 +188,7 @@ impl RedisBus {
             .collect();
         if !refused.is_empty() {
             self.publish_script
-                .load_async(&mut conn)
+                .load_async(conn)
                 .await
                 .map_err(|e| redis_error(&e))?;
             let mut retry = Pipeline::with_capacity(refused.len());
@@ -202,10 +196,7 @@ impl RedisBus {
             for &i in &refused {
                 retry.add_command(pending[i].1.clone());
             }
-            let again: Vec<Value> = retry
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| redis_error(&e))?;
+            let again: Vec<Value> = retry.query_async(conn).await.map_err(|e| redis_error(&e))?;
             for (&i, value) in refused.iter().zip(again) {
                 values[i] = value;
             }
@@ -221,14 +212,12 @@ impl RedisBus {
 
     pub(crate) async fn position(&self, channel: &str) -> Result<Position, BusError> {
         chorus_protocol::channel::validate(channel)?;
-        let timeout = self.config.redis_timeout;
-        let run = async {
-            let mut conn = self.pool.get().await.map_err(|e| pool_error(e, timeout))?;
+        self.with_conn("a position query", async |conn| {
             let (epoch, offset): (Option<String>, Option<u64>) = redis::cmd("HMGET")
                 .arg(keys::meta(channel))
                 .arg("epoch")
                 .arg("offset")
-                .query_async(&mut conn)
+                .query_async(conn)
                 .await
                 .map_err(|e| redis_error(&e))?;
             Ok(match (epoch, offset) {
@@ -238,25 +227,19 @@ impl RedisBus {
                 },
                 (None, _) => Position::default(),
             })
-        };
-        tokio::time::timeout(timeout, run)
-            .await
-            .unwrap_or_else(|_| Err(timed_out("a position query", timeout)))
+        })
+        .await
     }
 
     pub(crate) async fn check(&self) -> Result<(), BusError> {
-        let timeout = self.config.redis_timeout;
-        let run = async {
-            let mut conn = self.pool.get().await.map_err(|e| pool_error(e, timeout))?;
+        self.with_conn("PING", async |conn| {
             let _: String = redis::cmd("PING")
-                .query_async(&mut conn)
+                .query_async(conn)
                 .await
                 .map_err(|e| redis_error(&e))?;
             Ok(())
-        };
-        tokio::time::timeout(timeout, run)
-            .await
-            .unwrap_or_else(|_| Err(timed_out("PING", timeout)))
+        })
+        .await
     }
 }
 

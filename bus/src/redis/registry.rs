@@ -27,7 +27,7 @@ use redis::{Script, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::connect::{pool_error, redis_error, timed_out};
+use super::connect::redis_error;
 use super::{LinkState, RedisBus};
 use crate::{BusError, ConnectionInfo, NodeInfo, keys};
 
@@ -135,10 +135,6 @@ impl Registry {
         self.bus.config.node_lease
     }
 
-    fn timeout(&self) -> Duration {
-        self.bus.config.redis_timeout
-    }
-
     /// Refreshes the lease every lease/3 and writes connection changes as they come, until
     /// cancelled; then removes the node. Each operation runs to its own deadline before
     /// cancellation is looked at, so a renewal can never land after the removal.
@@ -165,9 +161,12 @@ impl Registry {
     }
 
     async fn refresh(&self) {
-        let result = tokio::time::timeout(self.timeout(), self.try_refresh())
-            .await
-            .unwrap_or_else(|_| Err(timed_out("a registry refresh", self.timeout())));
+        let result = self
+            .bus
+            .with_conn("a registry refresh", async |conn| {
+                self.try_refresh(conn).await
+            })
+            .await;
         let was_ready = self
             .state
             .registry_ready
@@ -185,14 +184,8 @@ impl Registry {
         }
     }
 
-    async fn try_refresh(&self) -> Result<(), BusError> {
+    async fn try_refresh(&self, conn: &mut deadpool_redis::Connection) -> Result<(), BusError> {
         let lease_ms = self.lease().as_millis() as u64;
-        let mut conn = self
-            .bus
-            .pool
-            .get()
-            .await
-            .map_err(|e| pool_error(e, self.timeout()))?;
         // The description first, so a reader never sees a live node without it.
         let node_key = keys::node(&self.node.id);
         redis::pipe()
@@ -211,7 +204,7 @@ impl Registry {
             .arg(keys::node_connections(&self.node.id))
             .arg(lease_ms)
             .ignore()
-            .exec_async(&mut conn)
+            .exec_async(conn)
             .await
             .map_err(|e| redis_error(&e))?;
         let added: i64 = self
@@ -220,14 +213,14 @@ impl Registry {
             .key(keys::nodes())
             .arg(&self.node.id)
             .arg(lease_ms)
-            .invoke_async(&mut conn)
+            .invoke_async(conn)
             .await
             .map_err(|e| redis_error(&e))?;
         // A node Redis did not know (first refresh, expired lease, restarted Redis) has no
         // trustworthy connections hash either.
         let resync = self.shared.resync.swap(false, Ordering::AcqRel) || added == 1;
         if resync {
-            let result = self.rewrite_connections(&mut conn, lease_ms).await;
+            let result = self.rewrite_connections(conn, lease_ms).await;
             if result.is_err() {
                 self.shared.resync.store(true, Ordering::Release);
             }
@@ -285,21 +278,12 @@ impl Registry {
             .arg(&key)
             .arg(self.lease().as_millis() as u64)
             .ignore();
-        let timeout = self.timeout();
-        let run = async {
-            let mut conn = self
-                .bus
-                .pool
-                .get()
-                .await
-                .map_err(|e| pool_error(e, timeout))?;
-            pipe.exec_async(&mut conn)
-                .await
-                .map_err(|e| redis_error(&e))
-        };
-        let result = tokio::time::timeout(timeout, run)
-            .await
-            .unwrap_or_else(|_| Err(timed_out("connection updates", timeout)));
+        let result = self
+            .bus
+            .with_conn("connection updates", async |conn| {
+                pipe.exec_async(conn).await.map_err(|e| redis_error(&e))
+            })
+            .await;
         if let Err(e) = result {
             self.shared.resync.store(true, Ordering::Release);
             tracing::warn!(node = %self.node.id, changes = changes.len(), error = %e,
@@ -309,32 +293,26 @@ impl Registry {
 
     /// Removes the node from the registry (on detach), within the timeout.
     async fn remove(&self) {
-        let timeout = self.timeout();
-        let run = async {
-            let mut conn = self
-                .bus
-                .pool
-                .get()
-                .await
-                .map_err(|e| pool_error(e, timeout))?;
-            redis::pipe()
-                .cmd("ZREM")
-                .arg(keys::nodes())
-                .arg(&self.node.id)
-                .ignore()
-                .cmd("DEL")
-                .arg(keys::node(&self.node.id))
-                .ignore()
-                .cmd("DEL")
-                .arg(keys::node_connections(&self.node.id))
-                .ignore()
-                .exec_async(&mut conn)
-                .await
-                .map_err(|e| redis_error(&e))
-        };
-        let result = tokio::time::timeout(timeout, run)
-            .await
-            .unwrap_or_else(|_| Err(timed_out("the node removal", timeout)));
+        let id = &self.node.id;
+        let result = self
+            .bus
+            .with_conn("the node removal", async |conn| {
+                redis::pipe()
+                    .cmd("ZREM")
+                    .arg(keys::nodes())
+                    .arg(id)
+                    .ignore()
+                    .cmd("DEL")
+                    .arg(keys::node(id))
+                    .ignore()
+                    .cmd("DEL")
+                    .arg(keys::node_connections(id))
+                    .ignore()
+                    .exec_async(conn)
+                    .await
+                    .map_err(|e| redis_error(&e))
+            })
+            .await;
         match result {
             Ok(()) => tracing::info!(node = %self.node.id, "node removed from the registry"),
             Err(e) => tracing::warn!(node = %self.node.id, error = %e,
@@ -349,19 +327,18 @@ fn connection_json(conn: &ConnectionInfo) -> String {
 
 impl RedisBus {
     pub(crate) async fn nodes(&self) -> Result<Vec<NodeInfo>, BusError> {
-        let timeout = self.config.redis_timeout;
-        tokio::time::timeout(timeout, self.try_nodes())
+        self.with_conn("the nodes query", async |conn| self.try_nodes(conn).await)
             .await
-            .unwrap_or_else(|_| Err(timed_out("the nodes query", timeout)))
     }
 
-    async fn try_nodes(&self) -> Result<Vec<NodeInfo>, BusError> {
-        let timeout = self.config.redis_timeout;
-        let mut conn = self.pool.get().await.map_err(|e| pool_error(e, timeout))?;
+    async fn try_nodes(
+        &self,
+        conn: &mut deadpool_redis::Connection,
+    ) -> Result<Vec<NodeInfo>, BusError> {
         let mut ids: Vec<String> = self
             .live_nodes_script
             .key(keys::nodes())
-            .invoke_async(&mut conn)
+            .invoke_async(conn)
             .await
             .map_err(|e| redis_error(&e))?;
         if ids.is_empty() {
@@ -373,10 +350,7 @@ impl RedisBus {
             pipe.cmd("HGETALL").arg(keys::node(id));
             pipe.cmd("HLEN").arg(keys::node_connections(id));
         }
-        let replies: Vec<Value> = pipe
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| redis_error(&e))?;
+        let replies: Vec<Value> = pipe.query_async(conn).await.map_err(|e| redis_error(&e))?;
         if replies.len() != ids.len() * 2 {
             return Err(BusError::Protocol(format!(
                 "{} replies to {} node queries",
