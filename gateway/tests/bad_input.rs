@@ -20,13 +20,17 @@ async fn connected(gw: &MemoryGateway, format: Format) -> WsClient {
         .0
 }
 
-/// Sends a raw text frame and returns the reply it produced.
-async fn raw_text_reply(c: &mut WsClient, text: &str) -> client::Reply {
-    c.send_message(Message::Text(text.into())).await.unwrap();
+/// Sends a raw WebSocket message and returns the reply it produced.
+async fn raw_reply(c: &mut WsClient, msg: Message) -> client::Reply {
+    c.send_message(msg).await.unwrap();
     match c.next_frame().await.unwrap().frame {
         Some(server_frame::Frame::Reply(r)) => r,
         other => panic!("expected a reply, got {other:?}"),
     }
+}
+
+async fn raw_text_reply(c: &mut WsClient, text: &str) -> client::Reply {
+    raw_reply(c, Message::Text(text.into())).await
 }
 
 async fn still_usable(c: &mut WsClient) {
@@ -66,15 +70,8 @@ async fn unknown_command_gets_unknown_command() {
 async fn binary_frame_on_a_json_connection_gets_wrong_frame_type() {
     let gw = MemoryGateway::start(GatewayConfig::default()).await;
     let mut c = connected(&gw, Format::Json).await;
-    c.send_message(Message::Binary(vec![1, 2, 3].into()))
-        .await
-        .unwrap();
-    match c.next_frame().await.unwrap().frame {
-        Some(server_frame::Frame::Reply(r)) => {
-            assert_eq!(code(&r), ErrorCode::WrongFrameType.code())
-        }
-        other => panic!("expected an error reply, got {other:?}"),
-    }
+    let reply = raw_reply(&mut c, Message::Binary(vec![1, 2, 3].into())).await;
+    assert_eq!(code(&reply), ErrorCode::WrongFrameType.code());
     still_usable(&mut c).await;
 }
 
@@ -82,15 +79,8 @@ async fn binary_frame_on_a_json_connection_gets_wrong_frame_type() {
 async fn text_frame_on_a_protobuf_connection_gets_wrong_frame_type() {
     let gw = MemoryGateway::start(GatewayConfig::default()).await;
     let mut c = connected(&gw, Format::Protobuf).await;
-    c.send_message(Message::Text(r#"{"id":1,"ping":{}}"#.into()))
-        .await
-        .unwrap();
-    match c.next_frame().await.unwrap().frame {
-        Some(server_frame::Frame::Reply(r)) => {
-            assert_eq!(code(&r), ErrorCode::WrongFrameType.code())
-        }
-        other => panic!("expected an error reply, got {other:?}"),
-    }
+    let reply = raw_reply(&mut c, Message::Text(r#"{"id":1,"ping":{}}"#.into())).await;
+    assert_eq!(code(&reply), ErrorCode::WrongFrameType.code());
     still_usable(&mut c).await;
 }
 
@@ -98,13 +88,8 @@ async fn text_frame_on_a_protobuf_connection_gets_wrong_frame_type() {
 async fn invalid_protobuf_gets_bad_request() {
     let gw = MemoryGateway::start(GatewayConfig::default()).await;
     let mut c = connected(&gw, Format::Protobuf).await;
-    c.send_message(Message::Binary(vec![0xff, 0xff, 0xff, 0xff].into()))
-        .await
-        .unwrap();
-    match c.next_frame().await.unwrap().frame {
-        Some(server_frame::Frame::Reply(r)) => assert_eq!(code(&r), ErrorCode::BadRequest.code()),
-        other => panic!("expected an error reply, got {other:?}"),
-    }
+    let reply = raw_reply(&mut c, Message::Binary(vec![0xff, 0xff, 0xff, 0xff].into())).await;
+    assert_eq!(code(&reply), ErrorCode::BadRequest.code());
     still_usable(&mut c).await;
 }
 
