@@ -88,7 +88,8 @@ async fn client_publish_reaches_every_other_subscriber_but_not_the_sender() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsubscribe_stops_delivery_and_the_last_one_releases_the_redis_subscription() {
-    let cluster = Cluster::start(1).await;
+    // Two gateways, clients only on the first: only the first subscribes in Redis.
+    let cluster = Cluster::start(2).await;
     let mut a = connected(&cluster.ws(0), Format::Json).await;
     let mut b = connected(&cluster.ws(0), Format::Json).await;
     a.subscribe("news").await.unwrap();
@@ -99,6 +100,14 @@ async fn unsubscribe_stops_delivery_and_the_last_one_releases_the_redis_subscrip
     assert_eq!(
         pubsub(&cluster.redis),
         vec!["chorus.pub.{news}".to_string()]
+    );
+    let numsub = cluster
+        .redis
+        .cli(&["PUBSUB", "NUMSUB", "chorus.pub.{news}"])
+        .unwrap();
+    assert_eq!(
+        numsub,
+        vec!["chorus.pub.{news}".to_string(), "1".to_string()]
     );
 
     a.unsubscribe("news").await.unwrap();
