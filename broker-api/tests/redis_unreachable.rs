@@ -27,16 +27,21 @@ async fn http_publish(server: &TestServer) -> (StatusCode, Value) {
     (status, resp.json().await.unwrap())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_unreachable_answers_503_and_unavailable_then_recovers() {
-    let mut redis = RedisServer::start().unwrap();
+/// A broker-api on a Redis bus with the short test timeout.
+async fn server_on(redis: &RedisServer) -> TestServer {
     let bus_config = BusConfig {
         redis_url: redis.url(),
         redis_timeout: REDIS_TIMEOUT,
         ..BusConfig::default()
     };
     let bus = Bus::redis(&bus_config).unwrap();
-    let server = TestServer::start(bus, config().with_bus_timeout(&bus_config)).await;
+    TestServer::start(bus, config().with_bus_timeout(&bus_config)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_unreachable_answers_503_and_unavailable_then_recovers() {
+    let mut redis = RedisServer::start().unwrap();
+    let server = server_on(&redis).await;
     let bound = REDIS_TIMEOUT + Duration::from_secs(1);
 
     let (status, body) = http_publish(&server).await;
@@ -102,13 +107,7 @@ async fn redis_unreachable_answers_503_and_unavailable_then_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_that_stops_answering_gets_503_within_the_timeout_then_recovers() {
     let redis = RedisServer::start().unwrap();
-    let bus_config = BusConfig {
-        redis_url: redis.url(),
-        redis_timeout: REDIS_TIMEOUT,
-        ..BusConfig::default()
-    };
-    let bus = Bus::redis(&bus_config).unwrap();
-    let server = TestServer::start(bus, config().with_bus_timeout(&bus_config)).await;
+    let server = server_on(&redis).await;
     let bound = REDIS_TIMEOUT + Duration::from_secs(1);
     let (status, body) = http_publish(&server).await;
     assert_eq!(status, StatusCode::OK, "{body}");

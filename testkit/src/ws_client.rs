@@ -35,10 +35,7 @@ impl WsClient {
     /// Opens a WebSocket to `url` (e.g. `ws://127.0.0.1:PORT/ws`); protobuf clients add
     /// `?format=protobuf`.
     pub async fn open(url: &str, format: Format) -> anyhow::Result<Self> {
-        let url = match format {
-            Format::Json => url.to_owned(),
-            Format::Protobuf => format!("{url}?format=protobuf"),
-        };
+        let url = with_format(url, format);
         let (ws, _) = tokio_tungstenite::connect_async(&url)
             .await
             .with_context(|| format!("connecting to {url}"))?;
@@ -53,10 +50,7 @@ impl WsClient {
     /// Opens a connection whose socket receive buffer is as small as the OS allows, so that a
     /// client that stops reading backs up into the gateway quickly (for slow-consumer tests).
     pub async fn open_slow_reader(url: &str, format: Format) -> anyhow::Result<Self> {
-        let url = match format {
-            Format::Json => url.to_owned(),
-            Format::Protobuf => format!("{url}?format=protobuf"),
-        };
+        let url = with_format(url, format);
         let authority = url
             .strip_prefix("ws://")
             .and_then(|rest| rest.split('/').next())
@@ -274,5 +268,13 @@ impl WsClient {
                 None => bail!("empty server frame"),
             }
         }
+    }
+}
+
+/// The URL a client of `format` connects to: protobuf asks with `?format=protobuf`.
+fn with_format(url: &str, format: Format) -> String {
+    match format {
+        Format::Json => url.to_owned(),
+        Format::Protobuf => format!("{url}?format=protobuf"),
     }
 }
