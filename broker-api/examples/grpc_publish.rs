@@ -35,6 +35,7 @@ async fn main() -> anyhow::Result<()> {
     let mut request = tonic::Request::new(PublishRequest {
         channel: args.channel,
         data: args.data.into_bytes().into(),
+        ..Default::default()
     });
     request.metadata_mut().insert(
         "authorization",

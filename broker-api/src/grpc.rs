@@ -28,6 +28,7 @@ impl ChorusApi for GrpcApi {
         Ok(Response::new(api::PublishResponse {
             offset: published.offset,
             epoch: published.epoch,
+            duplicate: false,
         }))
     }
 
@@ -45,6 +46,7 @@ impl ChorusApi for GrpcApi {
                     Ok(p) => Outcome::Published(api::PublishResponse {
                         offset: p.offset,
                         epoch: p.epoch,
+                        duplicate: false,
                     }),
                     Err(e) => Outcome::Error(e.to_proto()),
                 }),
@@ -70,5 +72,12 @@ impl ChorusApi for GrpcApi {
             })
             .collect();
         Ok(Response::new(api::NodesResponse { nodes }))
+    }
+
+    async fn history(
+        &self,
+        _request: Request<api::HistoryRequest>,
+    ) -> Result<Response<api::HistoryResponse>, Status> {
+        Err(Status::unimplemented("history is not available yet"))
     }
 }

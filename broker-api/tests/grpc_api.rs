@@ -14,6 +14,7 @@ fn publish_req(channel: &str, data: &'static [u8]) -> PublishRequest {
     PublishRequest {
         channel: channel.into(),
         data: Bytes::from_static(data),
+        ..Default::default()
     }
 }
 
@@ -121,6 +122,7 @@ async fn grpc_message_over_the_body_limit_is_refused() {
     let req = PublishRequest {
         channel: "news".into(),
         data: Bytes::from(vec![b'x'; 4096]),
+        ..Default::default()
     };
     let status = grpc.publish(authed(req, KEY)).await.unwrap_err();
     assert_eq!(status.code(), Code::OutOfRange, "{status:?}");

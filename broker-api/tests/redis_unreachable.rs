@@ -62,6 +62,7 @@ async fn redis_unreachable_answers_503_and_unavailable_then_recovers() {
     let req = PublishRequest {
         channel: "news".into(),
         data: Bytes::from_static(b"1"),
+        ..Default::default()
     };
     let started = Instant::now();
     let status = grpc.publish(authed(req.clone(), KEY)).await.unwrap_err();
@@ -129,6 +130,7 @@ async fn redis_that_stops_answering_gets_503_within_the_timeout_then_recovers() 
     let req = PublishRequest {
         channel: "news".into(),
         data: Bytes::from_static(b"1"),
+        ..Default::default()
     };
     let started = Instant::now();
     let status = grpc.publish(authed(req, KEY)).await.unwrap_err();

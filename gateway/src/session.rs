@@ -221,6 +221,9 @@ impl Session {
             command::Body::Unsubscribe(req) => self.unsubscribe(req),
             command::Body::Publish(req) => self.publish(req).await,
             command::Body::Ping(_) => Ok(reply::Result::Ping(client::PingResult {})),
+            command::Body::History(_) => {
+                Err(ErrorCode::UnknownCommand.with("history is not available yet"))
+            }
         };
         match result {
             Ok(result) => self.reply(client::Reply {
@@ -277,6 +280,7 @@ impl Session {
             Ok(pos) => Ok(reply::Result::Subscribe(client::SubscribeResult {
                 epoch: pos.epoch,
                 offset: pos.offset,
+                ..Default::default()
             })),
             Err(e) => {
                 self.channels.remove(&ch);

@@ -101,6 +101,7 @@ async fn invalid_channel_name_gets_bad_channel() {
         let reply = c
             .request(command::Body::Subscribe(client::SubscribeRequest {
                 channel: bad.into(),
+                ..Default::default()
             }))
             .await
             .unwrap();
@@ -116,6 +117,7 @@ async fn commands_before_connect_get_not_connected() {
     let reply = c
         .request(command::Body::Subscribe(client::SubscribeRequest {
             channel: "news".into(),
+            ..Default::default()
         }))
         .await
         .unwrap();
@@ -140,7 +142,12 @@ async fn subscribing_twice_and_past_the_channel_limit_are_refused_and_keep_exist
     let gw = MemoryGateway::start(config).await;
     let mut c = connected(&gw, Format::Json).await;
     c.subscribe("a").await.unwrap();
-    let sub = |ch: &str| command::Body::Subscribe(client::SubscribeRequest { channel: ch.into() });
+    let sub = |ch: &str| {
+        command::Body::Subscribe(client::SubscribeRequest {
+            channel: ch.into(),
+            ..Default::default()
+        })
+    };
     assert_eq!(
         code(&c.request(sub("a")).await.unwrap()),
         ErrorCode::AlreadySubscribed.code()

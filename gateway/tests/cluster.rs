@@ -39,6 +39,7 @@ async fn clients_on_both_gateways_receive_http_and_grpc_publishes_with_consecuti
         .publish(authed(api::PublishRequest {
             channel: "news".into(),
             data: br#"{"n":2}"#.to_vec().into(),
+            ..Default::default()
         }))
         .await
         .expect("gRPC publish")
@@ -178,6 +179,7 @@ async fn redis_down_fails_publish_and_readiness_and_both_recover_when_it_returns
         .publish(authed(api::PublishRequest {
             channel: "news".into(),
             data: b"1".to_vec().into(),
+            ..Default::default()
         }))
         .await
         .expect_err("publish fails while Redis is down");

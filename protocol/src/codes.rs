@@ -32,6 +32,9 @@ pub enum ErrorCode {
     AlreadyConnected = 110,
     /// A frame of the wrong kind for the connection's format (binary on JSON, text on protobuf).
     WrongFrameType = 111,
+    /// A history read `since` a position whose epoch is not the channel's current one: the
+    /// publications after it are gone. Start again from the current position.
+    UnrecoverablePosition = 112,
 }
 
 impl ErrorCode {
@@ -66,4 +69,8 @@ pub mod close {
     pub const IDLE_TIMEOUT: u16 = 3001;
     /// The client read too slowly and its queue overflowed; reconnect and recover.
     pub const SLOW_CONSUMER: u16 = 3002;
+    /// The gateway lost publications of a channel of the client's (its Redis data was lost or
+    /// history no longer reached back); reconnect and subscribe with your positions, and
+    /// the subscribe results say which channels could not be recovered.
+    pub const INSUFFICIENT_STATE: u16 = 3003;
 }

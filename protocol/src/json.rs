@@ -29,13 +29,47 @@ struct RawCommand<'a> {
     #[serde(default)]
     connect: Option<ConnectBody>,
     #[serde(default)]
-    subscribe: Option<ChannelBody>,
+    subscribe: Option<SubscribeBody>,
     #[serde(default)]
     unsubscribe: Option<ChannelBody>,
     #[serde(default, borrow)]
     publish: Option<PublishBody<'a>>,
     #[serde(default)]
     ping: Option<Map<String, Value>>,
+    #[serde(default)]
+    history: Option<HistoryBody>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubscribeBody {
+    channel: String,
+    #[serde(default)]
+    recover: bool,
+    #[serde(default)]
+    offset: u64,
+    #[serde(default)]
+    epoch: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryBody {
+    channel: String,
+    #[serde(default)]
+    since: Option<PositionBody>,
+    #[serde(default)]
+    limit: u32,
+    #[serde(default)]
+    reverse: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PositionBody {
+    offset: u64,
+    #[serde(default)]
+    epoch: String,
 }
 
 #[derive(Deserialize)]
@@ -95,6 +129,9 @@ pub fn decode_command(bytes: &[u8]) -> Result<client::Command, DecodeError> {
     if let Some(s) = raw.subscribe {
         bodies.push(command::Body::Subscribe(client::SubscribeRequest {
             channel: s.channel,
+            recover: s.recover,
+            offset: s.offset,
+            epoch: s.epoch,
         }));
     }
     if let Some(u) = raw.unsubscribe {
@@ -112,6 +149,17 @@ pub fn decode_command(bytes: &[u8]) -> Result<client::Command, DecodeError> {
     if raw.ping.is_some() {
         bodies.push(command::Body::Ping(client::PingRequest {}));
     }
+    if let Some(h) = raw.history {
+        bodies.push(command::Body::History(client::HistoryRequest {
+            channel: h.channel,
+            since: h.since.map(|p| client::StreamPosition {
+                offset: p.offset,
+                epoch: p.epoch,
+            }),
+            limit: h.limit,
+            reverse: h.reverse,
+        }));
+    }
     match bodies.len() {
         1 => Ok(client::Command {
             id,
@@ -120,7 +168,7 @@ pub fn decode_command(bytes: &[u8]) -> Result<client::Command, DecodeError> {
         0 => Err(DecodeError {
             id,
             error: ErrorCode::UnknownCommand.with(
-                "unknown command: expected one of connect, subscribe, unsubscribe, publish, ping",
+                "unknown command: expected one of connect, subscribe, unsubscribe, publish, ping, history",
             ),
         }),
         _ => Err(DecodeError {
@@ -144,7 +192,18 @@ pub fn encode_command(cmd: &client::Command) -> Bytes {
     obj.insert("id".into(), json!(cmd.id));
     let (key, body) = match &cmd.body {
         Some(command::Body::Connect(c)) => ("connect", json!({"token": c.token, "name": c.name})),
+        Some(command::Body::Subscribe(s)) if s.recover => (
+            "subscribe",
+            json!({"channel": s.channel, "recover": true, "offset": s.offset, "epoch": s.epoch}),
+        ),
         Some(command::Body::Subscribe(s)) => ("subscribe", json!({"channel": s.channel})),
+        Some(command::Body::History(h)) => {
+            let mut body = json!({"channel": h.channel, "limit": h.limit, "reverse": h.reverse});
+            if let Some(p) = &h.since {
+                body["since"] = json!({"offset": p.offset, "epoch": p.epoch});
+            }
+            ("history", body)
+        }
         Some(command::Body::Unsubscribe(u)) => ("unsubscribe", json!({"channel": u.channel})),
         Some(command::Body::Publish(p)) => {
             let data: Value = serde_json::from_slice(&p.data).unwrap_or(Value::Null);
@@ -162,7 +221,12 @@ pub fn encode_command(cmd: &client::Command) -> Bytes {
 /// Encodes one server frame (a reply or a push) as JSON.
 pub fn encode_frame(frame: &client::ServerFrame) -> Bytes {
     let value = match &frame.frame {
-        Some(server_frame::Frame::Reply(r)) => reply_value(r),
+        Some(server_frame::Frame::Reply(r)) => {
+            if let Some(text) = reply_with_publications(r) {
+                return text;
+            }
+            reply_value(r)
+        }
         Some(server_frame::Frame::Push(p)) => match &p.body {
             Some(push::Body::Publication(p)) => return encode_publication(p),
             Some(push::Body::Disconnect(d)) => disconnect_value(d),
@@ -190,6 +254,10 @@ fn reply_value(r: &client::Reply) -> Value {
         Some(reply::Result::Subscribe(s)) => {
             Some(("subscribe", json!({"offset": s.offset, "epoch": s.epoch})))
         }
+        Some(reply::Result::History(h)) => Some((
+            "history",
+            json!({"publications": [], "offset": h.offset, "epoch": h.epoch}),
+        )),
         Some(reply::Result::Unsubscribe(_)) => Some(("unsubscribe", json!({}))),
         Some(reply::Result::Publish(p)) => {
             Some(("publish", json!({"offset": p.offset, "epoch": p.epoch})))
@@ -207,39 +275,102 @@ fn disconnect_value(d: &client::Disconnect) -> Value {
     json!({"disconnect": {"code": d.code, "reason": d.reason, "reconnect": d.reconnect}})
 }
 
-/// The JSON text of a publication push. Built directly (not through [`Value`]) because this is
-/// the fan-out path, and because JSON data must reach clients exactly as published: same
-/// number precision, same key order, same whitespace.
-fn encode_publication(p: &client::Publication) -> Bytes {
-    #[derive(Serialize)]
-    struct Pub<'a> {
-        channel: &'a str,
-        offset: u64,
-        epoch: &'a str,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        data: Option<&'a RawValue>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        b64data: Option<String>,
-    }
-    #[derive(Serialize)]
-    struct Push<'a> {
-        #[serde(rename = "pub")]
-        publication: Pub<'a>,
-    }
-    let data = std::str::from_utf8(&p.data)
-        .ok()
-        .and_then(|text| serde_json::from_str::<&RawValue>(text).ok());
-    let push = Push {
-        publication: Pub {
+/// A publication as JSON: data embedded as is when it is JSON, else base64 under `b64data`.
+/// Serialised directly (not through [`Value`]) because this is the fan-out path, and because
+/// JSON data must reach clients exactly as published: same number precision, same key order,
+/// same whitespace.
+#[derive(Serialize)]
+struct Pub<'a> {
+    channel: &'a str,
+    offset: u64,
+    epoch: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    b64data: Option<String>,
+}
+
+impl<'a> Pub<'a> {
+    fn of(p: &'a client::Publication) -> Self {
+        let data = std::str::from_utf8(&p.data)
+            .ok()
+            .and_then(|text| serde_json::from_str::<&RawValue>(text).ok());
+        Pub {
             channel: &p.channel,
             offset: p.offset,
             epoch: &p.epoch,
             b64data: data.is_none().then(|| BASE64.encode(&p.data)),
             data,
-        },
+        }
+    }
+}
+
+/// The JSON text of a publication push.
+fn encode_publication(p: &client::Publication) -> Bytes {
+    #[derive(Serialize)]
+    struct Push<'a> {
+        #[serde(rename = "pub")]
+        publication: Pub<'a>,
+    }
+    let push = Push {
+        publication: Pub::of(p),
     };
     // Serialising plain strings, integers and an already-valid RawValue cannot fail.
     Bytes::from(serde_json::to_vec(&push).unwrap_or_default())
+}
+
+/// Replies that carry publications (subscribe with recovery, history), serialised directly
+/// for the same reason as [`encode_publication`]. `None` for every other reply.
+fn reply_with_publications(r: &client::Reply) -> Option<Bytes> {
+    #[derive(Serialize)]
+    struct SubscribeJson<'a> {
+        offset: u64,
+        epoch: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        recovered: Option<bool>,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        publications: Vec<Pub<'a>>,
+    }
+    #[derive(Serialize)]
+    struct HistoryJson<'a> {
+        publications: Vec<Pub<'a>>,
+        offset: u64,
+        epoch: &'a str,
+    }
+    #[derive(Serialize)]
+    struct Reply<T> {
+        id: u32,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        subscribe: Option<T>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        history: Option<T>,
+    }
+    if r.error.is_some() {
+        return None;
+    }
+    let text = match &r.result {
+        Some(reply::Result::Subscribe(s)) if s.was_recovering => serde_json::to_vec(&Reply {
+            id: r.id,
+            subscribe: Some(SubscribeJson {
+                offset: s.offset,
+                epoch: &s.epoch,
+                recovered: Some(s.recovered),
+                publications: s.publications.iter().map(Pub::of).collect(),
+            }),
+            history: None,
+        }),
+        Some(reply::Result::History(h)) => serde_json::to_vec(&Reply {
+            id: r.id,
+            subscribe: None,
+            history: Some(HistoryJson {
+                publications: h.publications.iter().map(Pub::of).collect(),
+                offset: h.offset,
+                epoch: &h.epoch,
+            }),
+        }),
+        _ => return None,
+    };
+    text.ok().map(Bytes::from)
 }
 
 /// Decodes one JSON server frame (used by clients and tests). Publication data comes back as
@@ -249,19 +380,29 @@ pub fn decode_frame(bytes: &[u8]) -> Result<client::ServerFrame, serde_json::Err
     let bad = |what: &str| <serde_json::Error as serde::de::Error>::custom(what);
     let str_of = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
     let u64_of = |v: &Value, k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
-    if let Some(p) = v.get("pub") {
+    let publication_of = |p: &Value| -> Result<client::Publication, serde_json::Error> {
         let data = match (p.get("data"), p.get("b64data").and_then(Value::as_str)) {
             (Some(d), _) => Bytes::from(d.to_string()),
             (None, Some(b)) => Bytes::from(BASE64.decode(b).map_err(|_| bad("bad b64data"))?),
             (None, None) => Bytes::new(),
         };
-        let publication = client::Publication {
+        Ok(client::Publication {
             channel: str_of(p, "channel"),
             offset: u64_of(p, "offset"),
             epoch: str_of(p, "epoch"),
             data,
-        };
-        return Ok(push_frame(push::Body::Publication(publication)));
+        })
+    };
+    let publications_of = |v: &Value| -> Result<Vec<client::Publication>, serde_json::Error> {
+        v.get("publications")
+            .and_then(Value::as_array)
+            .map_or(&[][..], Vec::as_slice)
+            .iter()
+            .map(publication_of)
+            .collect()
+    };
+    if let Some(p) = v.get("pub") {
+        return Ok(push_frame(push::Body::Publication(publication_of(p)?)));
     }
     if let Some(d) = v.get("disconnect") {
         let disconnect = client::Disconnect {
@@ -284,9 +425,13 @@ pub fn decode_frame(bytes: &[u8]) -> Result<client::ServerFrame, serde_json::Err
             ping_interval: u32::try_from(u64_of(c, "ping_interval")).unwrap_or(0),
         }))
     } else if let Some(s) = v.get("subscribe") {
+        let recovered = s.get("recovered").and_then(Value::as_bool);
         Some(reply::Result::Subscribe(client::SubscribeResult {
             epoch: str_of(s, "epoch"),
             offset: u64_of(s, "offset"),
+            recovered: recovered.unwrap_or(false),
+            was_recovering: recovered.is_some(),
+            publications: publications_of(s)?,
         }))
     } else if v.get("unsubscribe").is_some() {
         Some(reply::Result::Unsubscribe(client::UnsubscribeResult {}))
@@ -297,6 +442,12 @@ pub fn decode_frame(bytes: &[u8]) -> Result<client::ServerFrame, serde_json::Err
         }))
     } else if v.get("ping").is_some() {
         Some(reply::Result::Ping(client::PingResult {}))
+    } else if let Some(h) = v.get("history") {
+        Some(reply::Result::History(client::HistoryResult {
+            publications: publications_of(h)?,
+            offset: u64_of(h, "offset"),
+            epoch: str_of(h, "epoch"),
+        }))
     } else {
         None
     };

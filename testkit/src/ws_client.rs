@@ -130,6 +130,7 @@ impl WsClient {
     pub async fn subscribe(&mut self, channel: &str) -> anyhow::Result<client::Reply> {
         self.ok(command::Body::Subscribe(client::SubscribeRequest {
             channel: channel.into(),
+            ..Default::default()
         }))
         .await
     }

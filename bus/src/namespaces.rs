@@ -1,0 +1,215 @@
+//! Channel namespaces: the per-namespace rules every service applies to a channel.
+//!
+//! A channel `chat:room` belongs to namespace `chat`; a channel without a `:` belongs to the
+//! default namespace. The rules come from a TOML file (`--namespaces`), shared by broker-api
+//! and every gateway so they agree on them:
+//!
+//! ```toml
+//! [default]                 # channels without a namespace
+//! history_size = 100
+//! history_ttl = "5m"
+//!
+//! [namespace.chat]          # channels `chat:…`
+//! history_size = 1000
+//! history_ttl = "1h"
+//! ```
+//!
+//! A field a section leaves out takes its built-in default (below), not the `[default]`
+//! section's value: each section reads on its own.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::config::parse_duration;
+
+/// Built-in number of publications kept per channel.
+pub const DEFAULT_HISTORY_SIZE: u32 = 100;
+/// Built-in time a channel's history outlives its last publication.
+pub const DEFAULT_HISTORY_TTL: Duration = Duration::from_secs(300);
+/// Largest history a namespace may keep per channel: recovery replays at most this many.
+pub const MAX_HISTORY_SIZE: u32 = 100_000;
+
+/// Where to read the namespace rules from.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct NamespacesConfig {
+    /// TOML file with the channel namespaces and their rules (history, permissions). Without
+    /// it, every channel gets the built-in defaults.
+    #[arg(long = "namespaces", env = "CHORUS_NAMESPACES", value_name = "FILE")]
+    pub namespaces_file: Option<PathBuf>,
+}
+
+impl NamespacesConfig {
+    /// Loads the configured file, or the built-in defaults when there is none.
+    pub fn load(&self) -> Result<Namespaces, NamespacesError> {
+        match &self.namespaces_file {
+            Some(path) => Namespaces::load(path),
+            None => Ok(Namespaces::default()),
+        }
+    }
+}
+
+/// Why a namespaces file was refused.
+#[derive(Debug, Error)]
+pub enum NamespacesError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// The rules of one namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NamespaceRules {
+    /// Publications kept per channel for history and recovery; 0 keeps none (then a
+    /// subscriber that lost its link is told `recovered: false`).
+    pub history_size: u32,
+    /// How long a channel's history and position outlive its last publication. After that the
+    /// channel starts over with a new epoch.
+    #[serde(deserialize_with = "duration")]
+    pub history_ttl: Duration,
+}
+
+impl Default for NamespaceRules {
+    fn default() -> Self {
+        Self {
+            history_size: DEFAULT_HISTORY_SIZE,
+            history_ttl: DEFAULT_HISTORY_TTL,
+        }
+    }
+}
+
+/// Every namespace's rules.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Namespaces {
+    /// Rules of channels without a namespace.
+    pub default: NamespaceRules,
+    /// Rules by namespace name.
+    #[serde(rename = "namespace")]
+    pub named: BTreeMap<String, NamespaceRules>,
+}
+
+impl Namespaces {
+    /// Reads and checks a TOML namespaces file.
+    pub fn load(path: &Path) -> Result<Self, NamespacesError> {
+        let text = std::fs::read_to_string(path).map_err(|source| NamespacesError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|message| NamespacesError::Invalid {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    /// Parses and checks the TOML text of a namespaces file.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let parsed: Namespaces = toml::from_str(text).map_err(|e| e.to_string())?;
+        parsed.check()?;
+        Ok(parsed)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        for name in self.named.keys() {
+            if chorus_protocol::channel::validate(&format!("{name}:x")).is_err() || name.is_empty()
+            {
+                return Err(format!(
+                    "namespace {name:?}: names are 1-{} bytes of a-z, 0-9, _ and -",
+                    chorus_protocol::channel::MAX_NAMESPACE_LEN
+                ));
+            }
+        }
+        let sections = std::iter::once(("default", &self.default))
+            .chain(self.named.iter().map(|(n, r)| (n.as_str(), r)));
+        for (name, rules) in sections {
+            if rules.history_size > MAX_HISTORY_SIZE {
+                return Err(format!(
+                    "namespace {name:?}: history_size is at most {MAX_HISTORY_SIZE}"
+                ));
+            }
+            if rules.history_size > 0 && rules.history_ttl < Duration::from_secs(1) {
+                return Err(format!(
+                    "namespace {name:?}: history_ttl must be at least 1s when history is kept"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The rules of the namespace `channel` belongs to. A namespace the file does not name
+    /// falls back to the default namespace's rules.
+    pub fn rules(&self, channel: &str) -> &NamespaceRules {
+        let ns = chorus_protocol::channel::namespace(channel);
+        if ns.is_empty() {
+            return &self.default;
+        }
+        self.named.get(ns).unwrap_or(&self.default)
+    }
+}
+
+fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_sets_rules_per_namespace_and_missing_fields_take_the_builtin_defaults() {
+        let ns = Namespaces::parse(
+            r#"
+            [default]
+            history_size = 10
+            [namespace.chat]
+            history_ttl = "1h"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(ns.rules("news").history_size, 10);
+        assert_eq!(ns.rules("chat:room").history_size, DEFAULT_HISTORY_SIZE);
+        assert_eq!(ns.rules("chat:room").history_ttl, Duration::from_secs(3600));
+        // Unnamed namespaces read as the default one.
+        assert_eq!(ns.rules("other:x").history_size, 10);
+    }
+
+    #[test]
+    fn no_file_means_builtin_defaults() {
+        let ns = NamespacesConfig::default().load().unwrap();
+        assert_eq!(ns.rules("a:b"), &NamespaceRules::default());
+    }
+
+    #[test]
+    fn bad_files_are_refused_with_the_reason() {
+        let cases = [
+            (
+                "[default]\nhistory_size = 1000001",
+                "history_size is at most",
+            ),
+            ("[default]\nhistory_ttl = \"soon\"", "invalid duration"),
+            (
+                "[default]\nhistory_ttl = \"0s\"",
+                "history_ttl must be at least 1s",
+            ),
+            ("[namespace.Chat]\n", "namespace \"Chat\""),
+            ("[default]\nhistroy_size = 3", "unknown field"),
+        ];
+        for (text, reason) in cases {
+            let err = Namespaces::parse(text).unwrap_err();
+            assert!(err.contains(reason), "{text:?} gave {err:?}");
+        }
+        let missing = NamespacesConfig {
+            namespaces_file: Some("/nonexistent/chorus.toml".into()),
+        };
+        assert!(matches!(missing.load(), Err(NamespacesError::Read { .. })));
+    }
+}
