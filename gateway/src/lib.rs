@@ -11,6 +11,7 @@
 //! The gateway keeps no state that matters: subscriptions live in memory, messages live in
 //! the bus, and a client that loses its gateway reconnects to any other.
 
+mod catch_up;
 pub mod config;
 mod conn;
 mod hub;
