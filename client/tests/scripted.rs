@@ -331,3 +331,42 @@ async fn a_refused_token_is_final() {
     }
     assert_eq!(events.recv().await, None);
 }
+
+#[tokio::test]
+async fn own_publications_are_skipped_not_taken_for_gaps() {
+    let fake = FakeGateway::start().await;
+    let (client, mut events) = Client::builder(fake.ws()).connect().unwrap();
+    let mut conn = fake.accept_connected().await;
+    assert!(matches!(next(&mut events).await, Event::Connected { .. }));
+    let sub = {
+        let client = client.clone();
+        tokio::spawn(async move { client.subscribe("chat:a").await })
+    };
+    let (id, _) = conn.expect_subscribe().await;
+    conn.reply(id, subscribed(1, "e")).await;
+    sub.await.unwrap().unwrap();
+    assert!(matches!(next(&mut events).await, Event::Subscribed { .. }));
+    let publish = {
+        let client = client.clone();
+        tokio::spawn(async move { client.publish("chat:a", "0").await })
+    };
+    let cmd = conn.command().await;
+    assert!(matches!(&cmd.body, Some(command::Body::Publish(p)) if !p.echo));
+    // The client's publication landed at 3, after someone else's 2, which arrives later; the
+    // gateway does not send 3 back.
+    conn.reply(
+        cmd.id,
+        reply::Result::Publish(client::PublishResult {
+            offset: 3,
+            epoch: "e".into(),
+        }),
+    )
+    .await;
+    assert_eq!(publish.await.unwrap(), Ok(Position::new(3, "e")));
+    conn.publication("chat:a", 2, "e").await;
+    conn.publication("chat:a", 4, "e").await;
+    assert_eq!(next_publication(&mut events).await.1, 2);
+    assert_eq!(next_publication(&mut events).await.1, 4);
+    assert_eq!(client.stats().gaps, 0);
+    assert_eq!(client.position("chat:a").await, Some(Position::new(4, "e")));
+}

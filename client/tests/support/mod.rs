@@ -12,6 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use chorus_broker_api::BrokerConfig;
 use chorus_bus::Bus;
+use chorus_bus::namespaces::Namespaces;
 use chorus_client::{Event, Events, Position};
 use chorus_gateway::GatewayConfig;
 use chorus_protocol::client::{self, command, push, reply};
@@ -49,8 +50,14 @@ pub struct Chorus {
 
 impl Chorus {
     pub async fn start(config: GatewayConfig) -> Self {
+        Self::start_with(config, "").await
+    }
+
+    /// With namespace rules (TOML, as in a `--namespaces` file).
+    pub async fn start_with(config: GatewayConfig, namespaces: &str) -> Self {
         init_tracing();
-        let bus = Bus::memory();
+        let bus =
+            Bus::memory().with_namespaces(Namespaces::parse(namespaces).expect("valid namespaces"));
         let api_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let api_addr = api_listener.local_addr().unwrap();
         let api_shutdown = CancellationToken::new();
