@@ -379,3 +379,83 @@ async fn backoff_grows_while_nothing_listens() {
     }
     client.close().await;
 }
+
+#[tokio::test]
+async fn an_application_that_stops_reading_is_cut_off_and_told_what_it_lost() {
+    let chorus = Chorus::start(GatewayConfig {
+        queue_max_bytes: 64 * 1024,
+        ..GatewayConfig::default()
+    })
+    .await;
+    let (client, mut events) = Client::builder(chorus.ws())
+        .format(Format::Protobuf)
+        .backoff(fast_backoff())
+        .event_capacity(1)
+        .connect()
+        .unwrap();
+    expect_connected(&mut events).await;
+    client.subscribe("firehose").await.unwrap();
+    assert!(matches!(next(&mut events).await, Event::Subscribed { .. }));
+
+    // The application reads nothing while 400 × 32 KiB (12.5 MiB) are published: far more than
+    // the event queue, the socket buffers and the gateway's 64 KiB queue hold.
+    const N: u64 = 400;
+    let payload = bytes::Bytes::from(vec![7u8; 32 * 1024]);
+    for _ in 0..N {
+        chorus
+            .bus
+            .publish(chorus_bus::Publish {
+                channel: "firehose".into(),
+                data: payload.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+
+    // Now it reads: publications in order, then the slow-consumer close, then a resubscribe
+    // that either recovers the rest or says they are lost — never a silent hole.
+    let mut last = 0;
+    loop {
+        match next(&mut events).await {
+            Event::Publication(p) => {
+                assert_eq!(p.offset, last + 1);
+                last = p.offset;
+            }
+            Event::Disconnected {
+                code, reconnect, ..
+            } => {
+                assert_eq!(code, Some(3002));
+                assert!(reconnect);
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(last < N, "cut off after {last} of {N}");
+    expect_connected(&mut events).await;
+    match next(&mut events).await {
+        Event::Subscribed {
+            position,
+            recovered,
+            from,
+            ..
+        } => {
+            assert_eq!(from.map(|p| p.offset), Some(last));
+            assert_eq!(position.offset, N);
+            match recovered {
+                Some(true) => {
+                    for want in last + 1..=N {
+                        assert_eq!(next_publication(&mut events).await.1, want);
+                    }
+                }
+                Some(false) => assert_eq!(client.stats().unrecovered, 1),
+                None => panic!("the resubscribe did not recover"),
+            }
+        }
+        other => panic!("expected Subscribed, got {other:?}"),
+    }
+    chorus.publish("firehose", json!("after")).await;
+    assert_eq!(next_publication(&mut events).await.1, N + 1);
+    assert_eq!(client.stats().duplicates, 0);
+}
