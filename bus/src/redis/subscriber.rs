@@ -193,15 +193,15 @@ impl Subscriber {
                         }
                         continue;
                     }
-                    if let Some((n, sent)) = canary {
-                        if canary_seen.load(Ordering::Acquire) < n {
-                            if sent.elapsed() >= self.timeout {
-                                return End::Lost(format!(
-                                    "canary {n} not delivered within {:?}", self.timeout
-                                ));
-                            }
-                            continue;
+                    if let Some((n, sent)) = canary
+                        && canary_seen.load(Ordering::Acquire) < n
+                    {
+                        if sent.elapsed() >= self.timeout {
+                            return End::Lost(format!(
+                                "canary {n} not delivered within {:?}", self.timeout
+                            ));
                         }
+                        continue;
                     }
                     canary_next += 1;
                     let mut cmd = redis::cmd("PUBLISH");
