@@ -4,6 +4,7 @@
 use anyhow::Context as _;
 use chorus_broker_api::BrokerConfig;
 use chorus_bus::logging::{self, LogConfig};
+use chorus_bus::namespaces::NamespacesConfig;
 use chorus_bus::{Bus, BusConfig};
 use clap::Parser;
 use tokio::net::TcpListener;
@@ -18,6 +19,8 @@ struct Cli {
     #[command(flatten)]
     bus: BusConfig,
     #[command(flatten)]
+    namespaces: NamespacesConfig,
+    #[command(flatten)]
     log: LogConfig,
 }
 
@@ -27,7 +30,13 @@ async fn main() -> anyhow::Result<()> {
     logging::init(&cli.log);
 
     let broker = cli.broker.with_bus_timeout(&cli.bus);
-    let bus = Bus::redis(&cli.bus).context("configuring the Redis bus")?;
+    let namespaces = cli
+        .namespaces
+        .load()
+        .context("loading the namespaces file")?;
+    let bus = Bus::redis(&cli.bus)
+        .context("configuring the Redis bus")?
+        .with_namespaces(namespaces);
     let listener = TcpListener::bind(&broker.listen)
         .await
         .with_context(|| format!("binding {}", broker.listen))?;

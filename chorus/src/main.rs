@@ -8,6 +8,7 @@ use anyhow::Context;
 use chorus_broker_api::BrokerConfig;
 use chorus_bus::Bus;
 use chorus_bus::logging::{self, LogConfig};
+use chorus_bus::namespaces::NamespacesConfig;
 use chorus_gateway::GatewayConfig;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
@@ -26,6 +27,8 @@ struct Cli {
     gateway: GatewayConfig,
     #[command(flatten)]
     api: BrokerConfig,
+    #[command(flatten)]
+    namespaces: NamespacesConfig,
     #[command(flatten)]
     log: LogConfig,
     /// Do not serve the demo page at `/`.
@@ -46,7 +49,11 @@ async fn main() -> anyhow::Result<()> {
         cli.api.api_keys = vec![DEV_API_KEY.into()];
     }
 
-    let bus = Bus::memory();
+    let namespaces = cli
+        .namespaces
+        .load()
+        .context("loading the namespaces file")?;
+    let bus = Bus::memory().with_namespaces(namespaces);
     let shutdown = CancellationToken::new();
     let gateway_listener = tokio::net::TcpListener::bind(cli.gateway.listen)
         .await

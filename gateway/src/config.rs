@@ -74,6 +74,12 @@ pub struct GatewayConfig {
     )]
     pub client_publish_namespaces: Vec<String>,
 
+    /// On SIGTERM/SIGINT, the time over which the gateway tells its clients to reconnect
+    /// elsewhere (each at a random moment within it, so they do not all reconnect at once);
+    /// `/readyz` fails and new WebSockets are refused from the start of it.
+    #[arg(long = "drain-window", env = "CHORUS_DRAIN_WINDOW", default_value = "10s", value_parser = parse_duration)]
+    pub drain_window: Duration,
+
     /// Serve the demo page at `/`.
     #[arg(long = "demo-page", env = "CHORUS_DEMO_PAGE")]
     pub demo_page: bool,
@@ -106,6 +112,7 @@ impl Default for GatewayConfig {
             queue_max_frames: 4096,
             max_channels_per_connection: 128,
             client_publish_namespaces: vec!["chat".into()],
+            drain_window: Duration::from_secs(10),
             demo_page: false,
         }
     }
@@ -131,6 +138,7 @@ mod tests {
         assert_eq!(parsed.idle_timeout, default.idle_timeout);
         assert_eq!(parsed.max_message_size, default.max_message_size);
         assert_eq!(parsed.queue_max_bytes, default.queue_max_bytes);
+        assert_eq!(parsed.drain_window, default.drain_window);
         assert_eq!(
             parsed.client_publish_namespaces,
             default.client_publish_namespaces

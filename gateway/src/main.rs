@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use chorus_bus::logging::{self, LogConfig};
+use chorus_bus::namespaces::NamespacesConfig;
 use chorus_bus::{Bus, BusConfig};
 use chorus_gateway::GatewayConfig;
 use clap::Parser;
@@ -16,6 +17,8 @@ struct Cli {
     #[command(flatten)]
     bus: BusConfig,
     #[command(flatten)]
+    namespaces: NamespacesConfig,
+    #[command(flatten)]
     log: LogConfig,
 }
 
@@ -23,7 +26,13 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     logging::init(&cli.log);
-    let bus = Bus::redis(&cli.bus).context("configuring the Redis bus")?;
+    let namespaces = cli
+        .namespaces
+        .load()
+        .context("loading the namespaces file")?;
+    let bus = Bus::redis(&cli.bus)
+        .context("configuring the Redis bus")?
+        .with_namespaces(namespaces);
     let listener = tokio::net::TcpListener::bind(cli.gateway.listen)
         .await
         .with_context(|| format!("binding {}", cli.gateway.listen))?;

@@ -27,7 +27,7 @@ use crate::session;
 
 /// How long a client has to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long shutdown waits for sessions to send their close frames.
+/// How long shutdown waits, after the drain window, for sessions to send their close frames.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 const DEMO_PAGE: &str = include_str!("../assets/demo.html");
@@ -36,9 +36,16 @@ type Body = Full<Bytes>;
 
 pub(crate) async fn accept_loop(listener: TcpListener, node: Arc<Node>) {
     let tracker = TaskTracker::new();
+    // Accepting goes on through the drain window, so probes keep answering (`/readyz`: 503)
+    // while new WebSockets are refused; sessions leave one by one at their turn.
+    let drained = async {
+        node.shutdown.cancelled().await;
+        tokio::time::sleep_until(node.drain_end()).await;
+    };
+    tokio::pin!(drained);
     loop {
         let accepted = tokio::select! {
-            _ = node.shutdown.cancelled() => break,
+            _ = &mut drained => break,
             accepted = listener.accept() => accepted,
         };
         match accepted {
@@ -83,7 +90,10 @@ async fn serve_http(stream: TcpStream, node: Arc<Node>, tracker: TaskTracker) {
                 tracing::debug!(error = %e, "http connection ended with an error");
             }
         }
-        _ = node.shutdown.cancelled() => {
+        _ = async {
+            node.shutdown.cancelled().await;
+            tokio::time::sleep_until(node.drain_end()).await;
+        } => {
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         }
@@ -98,10 +108,7 @@ fn route(req: Request<Incoming>, node: &Arc<Node>, tracker: &TaskTracker) -> Res
             if node.is_ready() {
                 text(StatusCode::OK, "ready\n")
             } else if node.shutdown.is_cancelled() {
-                text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "not ready: shutting down\n",
-                )
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready: draining\n")
             } else {
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -129,7 +136,10 @@ fn upgrade(mut req: Request<Incoming>, node: &Arc<Node>, tracker: &TaskTracker) 
         );
     }
     if node.shutdown.is_cancelled() {
-        return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining: connect to another gateway\n",
+        );
     }
     let (format, subprotocol) = match negotiate(&req) {
         Ok(f) => f,

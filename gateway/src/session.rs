@@ -92,6 +92,9 @@ impl Session {
             std::future::ready(Ok::<(), Infallible>(()))
         };
         let idle_timeout = self.node.config.idle_timeout;
+        // This session's moment in the drain window, fixed once so that re-entering the
+        // select below does not move it.
+        let drain_fraction: f64 = rand::random();
         let max = self.node.config.max_message_size;
         // A fragmented message being reassembled: (is text, bytes so far).
         let mut partial: Option<(bool, BytesMut)> = None;
@@ -101,7 +104,10 @@ impl Session {
             let read = tokio::select! {
                 biased;
                 _ = self.conn.closing.cancelled() => return,
-                _ = self.node.shutdown.cancelled() => {
+                _ = async {
+                    self.node.shutdown.cancelled().await;
+                    tokio::time::sleep_until(self.node.drain_turn(drain_fraction)).await;
+                } => {
                     self.push(push::Body::Disconnect(client::Disconnect {
                         code: u32::from(close::SHUTDOWN),
                         reason: "gateway shutting down".into(),
