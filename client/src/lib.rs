@@ -43,7 +43,9 @@
 //! is a gap: the task reports [`Event::Gap`], does not deliver the publication, and
 //! resubscribes with recovery from the last position, which either fills the gap or says it
 //! cannot. Publications that arrive while a subscribe is in flight are held back and judged
-//! after its reply, so `Subscribed` always comes before the channel's publications.
+//! after its reply, so `Subscribed` always comes before the channel's publications. The
+//! client's own publications (sent without echo, so the gateway does not send them back) are
+//! noted from the publish reply and skipped over, not taken for gaps.
 //!
 //! **Reconnecting.** On any loss of the connection — a network error, a close frame, a
 //! `disconnect` push (the close code that follows is authoritative), a command without reply,

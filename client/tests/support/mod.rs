@@ -53,9 +53,14 @@ impl Chorus {
         Self::start_with(config, "").await
     }
 
-    /// With namespace rules (TOML, as in a `--namespaces` file).
+    /// With namespace rules (TOML, as in a `--namespaces` file). The gateway's drain window
+    /// is always short (100 ms), so that stopping it in a test is quick.
     pub async fn start_with(config: GatewayConfig, namespaces: &str) -> Self {
         init_tracing();
+        let config = GatewayConfig {
+            drain_window: Duration::from_millis(100),
+            ..config
+        };
         let bus =
             Bus::memory().with_namespaces(Namespaces::parse(namespaces).expect("valid namespaces"));
         let api_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
