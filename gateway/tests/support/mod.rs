@@ -17,6 +17,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
+pub mod load;
+
 pub const API_KEY: &str = "test-key";
 
 pub struct Cluster {
