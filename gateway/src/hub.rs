@@ -76,6 +76,14 @@ impl Hub {
         }
     }
 
+    /// Number of subscriptions (connection × channel), for metrics.
+    pub(crate) fn subscription_count(&self) -> usize {
+        let count = |s: &RwLock<HashMap<String, Subscribers>>| {
+            s.read().values().map(Vec::len).sum::<usize>()
+        };
+        self.shards.iter().map(count).sum()
+    }
+
     /// Number of channels with at least one local subscriber.
     pub(crate) fn channel_count(&self) -> usize {
         self.shards.iter().map(|s| s.read().len()).sum()
@@ -84,6 +92,7 @@ impl Hub {
 
 impl BusSink for Hub {
     fn publication(&self, envelope: Envelope) {
+        crate::metrics::message_received();
         let shard = self.shard(&envelope.channel).read();
         let Some(subs) = shard.get(&envelope.channel) else {
             return;
@@ -94,6 +103,7 @@ impl BusSink for Hub {
             channel,
             data,
             exclude_client,
+            published_at_ms,
             ..
         } = envelope;
         let frame = wire::push(push::Body::Publication(client::Publication {
@@ -109,7 +119,7 @@ impl BusSink for Hub {
             }
             let bytes = encoded[conn.format.index()]
                 .get_or_insert_with(|| wire::encode_frame(conn.format, &frame));
-            conn.deliver(bytes.clone());
+            conn.deliver_publication(bytes.clone(), published_at_ms);
         }
     }
 }

@@ -14,6 +14,7 @@
 pub mod config;
 mod conn;
 mod hub;
+pub mod metrics;
 mod node;
 mod server;
 mod session;
@@ -41,6 +42,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let local = listener.local_addr()?;
     let node = node::Node::start(bus, config, bus_timeout, local.to_string(), shutdown);
+    metrics::register(&node);
     tracing::info!(node = %node.id, address = %local, "gateway listening");
     server::accept_loop(listener, node.clone()).await;
     tracing::info!(node = %node.id, connections = node.connection_count(), channels = node.hub.channel_count(), "gateway stopped");
