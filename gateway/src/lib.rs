@@ -11,6 +11,7 @@
 //! The gateway keeps no state that matters: subscriptions live in memory, messages live in
 //! the bus, and a client that loses its gateway reconnects to any other.
 
+pub mod cli;
 pub mod config;
 mod conn;
 mod hub;
@@ -26,6 +27,7 @@ use chorus_bus::Bus;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use cli::Cli;
 pub use config::GatewayConfig;
 
 /// Runs a gateway node on `listener` until `shutdown` is cancelled, then closes every client
