@@ -503,7 +503,10 @@ fn dockerfile_images_match_the_binaries() {
         );
         assert_eq!(st.expose, [port_of(listen)]);
         assert_eq!(st.entrypoint, [format!("/usr/local/bin/{}", binary.name)]);
-        assert_eq!(st.user, "nonroot:nonroot");
+        assert_eq!(
+            st.user, "65532:65532",
+            "the distroless nonroot user, numerically"
+        );
         assert_eq!(st.healthcheck[0], "/usr/local/bin/chorus-probe");
         assert_eq!(st.healthcheck[1], service);
         assert!(chorus_probe::Service::parse(&st.healthcheck[1]).is_some());
