@@ -164,8 +164,8 @@ mod tests {
         }
         hub.publication(envelope("ch", ""));
         let take = |q: &mut crate::conn::ConnQueue| match q.rx.try_recv() {
-            Ok(crate::conn::Outgoing::Data(b)) => b,
-            other => panic!("expected data, got {other:?}"),
+            Ok(crate::conn::Outgoing::Publication(b, _)) => b,
+            other => panic!("expected a publication, got {other:?}"),
         };
         let (fa, fb, fc) = (take(&mut qa), take(&mut qb), take(&mut qc));
         assert_eq!(
