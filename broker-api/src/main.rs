@@ -2,27 +2,12 @@
 //! the API until SIGINT or SIGTERM. Everything else lives in the library.
 
 use anyhow::Context as _;
-use chorus_broker_api::BrokerConfig;
-use chorus_bus::logging::{self, LogConfig};
-use chorus_bus::namespaces::NamespacesConfig;
-use chorus_bus::{Bus, BusConfig};
+use chorus_broker_api::Cli;
+use chorus_bus::Bus;
+use chorus_bus::logging;
 use clap::Parser;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-
-/// Chorus broker-api: publish into Chorus over HTTP/JSON and gRPC on one port.
-#[derive(Parser)]
-#[command(version, about)]
-struct Cli {
-    #[command(flatten)]
-    broker: BrokerConfig,
-    #[command(flatten)]
-    bus: BusConfig,
-    #[command(flatten)]
-    namespaces: NamespacesConfig,
-    #[command(flatten)]
-    log: LogConfig,
-}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

@@ -31,6 +31,7 @@ const DRAIN_MARGIN: Duration = Duration::from_secs(5);
 ///
 /// Fails with [`BrokerError::NoApiKey`] when no usable key is configured.
 pub fn router(bus: Bus, config: &BrokerConfig) -> Result<Router, BrokerError> {
+    crate::metrics::init();
     let keys = ApiKeys::new(config.usable_keys());
     if keys.is_empty() {
         return Err(BrokerError::NoApiKey);

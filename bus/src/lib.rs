@@ -19,6 +19,7 @@ pub mod error;
 pub mod keys;
 pub mod logging;
 pub mod memory;
+pub mod metrics;
 pub mod namespaces;
 pub mod redis;
 pub mod shutdown;

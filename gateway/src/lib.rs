@@ -12,9 +12,11 @@
 //! the bus, and a client that loses its gateway reconnects to any other.
 
 mod catch_up;
+pub mod cli;
 pub mod config;
 mod conn;
 mod hub;
+pub mod metrics;
 mod node;
 mod server;
 mod session;
@@ -26,6 +28,7 @@ use chorus_bus::Bus;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use cli::Cli;
 pub use config::GatewayConfig;
 
 /// Runs a gateway node on `listener` until `shutdown` is cancelled, then closes every client
@@ -42,6 +45,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let local = listener.local_addr()?;
     let node = node::Node::start(bus, config, bus_timeout, local.to_string(), shutdown);
+    metrics::register(&node);
     tracing::info!(node = %node.id, address = %local, "gateway listening");
     server::accept_loop(listener, node.clone()).await;
     tracing::info!(node = %node.id, connections = node.connection_count(), channels = node.hub.channel_count(), "gateway stopped");

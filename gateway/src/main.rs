@@ -1,26 +1,11 @@
 //! `chorus-gateway`: one gateway node of a Chorus cluster (Redis bus).
 
 use anyhow::Context;
-use chorus_bus::logging::{self, LogConfig};
-use chorus_bus::namespaces::NamespacesConfig;
-use chorus_bus::{Bus, BusConfig};
-use chorus_gateway::GatewayConfig;
+use chorus_bus::Bus;
+use chorus_bus::logging;
+use chorus_gateway::Cli;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
-
-/// A Chorus gateway node: holds client WebSockets at /ws and fans out publications from Redis.
-#[derive(Parser)]
-#[command(name = "chorus-gateway", version)]
-struct Cli {
-    #[command(flatten)]
-    gateway: GatewayConfig,
-    #[command(flatten)]
-    bus: BusConfig,
-    #[command(flatten)]
-    namespaces: NamespacesConfig,
-    #[command(flatten)]
-    log: LogConfig,
-}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

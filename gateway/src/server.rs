@@ -1,5 +1,5 @@
 //! The HTTP side of the gateway: accepting TCP connections, routing `/ws`, `/healthz`,
-//! `/readyz` and the demo page, and handing upgraded WebSockets to sessions.
+//! `/readyz`, `/metrics` and the demo page, and handing upgraded WebSockets to sessions.
 //!
 //! Connections are served by hyper's HTTP/1 server with upgrades enabled and a timer, so the
 //! header-read timeout applies (a client that never finishes its request is dropped). Upgraded
@@ -104,6 +104,17 @@ fn route(req: Request<Incoming>, node: &Arc<Node>, tracker: &TaskTracker) -> Res
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/ws") => upgrade(req, node, tracker),
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/metrics") => match crate::metrics::render() {
+            Some(body) => {
+                let mut resp = text(StatusCode::OK, &body);
+                resp.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static(chorus_bus::metrics::CONTENT_TYPE),
+                );
+                resp
+            }
+            None => text(StatusCode::NOT_FOUND, "metrics are not enabled\n"),
+        },
         (&Method::GET, "/readyz") => {
             if node.is_ready() {
                 text(StatusCode::OK, "ready\n")
@@ -154,6 +165,7 @@ fn upgrade(mut req: Request<Incoming>, node: &Arc<Node>, tracker: &TaskTracker) 
             );
         }
     };
+    crate::metrics::connection_accepted();
     let node = node.clone();
     tracker.spawn(async move {
         match fut.await {

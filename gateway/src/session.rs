@@ -473,6 +473,7 @@ impl Session {
     }
 
     fn reply_error(&self, id: u32, error: client::Error) {
+        crate::metrics::error_replied(error.code);
         self.reply(client::Reply {
             id,
             error: Some(error),

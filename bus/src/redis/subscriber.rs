@@ -85,6 +85,7 @@ impl Subscriber {
             match self.session(&mut backoff).await {
                 End::Cancelled => break,
                 End::Lost(reason) => {
+                    crate::metrics::redis_reconnect();
                     // Pending first: whoever sees "not ready" must not find a stale "live".
                     self.wanted.mark_all_pending();
                     self.state.subscriber_ready.store(false, Ordering::Release);
