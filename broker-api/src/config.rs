@@ -85,7 +85,34 @@ pub struct BrokerConfig {
         value_parser = parse_duration
     )]
     pub request_timeout: Option<Duration>,
+
+    /// Most publications in flight to Redis at once, over all requests and streams. Past it a
+    /// publish waits up to --api-queue-wait for room, then is refused as overloaded (HTTP 429,
+    /// gRPC RESOURCE_EXHAUSTED); a publish stream simply stops reading until there is room.
+    #[arg(
+        id = "api_max_inflight",
+        value_name = "N",
+        long = "api-max-inflight",
+        env = "CHORUS_API_MAX_INFLIGHT",
+        default_value_t = DEFAULT_MAX_INFLIGHT
+    )]
+    pub max_inflight: usize,
+
+    /// How long a publish request waits for room under --api-max-inflight before it is refused
+    /// as overloaded (e.g. 100ms).
+    #[arg(
+        id = "api_queue_wait",
+        value_name = "DURATION",
+        long = "api-queue-wait",
+        env = "CHORUS_API_QUEUE_WAIT",
+        default_value = "100ms",
+        value_parser = parse_duration
+    )]
+    pub queue_wait: Duration,
 }
+
+/// Default for `--api-max-inflight`.
+pub const DEFAULT_MAX_INFLIGHT: usize = 4096;
 
 /// Default for `--api-max-broadcast`.
 pub const DEFAULT_MAX_BROADCAST: usize = 1000;
@@ -99,6 +126,8 @@ impl Default for BrokerConfig {
             max_data: 64 * 1024,
             max_broadcast: DEFAULT_MAX_BROADCAST,
             request_timeout: None,
+            max_inflight: DEFAULT_MAX_INFLIGHT,
+            queue_wait: Duration::from_millis(100),
         }
     }
 }

@@ -36,6 +36,9 @@ pub enum ErrorCode {
     PositionLost,
     /// Something failed inside broker-api or the bus (HTTP 500, gRPC INTERNAL).
     Internal,
+    /// Too many publications in flight: broker-api pushes back rather than queue (HTTP 429
+    /// with `Retry-After`, gRPC RESOURCE_EXHAUSTED). Retry after a short pause.
+    Overloaded,
 }
 
 impl ErrorCode {
@@ -51,6 +54,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::PositionLost => "position_lost",
             ErrorCode::Internal => "internal",
+            ErrorCode::Overloaded => "overloaded",
         }
     }
 
@@ -64,6 +68,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::PositionLost => StatusCode::CONFLICT,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Overloaded => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -78,6 +83,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => tonic::Code::Unavailable,
             ErrorCode::PositionLost => tonic::Code::FailedPrecondition,
             ErrorCode::Internal => tonic::Code::Internal,
+            ErrorCode::Overloaded => tonic::Code::ResourceExhausted,
         }
     }
 }
@@ -156,7 +162,14 @@ impl From<ApiError> for tonic::Status {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         crate::metrics::error(self.code);
-        (self.code.http_status(), Json(self.body())).into_response()
+        let mut response = (self.code.http_status(), Json(self.body())).into_response();
+        if self.code == ErrorCode::Overloaded {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
+        response
     }
 }
 

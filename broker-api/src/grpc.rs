@@ -1,11 +1,112 @@
 //! The gRPC face of the API (`chorus.api.v1.ChorusApi`): translates protobuf messages to
 //! service calls and back, so gRPC behaves exactly like the HTTP/JSON routes.
 
-use chorus_bus::Position;
-use chorus_protocol::api::{self, broadcast_result::Outcome, chorus_api_server::ChorusApi};
-use tonic::{Request, Response, Status};
+use std::pin::Pin;
 
-use crate::service::Broker;
+use chorus_bus::{Position, Published};
+use chorus_protocol::api::{self, broadcast_result::Outcome, chorus_api_server::ChorusApi};
+use futures::{FutureExt as _, Stream};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::error::ApiError;
+use crate::service::{Admission, Broker, PublishItem};
+
+/// Most publications of one stream sent to Redis as one pipeline.
+const STREAM_BATCH: usize = 256;
+
+fn item(req: api::PublishRequest) -> PublishItem {
+    PublishItem {
+        channel: req.channel,
+        data: req.data,
+        idempotency_key: Some(req.idempotency_key).filter(|k| !k.is_empty()),
+    }
+}
+
+fn stream_result(r: Result<Published, ApiError>) -> api::PublishStreamResult {
+    use api::publish_stream_result::Outcome;
+    api::PublishStreamResult {
+        outcome: Some(match r {
+            Ok(p) => Outcome::Published(api::PublishResponse {
+                offset: p.offset,
+                epoch: p.epoch,
+                duplicate: p.duplicate,
+            }),
+            Err(e) => {
+                crate::metrics::error(e.code);
+                Outcome::Error(e.to_proto())
+            }
+        }),
+    }
+}
+
+/// Reads a publish stream: whatever arrived while the previous pipeline was at Redis goes as
+/// the next pipeline (at most [`STREAM_BATCH`]); one pipeline in flight per stream, so a
+/// stream's publications keep their order. While a pipeline is out the stream is not read,
+/// and HTTP/2 flow control pushes back on the producer.
+async fn run_stream(
+    broker: Broker,
+    mut input: Streaming<api::PublishRequest>,
+    tx: mpsc::Sender<Result<api::PublishStreamResult, Status>>,
+) {
+    let mut batch = Vec::with_capacity(STREAM_BATCH);
+    loop {
+        let first = tokio::select! {
+            first = input.message() => first,
+            () = tx.closed() => return,
+        };
+        let mut ended = match first {
+            Ok(Some(req)) => {
+                batch.push(item(req));
+                false
+            }
+            Ok(None) => return,
+            Err(status) => {
+                let _ = tx.send(Err(status)).await;
+                return;
+            }
+        };
+        // `message` is cancel-safe: taking what is already there loses nothing.
+        while batch.len() < STREAM_BATCH {
+            match input.message().now_or_never() {
+                Some(Ok(Some(req))) => batch.push(item(req)),
+                Some(Ok(None)) => {
+                    ended = true;
+                    break;
+                }
+                Some(Err(status)) => {
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
+                None => break,
+            }
+        }
+        let n = batch.len();
+        match broker
+            .publish_batch(std::mem::take(&mut batch), Admission::Wait)
+            .await
+        {
+            Ok(results) => {
+                for r in results {
+                    if tx.send(Ok(stream_result(r))).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                for _ in 0..n {
+                    if tx.send(Ok(stream_result(Err(e.clone())))).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        if ended {
+            return;
+        }
+    }
+}
 
 /// The `ChorusApi` implementation over the service layer.
 pub struct GrpcApi {
@@ -18,8 +119,31 @@ impl GrpcApi {
     }
 }
 
+type ResultStream = Pin<Box<dyn Stream<Item = Result<api::PublishStreamResult, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl ChorusApi for GrpcApi {
+    type PublishStreamStream = ResultStream;
+
+    async fn publish_stream(
+        &self,
+        request: Request<Streaming<api::PublishRequest>>,
+    ) -> Result<Response<Self::PublishStreamStream>, Status> {
+        let (tx, rx) = mpsc::channel(STREAM_BATCH * 2);
+        tokio::spawn(run_stream(self.broker.clone(), request.into_inner(), tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn publish_batch(
+        &self,
+        request: Request<api::PublishBatchRequest>,
+    ) -> Result<Response<api::PublishBatchResponse>, Status> {
+        let items = request.into_inner().publications.into_iter().map(item).collect();
+        let results = self.broker.publish_batch(items, Admission::Bounded).await?;
+        Ok(Response::new(api::PublishBatchResponse {
+            results: results.into_iter().map(stream_result).collect(),
+        }))
+    }
     async fn publish(
         &self,
         request: Request<api::PublishRequest>,

@@ -27,6 +27,7 @@ use crate::service::Broker;
 pub fn api_routes() -> Router<Broker> {
     Router::new()
         .route("/api/publish", post(publish))
+        .route("/api/publish_batch", post(publish_batch))
         .route("/api/broadcast", post(broadcast))
         .route("/api/nodes", get(nodes))
         .route("/api/history", post(history))
@@ -236,6 +237,58 @@ async fn publish(
         .publish(req.channel, data, req.idempotency_key)
         .await?;
     Ok(Json(published.into()))
+}
+
+#[derive(Deserialize)]
+struct PublishBatchRequest {
+    publications: Vec<PublishRequest>,
+}
+
+async fn publish_batch(
+    State(broker): State<Broker>,
+    ApiJson(req): ApiJson<PublishBatchRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    // Data that does not convert fails its own entry only.
+    let mut items = Vec::with_capacity(req.publications.len());
+    let mut bad: Vec<Option<ApiError>> = Vec::with_capacity(req.publications.len());
+    for p in req.publications {
+        let data = DataFields {
+            data: p.data,
+            b64data: p.b64data,
+        }
+        .into_bytes(broker.max_data());
+        match data {
+            Ok(data) => {
+                items.push(crate::service::PublishItem {
+                    channel: p.channel,
+                    data,
+                    idempotency_key: p.idempotency_key,
+                });
+                bad.push(None);
+            }
+            Err(e) => bad.push(Some(e)),
+        }
+    }
+    let mut published = broker
+        .publish_batch(items, crate::service::Admission::Bounded)
+        .await?
+        .into_iter();
+    let results: Vec<_> = bad
+        .into_iter()
+        .map(|bad| {
+            let result = match bad {
+                Some(e) => Err(e),
+                None => published
+                    .next()
+                    .unwrap_or_else(|| Err(ApiError::new(ErrorCode::Internal, "no result"))),
+            };
+            match result {
+                Ok(p) => serde_json::to_value(PublishResponse::from(p)).unwrap_or_default(),
+                Err(e) => e.body(),
+            }
+        })
+        .collect();
+    Ok(Json(json!({ "results": results })))
 }
 
 #[derive(Deserialize)]

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chorus_bus::{Bus, BusError, History, HistoryQuery, NodeInfo, Position, Publish, Published};
+use tokio::sync::Semaphore;
 use tracing::warn;
 
 use crate::config::BrokerConfig;
@@ -33,6 +34,27 @@ struct Inner {
     max_data: usize,
     max_broadcast: usize,
     request_timeout: Duration,
+    /// One permit per publication in flight to the bus (`--api-max-inflight`).
+    inflight: Arc<Semaphore>,
+    max_inflight: usize,
+    queue_wait: Duration,
+}
+
+/// One publication of a batch or a stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishItem {
+    pub channel: String,
+    pub data: Bytes,
+    pub idempotency_key: Option<String>,
+}
+
+/// How a publish waits for room under `--api-max-inflight`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Waits up to `--api-queue-wait`, then fails as overloaded (requests).
+    Bounded,
+    /// Waits as long as it takes (streams: the producer is pushed back by flow control).
+    Wait,
 }
 
 impl Broker {
@@ -43,6 +65,9 @@ impl Broker {
                 max_data: config.max_data,
                 max_broadcast: config.max_broadcast,
                 request_timeout: config.effective_request_timeout(),
+                inflight: Arc::new(Semaphore::new(config.max_inflight.max(1))),
+                max_inflight: config.max_inflight.max(1),
+                queue_wait: config.queue_wait,
             }),
         }
     }
@@ -68,11 +93,95 @@ impl Broker {
             exclude_client: String::new(),
             idempotency_key: idempotency_key.filter(|k| !k.is_empty()),
         };
+        let _permit = self.admit(1, Admission::Bounded).await?;
         let started = Instant::now();
         let published = self.within_deadline(self.inner.bus.publish(publish)).await;
         let ok = matches!(published, Ok(Ok(_)));
         crate::metrics::published("publish", started, usize::from(ok));
         published?.map_err(|e| logged(e.into()))
+    }
+
+    /// Publishes many publications in one pipeline to the bus: one result per item, in order
+    /// (a bad item fails only its own result). The batch is admitted whole under
+    /// `--api-max-inflight`; publications to one channel keep their order.
+    pub async fn publish_batch(
+        &self,
+        items: Vec<PublishItem>,
+        admission: Admission,
+    ) -> Result<Vec<Result<Published, ApiError>>, ApiError> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let limit = self.inner.max_broadcast.min(self.inner.max_inflight);
+        if items.len() > limit {
+            return Err(ApiError::too_large(format!(
+                "the batch has {} publications, the limit is {limit}",
+                items.len()
+            )));
+        }
+        let mut results: Vec<Option<Result<Published, ApiError>>> = Vec::with_capacity(items.len());
+        let mut msgs = Vec::with_capacity(items.len());
+        for item in items {
+            match self.check_data_size(item.data.len()) {
+                Ok(()) => {
+                    msgs.push(Publish {
+                        channel: item.channel,
+                        data: item.data,
+                        exclude_client: String::new(),
+                        idempotency_key: item.idempotency_key.filter(|k| !k.is_empty()),
+                    });
+                    results.push(None);
+                }
+                Err(e) => results.push(Some(Err(e))),
+            }
+        }
+        if !msgs.is_empty() {
+            let _permit = self.admit(msgs.len(), admission).await?;
+            let started = Instant::now();
+            let published = self.within_deadline(self.inner.bus.publish_many(msgs)).await?;
+            let ok = published.iter().filter(|r| r.is_ok()).count();
+            crate::metrics::published("batch", started, ok);
+            let mut published = published.into_iter();
+            for slot in results.iter_mut().filter(|r| r.is_none()) {
+                *slot = Some(
+                    published
+                        .next()
+                        .unwrap_or_else(|| Err(BusError::Protocol("missing result".into())))
+                        .map_err(|e| logged(e.into())),
+                );
+            }
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(ApiError::new(ErrorCode::Internal, "no result"))))
+            .collect())
+    }
+
+    /// Room for `n` publications in flight, or `Overloaded` when a bounded wait ran out.
+    async fn admit(
+        &self,
+        n: usize,
+        admission: Admission,
+    ) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+        let n = u32::try_from(n.min(self.inner.max_inflight)).unwrap_or(u32::MAX);
+        if let Ok(permit) = self.inner.inflight.try_acquire_many(n) {
+            return Ok(permit);
+        }
+        let acquire = self.inner.inflight.acquire_many(n);
+        let wait = match admission {
+            Admission::Bounded => self.inner.queue_wait,
+            Admission::Wait => self.inner.request_timeout,
+        };
+        match tokio::time::timeout(wait, acquire).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(ApiError::new(
+                ErrorCode::Overloaded,
+                format!(
+                    "overloaded: {} publications in flight (--api-max-inflight); retry shortly",
+                    self.inner.max_inflight
+                ),
+            )),
+        }
     }
 
     /// Publishes `data` on every channel of `channels`: one outcome per channel, in request
@@ -116,6 +225,7 @@ impl Broker {
         let results = if valid.is_empty() {
             Vec::new()
         } else {
+            let _permit = self.admit(valid.len(), Admission::Bounded).await?;
             let started = Instant::now();
             let results = self
                 .within_deadline(self.inner.bus.broadcast(&valid, data))

@@ -222,6 +222,33 @@ impl Bus {
         }
     }
 
+    /// Publishes many messages in one pipeline (one round trip to Redis however many there
+    /// are); one result per message, in order. A bad message fails only its own result.
+    /// Messages to one channel keep their order.
+    pub async fn publish_many(&self, msgs: Vec<Publish>) -> Vec<Result<Published, BusError>> {
+        let checked: Vec<Result<Publish, BusError>> = msgs
+            .into_iter()
+            .map(|msg| {
+                chorus_protocol::channel::validate(&msg.channel)?;
+                if let Some(key) = &msg.idempotency_key {
+                    check_idempotency_key(key)?;
+                }
+                Ok(msg)
+            })
+            .collect();
+        match &self.inner {
+            Inner::Redis(b) => b.publish_many(checked, &self.namespaces).await,
+            Inner::Memory(b) => checked
+                .into_iter()
+                .map(|msg| {
+                    let msg = msg?;
+                    let rules = self.namespaces.rules(&msg.channel);
+                    Ok(b.publish(msg, rules))
+                })
+                .collect(),
+        }
+    }
+
     /// Publishes one message to many channels; one result per channel, in order.
     pub async fn broadcast(
         &self,

@@ -29,7 +29,7 @@ pub(crate) enum Outgoing {
 }
 
 impl Outgoing {
-    fn cost(&self) -> usize {
+    pub(crate) fn cost(&self) -> usize {
         match self {
             Outgoing::Data(b)
             | Outgoing::Publication(b, _)
@@ -83,7 +83,17 @@ impl Conn {
     }
 
     /// Queues an item without waiting.
+    #[cfg(test)]
     pub(crate) fn send(&self, item: Outgoing) -> Result<(), QueueFull> {
+        let cost = self.push(item)?;
+        crate::metrics::queued(cost as i64);
+        Ok(())
+    }
+
+    /// Queues an item without waiting; returns its cost in bytes, which the caller adds to
+    /// the process's bytes-queued gauge (the hub does so once per publication, not once per
+    /// subscriber).
+    fn push(&self, item: Outgoing) -> Result<usize, QueueFull> {
         let cost = item.cost();
         let before = self.queued_bytes.fetch_add(cost, Ordering::Relaxed);
         if before + cost > self.max_bytes && before > 0 {
@@ -91,10 +101,7 @@ impl Conn {
             return Err(QueueFull::Overflow);
         }
         match self.tx.try_send(item) {
-            Ok(()) => {
-                crate::metrics::queued(cost as i64);
-                Ok(())
-            }
+            Ok(()) => Ok(cost),
             Err(e) => {
                 self.queued_bytes.fetch_sub(cost, Ordering::Relaxed);
                 Err(match e {
@@ -122,20 +129,44 @@ impl Conn {
 
     /// Queues any item; a client that cannot keep up is closed as a slow consumer.
     pub(crate) fn enqueue(&self, item: Outgoing) {
-        if self.send(item) == Err(QueueFull::Overflow)
-            && self.close(
-                chorus_protocol::codes::close::SLOW_CONSUMER,
-                "slow consumer: the client did not read fast enough",
-            )
-        {
-            crate::metrics::slow_consumer();
+        let queued = self.enqueue_uncounted(item);
+        crate::metrics::queued(queued as i64);
+    }
+
+    /// The fan-out's [`Conn::deliver_publication`]: returns the bytes queued (0 if none) for
+    /// the caller to add to the bytes-queued gauge once for all subscribers.
+    pub(crate) fn publication_uncounted(&self, frame: Bytes, published_at_ms: i64) -> usize {
+        self.enqueue_uncounted(Outgoing::Publication(frame, published_at_ms))
+    }
+
+    fn enqueue_uncounted(&self, item: Outgoing) -> usize {
+        match self.push(item) {
+            Ok(cost) => cost,
+            Err(QueueFull::Overflow) => {
+                if self.close(
+                    chorus_protocol::codes::close::SLOW_CONSUMER,
+                    "slow consumer: the client did not read fast enough",
+                ) {
+                    crate::metrics::slow_consumer();
+                }
+                0
+            }
+            Err(QueueFull::Closed) => 0,
+        }
+    }
+
+    /// The writer took items of `bytes` in all off the queue.
+    pub(crate) fn dequeued_bytes(&self, bytes: usize) {
+        if bytes > 0 {
+            self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            crate::metrics::queued(-(bytes as i64));
         }
     }
 
     /// The writer took an item off the queue.
+    #[cfg(test)]
     pub(crate) fn dequeued(&self, item: &Outgoing) {
-        self.queued_bytes.fetch_sub(item.cost(), Ordering::Relaxed);
-        crate::metrics::queued(-(item.cost() as i64));
+        self.dequeued_bytes(item.cost());
     }
 
     /// Bytes currently queued.

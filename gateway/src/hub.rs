@@ -247,13 +247,14 @@ impl Channel {
     fn deliver(&mut self, env: Envelope) {
         let (offset, published_at_ms) = (env.offset, env.published_at_ms);
         let (mut encoded, exclude) = Encoded::new(env);
+        let mut queued = 0;
         for sub in &mut self.subs {
             if offset <= sub.from || (!exclude.is_empty() && sub.conn.client == exclude) {
                 continue;
             }
             let bytes = encoded.get(sub.conn.format).clone();
             match &mut sub.held {
-                None => sub.conn.deliver_publication(bytes, published_at_ms),
+                None => queued += sub.conn.publication_uncounted(bytes, published_at_ms),
                 Some(held) => {
                     sub.held_bytes += bytes.len();
                     held.push((offset, bytes, published_at_ms));
@@ -267,6 +268,8 @@ impl Channel {
                 }
             }
         }
+        // One update of the process-wide gauge per publication, not per subscriber.
+        crate::metrics::queued(queued as i64);
     }
 
     /// Publications of this channel were lost for good: tell every subscriber (they reconnect

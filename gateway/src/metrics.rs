@@ -171,9 +171,16 @@ impl Delivery {
     /// Records publications published at `published_at_ms` (each) and written at `now_ms`.
     pub(crate) fn record(&self, now_ms: i64, published_at_ms: &[i64]) {
         self.delivered.increment(published_at_ms.len() as u64);
-        for &at in published_at_ms {
+        // Publications of one batch mostly share their millisecond: one record per run of
+        // equal values.
+        let mut i = 0;
+        while i < published_at_ms.len() {
+            let at = published_at_ms[i];
+            let run = published_at_ms[i..].iter().take_while(|&&a| a == at).count();
             // A publisher's clock ahead of ours would read negative: count it as immediate.
-            self.latency.record((now_ms - at).max(0) as f64 / 1000.0);
+            self.latency
+                .record_many((now_ms - at).max(0) as f64 / 1000.0, run);
+            i += run;
         }
     }
 }

@@ -12,7 +12,9 @@
 
 use std::time::Duration;
 
-use deadpool_redis::{Pool, PoolError, Runtime, Timeouts};
+use deadpool::Runtime;
+use deadpool::managed::{Metrics, RecycleError, RecycleResult, Timeouts};
+use redis::aio::MultiplexedConnection;
 use redis::io::tcp::TcpSettings;
 use redis::{
     AsyncConnectionConfig, ConnectionInfo, ErrorKind, IntoConnectionInfo, ProtocolVersion,
@@ -60,18 +62,74 @@ pub(crate) fn async_config(timeout: Duration) -> AsyncConnectionConfig {
         .set_response_timeout(Some(timeout))
 }
 
-/// The pool for publishing and queries. Waiting for a free connection, creating one and
-/// recycling one (deadpool-redis PINGs on checkout) are each bounded by `redis_timeout`, so a
-/// caller never waits on the pool longer than the operation's own deadline.
+/// A pooled connection idle this long is PINGed before it is handed out.
+const PING_IF_IDLE: Duration = Duration::from_secs(1);
+
+/// The pool of connections for publishing and queries.
+pub(crate) type Pool = deadpool::managed::Pool<Manager>;
+pub(crate) type PoolError = deadpool::managed::PoolError<RedisError>;
+
+/// A pooled connection, and whether an operation on it failed for connection trouble.
+pub(crate) struct Pooled {
+    pub(crate) conn: MultiplexedConnection,
+    pub(crate) broken: bool,
+}
+
+/// Creates multiplexed connections; recycles busy ones without a round trip.
+///
+/// Why not deadpool-redis's manager: it PINGs every connection on every checkout, an extra
+/// round trip per publish. Here a connection whose operation failed for connection trouble
+/// (or ran out of time) is marked broken and dropped at its next recycle, and only one that
+/// sat idle for [`PING_IF_IDLE`] is PINGed before reuse.
+pub(crate) struct Manager {
+    client: redis::Client,
+    config: AsyncConnectionConfig,
+}
+
+impl deadpool::managed::Manager for Manager {
+    type Type = Pooled;
+    type Error = RedisError;
+
+    async fn create(&self) -> Result<Pooled, RedisError> {
+        let conn = self
+            .client
+            .get_multiplexed_async_connection_with_config(&self.config)
+            .await?;
+        Ok(Pooled {
+            conn,
+            broken: false,
+        })
+    }
+
+    async fn recycle(&self, obj: &mut Pooled, metrics: &Metrics) -> RecycleResult<RedisError> {
+        if obj.broken {
+            return Err(RecycleError::message("the connection failed"));
+        }
+        // Busy connections are trusted; one that sat idle (Redis may have restarted since)
+        // proves itself with a PING first.
+        if metrics.last_used() >= PING_IF_IDLE {
+            redis::cmd("PING")
+                .query_async::<()>(&mut obj.conn)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// The pool for publishing and queries. Waiting for a free connection and creating one are
+/// each bounded by `redis_timeout`, so a caller never waits on the pool longer than the
+/// operation's own deadline.
 pub(crate) fn pool(config: &BusConfig, info: ConnectionInfo) -> Result<Pool, BusError> {
     if config.redis_pool_size == 0 {
         return Err(BusError::Config(
             "redis pool size must be at least 1".into(),
         ));
     }
-    let manager =
-        deadpool_redis::Manager::new_with_config(info, async_config(config.redis_timeout))
-            .map_err(|e| BusError::Config(format!("redis connection settings: {e}")))?;
+    let manager = Manager {
+        client: redis::Client::open(info)
+            .map_err(|e| BusError::Config(format!("redis connection settings: {e}")))?,
+        config: async_config(config.redis_timeout),
+    };
     let timeout = Some(config.redis_timeout);
     Pool::builder(manager)
         .max_size(config.redis_pool_size)
@@ -139,14 +197,14 @@ pub(crate) fn redis_error(e: &RedisError) -> BusError {
 pub(crate) fn pool_error(e: PoolError, timeout: Duration) -> BusError {
     match e {
         PoolError::Backend(e) => redis_error(&e),
-        PoolError::Timeout(deadpool_redis::TimeoutType::Wait) => BusError::Unavailable(format!(
+        PoolError::Timeout(deadpool::managed::TimeoutType::Wait) => BusError::Unavailable(format!(
             "no redis connection became free within {timeout:?}"
         )),
-        PoolError::Timeout(deadpool_redis::TimeoutType::Create) => BusError::Unavailable(format!(
+        PoolError::Timeout(deadpool::managed::TimeoutType::Create) => BusError::Unavailable(format!(
             "redis unreachable: no connection within {timeout:?}"
         )),
-        PoolError::Timeout(deadpool_redis::TimeoutType::Recycle) => BusError::Unavailable(format!(
-            "redis unreachable: no answer to PING within {timeout:?}"
+        PoolError::Timeout(deadpool::managed::TimeoutType::Recycle) => BusError::Unavailable(format!(
+            "redis unreachable: no connection recycled within {timeout:?}"
         )),
         other => BusError::Unavailable(format!("redis pool: {other}")),
     }

@@ -22,9 +22,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use deadpool_redis::Pool;
 use parking_lot::Mutex;
 use redis::Script;
+use redis::aio::MultiplexedConnection;
+
+use connect::Pool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -70,20 +72,27 @@ impl RedisBus {
     pub(crate) async fn with_conn<T>(
         &self,
         what: &str,
-        op: impl AsyncFnOnce(&mut deadpool_redis::Connection) -> Result<T, BusError>,
+        op: impl AsyncFnOnce(&mut MultiplexedConnection) -> Result<T, BusError>,
     ) -> Result<T, BusError> {
         let timeout = self.config.redis_timeout;
-        let run = async {
-            let mut conn = self
-                .pool
-                .get()
-                .await
-                .map_err(|e| connect::pool_error(e, timeout))?;
-            op(&mut conn).await
-        };
-        tokio::time::timeout(timeout, run)
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut pooled = tokio::time::timeout_at(deadline, self.pool.get())
             .await
-            .unwrap_or_else(|_| Err(connect::timed_out(what, timeout)))
+            .map_err(|_| connect::timed_out(what, timeout))?
+            .map_err(|e| connect::pool_error(e, timeout))?;
+        match tokio::time::timeout_at(deadline, op(&mut pooled.conn)).await {
+            Ok(result) => {
+                if matches!(result, Err(BusError::Unavailable(_))) {
+                    // Connection trouble: the pool drops this connection instead of reusing it.
+                    pooled.broken = true;
+                }
+                result
+            }
+            Err(_) => {
+                pooled.broken = true;
+                Err(connect::timed_out(what, timeout))
+            }
+        }
     }
 
     /// Starts the node's subscriber and registry tasks. Must be called within a Tokio runtime.

@@ -281,29 +281,48 @@ impl RedisBus {
         data: Bytes,
         namespaces: &Namespaces,
     ) -> Vec<Result<Published, BusError>> {
-        let mut results: Vec<Option<Result<Published, BusError>>> =
-            Vec::with_capacity(channels.len());
-        // (index in `channels`, command) for every valid channel.
-        let mut pending = Vec::with_capacity(channels.len());
-        for (i, channel) in channels.iter().enumerate() {
-            match chorus_protocol::channel::validate(channel) {
-                Ok(()) => {
-                    let msg = Publish {
-                        channel: channel.clone(),
-                        data: data.clone(),
-                        ..Publish::default()
-                    };
-                    let rules = namespaces.rules(channel);
-                    let cmd = evalsha(&self.publish_script, msg, rules, Duration::ZERO);
+        let msgs = channels
+            .iter()
+            .map(|channel| {
+                chorus_protocol::channel::validate(channel)?;
+                Ok(Publish {
+                    channel: channel.clone(),
+                    data: data.clone(),
+                    ..Publish::default()
+                })
+            })
+            .collect();
+        self.publish_many(msgs, namespaces).await
+    }
+
+    /// Publishes every valid message in one pipeline; invalid ones keep their error.
+    pub(crate) async fn publish_many(
+        &self,
+        msgs: Vec<Result<Publish, BusError>>,
+        namespaces: &Namespaces,
+    ) -> Vec<Result<Published, BusError>> {
+        let mut results: Vec<Option<Result<Published, BusError>>> = Vec::with_capacity(msgs.len());
+        // (index in `msgs`, command) for every valid message.
+        let mut pending = Vec::with_capacity(msgs.len());
+        for (i, msg) in msgs.into_iter().enumerate() {
+            match msg {
+                Ok(msg) => {
+                    let rules = namespaces.rules(&msg.channel);
+                    let cmd = evalsha(
+                        &self.publish_script,
+                        msg,
+                        rules,
+                        self.config.idempotency_window,
+                    );
                     pending.push((i, cmd));
                     results.push(None);
                 }
-                Err(e) => results.push(Some(Err(e.into()))),
+                Err(e) => results.push(Some(Err(e))),
             }
         }
         if !pending.is_empty() {
             let outcome = self
-                .with_conn("a broadcast", async |conn| {
+                .with_conn("a pipeline of publishes", async |conn| {
                     self.run_publishes(conn, &pending).await
                 })
                 .await;
@@ -314,7 +333,7 @@ impl RedisBus {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(channels = pending.len(), error = %e, "broadcast failed");
+                    tracing::warn!(publishes = pending.len(), error = %e, "pipelined publish failed");
                     let reason = e.to_string();
                     for (i, _) in &pending {
                         results[*i] = Some(Err(match &e {
@@ -336,7 +355,7 @@ impl RedisBus {
     /// did not execute, so nothing is published twice.
     async fn run_publishes(
         &self,
-        conn: &mut deadpool_redis::Connection,
+        conn: &mut redis::aio::MultiplexedConnection,
         pending: &[(usize, redis::Cmd)],
     ) -> Result<Vec<Result<Published, BusError>>, BusError> {
         let mut pipe = Pipeline::with_capacity(pending.len());

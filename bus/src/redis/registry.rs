@@ -184,7 +184,7 @@ impl Registry {
         }
     }
 
-    async fn try_refresh(&self, conn: &mut deadpool_redis::Connection) -> Result<(), BusError> {
+    async fn try_refresh(&self, conn: &mut redis::aio::MultiplexedConnection) -> Result<(), BusError> {
         let lease_ms = self.lease().as_millis() as u64;
         // The description first, so a reader never sees a live node without it.
         let node_key = keys::node(&self.node.id);
@@ -232,7 +232,7 @@ impl Registry {
     /// Replaces the connections hash with the in-memory map, atomically.
     async fn rewrite_connections(
         &self,
-        conn: &mut deadpool_redis::Connection,
+        conn: &mut redis::aio::MultiplexedConnection,
         lease_ms: u64,
     ) -> Result<(), BusError> {
         let key = keys::node_connections(&self.node.id);
@@ -333,7 +333,7 @@ impl RedisBus {
 
     async fn try_nodes(
         &self,
-        conn: &mut deadpool_redis::Connection,
+        conn: &mut redis::aio::MultiplexedConnection,
     ) -> Result<Vec<NodeInfo>, BusError> {
         let mut ids: Vec<String> = self
             .live_nodes_script
