@@ -105,6 +105,12 @@ pub struct Report {
     pub handshake_ms: Option<Latency>,
     pub subscribed_ms: Option<Latency>,
     pub gateway_kib_per_connection: Option<f64>,
+    /// CPU time of this load generator over the same window, ms.
+    pub generator_cpu_ms: f64,
+}
+
+fn own_cpu() -> Duration {
+    procstat::sample(std::process::id()).map_or(Duration::ZERO, |s| s.cpu)
 }
 
 fn source(opts: &Options, i: usize) -> Option<IpAddr> {
@@ -227,6 +233,7 @@ async fn fanout(opts: Options) -> anyhow::Result<Report> {
         opts.clients - failed, opts.messages, if opts.rate > 0.0 { opts.rate.to_string() } else { "max".into() }));
 
     let before = procstat::sample_all(&opts.servers);
+    let own_before = own_cpu();
     let pubstats = PubStats::new(channels.len());
     let plan = Plan {
         messages: opts.messages,
@@ -280,6 +287,7 @@ async fn fanout(opts: Options) -> anyhow::Result<Report> {
     }
     let seconds = last_change.duration_since(started).as_secs_f64().max(1e-3);
     let servers = procstat::usage(&opts.servers, &before);
+    let generator_cpu_ms = own_cpu().saturating_sub(own_before).as_secs_f64() * 1000.0;
     let _ = stop_tx.send(true);
     let mut lost = 0u64;
     let mut expected_deliveries = 0u64;
@@ -318,6 +326,7 @@ async fn fanout(opts: Options) -> anyhow::Result<Report> {
         lost,
         duplicated,
         disconnects: stats.disconnects.load(Ordering::Relaxed),
+        generator_cpu_ms,
         ..Report::default()
     };
     cpu_per_delivery(&mut report, servers);
@@ -371,11 +380,13 @@ async fn connect(opts: Options) -> anyhow::Result<Report> {
     let stats = Stats::new(Instant::now());
     let (stop_tx, stop) = watch::channel(false);
     let before = procstat::sample_all(&opts.servers);
+    let own_before = own_cpu();
     let channel = format!("bench-{run_id:08x}-idle");
     let started = Instant::now();
     let handles = spawn_clients(&opts, &opts.gateways, |_| vec![channel.clone()], &stats, &stop).await?;
     let seconds = started.elapsed().as_secs_f64().max(1e-3);
     let ready = stats.ready.load(Ordering::Relaxed);
+    let generator_cpu_ms = own_cpu().saturating_sub(own_before).as_secs_f64() * 1000.0;
     progress(&opts, format!("  {ready} connections subscribed in {seconds:.2} s; settling"));
     tokio::time::sleep(opts.settle).await;
     let servers = procstat::usage(&opts.servers, &before);
@@ -399,6 +410,7 @@ async fn connect(opts: Options) -> anyhow::Result<Report> {
             .then(|| grown as f64 / ready as f64),
         disconnects: stats.disconnects.load(Ordering::Relaxed),
         servers,
+        generator_cpu_ms,
         ..Report::default()
     })
 }
@@ -437,6 +449,7 @@ impl Report {
                 let _ = writeln!(s, "ratio to ceiling   {r:.3} (ceiling {:.0}/s)", self.ceiling_deliveries_per_sec.unwrap_or(0.0));
             }
         }
+        let _ = writeln!(s, "load generator cpu {:.1} ms", self.generator_cpu_ms);
         for u in &self.servers {
             let _ = writeln!(s, "  {:<12} pid {:<7} cpu {:>9.1} ms  rss {} → {} KiB", u.name, u.pid, u.cpu_ms, u.rss_kib_before, u.rss_kib_after);
         }

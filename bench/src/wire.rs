@@ -235,7 +235,7 @@ fn digits(b: &[u8]) -> Option<u64> {
 
 /// The (sequence number, send time in µs) of generator data.
 pub fn read_payload(data: &[u8]) -> Option<(u64, u64)> {
-    Some((digits(data.get(5..25)?)?, digits(data.get(31..51)?)?))
+    Some((digits(data.get(5..25)?)?, digits(data.get(30..50)?)?))
 }
 
 #[cfg(test)]

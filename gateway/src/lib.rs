@@ -11,6 +11,8 @@
 //! The gateway keeps no state that matters: subscriptions live in memory, messages live in
 //! the bus, and a client that loses its gateway reconnects to any other.
 
+#[doc(hidden)]
+pub mod bench_support;
 mod catch_up;
 pub mod cli;
 pub mod config;

@@ -129,10 +129,11 @@ where
     let mut ping =
         tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut batch = Vec::with_capacity(BATCH);
+    // Grown on demand (an idle connection keeps none of it: memory per connection matters).
+    let mut batch = Vec::new();
     let mut frames = Frames::default();
     // Publish times of the batch's publications, recorded once the batch is on the socket.
-    let mut published_at = Vec::with_capacity(BATCH);
+    let mut published_at = Vec::new();
     let delivery = crate::metrics::Delivery::new();
     let data_opcode = if conn.format.is_text() {
         OP_TEXT
