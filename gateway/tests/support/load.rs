@@ -193,3 +193,99 @@ pub fn count(received: &[u64], top: u64) -> Counts {
     counts.lost = (1..=top).filter(|o| !seen.contains(o)).count();
     counts
 }
+
+/// What a `chorus-client` subscriber saw: its publications per channel, its subscribe
+/// outcomes and its disconnects, in order.
+#[derive(Debug, Default)]
+pub struct Seen {
+    pub publications: HashMap<String, Vec<(String, u64)>>,
+    /// (channel, position, recovered) of every `Subscribed` event.
+    pub subscribed: Vec<(String, chorus_client::Position, Option<bool>)>,
+    pub disconnects: Vec<Option<u16>>,
+}
+
+/// A `chorus-client` client (reconnecting, recovering) subscribed to channels, recording
+/// everything it delivers.
+pub struct Follower {
+    pub client: chorus_client::Client,
+    pub seen: Arc<Mutex<Seen>>,
+    task: JoinHandle<()>,
+}
+
+impl Follower {
+    /// Connects to `urls[0]` (the others are fallbacks) and subscribes to `channels`.
+    pub async fn start(urls: &[String], channels: &[String]) -> Self {
+        let mut builder = chorus_client::Client::builder(urls[0].clone())
+            .format(chorus_protocol::wire::Format::Protobuf)
+            .backoff(chorus_client::Backoff {
+                min: Duration::from_millis(50),
+                max: Duration::from_millis(500),
+                ..chorus_client::Backoff::default()
+            });
+        for url in &urls[1..] {
+            builder = builder.fallback(url.clone());
+        }
+        let (client, mut events) = builder.connect().expect("client starts");
+        let seen: Arc<Mutex<Seen>> = Arc::default();
+        let record = seen.clone();
+        let task = tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                let mut seen = record.lock();
+                match event {
+                    chorus_client::Event::Publication(p) => seen
+                        .publications
+                        .entry(p.channel)
+                        .or_default()
+                        .push((p.epoch, p.offset)),
+                    chorus_client::Event::Subscribed {
+                        channel,
+                        position,
+                        recovered,
+                        ..
+                    } => seen.subscribed.push((channel, position, recovered)),
+                    chorus_client::Event::Disconnected { code, .. } => seen.disconnects.push(code),
+                    _ => {}
+                }
+            }
+        });
+        for ch in channels {
+            client.subscribe(ch.clone()).await.expect("subscribe");
+        }
+        Self { client, seen, task }
+    }
+
+    /// The highest offset delivered on `channel` in `epoch`.
+    pub fn last(&self, channel: &str, epoch: &str) -> u64 {
+        self.seen
+            .lock()
+            .publications
+            .get(channel)
+            .and_then(|v| v.iter().filter(|(e, _)| e == epoch).map(|(_, o)| *o).max())
+            .unwrap_or(0)
+    }
+
+    pub async fn stop(self) -> (Seen, chorus_client::Stats) {
+        let stats = self.client.stats();
+        self.client.close().await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+        let seen = std::mem::take(&mut *self.seen.lock());
+        (seen, stats)
+    }
+}
+
+/// Waits until every follower delivered the last acknowledged offset of every channel.
+pub async fn settle(followers: &[Follower], acked: &Acked) {
+    let done = || {
+        followers.iter().all(|f| {
+            acked.per_channel.iter().all(|(ch, offs)| {
+                offs.last()
+                    .is_none_or(|(epoch, top)| f.last(ch, epoch) >= *top)
+            })
+        })
+    };
+    let _ = chorus_testkit::eventually(Duration::from_secs(20), "followers caught up", || {
+        let all = done();
+        async move { all }
+    })
+    .await;
+}
