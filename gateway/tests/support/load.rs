@@ -92,6 +92,9 @@ pub type Received = Arc<Mutex<HashMap<String, Vec<(String, u64)>>>>;
 /// A connected client that records every publication until stopped or closed.
 pub struct Tally {
     pub received: Received,
+    /// Publish → receive latency (µs) of publications whose JSON data carries `"t"`, the
+    /// publisher's clock in µs since the Unix epoch.
+    pub latencies_us: Arc<Mutex<Vec<i64>>>,
     stop: CancellationToken,
     task: JoinHandle<Option<u16>>,
 }
@@ -103,8 +106,9 @@ impl Tally {
             client.subscribe(ch).await.expect("subscribe");
         }
         let received: Received = Arc::default();
+        let latencies_us: Arc<Mutex<Vec<i64>>> = Arc::default();
         let stop = CancellationToken::new();
-        let (rec, token) = (received.clone(), stop.clone());
+        let (rec, token, lat) = (received.clone(), stop.clone(), latencies_us.clone());
         let task = tokio::spawn(async move {
             loop {
                 let frame = tokio::select! {
@@ -116,6 +120,12 @@ impl Tally {
                         frame: Some(server_frame::Frame::Push(client::Push { body: Some(body) })),
                     }) => match body {
                         push::Body::Publication(p) => {
+                            if let Some(t) = serde_json::from_slice::<serde_json::Value>(&p.data)
+                                .ok()
+                                .and_then(|v| v["t"].as_i64())
+                            {
+                                lat.lock().push(now_us() - t);
+                            }
                             rec.lock()
                                 .entry(p.channel)
                                 .or_default()
@@ -132,9 +142,15 @@ impl Tally {
         });
         Self {
             received,
+            latencies_us,
             stop,
             task,
         }
+    }
+
+    /// Takes the latencies recorded so far.
+    pub fn take_latencies(&self) -> Vec<i64> {
+        std::mem::take(&mut *self.latencies_us.lock())
     }
 
     /// The highest offset received on `channel` so far.
@@ -171,6 +187,23 @@ impl std::ops::AddAssign for Counts {
         self.duplicated += o.duplicated;
         self.out_of_order += o.out_of_order;
     }
+}
+
+/// Microseconds since the Unix epoch.
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+/// The `q` quantile (0..=1) of `values` (sorted in place); 0 when empty.
+pub fn quantile(values: &mut [i64], q: f64) -> i64 {
+    if values.is_empty() {
+        return 0;
+    }
+    values.sort_unstable();
+    let i = ((values.len() - 1) as f64 * q).round() as usize;
+    values[i]
 }
 
 /// Compares the offsets received (in arrival order) with every offset from 1 to `top`.
