@@ -46,34 +46,47 @@ impl Publisher {
         let stop = CancellationToken::new();
         let token = stop.clone();
         let task = tokio::spawn(async move {
-            let mut grpc = ChorusApiClient::connect(format!("http://{api}"))
+            let grpc = ChorusApiClient::connect(format!("http://{api}"))
                 .await
                 .expect("gRPC connect");
             let mut acked = Acked::default();
             let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // Publishes overlap (up to MAX_IN_FLIGHT), so the rate holds even when one publish
+            // takes longer than the tick; what matters is what each one acknowledged.
+            const MAX_IN_FLIGHT: usize = 64;
+            let mut in_flight = futures::stream::FuturesUnordered::new();
             let mut n = 0usize;
+            let mut record =
+                |acked: &mut Acked, done: (String, Option<api::PublishResponse>)| match done {
+                    (channel, Some(r)) => acked
+                        .per_channel
+                        .entry(channel)
+                        .or_default()
+                        .push((r.epoch, r.offset)),
+                    (_, None) => acked.errors += 1,
+                };
             while !token.is_cancelled() {
-                tick.tick().await;
-                let channel = &channels[n % channels.len()];
-                n += 1;
-                let req = authed(api::PublishRequest {
-                    channel: channel.clone(),
-                    data: format!("{n}").into_bytes().into(),
-                    ..Default::default()
-                });
-                let sent = tokio::time::timeout(Duration::from_secs(3), grpc.publish(req)).await;
-                match sent {
-                    Ok(Ok(resp)) => {
-                        let r = resp.into_inner();
-                        acked
-                            .per_channel
-                            .entry(channel.clone())
-                            .or_default()
-                            .push((r.epoch, r.offset));
+                tokio::select! {
+                    _ = tick.tick(), if in_flight.len() < MAX_IN_FLIGHT => {
+                        let channel = channels[n % channels.len()].clone();
+                        n += 1;
+                        let mut grpc = grpc.clone();
+                        let req = authed(api::PublishRequest {
+                            channel: channel.clone(),
+                            data: format!("{n}").into_bytes().into(),
+                            ..Default::default()
+                        });
+                        in_flight.push(async move {
+                            let sent = tokio::time::timeout(Duration::from_secs(3), grpc.publish(req)).await;
+                            (channel, sent.ok().and_then(Result::ok).map(tonic::Response::into_inner))
+                        });
                     }
-                    _ => acked.errors += 1,
+                    Some(done) = futures::StreamExt::next(&mut in_flight) => record(&mut acked, done),
                 }
+            }
+            while let Some(done) = futures::StreamExt::next(&mut in_flight).await {
+                record(&mut acked, done);
             }
             acked
         });
