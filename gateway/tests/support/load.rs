@@ -57,7 +57,7 @@ impl Publisher {
             const MAX_IN_FLIGHT: usize = 64;
             let mut in_flight = futures::stream::FuturesUnordered::new();
             let mut n = 0usize;
-            let mut record =
+            let record =
                 |acked: &mut Acked, done: (String, Option<api::PublishResponse>)| match done {
                     (channel, Some(r)) => acked
                         .per_channel
