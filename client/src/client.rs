@@ -23,6 +23,8 @@ pub type Events = mpsc::Receiver<Event>;
 #[derive(Debug, Clone)]
 pub struct ClientBuilder {
     pub(crate) url: String,
+    /// Other gateways' URLs, tried in turn after `url`.
+    pub(crate) fallbacks: Vec<String>,
     pub(crate) format: Format,
     pub(crate) token: String,
     pub(crate) name: String,
@@ -35,6 +37,15 @@ pub struct ClientBuilder {
 }
 
 impl ClientBuilder {
+    /// Another gateway to use: after a failed attempt or a lost connection the client moves
+    /// on to the next URL (`url`, then the fallbacks in the order given, round and round), so a
+    /// client whose gateway died or is draining reconnects to another one. Without a load
+    /// balancer in front of the gateways, give every gateway here.
+    pub fn fallback(mut self, url: impl Into<String>) -> Self {
+        self.fallbacks.push(url.into());
+        self
+    }
+
     /// Wire format: JSON text frames (default) or protobuf binary frames.
     pub fn format(mut self, format: Format) -> Self {
         self.format = format;
@@ -99,13 +110,14 @@ impl ClientBuilder {
     /// Fails only on a URL that is not `ws://` or `wss://`.
     pub fn connect(self) -> Result<(Client, Events), Error> {
         // Checked once here; the task builds a fresh request per connection attempt.
-        self.url
-            .as_str()
-            .into_client_request()
-            .map_err(|e| Error::InvalidUrl {
-                url: self.url.clone(),
-                reason: e.to_string(),
-            })?;
+        for url in std::iter::once(&self.url).chain(&self.fallbacks) {
+            url.as_str()
+                .into_client_request()
+                .map_err(|e| Error::InvalidUrl {
+                    url: url.clone(),
+                    reason: e.to_string(),
+                })?;
+        }
         let (ops_tx, ops_rx) = mpsc::channel(64);
         let (events_tx, events_rx) = mpsc::channel(self.event_capacity);
         let cancel = CancellationToken::new();
@@ -162,6 +174,7 @@ impl Client {
     pub fn builder(url: impl Into<String>) -> ClientBuilder {
         ClientBuilder {
             url: url.into(),
+            fallbacks: Vec::new(),
             format: Format::Json,
             token: String::new(),
             name: String::new(),

@@ -50,6 +50,8 @@ pub(crate) struct Task {
     waiting: VecDeque<Waiting>,
     /// Failed connection attempts since the last successful `connect`.
     attempt: u32,
+    /// Which of the configured URLs the next attempt uses.
+    endpoint: usize,
 }
 
 struct Waiting {
@@ -202,6 +204,7 @@ impl Task {
             channels: HashMap::new(),
             waiting: VecDeque::new(),
             attempt: 0,
+            endpoint: 0,
         }
     }
 
@@ -224,10 +227,12 @@ impl Task {
             let ws = match opened {
                 Ok(Ok(ws)) => ws,
                 Ok(Err(e)) => {
+                    self.rotate();
                     delay = Some(self.connect_failed(e.to_string()).await);
                     continue;
                 }
                 Err(_) => {
+                    self.rotate();
                     let error = format!("no WebSocket within {:?}", self.cfg.connect_timeout);
                     delay = Some(self.connect_failed(error).await);
                     continue;
@@ -236,6 +241,7 @@ impl Task {
             let mut s = Session::new();
             let end = self.session(ws, &mut s).await;
             self.end_session(&mut s);
+            self.rotate();
             was_connected = s.connected;
             match end {
                 End::Closed => break,
@@ -319,8 +325,21 @@ impl Task {
         }
     }
 
+    /// The URL of the next attempt.
+    fn url(&self) -> &str {
+        match self.endpoint {
+            0 => &self.cfg.url,
+            i => &self.cfg.fallbacks[(i - 1) % self.cfg.fallbacks.len()],
+        }
+    }
+
+    /// Moves on to the next configured URL (after a failed attempt or a lost connection).
+    fn rotate(&mut self) {
+        self.endpoint = (self.endpoint + 1) % (self.cfg.fallbacks.len() + 1);
+    }
+
     async fn open(&self) -> Result<Ws, tungstenite::Error> {
-        let mut request = self.cfg.url.as_str().into_client_request()?;
+        let mut request = self.url().into_client_request()?;
         if self.cfg.format == Format::Protobuf {
             request.headers_mut().insert(
                 header::SEC_WEBSOCKET_PROTOCOL,

@@ -210,15 +210,22 @@ fn flags_of(v: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// The gateway's drain window default, once the gateway has one (`--drain-window`).
+/// The gateway's drain window: `CHORUS_DRAIN_WINDOW` from the env file when it sets it, else
+/// the flag's default (`--drain-window`).
 fn drain_window() -> Duration {
+    if let Some((_, v)) = env_file("deploy/chorus.env")
+        .into_iter()
+        .find(|(k, _)| k == "CHORUS_DRAIN_WINDOW")
+    {
+        return parse_duration(&v).expect("CHORUS_DRAIN_WINDOW parses");
+    }
     let gw = Binary::gateway();
     gw.cmd
         .get_arguments()
-        .find(|a| a.get_long().is_some_and(|l| l.contains("drain")))
+        .find(|a| a.get_long() == Some("drain-window"))
         .and_then(|a| a.get_default_values().first()?.to_str().map(str::to_owned))
         .and_then(|d| parse_duration(&d).ok())
-        .unwrap_or(Duration::ZERO)
+        .expect("the gateway has --drain-window with a default")
 }
 
 /// What a gateway's shutdown may take after SIGTERM besides the drain window: the close

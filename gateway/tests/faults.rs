@@ -13,7 +13,7 @@ use chorus_protocol::codes::close;
 use chorus_protocol::wire::Format;
 use chorus_testkit::{Process, WsClient, eventually, free_port, wait_http_ok};
 use support::Cluster;
-use support::load::{Acked, Counts, Publisher, Tally, count};
+use support::load::{Acked, Counts, Publisher, Tally, count, quantile};
 
 /// About 1,000 messages per second over 10 channels, as the reliability brief asks.
 const RATE: u32 = 1000;
@@ -225,8 +225,6 @@ async fn a_client_that_stops_reading_is_cut_off_and_the_rest_lose_nothing() {
         let (client, _) = WsClient::connect(&ws, Format::Json).await.unwrap();
         healthy.push(Tally::start(client, &chans).await);
     }
-    let mut stalled = WsClient::open_slow_reader(&ws, Format::Json).await.unwrap();
-    stalled.subscribe("firehose").await.unwrap();
     let rss_before = gateway.rss_kib().unwrap();
 
     // 4 KiB messages at 500/s: the stalled client's 256 KiB queue overflows in well under
@@ -241,10 +239,11 @@ async fn a_client_that_stops_reading_is_cut_off_and_the_rest_lose_nothing() {
         let mut tick = tokio::time::interval(Duration::from_millis(2));
         while !token.is_cancelled() {
             tick.tick().await;
+            let data = serde_json::json!({"t": support::load::now_us(), "pad": big});
             let resp = http
                 .post(format!("http://{api}/api/publish"))
                 .bearer_auth(support::API_KEY)
-                .json(&serde_json::json!({"channel": "firehose", "data": big}))
+                .json(&serde_json::json!({"channel": "firehose", "data": data}))
                 .send()
                 .await;
             match resp {
@@ -264,6 +263,12 @@ async fn a_client_that_stops_reading_is_cut_off_and_the_rest_lose_nothing() {
         }
         acked
     });
+    // A second of load with healthy clients only: the latency baseline. Then a client joins
+    // that never reads.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let mut baseline: Vec<i64> = healthy.iter().flat_map(Tally::take_latencies).collect();
+    let mut stalled = WsClient::open_slow_reader(&ws, Format::Json).await.unwrap();
+    stalled.subscribe("firehose").await.unwrap();
     // The stalled client reads nothing until the gateway has dropped it from its
     // connections (the registry shows 4 left); meanwhile the gateway's memory is sampled.
     let rss_peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(rss_before));
@@ -290,6 +295,7 @@ async fn a_client_that_stops_reading_is_cut_off_and_the_rest_lose_nothing() {
     stop.cancel();
     let acked = publisher.await.unwrap();
     let rss_peak = rss_peak.load(std::sync::atomic::Ordering::Relaxed);
+    let mut during: Vec<i64> = healthy.iter().flat_map(Tally::take_latencies).collect();
     let closed = stalled.closed().await.unwrap();
     assert_eq!(closed.code, close::SLOW_CONSUMER);
     let counts = settle_and_count(healthy, &acked).await;
@@ -298,7 +304,19 @@ async fn a_client_that_stops_reading_is_cut_off_and_the_rest_lose_nothing() {
         "gateway RSS: {rss_before} KiB before, {rss_peak} KiB peak (+{} KiB)",
         rss_peak.saturating_sub(rss_before)
     );
+    let (p50_before, p99_before) = (quantile(&mut baseline, 0.5), quantile(&mut baseline, 0.99));
+    let (p50_during, p99_during) = (quantile(&mut during, 0.5), quantile(&mut during, 0.99));
+    println!(
+        "healthy clients' latency: p50 {p50_before} µs, p99 {p99_before} µs before; \
+         p50 {p50_during} µs, p99 {p99_during} µs with the stalled client"
+    );
     assert_exactly_once(counts, &acked, 4);
+    // Not a benchmark: a bound that only a slow client holding up the others would break
+    // (its socket blocking the fan-out would stall them for seconds).
+    assert!(
+        p99_during < 500_000,
+        "healthy clients delayed: p99 {p99_during} µs"
+    );
     // The stated bound (docs/reliability.md): a stalled client costs at most its queue; the
     // whole gateway grows by well under 32 MiB here.
     assert!(

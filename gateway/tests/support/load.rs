@@ -46,34 +46,47 @@ impl Publisher {
         let stop = CancellationToken::new();
         let token = stop.clone();
         let task = tokio::spawn(async move {
-            let mut grpc = ChorusApiClient::connect(format!("http://{api}"))
+            let grpc = ChorusApiClient::connect(format!("http://{api}"))
                 .await
                 .expect("gRPC connect");
             let mut acked = Acked::default();
             let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // Publishes overlap (up to MAX_IN_FLIGHT), so the rate holds even when one publish
+            // takes longer than the tick; what matters is what each one acknowledged.
+            const MAX_IN_FLIGHT: usize = 64;
+            let mut in_flight = futures::stream::FuturesUnordered::new();
             let mut n = 0usize;
+            let record =
+                |acked: &mut Acked, done: (String, Option<api::PublishResponse>)| match done {
+                    (channel, Some(r)) => acked
+                        .per_channel
+                        .entry(channel)
+                        .or_default()
+                        .push((r.epoch, r.offset)),
+                    (_, None) => acked.errors += 1,
+                };
             while !token.is_cancelled() {
-                tick.tick().await;
-                let channel = &channels[n % channels.len()];
-                n += 1;
-                let req = authed(api::PublishRequest {
-                    channel: channel.clone(),
-                    data: format!("{n}").into_bytes().into(),
-                    ..Default::default()
-                });
-                let sent = tokio::time::timeout(Duration::from_secs(3), grpc.publish(req)).await;
-                match sent {
-                    Ok(Ok(resp)) => {
-                        let r = resp.into_inner();
-                        acked
-                            .per_channel
-                            .entry(channel.clone())
-                            .or_default()
-                            .push((r.epoch, r.offset));
+                tokio::select! {
+                    _ = tick.tick(), if in_flight.len() < MAX_IN_FLIGHT => {
+                        let channel = channels[n % channels.len()].clone();
+                        n += 1;
+                        let mut grpc = grpc.clone();
+                        let req = authed(api::PublishRequest {
+                            channel: channel.clone(),
+                            data: format!("{n}").into_bytes().into(),
+                            ..Default::default()
+                        });
+                        in_flight.push(async move {
+                            let sent = tokio::time::timeout(Duration::from_secs(3), grpc.publish(req)).await;
+                            (channel, sent.ok().and_then(Result::ok).map(tonic::Response::into_inner))
+                        });
                     }
-                    _ => acked.errors += 1,
+                    Some(done) = futures::StreamExt::next(&mut in_flight) => record(&mut acked, done),
                 }
+            }
+            while let Some(done) = futures::StreamExt::next(&mut in_flight).await {
+                record(&mut acked, done);
             }
             acked
         });
@@ -92,6 +105,9 @@ pub type Received = Arc<Mutex<HashMap<String, Vec<(String, u64)>>>>;
 /// A connected client that records every publication until stopped or closed.
 pub struct Tally {
     pub received: Received,
+    /// Publish → receive latency (µs) of publications whose JSON data carries `"t"`, the
+    /// publisher's clock in µs since the Unix epoch.
+    pub latencies_us: Arc<Mutex<Vec<i64>>>,
     stop: CancellationToken,
     task: JoinHandle<Option<u16>>,
 }
@@ -103,8 +119,9 @@ impl Tally {
             client.subscribe(ch).await.expect("subscribe");
         }
         let received: Received = Arc::default();
+        let latencies_us: Arc<Mutex<Vec<i64>>> = Arc::default();
         let stop = CancellationToken::new();
-        let (rec, token) = (received.clone(), stop.clone());
+        let (rec, token, lat) = (received.clone(), stop.clone(), latencies_us.clone());
         let task = tokio::spawn(async move {
             loop {
                 let frame = tokio::select! {
@@ -116,6 +133,12 @@ impl Tally {
                         frame: Some(server_frame::Frame::Push(client::Push { body: Some(body) })),
                     }) => match body {
                         push::Body::Publication(p) => {
+                            if let Some(t) = serde_json::from_slice::<serde_json::Value>(&p.data)
+                                .ok()
+                                .and_then(|v| v["t"].as_i64())
+                            {
+                                lat.lock().push(now_us() - t);
+                            }
                             rec.lock()
                                 .entry(p.channel)
                                 .or_default()
@@ -132,9 +155,15 @@ impl Tally {
         });
         Self {
             received,
+            latencies_us,
             stop,
             task,
         }
+    }
+
+    /// Takes the latencies recorded so far.
+    pub fn take_latencies(&self) -> Vec<i64> {
+        std::mem::take(&mut *self.latencies_us.lock())
     }
 
     /// The highest offset received on `channel` so far.
@@ -173,6 +202,23 @@ impl std::ops::AddAssign for Counts {
     }
 }
 
+/// Microseconds since the Unix epoch.
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+/// The `q` quantile (0..=1) of `values` (sorted in place); 0 when empty.
+pub fn quantile(values: &mut [i64], q: f64) -> i64 {
+    if values.is_empty() {
+        return 0;
+    }
+    values.sort_unstable();
+    let i = ((values.len() - 1) as f64 * q).round() as usize;
+    values[i]
+}
+
 /// Compares the offsets received (in arrival order) with every offset from 1 to `top`.
 pub fn count(received: &[u64], top: u64) -> Counts {
     let mut seen = std::collections::HashSet::new();
@@ -192,4 +238,100 @@ pub fn count(received: &[u64], top: u64) -> Counts {
     }
     counts.lost = (1..=top).filter(|o| !seen.contains(o)).count();
     counts
+}
+
+/// What a `chorus-client` subscriber saw: its publications per channel, its subscribe
+/// outcomes and its disconnects, in order.
+#[derive(Debug, Default)]
+pub struct Seen {
+    pub publications: HashMap<String, Vec<(String, u64)>>,
+    /// (channel, position, recovered) of every `Subscribed` event.
+    pub subscribed: Vec<(String, chorus_client::Position, Option<bool>)>,
+    pub disconnects: Vec<Option<u16>>,
+}
+
+/// A `chorus-client` client (reconnecting, recovering) subscribed to channels, recording
+/// everything it delivers.
+pub struct Follower {
+    pub client: chorus_client::Client,
+    pub seen: Arc<Mutex<Seen>>,
+    task: JoinHandle<()>,
+}
+
+impl Follower {
+    /// Connects to `urls[0]` (the others are fallbacks) and subscribes to `channels`.
+    pub async fn start(urls: &[String], channels: &[String]) -> Self {
+        let mut builder = chorus_client::Client::builder(urls[0].clone())
+            .format(chorus_protocol::wire::Format::Protobuf)
+            .backoff(chorus_client::Backoff {
+                min: Duration::from_millis(50),
+                max: Duration::from_millis(500),
+                ..chorus_client::Backoff::default()
+            });
+        for url in &urls[1..] {
+            builder = builder.fallback(url.clone());
+        }
+        let (client, mut events) = builder.connect().expect("client starts");
+        let seen: Arc<Mutex<Seen>> = Arc::default();
+        let record = seen.clone();
+        let task = tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                let mut seen = record.lock();
+                match event {
+                    chorus_client::Event::Publication(p) => seen
+                        .publications
+                        .entry(p.channel)
+                        .or_default()
+                        .push((p.epoch, p.offset)),
+                    chorus_client::Event::Subscribed {
+                        channel,
+                        position,
+                        recovered,
+                        ..
+                    } => seen.subscribed.push((channel, position, recovered)),
+                    chorus_client::Event::Disconnected { code, .. } => seen.disconnects.push(code),
+                    _ => {}
+                }
+            }
+        });
+        for ch in channels {
+            client.subscribe(ch.clone()).await.expect("subscribe");
+        }
+        Self { client, seen, task }
+    }
+
+    /// The highest offset delivered on `channel` in `epoch`.
+    pub fn last(&self, channel: &str, epoch: &str) -> u64 {
+        self.seen
+            .lock()
+            .publications
+            .get(channel)
+            .and_then(|v| v.iter().filter(|(e, _)| e == epoch).map(|(_, o)| *o).max())
+            .unwrap_or(0)
+    }
+
+    pub async fn stop(self) -> (Seen, chorus_client::Stats) {
+        let stats = self.client.stats();
+        self.client.close().await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+        let seen = std::mem::take(&mut *self.seen.lock());
+        (seen, stats)
+    }
+}
+
+/// Waits until every follower delivered the last acknowledged offset of every channel.
+pub async fn settle(followers: &[Follower], acked: &Acked) {
+    let done = || {
+        followers.iter().all(|f| {
+            acked.per_channel.iter().all(|(ch, offs)| {
+                offs.last()
+                    .is_none_or(|(epoch, top)| f.last(ch, epoch) >= *top)
+            })
+        })
+    };
+    let _ = chorus_testkit::eventually(Duration::from_secs(20), "followers caught up", || {
+        let all = done();
+        async move { all }
+    })
+    .await;
 }
