@@ -106,7 +106,9 @@ pub async fn run(
                         wire::read_server(&buf[range])
                 {
                     anyhow::ensure!(!error, "command {id} answered with an error");
-                    if id >= 2 && let Some(l) = last.get_mut(id as usize - 2) {
+                    if id >= 2
+                        && let Some(l) = last.get_mut(id as usize - 2)
+                    {
                         *l = offset;
                     }
                     answered += 1;
@@ -129,7 +131,10 @@ pub async fn run(
         }
     };
     stats.handshake.lock().record(upgraded.as_micros() as u64);
-    stats.subscribed.lock().record(started.elapsed().as_micros() as u64);
+    stats
+        .subscribed
+        .lock()
+        .record(started.elapsed().as_micros() as u64);
     drop(permit);
     stats.ready.fetch_add(1, Ordering::Relaxed);
     stats.ready_changed.notify_waiters();

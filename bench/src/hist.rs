@@ -39,11 +39,7 @@ fn index(v: u64) -> usize {
 /// The lowest value of bucket `i` (the value reported for it).
 fn value_of(i: usize) -> u64 {
     let (group, sub) = (i / SUB, (i % SUB) as u64);
-    if group == 0 {
-        sub
-    } else {
-        sub << group
-    }
+    if group == 0 { sub } else { sub << group }
 }
 
 impl Histogram {

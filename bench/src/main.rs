@@ -39,7 +39,7 @@ struct Cli {
     /// Publish for this long (sets M = R × duration), e.g. 10s.
     #[arg(long, value_parser = humantime_secs)]
     duration: Option<Duration>,
-    /// Bytes of data per publication (S; at least 58).
+    /// Bytes of data per publication (S; at least 62).
     #[arg(long, short = 's', default_value_t = 100)]
     size: usize,
     /// Publications in flight at most.
@@ -96,8 +96,7 @@ fn humantime_secs(s: &str) -> Result<Duration, String> {
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -92,9 +92,8 @@ pub async fn run(
     out: &Arc<PubStats>,
 ) -> anyhow::Result<()> {
     let start = tokio::time::Instant::now();
-    let due = |i: u64| {
-        (plan.rate > 0.0).then(|| start + Duration::from_secs_f64(i as f64 / plan.rate))
-    };
+    let due =
+        |i: u64| (plan.rate > 0.0).then(|| start + Duration::from_secs_f64(i as f64 / plan.rate));
     match target {
         Target::Ceiling(ceiling) => {
             for i in 0..plan.messages {
@@ -117,9 +116,7 @@ pub async fn run(
             let (tx, rx) = mpsc::channel::<api::PublishRequest>(plan.window.max(1));
             let (sent_tx, mut sent_rx) = mpsc::unbounded_channel::<usize>();
             let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
-            request
-                .metadata_mut()
-                .insert("authorization", bearer(key)?);
+            request.metadata_mut().insert("authorization", bearer(key)?);
             let mut responses = client.publish_stream(request).await?.into_inner();
             let reader = {
                 let (out, window) = (out.clone(), window.clone());
@@ -136,7 +133,9 @@ pub async fn run(
                             }
                             return;
                         };
-                        let Some(ch) = sent_rx.recv().await else { return };
+                        let Some(ch) = sent_rx.recv().await else {
+                            return;
+                        };
                         window.add_permits(1);
                         match result.outcome {
                             Some(api::publish_stream_result::Outcome::Published(_)) => {
@@ -214,9 +213,11 @@ pub async fn run(
                                 idempotency_key: String::new(),
                             });
                             req.metadata_mut().insert("authorization", bearer_value);
-                            client.publish(req).await.map(|_| ()).map_err(|s| {
-                                s.code() == tonic::Code::ResourceExhausted
-                            })
+                            client
+                                .publish(req)
+                                .await
+                                .map(|_| ())
+                                .map_err(|s| s.code() == tonic::Code::ResourceExhausted)
                         }
                         None => {
                             // The data is JSON text: embed it as the `data` value.

@@ -114,7 +114,14 @@ fn own_cpu() -> Duration {
 }
 
 fn source(opts: &Options, i: usize) -> Option<IpAddr> {
-    (opts.sources > 1).then(|| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (i % opts.sources as usize) as u8)))
+    (opts.sources > 1).then(|| {
+        IpAddr::V4(Ipv4Addr::new(
+            127,
+            0,
+            0,
+            1 + (i % opts.sources as usize) as u8,
+        ))
+    })
 }
 
 fn progress(opts: &Options, line: String) {
@@ -162,10 +169,17 @@ async fn spawn_clients(
             "clients not subscribed after 300 s ({ready} ready, {failed} failed)"
         );
         if last_print.elapsed() >= Duration::from_secs(1) {
-            progress(opts, format!("  connecting: {ready}/{} subscribed, {failed} failed", opts.clients));
+            progress(
+                opts,
+                format!(
+                    "  connecting: {ready}/{} subscribed, {failed} failed",
+                    opts.clients
+                ),
+            );
             last_print = Instant::now();
         }
-        let _ = tokio::time::timeout(Duration::from_millis(50), stats.ready_changed.notified()).await;
+        let _ =
+            tokio::time::timeout(Duration::from_millis(50), stats.ready_changed.notified()).await;
     }
     Ok(handles)
 }
@@ -184,23 +198,39 @@ async fn fanout(opts: Options) -> anyhow::Result<Report> {
     let (target, addrs, channels, pick) = match opts.scenario {
         Scenario::Ceiling => {
             let (ceiling, addrs) = Ceiling::start(opts.ceiling_ports).await?;
-            (Target::Ceiling(ceiling), addrs, vec!["ceiling".to_owned()], Pick::One)
+            (
+                Target::Ceiling(ceiling),
+                addrs,
+                vec!["ceiling".to_owned()],
+                Pick::One,
+            )
         }
         Scenario::Fanout => (
-            Target::Api { via: opts.via, url: opts.api.clone(), key: opts.api_key.clone() },
+            Target::Api {
+                via: opts.via,
+                url: opts.api.clone(),
+                key: opts.api_key.clone(),
+            },
             opts.gateways.clone(),
             vec![format!("bench-{run_id:08x}-fanout")],
             Pick::One,
         ),
         Scenario::Channels => {
-            let mut chans: Vec<String> =
-                (0..opts.clients).map(|i| format!("bench-{run_id:08x}-c{i}")).collect();
+            let mut chans: Vec<String> = (0..opts.clients)
+                .map(|i| format!("bench-{run_id:08x}-c{i}"))
+                .collect();
             chans.push(format!("bench-{run_id:08x}-shared"));
             (
-                Target::Api { via: opts.via, url: opts.api.clone(), key: opts.api_key.clone() },
+                Target::Api {
+                    via: opts.via,
+                    url: opts.api.clone(),
+                    key: opts.api_key.clone(),
+                },
                 opts.gateways.clone(),
                 chans,
-                Pick::Random { shared: opts.shared_fraction },
+                Pick::Random {
+                    shared: opts.shared_fraction,
+                },
             )
         }
         Scenario::Connect => unreachable!("connect has its own runner"),
@@ -222,15 +252,31 @@ async fn fanout(opts: Options) -> anyhow::Result<Report> {
         spawn_clients(
             &opts,
             &addrs,
-            move |i| per_client(i).into_iter().map(|c| channels[c].clone()).collect(),
+            move |i| {
+                per_client(i)
+                    .into_iter()
+                    .map(|c| channels[c].clone())
+                    .collect()
+            },
             &stats,
             &stop,
         )
         .await?
     };
     let failed = stats.failed.load(Ordering::Relaxed);
-    progress(&opts, format!("  {} clients subscribed ({failed} failed); publishing {} messages at {} /s",
-        opts.clients - failed, opts.messages, if opts.rate > 0.0 { opts.rate.to_string() } else { "max".into() }));
+    progress(
+        &opts,
+        format!(
+            "  {} clients subscribed ({failed} failed); publishing {} messages at {} /s",
+            opts.clients - failed,
+            opts.messages,
+            if opts.rate > 0.0 {
+                opts.rate.to_string()
+            } else {
+                "max".into()
+            }
+        ),
+    );
 
     let before = procstat::sample_all(&opts.servers);
     let own_before = own_cpu();
@@ -270,16 +316,22 @@ async fn fanout(opts: Options) -> anyhow::Result<Report> {
         }
         if second.0.elapsed() >= Duration::from_secs(1) {
             let dps = (delivered - second.1) as f64 / second.0.elapsed().as_secs_f64();
-            progress(&opts, format!(
-                "  {:>5.1}s published {:>8} (errors {}), delivered {:>10} ({:>9.0}/s)",
-                started.elapsed().as_secs_f64(),
-                pubstats.ok.load(Ordering::Relaxed),
-                pubstats.errors.load(Ordering::Relaxed),
-                delivered, dps));
+            progress(
+                &opts,
+                format!(
+                    "  {:>5.1}s published {:>8} (errors {}), delivered {:>10} ({:>9.0}/s)",
+                    started.elapsed().as_secs_f64(),
+                    pubstats.ok.load(Ordering::Relaxed),
+                    pubstats.errors.load(Ordering::Relaxed),
+                    delivered,
+                    dps
+                ),
+            );
             second = (Instant::now(), delivered);
         }
         if published_at.is_some() {
-            let expected: u64 = expected_total(&opts, &pubstats, &per_client, failed_set_size(&stats));
+            let expected: u64 =
+                expected_total(&opts, &pubstats, &per_client, failed_set_size(&stats));
             if delivered >= expected || last_change.elapsed() >= opts.drain {
                 break;
             }
@@ -292,7 +344,9 @@ async fn fanout(opts: Options) -> anyhow::Result<Report> {
     let mut lost = 0u64;
     let mut expected_deliveries = 0u64;
     for (i, h) in handles.into_iter().enumerate() {
-        let Ok(Some(received)) = h.await else { continue };
+        let Ok(Some(received)) = h.await else {
+            continue;
+        };
         for (k, ch) in per_client(i).into_iter().enumerate() {
             let want = pubstats.per_channel[ch].load(Ordering::Relaxed);
             expected_deliveries += want;
@@ -306,7 +360,10 @@ async fn fanout(opts: Options) -> anyhow::Result<Report> {
         scenario: format!("{:?}", opts.scenario).to_lowercase(),
         via: match opts.scenario {
             Scenario::Ceiling => "in-process".into(),
-            _ => serde_json::to_value(opts.via)?.as_str().unwrap_or("").to_owned(),
+            _ => serde_json::to_value(opts.via)?
+                .as_str()
+                .unwrap_or("")
+                .to_owned(),
         },
         clients: opts.clients,
         gateways: addrs.len(),
@@ -352,7 +409,10 @@ fn expected_total(
     let live = opts.clients.saturating_sub(failed) as u64;
     match opts.scenario {
         Scenario::Channels => {
-            let shared = pubstats.per_channel.last().map_or(0, |c| c.load(Ordering::Relaxed));
+            let shared = pubstats
+                .per_channel
+                .last()
+                .map_or(0, |c| c.load(Ordering::Relaxed));
             let own: u64 = pubstats.per_channel[..pubstats.per_channel.len() - 1]
                 .iter()
                 .map(|c| c.load(Ordering::Relaxed))
@@ -366,7 +426,11 @@ fn expected_total(
 
 fn cpu_per_delivery(report: &mut Report, servers: Vec<Usage>) {
     let d = report.deliveries.max(1) as f64;
-    let gw: f64 = servers.iter().filter(|s| s.name.starts_with("gateway")).map(|s| s.cpu_ms).sum();
+    let gw: f64 = servers
+        .iter()
+        .filter(|s| s.name.starts_with("gateway"))
+        .map(|s| s.cpu_ms)
+        .sum();
     let all: f64 = servers.iter().map(|s| s.cpu_ms).sum();
     if !servers.is_empty() && report.deliveries > 0 {
         report.gateway_cpu_us_per_delivery = Some(gw * 1000.0 / d);
@@ -383,19 +447,35 @@ async fn connect(opts: Options) -> anyhow::Result<Report> {
     let own_before = own_cpu();
     let channel = format!("bench-{run_id:08x}-idle");
     let started = Instant::now();
-    let handles = spawn_clients(&opts, &opts.gateways, |_| vec![channel.clone()], &stats, &stop).await?;
+    let handles = spawn_clients(
+        &opts,
+        &opts.gateways,
+        |_| vec![channel.clone()],
+        &stats,
+        &stop,
+    )
+    .await?;
     let seconds = started.elapsed().as_secs_f64().max(1e-3);
     let ready = stats.ready.load(Ordering::Relaxed);
     let generator_cpu_ms = own_cpu().saturating_sub(own_before).as_secs_f64() * 1000.0;
-    progress(&opts, format!("  {ready} connections subscribed in {seconds:.2} s; settling"));
+    progress(
+        &opts,
+        format!("  {ready} connections subscribed in {seconds:.2} s; settling"),
+    );
     tokio::time::sleep(opts.settle).await;
     let servers = procstat::usage(&opts.servers, &before);
     let _ = stop_tx.send(true);
     for h in handles {
         let _ = h.await;
     }
-    let gw: Vec<&Usage> = servers.iter().filter(|s| s.name.starts_with("gateway")).collect();
-    let grown: i64 = gw.iter().map(|s| s.rss_kib_after as i64 - s.rss_kib_before as i64).sum();
+    let gw: Vec<&Usage> = servers
+        .iter()
+        .filter(|s| s.name.starts_with("gateway"))
+        .collect();
+    let grown: i64 = gw
+        .iter()
+        .map(|s| s.rss_kib_after as i64 - s.rss_kib_before as i64)
+        .sum();
     Ok(Report {
         label: opts.label.clone(),
         scenario: "connect".into(),
@@ -420,38 +500,87 @@ impl Report {
     pub fn summary(&self) -> String {
         use std::fmt::Write;
         let mut s = String::new();
-        let _ = writeln!(s, "== {} {} ({} clients, {} gateways{}) ==", self.scenario,
-            self.label, self.clients, self.gateways,
-            if self.clients_failed > 0 { format!(", {} FAILED to subscribe", self.clients_failed) } else { String::new() });
+        let _ = writeln!(
+            s,
+            "== {} {} ({} clients, {} gateways{}) ==",
+            self.scenario,
+            self.label,
+            self.clients,
+            self.gateways,
+            if self.clients_failed > 0 {
+                format!(", {} FAILED to subscribe", self.clients_failed)
+            } else {
+                String::new()
+            }
+        );
         if self.scenario == "connect" {
-            let _ = writeln!(s, "connections/s      {:.0}", self.connections_per_sec.unwrap_or(0.0));
+            let _ = writeln!(
+                s,
+                "connections/s      {:.0}",
+                self.connections_per_sec.unwrap_or(0.0)
+            );
             if let Some(h) = &self.handshake_ms {
-                let _ = writeln!(s, "handshake ms       p50 {:.2}  p99 {:.2}  max {:.2}", h.p50, h.p99, h.max);
+                let _ = writeln!(
+                    s,
+                    "handshake ms       p50 {:.2}  p99 {:.2}  max {:.2}",
+                    h.p50, h.p99, h.max
+                );
             }
             if let Some(h) = &self.subscribed_ms {
-                let _ = writeln!(s, "subscribed ms      p50 {:.2}  p99 {:.2}  max {:.2}", h.p50, h.p99, h.max);
+                let _ = writeln!(
+                    s,
+                    "subscribed ms      p50 {:.2}  p99 {:.2}  max {:.2}",
+                    h.p50, h.p99, h.max
+                );
             }
             if let Some(k) = self.gateway_kib_per_connection {
                 let _ = writeln!(s, "gateway KiB/conn   {k:.2}");
             }
         } else {
-            let _ = writeln!(s, "published          {} in {:.2} s ({} errors, {} rejected for overload)",
-                self.published, self.publish_seconds, self.publish_errors, self.publish_rejected);
-            let _ = writeln!(s, "deliveries         {} of {} expected in {:.2} s", self.deliveries, self.expected_deliveries, self.seconds);
+            let _ = writeln!(
+                s,
+                "published          {} in {:.2} s ({} errors, {} rejected for overload)",
+                self.published, self.publish_seconds, self.publish_errors, self.publish_rejected
+            );
+            let _ = writeln!(
+                s,
+                "deliveries         {} of {} expected in {:.2} s",
+                self.deliveries, self.expected_deliveries, self.seconds
+            );
             let _ = writeln!(s, "deliveries/s       {:.0}", self.deliveries_per_sec);
             let l = &self.latency_ms;
-            let _ = writeln!(s, "latency ms         p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}", l.p50, l.p90, l.p99, l.p999, l.max);
-            let _ = writeln!(s, "lost {}  duplicated {}  disconnects {}", self.lost, self.duplicated, self.disconnects);
+            let _ = writeln!(
+                s,
+                "latency ms         p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
+                l.p50, l.p90, l.p99, l.p999, l.max
+            );
+            let _ = writeln!(
+                s,
+                "lost {}  duplicated {}  disconnects {}",
+                self.lost, self.duplicated, self.disconnects
+            );
             if let Some(c) = self.gateway_cpu_us_per_delivery {
-                let _ = writeln!(s, "CPU µs/delivery    gateways {c:.3}  all servers {:.3}", self.server_cpu_us_per_delivery.unwrap_or(0.0));
+                let _ = writeln!(
+                    s,
+                    "CPU µs/delivery    gateways {c:.3}  all servers {:.3}",
+                    self.server_cpu_us_per_delivery.unwrap_or(0.0)
+                );
             }
             if let Some(r) = self.ratio_to_ceiling {
-                let _ = writeln!(s, "ratio to ceiling   {r:.3} (ceiling {:.0}/s)", self.ceiling_deliveries_per_sec.unwrap_or(0.0));
+                let _ = writeln!(
+                    s,
+                    "ratio to ceiling   {r:.3} (ceiling {:.0}/s)",
+                    self.ceiling_deliveries_per_sec.unwrap_or(0.0)
+                );
             }
         }
         let _ = writeln!(s, "load generator cpu {:.1} ms", self.generator_cpu_ms);
         for u in &self.servers {
-            let _ = writeln!(s, "  {:<12} pid {:<7} cpu {:>9.1} ms  rss {} → {} KiB", u.name, u.pid, u.cpu_ms, u.rss_kib_before, u.rss_kib_after);
+            let _ = writeln!(
+                s,
+                "  {:<12} pid {:<7} cpu {:>9.1} ms  rss {} → {} KiB",
+                u.name, u.pid, u.cpu_ms, u.rss_kib_before, u.rss_kib_after
+            );
         }
         s
     }

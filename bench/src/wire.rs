@@ -214,12 +214,13 @@ pub fn read_server(buf: &[u8]) -> Option<Server<'_>> {
     Some(out)
 }
 
-/// Message data as the generator publishes it: fixed-width JSON so that the receiver reads
-/// the sequence number and send time at fixed offsets, padded to the wanted size.
-pub const DATA_MIN: usize = 58;
+/// Message data as the generator publishes it: fixed-width JSON (numbers as zero-padded
+/// strings) so that the receiver reads the sequence number and send time at fixed offsets,
+/// padded to the wanted size.
+pub const DATA_MIN: usize = 62;
 
 pub fn payload(seq: u64, sent_us: u64, size: usize) -> Vec<u8> {
-    let mut s = format!("{{\"s\":{seq:020},\"t\":{sent_us:020},\"p\":\"");
+    let mut s = format!("{{\"s\":\"{seq:020}\",\"t\":\"{sent_us:020}\",\"p\":\"");
     let pad = size.max(DATA_MIN).saturating_sub(s.len() + 2);
     s.extend(std::iter::repeat_n('x', pad));
     s.push_str("\"}");
@@ -228,14 +229,13 @@ pub fn payload(seq: u64, sent_us: u64, size: usize) -> Vec<u8> {
 
 fn digits(b: &[u8]) -> Option<u64> {
     b.iter().try_fold(0u64, |acc, &d| {
-        d.is_ascii_digit()
-            .then(|| acc * 10 + u64::from(d - b'0'))
+        d.is_ascii_digit().then(|| acc * 10 + u64::from(d - b'0'))
     })
 }
 
 /// The (sequence number, send time in µs) of generator data.
 pub fn read_payload(data: &[u8]) -> Option<(u64, u64)> {
-    Some((digits(data.get(5..25)?)?, digits(data.get(30..50)?)?))
+    Some((digits(data.get(6..26)?)?, digits(data.get(33..53)?)?))
 }
 
 #[cfg(test)]

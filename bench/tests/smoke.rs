@@ -136,7 +136,9 @@ async fn every_scenario_runs_end_to_end_without_loss() {
         assert!(r.gateway_cpu_us_per_delivery.is_some());
     }
 
-    let r = scenario::run(options(&c, Scenario::Channels)).await.unwrap();
+    let r = scenario::run(options(&c, Scenario::Channels))
+        .await
+        .unwrap();
     assert_complete(&r);
     assert_eq!(r.published, 40);
 
@@ -148,7 +150,11 @@ async fn every_scenario_runs_end_to_end_without_loss() {
     assert!(r.handshake_ms.as_ref().unwrap().p99 > 0.0);
     // Both kinds of output render.
     assert!(r.summary().contains("connections/s"));
-    assert!(serde_json::to_string(&r).unwrap().contains("\"scenario\":\"connect\""));
+    assert!(
+        serde_json::to_string(&r)
+            .unwrap()
+            .contains("\"scenario\":\"connect\"")
+    );
 
     c.shutdown.cancel();
 }

@@ -138,7 +138,12 @@ impl ChorusApi for GrpcApi {
         &self,
         request: Request<api::PublishBatchRequest>,
     ) -> Result<Response<api::PublishBatchResponse>, Status> {
-        let items = request.into_inner().publications.into_iter().map(item).collect();
+        let items = request
+            .into_inner()
+            .publications
+            .into_iter()
+            .map(item)
+            .collect();
         let results = self.broker.publish_batch(items, Admission::Bounded).await?;
         Ok(Response::new(api::PublishBatchResponse {
             results: results.into_iter().map(stream_result).collect(),

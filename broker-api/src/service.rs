@@ -138,7 +138,9 @@ impl Broker {
         if !msgs.is_empty() {
             let _permit = self.admit(msgs.len(), admission).await?;
             let started = Instant::now();
-            let published = self.within_deadline(self.inner.bus.publish_many(msgs)).await?;
+            let published = self
+                .within_deadline(self.inner.bus.publish_many(msgs))
+                .await?;
             let ok = published.iter().filter(|r| r.is_ok()).count();
             crate::metrics::published("batch", started, ok);
             let mut published = published.into_iter();

@@ -52,7 +52,11 @@ async fn a_publish_stream_answers_every_publication_in_order_and_fails_only_bad_
         match result.outcome {
             Some(Outcome::Published(p)) => {
                 let last = if i % 2 == 0 { &mut even } else { &mut odd };
-                assert_eq!(p.offset, *last + 1, "publication {i}: offsets follow request order");
+                assert_eq!(
+                    p.offset,
+                    *last + 1,
+                    "publication {i}: offsets follow request order"
+                );
                 *last = p.offset;
             }
             Some(Outcome::Error(e)) => failed.push((i, e.code)),
@@ -119,7 +123,10 @@ async fn batches_over_grpc_and_http_publish_in_one_pipeline_with_a_result_each()
     assert_eq!(results[0]["offset"], 3);
     assert_eq!(results[1]["error"]["code"], "bad_request");
     assert_eq!(results[2]["offset"], 2);
-    assert_eq!(results[3]["offset"], 2, "an idempotent retry answers the first offset");
+    assert_eq!(
+        results[3]["offset"], 2,
+        "an idempotent retry answers the first offset"
+    );
     assert_eq!(results[3]["duplicate"], true);
 }
 
@@ -130,24 +137,17 @@ async fn overload_is_pushed_back_with_429_and_resource_exhausted_not_queued() {
     cfg.max_inflight = 1;
     cfg.queue_wait = Duration::from_millis(20);
     let server = TestServer::start(redis_bus(&redis), cfg).await;
-    // Warm the connection and the script, then stall Redis: the first publish holds the one
-    // slot while Redis sleeps.
+    // Warm the connection and the script, then pause Redis's writes: the next publish holds
+    // the one slot until the pause ends.
     let mut grpc = server.grpc().await;
     grpc.publish(authed(req("x", 0), KEY)).await.unwrap();
-    let sleeper = {
-        let port = redis.port().to_string();
-        std::thread::spawn(move || {
-            std::process::Command::new("redis-cli")
-                .args(["-p", &port, "DEBUG", "SLEEP", "0.8"])
-                .output()
-        })
-    };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    redis.cli(&["CLIENT", "PAUSE", "1500", "WRITE"]).unwrap();
     let held = {
         let mut grpc = grpc.clone();
         tokio::spawn(async move { grpc.publish(authed(req("x", 1), KEY)).await })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!held.is_finished(), "the first publish waits for Redis");
     let started = std::time::Instant::now();
     let status = grpc.publish(authed(req("x", 2), KEY)).await.unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
@@ -169,6 +169,5 @@ async fn overload_is_pushed_back_with_429_and_resource_exhausted_not_queued() {
     );
     // The held publish completes once Redis wakes; then there is room again.
     assert!(held.await.unwrap().is_ok());
-    let _ = sleeper.join();
     grpc.publish(authed(req("x", 4), KEY)).await.unwrap();
 }

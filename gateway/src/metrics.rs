@@ -176,7 +176,10 @@ impl Delivery {
         let mut i = 0;
         while i < published_at_ms.len() {
             let at = published_at_ms[i];
-            let run = published_at_ms[i..].iter().take_while(|&&a| a == at).count();
+            let run = published_at_ms[i..]
+                .iter()
+                .take_while(|&&a| a == at)
+                .count();
             // A publisher's clock ahead of ours would read negative: count it as immediate.
             self.latency
                 .record_many((now_ms - at).max(0) as f64 / 1000.0, run);

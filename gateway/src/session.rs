@@ -49,11 +49,19 @@ pub(crate) async fn run(node: Arc<Node>, ws: WebSocket<TokioIo<Upgraded>>, forma
     // The reader stays the library's; the writer frames by hand (see `writer`), so it takes
     // the socket's write half itself.
     let (read, write) = tokio::io::split(ws.into_inner());
-    let (mut rx, _) =
-        fastwebsockets::after_handshake_split(read, tokio::io::sink(), fastwebsockets::Role::Server);
+    let (mut rx, _) = fastwebsockets::after_handshake_split(
+        read,
+        tokio::io::sink(),
+        fastwebsockets::Role::Server,
+    );
     // The library refuses frames whose length is >= the limit; ours is inclusive.
     rx.set_max_message_size(config.max_message_size.saturating_add(1));
-    let mut writer = tokio::spawn(writer::run(write, conn.clone(), queue, config.ping_interval));
+    let mut writer = tokio::spawn(writer::run(
+        write,
+        conn.clone(),
+        queue,
+        config.ping_interval,
+    ));
     let mut session = Session {
         node: node.clone(),
         conn: conn.clone(),

@@ -122,8 +122,12 @@ async fn write_all_vectored<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
-pub(crate) async fn run<W>(mut ws: W, conn: Arc<Conn>, mut queue: ConnQueue, ping_interval: Duration)
-where
+pub(crate) async fn run<W>(
+    mut ws: W,
+    conn: Arc<Conn>,
+    mut queue: ConnQueue,
+    ping_interval: Duration,
+) where
     W: AsyncWrite + Unpin,
 {
     let mut ping =
@@ -259,11 +263,15 @@ mod tests {
     #[tokio::test]
     async fn vectored_writes_survive_short_writes() {
         let (mut a, mut b) = tokio::io::duplex(7);
-        let bufs: Vec<Bytes> = (0..20u8).map(|i| Bytes::from(vec![i; i as usize + 1])).collect();
+        let bufs: Vec<Bytes> = (0..20u8)
+            .map(|i| Bytes::from(vec![i; i as usize + 1]))
+            .collect();
         let expected: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
         let reader = tokio::spawn(async move {
             let mut got = Vec::new();
-            tokio::io::AsyncReadExt::read_to_end(&mut b, &mut got).await.unwrap();
+            tokio::io::AsyncReadExt::read_to_end(&mut b, &mut got)
+                .await
+                .unwrap();
             got
         });
         write_all_vectored(&mut a, &bufs).await.unwrap();

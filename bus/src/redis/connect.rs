@@ -108,9 +108,7 @@ impl deadpool::managed::Manager for Manager {
         // Busy connections are trusted; one that sat idle (Redis may have restarted since)
         // proves itself with a PING first.
         if metrics.last_used() >= PING_IF_IDLE {
-            redis::cmd("PING")
-                .query_async::<()>(&mut obj.conn)
-                .await?;
+            redis::cmd("PING").query_async::<()>(&mut obj.conn).await?;
         }
         Ok(())
     }
@@ -200,12 +198,12 @@ pub(crate) fn pool_error(e: PoolError, timeout: Duration) -> BusError {
         PoolError::Timeout(deadpool::managed::TimeoutType::Wait) => BusError::Unavailable(format!(
             "no redis connection became free within {timeout:?}"
         )),
-        PoolError::Timeout(deadpool::managed::TimeoutType::Create) => BusError::Unavailable(format!(
-            "redis unreachable: no connection within {timeout:?}"
-        )),
-        PoolError::Timeout(deadpool::managed::TimeoutType::Recycle) => BusError::Unavailable(format!(
-            "redis unreachable: no connection recycled within {timeout:?}"
-        )),
+        PoolError::Timeout(deadpool::managed::TimeoutType::Create) => BusError::Unavailable(
+            format!("redis unreachable: no connection within {timeout:?}"),
+        ),
+        PoolError::Timeout(deadpool::managed::TimeoutType::Recycle) => BusError::Unavailable(
+            format!("redis unreachable: no connection recycled within {timeout:?}"),
+        ),
         other => BusError::Unavailable(format!("redis pool: {other}")),
     }
 }

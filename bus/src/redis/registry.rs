@@ -184,7 +184,10 @@ impl Registry {
         }
     }
 
-    async fn try_refresh(&self, conn: &mut redis::aio::MultiplexedConnection) -> Result<(), BusError> {
+    async fn try_refresh(
+        &self,
+        conn: &mut redis::aio::MultiplexedConnection,
+    ) -> Result<(), BusError> {
         let lease_ms = self.lease().as_millis() as u64;
         // The description first, so a reader never sees a live node without it.
         let node_key = keys::node(&self.node.id);
