@@ -33,6 +33,11 @@ pub const QUEUED_BYTES: &str = "chorus_gateway_queued_bytes";
 pub const SLOW_CONSUMER_DISCONNECTS: &str = "chorus_gateway_slow_consumer_disconnects_total";
 /// Error replies sent to clients, by protocol error code (`code="108"`).
 pub const ERRORS: &str = "chorus_gateway_errors_total";
+/// Channel gaps filled from history (after a broken Redis link, or a missed publication).
+pub const CATCH_UPS: &str = "chorus_gateway_catch_ups_total";
+/// Channels whose missed publications history could not supply (Redis lost its data, or the
+/// gap outgrew history): their subscribers were closed with 3003 and told on resubscribe.
+pub const STATE_LOST: &str = "chorus_gateway_state_lost_total";
 
 /// Every metric the gateway exports, for tests and docs.
 pub const ALL: &[&str] = &[
@@ -46,6 +51,8 @@ pub const ALL: &[&str] = &[
     QUEUED_BYTES,
     SLOW_CONSUMER_DISCONNECTS,
     ERRORS,
+    CATCH_UPS,
+    STATE_LOST,
 ];
 
 static INIT: Once = Once::new();
@@ -103,11 +110,18 @@ fn describe() {
         ERRORS,
         "Error replies sent to clients, by protocol error code"
     );
+    describe_counter!(CATCH_UPS, "Channel gaps filled from history");
+    describe_counter!(
+        STATE_LOST,
+        "Channels whose missed publications were gone (subscribers closed with 3003)"
+    );
     for counter in [
         CONNECTIONS_ACCEPTED,
         MESSAGES_RECEIVED,
         MESSAGES_DELIVERED,
         SLOW_CONSUMER_DISCONNECTS,
+        CATCH_UPS,
+        STATE_LOST,
     ] {
         metrics::counter!(counter).increment(0);
     }
@@ -136,6 +150,16 @@ pub(crate) fn connection_accepted() {
 /// A publication arrived from the bus.
 pub(crate) fn message_received() {
     metrics::counter!(MESSAGES_RECEIVED).increment(1);
+}
+
+/// A channel's gap was filled from history.
+pub(crate) fn caught_up() {
+    metrics::counter!(CATCH_UPS).increment(1);
+}
+
+/// A channel's missed publications were gone; its subscribers were told.
+pub(crate) fn state_lost() {
+    metrics::counter!(STATE_LOST).increment(1);
 }
 
 /// A client was closed as a slow consumer.
