@@ -8,6 +8,7 @@ use anyhow::Context;
 use chorus_broker_api::BrokerConfig;
 use chorus_bus::Bus;
 use chorus_bus::logging::{self, LogConfig};
+use chorus_bus::namespaces::NamespacesConfig;
 use chorus_gateway::GatewayConfig;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
@@ -27,6 +28,8 @@ struct Cli {
     #[command(flatten)]
     api: BrokerConfig,
     #[command(flatten)]
+    namespaces: NamespacesConfig,
+    #[command(flatten)]
     log: LogConfig,
     /// Do not serve the demo page at `/`.
     #[arg(long = "no-demo-page", env = "CHORUS_NO_DEMO_PAGE")]
@@ -37,6 +40,7 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     let mut cli = Cli::parse();
     logging::init(&cli.log);
+    cli.gateway.namespaces = std::sync::Arc::new(cli.namespaces.load()?);
     cli.gateway.demo_page = !cli.no_demo_page;
     if cli.api.api_keys.iter().all(|k| k.trim().is_empty()) {
         tracing::warn!(

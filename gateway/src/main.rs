@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use chorus_bus::logging::{self, LogConfig};
+use chorus_bus::namespaces::NamespacesConfig;
 use chorus_bus::{Bus, BusConfig};
 use chorus_gateway::GatewayConfig;
 use clap::Parser;
@@ -16,13 +17,16 @@ struct Cli {
     #[command(flatten)]
     bus: BusConfig,
     #[command(flatten)]
+    namespaces: NamespacesConfig,
+    #[command(flatten)]
     log: LogConfig,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
     logging::init(&cli.log);
+    cli.gateway.namespaces = std::sync::Arc::new(cli.namespaces.load()?);
     let bus = Bus::redis(&cli.bus).context("configuring the Redis bus")?;
     let listener = tokio::net::TcpListener::bind(cli.gateway.listen)
         .await

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::GatewayConfig;
 use crate::hub::Hub;
+use crate::security::Security;
 
 pub(crate) struct Node {
     pub(crate) id: String,
@@ -23,6 +24,8 @@ pub(crate) struct Node {
     connections: AtomicUsize,
     /// Cancelled when the node shuts down; every session watches it.
     pub(crate) shutdown: CancellationToken,
+    /// Token keys, namespace rules, connection slots (`security.rs`).
+    pub(crate) security: Security,
 }
 
 impl Node {
@@ -32,6 +35,7 @@ impl Node {
         bus_timeout: Duration,
         advertise: String,
         shutdown: CancellationToken,
+        security: Security,
     ) -> Arc<Self> {
         let id = config
             .node_id
@@ -55,6 +59,7 @@ impl Node {
             next_client: AtomicU64::new(1),
             connections: AtomicUsize::new(0),
             shutdown,
+            security,
         })
     }
 
