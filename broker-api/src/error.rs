@@ -31,6 +31,9 @@ pub enum ErrorCode {
     MethodNotAllowed,
     /// The bus (Redis) is unreachable or too slow; retry later (HTTP 503, gRPC UNAVAILABLE).
     Unavailable,
+    /// A history read `since` a position of an epoch that is no longer the channel's: the
+    /// publications after it are gone (HTTP 409, gRPC FAILED_PRECONDITION).
+    PositionLost,
     /// Something failed inside broker-api or the bus (HTTP 500, gRPC INTERNAL).
     Internal,
 }
@@ -46,6 +49,7 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::PositionLost => "position_lost",
             ErrorCode::Internal => "internal",
         }
     }
@@ -58,6 +62,7 @@ impl ErrorCode {
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::PositionLost => StatusCode::CONFLICT,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -71,6 +76,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => tonic::Code::Unauthenticated,
             ErrorCode::NotFound => tonic::Code::Unimplemented,
             ErrorCode::Unavailable => tonic::Code::Unavailable,
+            ErrorCode::PositionLost => tonic::Code::FailedPrecondition,
             ErrorCode::Internal => tonic::Code::Internal,
         }
     }
@@ -131,6 +137,7 @@ impl From<BusError> for ApiError {
     fn from(e: BusError) -> Self {
         let code = match &e {
             BusError::BadChannel(_) => ErrorCode::BadChannel,
+            BusError::BadRequest(_) => ErrorCode::BadRequest,
             BusError::Unavailable(_) => ErrorCode::Unavailable,
             BusError::Config(_) | BusError::Protocol(_) => ErrorCode::Internal,
         };

@@ -1,6 +1,7 @@
 //! The gRPC face of the API (`chorus.api.v1.ChorusApi`): translates protobuf messages to
 //! service calls and back, so gRPC behaves exactly like the HTTP/JSON routes.
 
+use chorus_bus::Position;
 use chorus_protocol::api::{self, broadcast_result::Outcome, chorus_api_server::ChorusApi};
 use tonic::{Request, Response, Status};
 
@@ -24,11 +25,12 @@ impl ChorusApi for GrpcApi {
         request: Request<api::PublishRequest>,
     ) -> Result<Response<api::PublishResponse>, Status> {
         let req = request.into_inner();
-        let published = self.broker.publish(req.channel, req.data).await?;
+        let key = Some(req.idempotency_key).filter(|k| !k.is_empty());
+        let published = self.broker.publish(req.channel, req.data, key).await?;
         Ok(Response::new(api::PublishResponse {
             offset: published.offset,
             epoch: published.epoch,
-            duplicate: false,
+            duplicate: published.duplicate,
         }))
     }
 
@@ -76,8 +78,29 @@ impl ChorusApi for GrpcApi {
 
     async fn history(
         &self,
-        _request: Request<api::HistoryRequest>,
+        request: Request<api::HistoryRequest>,
     ) -> Result<Response<api::HistoryResponse>, Status> {
-        Err(Status::unimplemented("history is not available yet"))
+        let req = request.into_inner();
+        let since = (req.since_offset > 0 || !req.since_epoch.is_empty()).then_some(Position {
+            offset: req.since_offset,
+            epoch: req.since_epoch,
+        });
+        let history = self
+            .broker
+            .history(&req.channel, since, req.limit as usize, req.reverse)
+            .await?;
+        Ok(Response::new(api::HistoryResponse {
+            publications: history
+                .publications
+                .into_iter()
+                .map(|p| api::HistoryPublication {
+                    offset: p.offset,
+                    data: p.data,
+                    published_at_ms: p.published_at_ms,
+                })
+                .collect(),
+            offset: history.position.offset,
+            epoch: history.position.epoch,
+        }))
     }
 }

@@ -29,6 +29,7 @@ pub fn api_routes() -> Router<Broker> {
         .route("/api/publish", post(publish))
         .route("/api/broadcast", post(broadcast))
         .route("/api/nodes", get(nodes))
+        .route("/api/history", post(history))
 }
 
 /// `/healthz` and `/readyz`: no API key, so load balancers and orchestrators can probe.
@@ -125,12 +126,16 @@ struct PublishRequest {
     data: Option<Box<RawValue>>,
     #[serde(default)]
     b64data: Option<String>,
+    #[serde(default)]
+    idempotency_key: Option<String>,
 }
 
 #[derive(Serialize)]
 struct PublishResponse {
     offset: u64,
     epoch: String,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    duplicate: bool,
 }
 
 impl From<Published> for PublishResponse {
@@ -138,8 +143,81 @@ impl From<Published> for PublishResponse {
         Self {
             offset: p.offset,
             epoch: p.epoch,
+            duplicate: p.duplicate,
         }
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryRequest {
+    channel: String,
+    #[serde(default)]
+    since: Option<SinceBody>,
+    #[serde(default)]
+    limit: usize,
+    #[serde(default)]
+    reverse: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SinceBody {
+    offset: u64,
+    #[serde(default)]
+    epoch: String,
+}
+
+/// One publication of a history answer: JSON data embedded as is, other data as base64.
+#[derive(Serialize)]
+struct HistoryPublication<'a> {
+    offset: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    b64data: Option<String>,
+    published_at_ms: i64,
+}
+
+#[derive(Serialize)]
+struct HistoryResponse<'a> {
+    publications: Vec<HistoryPublication<'a>>,
+    offset: u64,
+    epoch: &'a str,
+}
+
+async fn history(
+    State(broker): State<Broker>,
+    ApiJson(req): ApiJson<HistoryRequest>,
+) -> Result<Response, ApiError> {
+    let since = req.since.map(|s| chorus_bus::Position {
+        offset: s.offset,
+        epoch: s.epoch,
+    });
+    let history = broker
+        .history(&req.channel, since, req.limit, req.reverse)
+        .await?;
+    let publications = history
+        .publications
+        .iter()
+        .map(|p| {
+            let data = std::str::from_utf8(&p.data)
+                .ok()
+                .and_then(|text| serde_json::from_str::<&RawValue>(text).ok());
+            HistoryPublication {
+                offset: p.offset,
+                b64data: data.is_none().then(|| BASE64.encode(&p.data)),
+                data,
+                published_at_ms: p.published_at_ms,
+            }
+        })
+        .collect();
+    let body = HistoryResponse {
+        publications,
+        offset: history.position.offset,
+        epoch: &history.position.epoch,
+    };
+    Ok(Json(body).into_response())
 }
 
 async fn publish(
@@ -151,7 +229,9 @@ async fn publish(
         b64data: req.b64data,
     }
     .into_bytes(broker.max_data())?;
-    let published = broker.publish(req.channel, data).await?;
+    let published = broker
+        .publish(req.channel, data, req.idempotency_key)
+        .await?;
     Ok(Json(published.into()))
 }
 

@@ -6,11 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use chorus_bus::{Bus, BusError, NodeInfo, Publish, Published};
+use chorus_bus::{Bus, BusError, History, HistoryQuery, NodeInfo, Position, Publish, Published};
 use tracing::warn;
 
 use crate::config::BrokerConfig;
 use crate::error::{ApiError, ErrorCode};
+
+/// Most publications one history request returns.
+pub const MAX_HISTORY_LIMIT: usize = 1000;
 
 /// The outcome of a broadcast for one channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,13 +52,21 @@ impl Broker {
         self.inner.max_data
     }
 
-    /// Publishes `data` on `channel`; answers once the bus assigned the offset.
-    pub async fn publish(&self, channel: String, data: Bytes) -> Result<Published, ApiError> {
+    /// Publishes `data` on `channel`; answers once the bus assigned the offset. With an
+    /// idempotency key, a retry within the window answers the first offset and publishes
+    /// nothing.
+    pub async fn publish(
+        &self,
+        channel: String,
+        data: Bytes,
+        idempotency_key: Option<String>,
+    ) -> Result<Published, ApiError> {
         self.check_data_size(data.len())?;
         let publish = Publish {
             channel,
             data,
             exclude_client: String::new(),
+            idempotency_key: idempotency_key.filter(|k| !k.is_empty()),
         };
         let published = self
             .within_deadline(self.inner.bus.publish(publish))
@@ -146,6 +157,43 @@ impl Broker {
                 ChannelOutcome { channel, result }
             })
             .collect())
+    }
+
+    /// A channel's history: the publications after `since` (which must be of the channel's
+    /// current epoch), or the oldest (or, `reverse`, newest) kept; at most `limit`
+    /// (0 or more than [`MAX_HISTORY_LIMIT`] mean the maximum).
+    pub async fn history(
+        &self,
+        channel: &str,
+        since: Option<Position>,
+        limit: usize,
+        reverse: bool,
+    ) -> Result<History, ApiError> {
+        let query = HistoryQuery {
+            since: since.as_ref().map(|p| p.offset),
+            limit: match limit {
+                0 => MAX_HISTORY_LIMIT,
+                n => n.min(MAX_HISTORY_LIMIT),
+            },
+            reverse,
+        };
+        let history = self
+            .within_deadline(self.inner.bus.history(channel, &query))
+            .await?
+            .map_err(|e| logged(e.into()))?;
+        if let Some(since) = since
+            && since.epoch != history.position.epoch
+            && !(since.offset == 0 && since.epoch.is_empty())
+        {
+            return Err(ApiError::new(
+                ErrorCode::PositionLost,
+                format!(
+                    "epoch {:?} is not the channel's current epoch {:?}: read again without since",
+                    since.epoch, history.position.epoch
+                ),
+            ));
+        }
+        Ok(history)
     }
 
     /// The live gateway nodes with their connection counts.
@@ -253,12 +301,12 @@ mod tests {
             ..BrokerConfig::default()
         });
         assert!(
-            b.publish("a".into(), Bytes::from_static(b"1234"))
+            b.publish("a".into(), Bytes::from_static(b"1234"), None)
                 .await
                 .is_ok()
         );
         let err = b
-            .publish("a".into(), Bytes::from_static(b"12345"))
+            .publish("a".into(), Bytes::from_static(b"12345"), None)
             .await
             .unwrap_err();
         assert_eq!(err.code, ErrorCode::TooLarge);

@@ -29,6 +29,16 @@ pub struct BusConfig {
     /// A node that dies disappears from the nodes list within this time.
     #[arg(long = "node-lease", env = "CHORUS_NODE_LEASE", default_value = "5s", value_parser = parse_duration)]
     pub node_lease: Duration,
+
+    /// How long a publish's idempotency key is remembered: a retry with the same key within
+    /// this window publishes nothing and returns the first offset.
+    #[arg(long = "idempotency-window", env = "CHORUS_IDEMPOTENCY_WINDOW", default_value = "5m", value_parser = parse_duration)]
+    pub idempotency_window: Duration,
+
+    /// How often a gateway sends a canary through Redis to itself. A canary not back within
+    /// `--redis-timeout` marks the node not ready and rebuilds its subscriptions. 0 disables.
+    #[arg(long = "canary-interval", env = "CHORUS_CANARY_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub canary_interval: Duration,
 }
 
 impl Default for BusConfig {
@@ -38,11 +48,13 @@ impl Default for BusConfig {
             redis_timeout: Duration::from_secs(2),
             redis_pool_size: 16,
             node_lease: Duration::from_secs(5),
+            idempotency_window: Duration::from_secs(300),
+            canary_interval: Duration::from_secs(1),
         }
     }
 }
 
-/// Parses durations like `500ms`, `2s`, `1m` (a bare number means seconds).
+/// Parses durations like `500ms`, `2s`, `1m`, `7d` (a bare number means seconds).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, unit) = s
@@ -56,7 +68,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "s" => n,
         "m" => n * 60.0,
         "h" => n * 3600.0,
-        _ => return Err(format!("invalid duration unit in {s:?}: use ms, s, m or h")),
+        "d" => n * 86400.0,
+        _ => {
+            return Err(format!(
+                "invalid duration unit in {s:?}: use ms, s, m, h or d"
+            ));
+        }
     };
     Duration::try_from_secs_f64(secs).map_err(|e| format!("invalid duration {s:?}: {e}"))
 }

@@ -9,6 +9,9 @@ pub enum BusError {
     /// The channel name breaks the channel-name rules.
     #[error("invalid channel: {0}")]
     BadChannel(#[from] ChannelError),
+    /// The request is malformed in a way the bus checks (e.g. a bad idempotency key).
+    #[error("bad request: {0}")]
+    BadRequest(String),
     /// Redis could not be reached or did not answer in time. Retrying later may succeed.
     #[error("bus unavailable: {0}")]
     Unavailable(String),

@@ -25,6 +25,22 @@ pub fn meta(channel: &str) -> String {
     format!("{PREFIX}:meta:{{{channel}}}")
 }
 
+/// Stream with a channel's recent publications (entry id `<offset>-0`, field `e` = the
+/// encoded envelope); trimmed to the namespace's history size, expires with its history TTL.
+pub fn history(channel: &str) -> String {
+    format!("{PREFIX}:history:{{{channel}}}")
+}
+
+/// A publish's idempotency key on a channel: `<offset>:<epoch>` of the first publish with it.
+pub fn idempotency(channel: &str, key: &str) -> String {
+    format!("{PREFIX}:idem:{{{channel}}}:{key}")
+}
+
+/// The pub/sub channel a node sends its canary on (and is subscribed to).
+pub fn canary(node: &str) -> String {
+    format!("{PREFIX}.canary.{{{node}}}")
+}
+
 /// Sorted set of live node ids, scored by lease expiry (ms since the Unix epoch).
 pub fn nodes() -> String {
     format!("{PREFIX}:nodes")
@@ -52,5 +68,9 @@ mod tests {
         assert_eq!(channel_of_pubsub(&p), Some("chat:room"));
         assert_eq!(channel_of_pubsub("other"), None);
         assert_eq!(meta("news"), "chorus:meta:{news}");
+        assert_eq!(history("news"), "chorus:history:{news}");
+        assert_eq!(idempotency("news", "k1"), "chorus:idem:{news}:k1");
+        // A canary never reads as a channel.
+        assert_eq!(channel_of_pubsub(&canary("n1")), None);
     }
 }

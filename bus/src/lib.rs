@@ -32,6 +32,7 @@ use bytes::Bytes;
 pub use chorus_protocol::bus::Envelope;
 pub use config::BusConfig;
 pub use error::BusError;
+pub use namespaces::{NamespaceRules, Namespaces};
 pub use wanted::ChannelReady;
 
 /// A message to publish on one channel.
@@ -41,6 +42,9 @@ pub struct Publish {
     pub data: Bytes,
     /// The client id of a publishing client that does not want its own message back.
     pub exclude_client: String,
+    /// When set, a publish with the same key on the same channel within the idempotency
+    /// window publishes nothing and returns the first one's offset.
+    pub idempotency_key: Option<String>,
 }
 
 /// Where a publication landed in its channel.
@@ -48,6 +52,74 @@ pub struct Publish {
 pub struct Published {
     pub offset: u64,
     pub epoch: String,
+    /// True when the idempotency key matched an earlier publish: nothing was published now.
+    pub duplicate: bool,
+}
+
+/// Longest idempotency key, in bytes.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
+
+/// What part of a channel's history to read.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryQuery {
+    /// Only publications after this offset (the epoch is the caller's to compare with the
+    /// returned position's).
+    pub since: Option<u64>,
+    /// At most this many publications; 0 means all that are kept.
+    pub limit: usize,
+    /// Newest first.
+    pub reverse: bool,
+}
+
+/// A channel's history and its position, read atomically.
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    pub publications: Vec<Envelope>,
+    pub position: Position,
+}
+
+/// The answer to "what did I miss since this position?".
+#[derive(Debug, Clone, Default)]
+pub struct Recovery {
+    /// Every publication after the position, in offset order (empty unless `recovered`).
+    pub publications: Vec<Envelope>,
+    /// The channel's position: the offset of the last publication in `publications` (or the
+    /// requested one, when nothing was missed), or, when not recovered, the current one.
+    pub position: Position,
+    /// True when `publications` are exactly everything after the requested position.
+    pub recovered: bool,
+}
+
+impl Recovery {
+    /// Judges a history read since `since`: recovered only when the epoch is the same and the
+    /// publications run without a hole from `since.offset + 1` to the channel's top. A position
+    /// with no epoch and offset 0 (a client that never saw the channel) matches any epoch.
+    pub fn judge(since: &Position, history: History) -> Recovery {
+        let History {
+            publications,
+            position,
+        } = history;
+        let fresh = since.offset == 0 && since.epoch.is_empty();
+        let same_epoch = fresh || since.epoch == position.epoch;
+        let contiguous = publications
+            .iter()
+            .enumerate()
+            .all(|(i, p)| p.offset == since.offset + 1 + i as u64);
+        let reaches_top = since.offset + publications.len() as u64 == position.offset;
+        if same_epoch && contiguous && reaches_top {
+            Recovery {
+                publications,
+                position,
+                recovered: true,
+            }
+        } else {
+            Recovery {
+                publications: Vec::new(),
+                position,
+                recovered: false,
+            }
+        }
+    }
 }
 
 /// A channel's current position: its epoch and the offset of its newest publication
@@ -82,11 +154,26 @@ pub struct ConnectionInfo {
 /// sink would stall every channel of the node (and Redis drops pub/sub readers that fall behind).
 pub trait BusSink: Send + Sync + 'static {
     fn publication(&self, envelope: Envelope);
+
+    /// The node's link to the bus broke: publications from now until `resubscribed` are
+    /// missed. Called before any publication of the next connection.
+    fn link_lost(&self) {}
+
+    /// These channels are subscribed again after `link_lost` (or for the first time): what
+    /// was published since the link broke must be fetched from history.
+    fn resubscribed(&self, _channels: &[String]) {}
 }
 
-/// The bus, shared by cloning.
+/// The bus, shared by cloning: one implementation plus the namespace rules every publish
+/// and history read applies.
 #[derive(Clone)]
-pub enum Bus {
+pub struct Bus {
+    inner: Inner,
+    namespaces: Arc<Namespaces>,
+}
+
+#[derive(Clone)]
+enum Inner {
     Redis(Arc<redis::RedisBus>),
     Memory(Arc<memory::MemoryBus>),
 }
@@ -94,21 +181,43 @@ pub enum Bus {
 impl Bus {
     /// The in-memory bus of the single-process mode.
     pub fn memory() -> Self {
-        Bus::Memory(Arc::new(memory::MemoryBus::default()))
+        Self {
+            inner: Inner::Memory(Arc::new(memory::MemoryBus::default())),
+            namespaces: Arc::default(),
+        }
     }
 
     /// A Redis bus. Connects lazily: this fails only on a malformed configuration, so a
     /// service can start while Redis is down and report it through readiness.
     pub fn redis(config: &BusConfig) -> Result<Self, BusError> {
-        Ok(Bus::Redis(Arc::new(redis::RedisBus::new(config)?)))
+        Ok(Self {
+            inner: Inner::Redis(Arc::new(redis::RedisBus::new(config)?)),
+            namespaces: Arc::default(),
+        })
+    }
+
+    /// The same bus applying `namespaces` (history size and TTLs per namespace) instead of
+    /// the built-in defaults.
+    pub fn with_namespaces(mut self, namespaces: Namespaces) -> Self {
+        self.namespaces = Arc::new(namespaces);
+        self
+    }
+
+    /// The namespace rules this bus applies.
+    pub fn namespaces(&self) -> &Namespaces {
+        &self.namespaces
     }
 
     /// Publishes one message. Returns only after the bus accepted it and assigned its offset.
     pub async fn publish(&self, msg: Publish) -> Result<Published, BusError> {
         chorus_protocol::channel::validate(&msg.channel)?;
-        match self {
-            Bus::Redis(b) => b.publish(msg).await,
-            Bus::Memory(b) => Ok(b.publish(msg)),
+        if let Some(key) = &msg.idempotency_key {
+            check_idempotency_key(key)?;
+        }
+        let rules = self.namespaces.rules(&msg.channel);
+        match &self.inner {
+            Inner::Redis(b) => b.publish(msg, rules).await,
+            Inner::Memory(b) => Ok(b.publish(msg, rules)),
         }
     }
 
@@ -118,17 +227,18 @@ impl Bus {
         channels: &[String],
         data: Bytes,
     ) -> Vec<Result<Published, BusError>> {
-        match self {
-            Bus::Redis(b) => b.broadcast(channels, data).await,
-            Bus::Memory(b) => channels
+        match &self.inner {
+            Inner::Redis(b) => b.broadcast(channels, data, &self.namespaces).await,
+            Inner::Memory(b) => channels
                 .iter()
                 .map(|channel| {
                     chorus_protocol::channel::validate(channel)?;
-                    Ok(b.publish(Publish {
+                    let msg = Publish {
                         channel: channel.clone(),
                         data: data.clone(),
-                        exclude_client: String::new(),
-                    }))
+                        ..Publish::default()
+                    };
+                    Ok(b.publish(msg, self.namespaces.rules(channel)))
                 })
                 .collect(),
         }
@@ -136,35 +246,72 @@ impl Bus {
 
     /// A channel's current position.
     pub async fn position(&self, channel: &str) -> Result<Position, BusError> {
-        match self {
-            Bus::Redis(b) => b.position(channel).await,
-            Bus::Memory(b) => Ok(b.position(channel)),
+        chorus_protocol::channel::validate(channel)?;
+        let rules = self.namespaces.rules(channel);
+        match &self.inner {
+            Inner::Redis(b) => b.position(channel).await,
+            Inner::Memory(b) => Ok(b.position(channel, rules)),
         }
+    }
+
+    /// Part of a channel's history, with its position, read in one atomic step.
+    pub async fn history(&self, channel: &str, query: &HistoryQuery) -> Result<History, BusError> {
+        chorus_protocol::channel::validate(channel)?;
+        let rules = self.namespaces.rules(channel);
+        match &self.inner {
+            Inner::Redis(b) => b.history(channel, query).await,
+            Inner::Memory(b) => Ok(b.history(channel, query, rules)),
+        }
+    }
+
+    /// Everything published on `channel` after `since`, if history still holds all of it.
+    pub async fn recover(&self, channel: &str, since: &Position) -> Result<Recovery, BusError> {
+        let query = HistoryQuery {
+            since: Some(since.offset),
+            limit: 0,
+            reverse: false,
+        };
+        let history = self.history(channel, &query).await?;
+        Ok(Recovery::judge(since, history))
     }
 
     /// The live gateway nodes.
     pub async fn nodes(&self) -> Result<Vec<NodeInfo>, BusError> {
-        match self {
-            Bus::Redis(b) => b.nodes().await,
-            Bus::Memory(b) => Ok(b.nodes()),
+        match &self.inner {
+            Inner::Redis(b) => b.nodes().await,
+            Inner::Memory(b) => Ok(b.nodes()),
         }
     }
 
     /// Whether the bus can currently publish (Redis reachable).
     pub async fn check(&self) -> Result<(), BusError> {
-        match self {
-            Bus::Redis(b) => b.check().await,
-            Bus::Memory(_) => Ok(()),
+        match &self.inner {
+            Inner::Redis(b) => b.check().await,
+            Inner::Memory(_) => Ok(()),
         }
     }
 
     /// Attaches a gateway node: registers it and starts delivering wanted channels to `sink`.
     pub fn attach(&self, node: NodeInfo, sink: Arc<dyn BusSink>) -> NodeLink {
-        match self {
-            Bus::Redis(b) => NodeLink::Redis(b.attach(node, sink)),
-            Bus::Memory(b) => NodeLink::Memory(b.attach(node, sink)),
+        match &self.inner {
+            Inner::Redis(b) => NodeLink::Redis(b.attach(node, sink)),
+            Inner::Memory(b) => NodeLink::Memory(b.attach(node, sink)),
         }
     }
+}
+
+fn check_idempotency_key(key: &str) -> Result<(), BusError> {
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN {
+        return Err(BusError::BadRequest(format!(
+            "idempotency key must be 1-{MAX_IDEMPOTENCY_KEY_LEN} bytes"
+        )));
+    }
+    if !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(BusError::BadRequest(
+            "idempotency key must be printable ASCII without spaces".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// A gateway's attachment to the bus: its channel subscriptions and its registry entry.

@@ -1,23 +1,71 @@
 //! The in-memory bus of the single-process mode: offsets, epochs, delivery and the node
 //! registry kept in this process, behind the same contract as the Redis bus.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use crate::namespaces::NamespaceRules;
 use crate::wanted::Wanted;
 use crate::{
-    BusSink, ChannelReady, ConnectionInfo, Envelope, NodeInfo, Position, Publish, Published,
-    new_epoch, now_ms,
+    BusSink, ChannelReady, ConnectionInfo, Envelope, History, HistoryQuery, NodeInfo, Position,
+    Publish, Published, new_epoch, now_ms,
 };
+
+/// How long idempotency keys are remembered in the single-process mode.
+const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(300);
+/// Most idempotency keys remembered at once; the oldest are forgotten first.
+const MAX_IDEMPOTENCY_KEYS: usize = 100_000;
 
 #[derive(Default)]
 pub struct MemoryBus {
-    /// Per-channel position. Delivery happens under this lock so that every node sees a
-    /// channel's publications in offset order.
-    channels: Mutex<HashMap<String, Position>>,
+    /// Per-channel position and history. Delivery happens under this lock so that every node
+    /// sees a channel's publications in offset order.
+    channels: Mutex<Channels>,
     nodes: Mutex<Vec<Arc<NodeState>>>,
+}
+
+#[derive(Default)]
+struct Channels {
+    by_name: HashMap<String, ChannelState>,
+    /// (channel, key) → first publish, oldest first (all share one window, so insertion order
+    /// is expiry order).
+    idempotency: HashMap<(String, String), Published>,
+    idempotency_order: VecDeque<((String, String), Instant)>,
+}
+
+struct ChannelState {
+    position: Position,
+    history: VecDeque<Envelope>,
+    last_publish: Instant,
+}
+
+impl Channels {
+    /// The channel's state, with what its TTLs have expired since its last publish removed.
+    fn live(&mut self, channel: &str, rules: &NamespaceRules) -> Option<&mut ChannelState> {
+        let idle = self.by_name.get(channel)?.last_publish.elapsed();
+        if idle >= rules.history_meta_ttl {
+            self.by_name.remove(channel);
+            return None;
+        }
+        let state = self.by_name.get_mut(channel)?;
+        if idle >= rules.history_ttl {
+            state.history.clear();
+        }
+        Some(state)
+    }
+
+    fn forget_expired_keys(&mut self) {
+        while let Some((key, at)) = self.idempotency_order.front() {
+            if at.elapsed() < IDEMPOTENCY_WINDOW && self.idempotency.len() < MAX_IDEMPOTENCY_KEYS {
+                break;
+            }
+            self.idempotency.remove(key);
+            self.idempotency_order.pop_front();
+        }
+    }
 }
 
 struct NodeState {
@@ -28,16 +76,41 @@ struct NodeState {
 }
 
 impl MemoryBus {
-    pub(crate) fn publish(&self, msg: Publish) -> Published {
+    pub(crate) fn publish(&self, msg: Publish, rules: &NamespaceRules) -> Published {
         let mut channels = self.channels.lock();
-        let pos = channels.entry(msg.channel.clone()).or_default();
-        if pos.epoch.is_empty() {
-            pos.epoch = new_epoch();
+        channels.forget_expired_keys();
+        let idem = msg
+            .idempotency_key
+            .as_ref()
+            .map(|key| (msg.channel.clone(), key.clone()));
+        if let Some(first) = idem.as_ref().and_then(|k| channels.idempotency.get(k)) {
+            return Published {
+                duplicate: true,
+                ..first.clone()
+            };
         }
-        pos.offset += 1;
+        if channels.live(&msg.channel, rules).is_none() {
+            channels.by_name.insert(
+                msg.channel.clone(),
+                ChannelState {
+                    position: Position {
+                        offset: 0,
+                        epoch: new_epoch(),
+                    },
+                    history: VecDeque::new(),
+                    last_publish: Instant::now(),
+                },
+            );
+        }
+        let Some(state) = channels.by_name.get_mut(&msg.channel) else {
+            unreachable!("inserted above");
+        };
+        state.position.offset += 1;
+        state.last_publish = Instant::now();
         let published = Published {
-            offset: pos.offset,
-            epoch: pos.epoch.clone(),
+            offset: state.position.offset,
+            epoch: state.position.epoch.clone(),
+            duplicate: false,
         };
         let envelope = Envelope {
             offset: published.offset,
@@ -47,6 +120,16 @@ impl MemoryBus {
             published_at_ms: now_ms(),
             exclude_client: msg.exclude_client,
         };
+        if rules.history_size > 0 {
+            state.history.push_back(envelope.clone());
+            while state.history.len() > rules.history_size as usize {
+                state.history.pop_front();
+            }
+        }
+        if let Some(key) = idem {
+            channels.idempotency.insert(key.clone(), published.clone());
+            channels.idempotency_order.push_back((key, Instant::now()));
+        }
         for node in self.nodes.lock().iter() {
             if node.wanted.contains(&envelope.channel) {
                 node.sink.publication(envelope.clone());
@@ -55,12 +138,40 @@ impl MemoryBus {
         published
     }
 
-    pub(crate) fn position(&self, channel: &str) -> Position {
+    pub(crate) fn position(&self, channel: &str, rules: &NamespaceRules) -> Position {
         self.channels
             .lock()
-            .get(channel)
-            .cloned()
+            .live(channel, rules)
+            .map(|s| s.position.clone())
             .unwrap_or_default()
+    }
+
+    pub(crate) fn history(
+        &self,
+        channel: &str,
+        query: &HistoryQuery,
+        rules: &NamespaceRules,
+    ) -> History {
+        let mut channels = self.channels.lock();
+        let Some(state) = channels.live(channel, rules) else {
+            return History::default();
+        };
+        let after = query.since.unwrap_or(0);
+        let limit = if query.limit == 0 {
+            usize::MAX
+        } else {
+            query.limit
+        };
+        let matching = state.history.iter().filter(|e| e.offset > after);
+        let publications = if query.reverse {
+            matching.rev().take(limit).cloned().collect()
+        } else {
+            matching.take(limit).cloned().collect()
+        };
+        History {
+            publications,
+            position: state.position.clone(),
+        }
     }
 
     pub(crate) fn nodes(&self) -> Vec<NodeInfo> {
@@ -156,7 +267,7 @@ mod tests {
         let publish = |ch: &str| Publish {
             channel: ch.into(),
             data: Bytes::from_static(b"1"),
-            exclude_client: String::new(),
+            ..Publish::default()
         };
         let first = bus.publish(publish("a")).await.unwrap();
         let second = bus.publish(publish("a")).await.unwrap();

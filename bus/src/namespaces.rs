@@ -12,6 +12,7 @@
 //! [namespace.chat]          # channels `chat:…`
 //! history_size = 1000
 //! history_ttl = "1h"
+//! history_meta_ttl = "7d"
 //! ```
 //!
 //! A field a section leaves out takes its built-in default (below), not the `[default]`
@@ -37,6 +38,8 @@ use crate::config::parse_duration;
 pub const DEFAULT_HISTORY_SIZE: u32 = 100;
 /// Built-in time a channel's history outlives its last publication.
 pub const DEFAULT_HISTORY_TTL: Duration = Duration::from_secs(300);
+/// Built-in time a channel's position (epoch and offset) outlives its last publication.
+pub const DEFAULT_HISTORY_META_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Largest history a namespace may keep per channel: recovery replays at most this many.
 pub const MAX_HISTORY_SIZE: u32 = 100_000;
 
@@ -82,6 +85,11 @@ pub struct NamespaceRules {
     /// channel starts over with a new epoch.
     #[serde(deserialize_with = "duration")]
     pub history_ttl: Duration,
+    /// How long a channel's position (epoch and top offset) outlives its last publication.
+    /// Longer than `history_ttl`, so that a client that missed nothing recovers even after
+    /// the history itself expired; once it is gone the channel starts a new epoch.
+    #[serde(deserialize_with = "duration")]
+    pub history_meta_ttl: Duration,
     /// Whether anonymous connections (no token, or a token with an empty `sub`) may subscribe.
     pub anonymous_subscribe: bool,
     /// Whether subscribing needs the connection's token to grant the channel (its `channels`
@@ -100,6 +108,7 @@ impl Default for NamespaceRules {
         Self {
             history_size: DEFAULT_HISTORY_SIZE,
             history_ttl: DEFAULT_HISTORY_TTL,
+            history_meta_ttl: DEFAULT_HISTORY_META_TTL,
             anonymous_subscribe: false,
             require_grant: false,
             client_publish: false,
@@ -216,6 +225,11 @@ impl Namespaces {
             if rules.history_size > 0 && rules.history_ttl < Duration::from_secs(1) {
                 return Err(format!(
                     "namespace {name:?}: history_ttl must be at least 1s when history is kept"
+                ));
+            }
+            if rules.history_meta_ttl < rules.history_ttl.max(Duration::from_secs(1)) {
+                return Err(format!(
+                    "namespace {name:?}: history_meta_ttl must be at least history_ttl (and 1s)"
                 ));
             }
         }

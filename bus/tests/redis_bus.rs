@@ -20,6 +20,7 @@ fn config(server: &RedisServer) -> BusConfig {
         redis_timeout: TIMEOUT,
         redis_pool_size: 4,
         node_lease: Duration::from_millis(1500),
+        ..BusConfig::default()
     }
 }
 
@@ -36,7 +37,7 @@ fn publish(channel: &str, data: &'static [u8]) -> Publish {
     Publish {
         channel: channel.into(),
         data: Bytes::from_static(data),
-        exclude_client: String::new(),
+        ..Publish::default()
     }
 }
 

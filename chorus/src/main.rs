@@ -40,7 +40,6 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     let mut cli = Cli::parse();
     logging::init(&cli.log);
-    cli.gateway.namespaces = std::sync::Arc::new(cli.namespaces.load()?);
     cli.gateway.demo_page = !cli.no_demo_page;
     if cli.api.api_keys.iter().all(|k| k.trim().is_empty()) {
         tracing::warn!(
@@ -50,7 +49,7 @@ async fn main() -> anyhow::Result<()> {
         cli.api.api_keys = vec![DEV_API_KEY.into()];
     }
 
-    let bus = Bus::memory();
+    let bus = Bus::memory().with_namespaces(cli.namespaces.load()?);
     let shutdown = CancellationToken::new();
     let gateway_listener = tokio::net::TcpListener::bind(cli.gateway.listen)
         .await

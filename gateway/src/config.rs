@@ -2,11 +2,9 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use chorus_bus::config::{parse_duration, parse_size};
-use chorus_bus::namespaces::Namespaces;
 
 use crate::auth::KeySources;
 
@@ -164,11 +162,6 @@ pub struct GatewayConfig {
     #[arg(long = "allow-anonymous", env = "CHORUS_ALLOW_ANONYMOUS")]
     pub allow_anonymous: bool,
 
-    /// The channel namespaces and their rules. The binaries load them from `--namespaces`;
-    /// the built-in rules otherwise.
-    #[arg(skip)]
-    pub namespaces: Arc<Namespaces>,
-
     /// Serve the demo page at `/`.
     #[arg(long = "demo-page", env = "CHORUS_DEMO_PAGE")]
     pub demo_page: bool,
@@ -231,7 +224,6 @@ impl Default for GatewayConfig {
             token_audience: None,
             token_issuer: None,
             allow_anonymous: false,
-            namespaces: Arc::new(Namespaces::builtin()),
             demo_page: false,
         }
     }

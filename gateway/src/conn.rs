@@ -96,6 +96,11 @@ impl Conn {
         }
     }
 
+    /// The bound on bytes queued for this client.
+    pub(crate) fn max_bytes(&self) -> usize {
+        self.max_bytes
+    }
+
     /// Queues a data frame; a client that cannot keep up is closed as a slow consumer.
     pub(crate) fn deliver(&self, frame: Bytes) {
         self.enqueue(Outgoing::Data(frame));

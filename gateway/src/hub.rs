@@ -1,5 +1,5 @@
-//! The hub: which local connections are subscribed to which channel, and the fan-out of a
-//! publication to them.
+//! The hub: which local connections are subscribed to which channel, the fan-out of a
+//! publication to them, and the per-channel sequencer that makes delivery gapless.
 //!
 //! The hub is the node's [`BusSink`]: the bus hands it each envelope once, already decoded.
 //! The hub encodes the publication at most once per wire format and gives every subscriber's
@@ -7,69 +7,368 @@
 //! in shards by channel hash so that fan-out on one channel and subscribes on another do not
 //! contend; no lock is ever held across an `.await` (queues are fed with `try_send`).
 //!
+//! **Sequencer.** Each channel remembers the epoch and offset of the last publication it
+//! delivered. A live envelope with the next offset is delivered; an older one is a duplicate
+//! and dropped; a newer one means publications went missing (a pub/sub link that broke, a
+//! message Redis dropped), so the channel stops delivering, keeps what arrives in a bounded
+//! backlog, and asks the node to fetch the gap from history ([`Hub::catch_up_targets`] →
+//! [`Hub::finish_catch_up`]). When the link to the bus breaks, every channel waits like this
+//! until its subscription is confirmed again, then catches up. A gap history cannot fill, or a
+//! new epoch, cannot be hidden: the channel's subscribers are disconnected with
+//! `INSUFFICIENT_STATE` and recover (or learn they cannot) by subscribing with their positions.
+//!
+//! **Subscribing without a seam.** A new subscriber is added *held*: publications for it are
+//! kept aside while its session waits for the bus to confirm the channel and reads the
+//! position (or the history after the client's position). [`Hub::activate`] then, under the
+//! shard lock, queues the subscribe reply, then the held publications newer than the reply's
+//! offset, and makes the subscriber live; later ones at or below that offset are skipped. So a
+//! client sees the reply, then offset + 1, offset + 2, … with no gap and no duplicate.
+//!
 //! The hub also reference-counts channels for the bus: the first local subscriber of a channel
 //! makes the node want it, and the last one leaving makes it unwant it. Both happen under the
 //! shard lock, so the bus sees the transitions in order.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use chorus_bus::{BusSink, ChannelReady, Envelope, NodeLink};
+use chorus_bus::{BusSink, ChannelReady, Envelope, NodeLink, Position, Recovery};
 use chorus_protocol::client::{self, push};
+use chorus_protocol::codes::close;
 use chorus_protocol::wire::{self, Format};
-use parking_lot::RwLock;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
 
 use crate::conn::Conn;
 
 const SHARDS: usize = 64;
-
-type Subscribers = Vec<Arc<Conn>>;
+/// Most bytes of publications a channel keeps while it waits for history; older ones are
+/// dropped first (the gap they leave is fetched from history like any other).
+const MAX_BACKLOG_BYTES: usize = 8 << 20;
 
 pub(crate) struct Hub {
-    shards: Box<[RwLock<HashMap<String, Subscribers>>]>,
+    shards: Box<[Mutex<HashMap<String, Channel>>]>,
     hasher: RandomState,
+    /// Channels that need a catch-up from history.
+    catch_up: Mutex<HashSet<String>>,
+    catch_up_wanted: Notify,
 }
 
 impl Default for Hub {
     fn default() -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             hasher: RandomState::new(),
+            catch_up: Mutex::default(),
+            catch_up_wanted: Notify::new(),
         }
     }
 }
 
+/// Why a held subscriber could not be activated.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum ActivateError {
+    /// It was unsubscribed (or its connection ended) meanwhile.
+    Gone,
+    /// The position read for it is of another epoch than the channel's live stream.
+    EpochChanged,
+}
+
+struct Channel {
+    name: String,
+    subs: Vec<Sub>,
+    seq: Sequencer,
+}
+
+struct Sub {
+    conn: Arc<Conn>,
+    /// Publications held back until the subscribe reply is queued: (offset, frame).
+    held: Option<Vec<(u64, Bytes)>>,
+    held_bytes: usize,
+    /// Offsets up to this one were covered by the subscribe reply.
+    from: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// No position known yet: the first subscriber's position read will set it.
+    Unsynced,
+    Live,
+    /// Waiting for history to fill a gap (or for the link to come back, then history).
+    CatchingUp,
+}
+
+struct Sequencer {
+    state: State,
+    epoch: String,
+    /// Offset of the last publication delivered.
+    last: u64,
+    backlog: VecDeque<Envelope>,
+    backlog_bytes: usize,
+}
+
+enum Step {
+    Next,
+    Duplicate,
+    Gap,
+    EpochChanged,
+}
+
+impl Sequencer {
+    fn new() -> Self {
+        Self {
+            state: State::Unsynced,
+            epoch: String::new(),
+            last: 0,
+            backlog: VecDeque::new(),
+            backlog_bytes: 0,
+        }
+    }
+
+    fn position(&self) -> Position {
+        Position {
+            offset: self.last,
+            epoch: self.epoch.clone(),
+        }
+    }
+
+    fn classify(&mut self, env: &Envelope) -> Step {
+        // A channel that was empty when synced takes the epoch of its first publication.
+        if self.epoch.is_empty() && self.last == 0 {
+            self.epoch.clone_from(&env.epoch);
+        }
+        if env.epoch != self.epoch {
+            Step::EpochChanged
+        } else if env.offset <= self.last {
+            Step::Duplicate
+        } else if env.offset == self.last + 1 {
+            Step::Next
+        } else {
+            Step::Gap
+        }
+    }
+
+    fn hold(&mut self, env: Envelope) {
+        self.backlog_bytes += env.data.len();
+        self.backlog.push_back(env);
+        while self.backlog_bytes > MAX_BACKLOG_BYTES {
+            match self.backlog.pop_front() {
+                Some(old) => self.backlog_bytes -= old.data.len(),
+                None => break,
+            }
+        }
+    }
+
+    fn take_backlog(&mut self) -> VecDeque<Envelope> {
+        self.backlog_bytes = 0;
+        std::mem::take(&mut self.backlog)
+    }
+}
+
+/// A publication's frame, encoded at most once per wire format.
+struct Encoded {
+    frame: client::ServerFrame,
+    cache: [Option<Bytes>; Format::ALL.len()],
+}
+
+impl Encoded {
+    fn new(env: Envelope) -> (Self, String) {
+        let Envelope {
+            offset,
+            epoch,
+            channel,
+            data,
+            exclude_client,
+            ..
+        } = env;
+        let frame = wire::push(push::Body::Publication(client::Publication {
+            channel,
+            offset,
+            epoch,
+            data,
+        }));
+        let encoded = Self {
+            frame,
+            cache: Default::default(),
+        };
+        (encoded, exclude_client)
+    }
+
+    fn get(&mut self, format: Format) -> &Bytes {
+        self.cache[format.index()].get_or_insert_with(|| wire::encode_frame(format, &self.frame))
+    }
+}
+
+impl Channel {
+    /// Feeds one envelope from the bus (or from history) through the sequencer.
+    fn feed(&mut self, env: Envelope, hub: &Hub) {
+        match self.seq.state {
+            State::Unsynced | State::CatchingUp => self.seq.hold(env),
+            State::Live => self.step(env, hub),
+        }
+    }
+
+    fn step(&mut self, env: Envelope, hub: &Hub) {
+        match self.seq.classify(&env) {
+            Step::Next => {
+                self.seq.last = env.offset;
+                self.deliver(env);
+            }
+            Step::Duplicate => {}
+            Step::Gap => {
+                tracing::info!(channel = %self.name, last = self.seq.last, got = env.offset,
+                    "gap in a channel's publications; catching up from history");
+                self.seq.state = State::CatchingUp;
+                self.seq.hold(env);
+                hub.request_catch_up(&self.name);
+            }
+            Step::EpochChanged => self.lose("the channel's epoch changed"),
+        }
+    }
+
+    /// Back to live after a catch-up or a sync: replays the backlog through the sequencer.
+    fn drain(&mut self, hub: &Hub) {
+        self.seq.state = State::Live;
+        let mut backlog = self.seq.take_backlog();
+        while let Some(env) = backlog.pop_front() {
+            self.step(env, hub);
+            if self.seq.state != State::Live {
+                // The rest waits for the next catch-up (or a new sync, after a loss).
+                for env in backlog {
+                    self.seq.hold(env);
+                }
+                return;
+            }
+        }
+    }
+
+    fn deliver(&mut self, env: Envelope) {
+        let offset = env.offset;
+        let (mut encoded, exclude) = Encoded::new(env);
+        for sub in &mut self.subs {
+            if offset <= sub.from || (!exclude.is_empty() && sub.conn.client == exclude) {
+                continue;
+            }
+            let bytes = encoded.get(sub.conn.format).clone();
+            match &mut sub.held {
+                None => sub.conn.deliver(bytes),
+                Some(held) => {
+                    sub.held_bytes += bytes.len();
+                    held.push((offset, bytes));
+                    if sub.held_bytes > sub.conn.max_bytes() {
+                        held.clear();
+                        sub.conn.close(
+                            close::SLOW_CONSUMER,
+                            "slow consumer: too much arrived before the subscription was ready",
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Publications of this channel were lost for good: tell every subscriber (they reconnect
+    /// and subscribe with their positions, and learn per channel what could be recovered), and
+    /// start over unsynced.
+    fn lose(&mut self, why: &str) {
+        let name = &self.name;
+        tracing::warn!(channel = %name, why, subscribers = self.subs.len(),
+            "channel state lost; disconnecting its subscribers to recover");
+        for sub in &self.subs {
+            let frame = wire::push(push::Body::Disconnect(client::Disconnect {
+                code: u32::from(close::INSUFFICIENT_STATE),
+                reason: format!("publications of {name} were lost: {why}"),
+                reconnect: true,
+            }));
+            sub.conn
+                .deliver(wire::encode_frame(sub.conn.format, &frame));
+            sub.conn.close(
+                close::INSUFFICIENT_STATE,
+                "insufficient state: reconnect and recover",
+            );
+        }
+        self.seq = Sequencer::new();
+    }
+}
+
 impl Hub {
-    fn shard(&self, channel: &str) -> &RwLock<HashMap<String, Subscribers>> {
+    fn shard(&self, channel: &str) -> &Mutex<HashMap<String, Channel>> {
         let i = self.hasher.hash_one(channel) as usize % SHARDS;
         &self.shards[i]
     }
 
-    /// Adds `conn` to `channel`'s subscribers; returns when the bus will confirm the channel.
+    /// Adds `conn` to `channel`'s subscribers, held until [`Hub::activate`]; returns when the
+    /// bus will confirm the channel.
     pub(crate) fn subscribe(
         &self,
         link: &NodeLink,
         channel: &str,
         conn: &Arc<Conn>,
     ) -> ChannelReady {
-        let mut shard = self.shard(channel).write();
+        let mut shard = self.shard(channel).lock();
         shard
             .entry(channel.to_owned())
-            .or_default()
-            .push(conn.clone());
+            .or_insert_with(|| Channel {
+                name: channel.to_owned(),
+                subs: Vec::new(),
+                seq: Sequencer::new(),
+            })
+            .subs
+            .push(Sub {
+                conn: conn.clone(),
+                held: Some(Vec::new()),
+                held_bytes: 0,
+                from: 0,
+            });
         // `want` is idempotent: later subscribers wait on the same confirmation.
         link.want(channel)
+    }
+
+    /// Makes a held subscriber live at `position`: queues `reply` (which covers everything up
+    /// to `position.offset`), then the held publications after it.
+    pub(crate) fn activate(
+        &self,
+        channel: &str,
+        conn: &Arc<Conn>,
+        position: &Position,
+        reply: Bytes,
+    ) -> Result<(), ActivateError> {
+        let mut shard = self.shard(channel).lock();
+        let ch = shard.get_mut(channel).ok_or(ActivateError::Gone)?;
+        let sync = ch.seq.state == State::Unsynced;
+        if sync {
+            ch.seq.epoch.clone_from(&position.epoch);
+            ch.seq.last = position.offset;
+        } else if ch.seq.epoch != position.epoch && !(ch.seq.epoch.is_empty() && ch.seq.last == 0) {
+            return Err(ActivateError::EpochChanged);
+        }
+        let sub = ch
+            .subs
+            .iter_mut()
+            .find(|s| Arc::ptr_eq(&s.conn, conn) && s.held.is_some())
+            .ok_or(ActivateError::Gone)?;
+        sub.from = position.offset;
+        sub.conn.deliver(reply);
+        for (offset, frame) in sub.held.take().unwrap_or_default() {
+            if offset > position.offset {
+                sub.conn.deliver(frame);
+            }
+        }
+        sub.held_bytes = 0;
+        if sync {
+            ch.drain(self);
+        }
+        Ok(())
     }
 
     /// Removes `conn` from `channel`; the bus stops delivering the channel to this node when
     /// its last local subscriber leaves.
     pub(crate) fn unsubscribe(&self, link: &NodeLink, channel: &str, conn: &Arc<Conn>) {
-        let mut shard = self.shard(channel).write();
-        if let Some(subs) = shard.get_mut(channel) {
-            subs.retain(|c| !Arc::ptr_eq(c, conn));
-            if subs.is_empty() {
+        let mut shard = self.shard(channel).lock();
+        if let Some(ch) = shard.get_mut(channel) {
+            ch.subs.retain(|s| !Arc::ptr_eq(&s.conn, conn));
+            if ch.subs.is_empty() {
                 shard.remove(channel);
                 link.unwant(channel);
             }
@@ -78,38 +377,100 @@ impl Hub {
 
     /// Number of channels with at least one local subscriber.
     pub(crate) fn channel_count(&self) -> usize {
-        self.shards.iter().map(|s| s.read().len()).sum()
+        self.shards.iter().map(|s| s.lock().len()).sum()
+    }
+
+    fn request_catch_up(&self, channel: &str) {
+        self.catch_up.lock().insert(channel.to_owned());
+        self.catch_up_wanted.notify_one();
+    }
+
+    /// Waits until some channel needs a catch-up.
+    pub(crate) async fn catch_up_needed(&self) {
+        self.catch_up_wanted.notified().await;
+    }
+
+    /// The channels waiting for a catch-up, each with the position to recover from.
+    pub(crate) fn catch_up_targets(&self) -> Vec<(String, Position)> {
+        let names: Vec<String> = self.catch_up.lock().drain().collect();
+        names
+            .into_iter()
+            .filter_map(|name| {
+                let shard = self.shard(&name).lock();
+                let ch = shard.get(&name)?;
+                (ch.seq.state == State::CatchingUp).then(|| (name.clone(), ch.seq.position()))
+            })
+            .collect()
+    }
+
+    /// Applies a catch-up read from `since`: delivers what was missed and goes live, or, when
+    /// history could not fill the gap, disconnects the channel's subscribers. `None` (the bus
+    /// failed) asks for another try.
+    pub(crate) fn finish_catch_up(
+        &self,
+        channel: &str,
+        since: &Position,
+        recovery: Option<Recovery>,
+    ) {
+        let mut shard = self.shard(channel).lock();
+        let Some(ch) = shard.get_mut(channel) else {
+            return;
+        };
+        if ch.seq.state != State::CatchingUp || ch.seq.position() != *since {
+            return; // the channel moved on (lost, or caught up by another read)
+        }
+        match recovery {
+            None => {
+                drop(shard);
+                self.request_catch_up(channel);
+            }
+            Some(r) if r.recovered => {
+                ch.seq.state = State::Live;
+                let count = r.publications.len();
+                for env in r.publications {
+                    ch.step(env, self);
+                    if ch.seq.state != State::Live {
+                        break;
+                    }
+                }
+                if ch.seq.state == State::Live {
+                    ch.drain(self);
+                }
+                tracing::info!(channel, recovered = count, "channel caught up from history");
+            }
+            Some(_) => ch.lose("history no longer reaches back"),
+        }
     }
 }
 
 impl BusSink for Hub {
     fn publication(&self, envelope: Envelope) {
-        let shard = self.shard(&envelope.channel).read();
-        let Some(subs) = shard.get(&envelope.channel) else {
-            return;
-        };
-        let Envelope {
-            offset,
-            epoch,
-            channel,
-            data,
-            exclude_client,
-            ..
-        } = envelope;
-        let frame = wire::push(push::Body::Publication(client::Publication {
-            channel,
-            offset,
-            epoch,
-            data,
-        }));
-        let mut encoded: [Option<Bytes>; Format::ALL.len()] = Default::default();
-        for conn in subs {
-            if !exclude_client.is_empty() && conn.client == exclude_client {
-                continue;
+        let mut shard = self.shard(&envelope.channel).lock();
+        if let Some(ch) = shard.get_mut(&envelope.channel) {
+            ch.feed(envelope, self);
+        }
+    }
+
+    fn link_lost(&self) {
+        for shard in self.shards.iter() {
+            for ch in shard.lock().values_mut() {
+                if ch.seq.state == State::Live {
+                    ch.seq.state = State::CatchingUp;
+                }
             }
-            let bytes = encoded[conn.format.index()]
-                .get_or_insert_with(|| wire::encode_frame(conn.format, &frame));
-            conn.deliver(bytes.clone());
+        }
+    }
+
+    fn resubscribed(&self, channels: &[String]) {
+        for name in channels {
+            let mut shard = self.shard(name).lock();
+            if let Some(ch) = shard.get_mut(name)
+                && ch.seq.state != State::Unsynced
+            {
+                ch.seq.state = State::CatchingUp;
+                drop(shard);
+                self.request_catch_up(name);
+            }
         }
     }
 }
@@ -117,6 +478,7 @@ impl BusSink for Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conn::{ConnQueue, Outgoing};
     use chorus_bus::{Bus, NodeInfo};
 
     fn link(bus: &Bus, hub: &Arc<Hub>) -> NodeLink {
@@ -129,9 +491,9 @@ mod tests {
         bus.attach(node, hub.clone())
     }
 
-    fn envelope(channel: &str, exclude: &str) -> Envelope {
+    fn envelope(channel: &str, offset: u64, exclude: &str) -> Envelope {
         Envelope {
-            offset: 1,
+            offset,
             epoch: "e".into(),
             channel: channel.into(),
             data: Bytes::from_static(b"{}"),
@@ -140,23 +502,66 @@ mod tests {
         }
     }
 
+    fn pos(offset: u64) -> Position {
+        Position {
+            offset,
+            epoch: "e".into(),
+        }
+    }
+
+    fn conn(name: &str, format: Format) -> (Arc<Conn>, ConnQueue) {
+        let (c, q) = Conn::new(name.into(), format, 64, 1 << 16);
+        (Arc::new(c), q)
+    }
+
+    /// Subscribes and activates at `at` with a reply frame `R`.
+    fn live(hub: &Hub, link: &NodeLink, ch: &str, c: &Arc<Conn>, at: u64) {
+        drop(hub.subscribe(link, ch, c));
+        hub.activate(ch, c, &pos(at), Bytes::from_static(b"R"))
+            .unwrap();
+    }
+
+    fn take(q: &mut ConnQueue) -> Bytes {
+        match q.rx.try_recv() {
+            Ok(Outgoing::Data(b)) => b,
+            other => panic!("expected data, got {other:?}"),
+        }
+    }
+
+    /// The offsets of the publications queued, replies shown as 0.
+    fn offsets(q: &mut ConnQueue) -> Vec<u64> {
+        let mut out = Vec::new();
+        while let Ok(Outgoing::Data(b)) = q.rx.try_recv() {
+            if b.as_ref() == b"R" {
+                out.push(0);
+                continue;
+            }
+            let frame = wire::decode_frame(Format::Json, &b).unwrap();
+            match frame.frame {
+                Some(client::server_frame::Frame::Push(client::Push {
+                    body: Some(push::Body::Publication(p)),
+                })) => out.push(p.offset),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        out
+    }
+
     #[test]
     fn subscribers_of_one_format_share_one_encoding() {
         let bus = Bus::memory();
         let hub = Arc::new(Hub::default());
         let link = link(&bus, &hub);
-        let (a, mut qa) = Conn::new("a".into(), Format::Json, 8, 1024);
-        let (b, mut qb) = Conn::new("b".into(), Format::Json, 8, 1024);
-        let (c, mut qc) = Conn::new("c".into(), Format::Protobuf, 8, 1024);
-        let (a, b, c) = (Arc::new(a), Arc::new(b), Arc::new(c));
+        let (a, mut qa) = conn("a", Format::Json);
+        let (b, mut qb) = conn("b", Format::Json);
+        let (c, mut qc) = conn("c", Format::Protobuf);
         for conn in [&a, &b, &c] {
-            drop(hub.subscribe(&link, "ch", conn));
+            live(&hub, &link, "ch", conn, 0);
         }
-        hub.publication(envelope("ch", ""));
-        let take = |q: &mut crate::conn::ConnQueue| match q.rx.try_recv() {
-            Ok(crate::conn::Outgoing::Data(b)) => b,
-            other => panic!("expected data, got {other:?}"),
-        };
+        hub.publication(envelope("ch", 1, ""));
+        for q in [&mut qa, &mut qb, &mut qc] {
+            take(q); // the reply
+        }
         let (fa, fb, fc) = (take(&mut qa), take(&mut qb), take(&mut qc));
         assert_eq!(
             fa.as_ptr(),
@@ -171,19 +576,135 @@ mod tests {
         let bus = Bus::memory();
         let hub = Arc::new(Hub::default());
         let link = link(&bus, &hub);
-        let (a, mut qa) = Conn::new("a".into(), Format::Json, 8, 1024);
-        let (b, mut qb) = Conn::new("b".into(), Format::Json, 8, 1024);
-        let (a, b) = (Arc::new(a), Arc::new(b));
-        drop(hub.subscribe(&link, "ch", &a));
-        drop(hub.subscribe(&link, "ch", &b));
-        hub.publication(envelope("ch", "a"));
-        assert!(qa.rx.try_recv().is_err());
-        assert!(qb.rx.try_recv().is_ok());
+        let (a, mut qa) = conn("a", Format::Json);
+        let (b, mut qb) = conn("b", Format::Json);
+        live(&hub, &link, "ch", &a, 0);
+        live(&hub, &link, "ch", &b, 0);
+        hub.publication(envelope("ch", 1, "a"));
+        assert_eq!(offsets(&mut qa), vec![0]);
+        assert_eq!(offsets(&mut qb), vec![0, 1]);
         hub.unsubscribe(&link, "ch", &a);
         assert_eq!(hub.channel_count(), 1);
         hub.unsubscribe(&link, "ch", &b);
         assert_eq!(hub.channel_count(), 0);
-        hub.publication(envelope("ch", ""));
+        hub.publication(envelope("ch", 2, ""));
         assert!(qb.rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_held_subscriber_gets_its_reply_first_then_only_newer_publications() {
+        let bus = Bus::memory();
+        let hub = Arc::new(Hub::default());
+        let link = link(&bus, &hub);
+        let (a, mut qa) = conn("a", Format::Json);
+        live(&hub, &link, "ch", &a, 0);
+        let (b, mut qb) = conn("b", Format::Json);
+        drop(hub.subscribe(&link, "ch", &b));
+        for offset in 1..=3 {
+            hub.publication(envelope("ch", offset, ""));
+        }
+        // b's position read saw offset 2: it gets the reply, then 3, then live ones.
+        hub.activate("ch", &b, &pos(2), Bytes::from_static(b"R"))
+            .unwrap();
+        hub.publication(envelope("ch", 4, ""));
+        assert_eq!(offsets(&mut qb), vec![0, 3, 4]);
+        assert_eq!(offsets(&mut qa), vec![0, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn the_first_subscriber_syncs_the_channel_and_the_backlog_is_deduplicated() {
+        let bus = Bus::memory();
+        let hub = Arc::new(Hub::default());
+        let link = link(&bus, &hub);
+        let (a, mut qa) = conn("a", Format::Json);
+        drop(hub.subscribe(&link, "ch", &a));
+        hub.publication(envelope("ch", 5, ""));
+        hub.publication(envelope("ch", 6, ""));
+        // The position read happened after 5 and before 6 was published.
+        hub.activate("ch", &a, &pos(5), Bytes::from_static(b"R"))
+            .unwrap();
+        hub.publication(envelope("ch", 6, "")); // a duplicate from the bus
+        hub.publication(envelope("ch", 7, ""));
+        assert_eq!(offsets(&mut qa), vec![0, 6, 7]);
+    }
+
+    #[test]
+    fn a_gap_waits_for_history_then_delivers_in_order_exactly_once() {
+        let bus = Bus::memory();
+        let hub = Arc::new(Hub::default());
+        let link = link(&bus, &hub);
+        let (a, mut qa) = conn("a", Format::Json);
+        live(&hub, &link, "ch", &a, 1);
+        hub.publication(envelope("ch", 2, ""));
+        hub.publication(envelope("ch", 5, "")); // 3 and 4 went missing
+        hub.publication(envelope("ch", 6, ""));
+        assert_eq!(offsets(&mut qa), vec![0, 2]);
+        let targets = hub.catch_up_targets();
+        assert_eq!(targets, vec![("ch".to_owned(), pos(2))]);
+        let recovery = Recovery {
+            publications: (3..=5).map(|o| envelope("ch", o, "")).collect(),
+            position: pos(5),
+            recovered: true,
+        };
+        hub.finish_catch_up("ch", &pos(2), Some(recovery));
+        hub.publication(envelope("ch", 7, ""));
+        assert_eq!(offsets(&mut qa), vec![3, 4, 5, 6, 7]);
+    }
+
+    #[test]
+    fn a_lost_link_waits_for_resubscription_and_a_failed_read_is_retried() {
+        let bus = Bus::memory();
+        let hub = Arc::new(Hub::default());
+        let link = link(&bus, &hub);
+        let (a, mut qa) = conn("a", Format::Json);
+        live(&hub, &link, "ch", &a, 1);
+        hub.link_lost();
+        hub.publication(envelope("ch", 4, "")); // arrives on the new connection
+        assert!(
+            hub.catch_up_targets().is_empty(),
+            "no read before resubscription"
+        );
+        hub.resubscribed(&["ch".into()]);
+        let targets = hub.catch_up_targets();
+        assert_eq!(targets, vec![("ch".to_owned(), pos(1))]);
+        hub.finish_catch_up("ch", &pos(1), None);
+        assert_eq!(hub.catch_up_targets(), vec![("ch".to_owned(), pos(1))]);
+        let recovery = Recovery {
+            publications: (2..=3).map(|o| envelope("ch", o, "")).collect(),
+            position: pos(3),
+            recovered: true,
+        };
+        hub.finish_catch_up("ch", &pos(1), Some(recovery));
+        assert_eq!(offsets(&mut qa), vec![0, 2, 3, 4]);
+    }
+
+    #[test]
+    fn an_unfillable_gap_or_a_new_epoch_disconnects_subscribers_with_insufficient_state() {
+        let bus = Bus::memory();
+        let hub = Arc::new(Hub::default());
+        let link = link(&bus, &hub);
+        let (a, _qa) = conn("a", Format::Json);
+        live(&hub, &link, "ch", &a, 1);
+        hub.publication(envelope("ch", 9, ""));
+        let lost = Recovery {
+            publications: Vec::new(),
+            position: pos(9),
+            recovered: false,
+        };
+        hub.finish_catch_up("ch", &pos(1), Some(lost));
+        assert_eq!(
+            a.take_close_frame().map(|(code, _)| code),
+            Some(close::INSUFFICIENT_STATE)
+        );
+
+        let (b, _qb) = conn("b", Format::Json);
+        live(&hub, &link, "other", &b, 3);
+        let mut reborn = envelope("other", 1, "");
+        reborn.epoch = "new".into();
+        hub.publication(reborn);
+        assert_eq!(
+            b.take_close_frame().map(|(code, _)| code),
+            Some(close::INSUFFICIENT_STATE)
+        );
     }
 }

@@ -12,6 +12,7 @@
 //! the bus, and a client that loses its gateway reconnects to any other.
 
 pub mod auth;
+mod catch_up;
 pub mod config;
 mod conn;
 mod frame_guard;

@@ -24,10 +24,11 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let mut cli = Cli::parse();
+    let cli = Cli::parse();
     logging::init(&cli.log);
-    cli.gateway.namespaces = std::sync::Arc::new(cli.namespaces.load()?);
-    let bus = Bus::redis(&cli.bus).context("configuring the Redis bus")?;
+    let bus = Bus::redis(&cli.bus)
+        .context("configuring the Redis bus")?
+        .with_namespaces(cli.namespaces.load()?);
     let listener = tokio::net::TcpListener::bind(cli.gateway.listen)
         .await
         .with_context(|| format!("binding {}", cli.gateway.listen))?;

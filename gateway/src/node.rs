@@ -49,6 +49,12 @@ impl Node {
             started_at_ms: now_ms(),
         };
         let link = bus.attach(info, hub.clone());
+        tokio::spawn(crate::catch_up::run(
+            hub.clone(),
+            bus.clone(),
+            bus_timeout,
+            shutdown.clone(),
+        ));
         Arc::new(Self {
             id,
             config,

@@ -20,7 +20,6 @@ use crate::permissions;
 pub(crate) struct Security {
     verifier: Option<TokenVerifier>,
     allow_anonymous: bool,
-    pub(crate) namespaces: Arc<Namespaces>,
     pub(crate) slots: Arc<ConnectionSlots>,
     pub(crate) allowed_origins: Vec<String>,
     connect_timeout: Duration,
@@ -40,7 +39,6 @@ impl Security {
             // Without keys nobody can authenticate, so anonymous is the only way in.
             allow_anonymous: config.allow_anonymous || verifier.is_none(),
             verifier,
-            namespaces: config.namespaces.clone(),
             slots: ConnectionSlots::new(config.max_connections, config.max_connections_per_user),
             allowed_origins: config.allowed_origins.clone(),
             connect_timeout: config.connect_timeout,
@@ -151,20 +149,19 @@ impl SessionSecurity {
         Ok(result)
     }
 
+    /// Whether this connection may subscribe to (or read the history of) `channel`, under
+    /// the bus's namespace rules.
     pub(crate) fn may_subscribe(
         &self,
-        security: &Security,
+        ns: &Namespaces,
         channel: &str,
     ) -> Result<(), client::Error> {
-        permissions::may_subscribe(&security.namespaces, &self.identity, channel)
+        permissions::may_subscribe(ns, &self.identity, channel)
     }
 
-    pub(crate) fn may_publish(
-        &self,
-        security: &Security,
-        channel: &str,
-    ) -> Result<(), client::Error> {
-        permissions::may_publish(&security.namespaces, &self.identity, channel)
+    /// Whether this connection may publish to `channel`.
+    pub(crate) fn may_publish(&self, ns: &Namespaces, channel: &str) -> Result<(), client::Error> {
+        permissions::may_publish(ns, &self.identity, channel)
     }
 }
 

@@ -12,7 +12,9 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use chorus_bus::{BusError, ConnectionInfo, Publish, now_ms};
+use chorus_bus::{
+    BusError, ConnectionInfo, Envelope, HistoryQuery, Position, Publish, Recovery, now_ms,
+};
 use chorus_protocol::client::{self, command, push, reply};
 use chorus_protocol::codes::{ErrorCode, close};
 use chorus_protocol::wire::{self, Format};
@@ -25,6 +27,7 @@ use tracing::Instrument;
 
 use crate::conn::{Conn, Outgoing};
 use crate::frame_guard::{self, Guarded};
+use crate::hub::ActivateError;
 use crate::limits::Verdict;
 use crate::node::Node;
 use crate::security::SessionSecurity;
@@ -32,6 +35,9 @@ use crate::writer;
 
 type Socket = Guarded<TokioIo<Upgraded>>;
 type Reader = WebSocketRead<ReadHalf<Socket>>;
+
+/// Most publications one `history` command returns.
+const MAX_HISTORY_LIMIT: usize = 1000;
 
 /// Runs a WebSocket connection from the completed upgrade to the end.
 pub(crate) async fn run(node: Arc<Node>, ws: WebSocket<Socket>, format: Format) {
@@ -274,23 +280,22 @@ impl Session {
             return;
         };
         let result = match body {
-            command::Body::Connect(req) => self.connect(req),
+            command::Body::Connect(req) => self.connect(req).map(Some),
             _ if !self.connected => Err(ErrorCode::NotConnected.with("send connect first")),
-            command::Body::Subscribe(req) => self.subscribe(req).await,
-            command::Body::Unsubscribe(req) => self.unsubscribe(req),
-            command::Body::Publish(req) => self.publish(req).await,
-            command::Body::Ping(_) => Ok(reply::Result::Ping(client::PingResult {})),
-            command::Body::Refresh(req) => self.refresh(req),
-            command::Body::History(_) => {
-                Err(ErrorCode::UnknownCommand.with("history is not available yet"))
-            }
+            command::Body::Subscribe(req) => self.subscribe(id, req).await,
+            command::Body::Unsubscribe(req) => self.unsubscribe(req).map(Some),
+            command::Body::Publish(req) => self.publish(req).await.map(Some),
+            command::Body::Ping(_) => Ok(Some(reply::Result::Ping(client::PingResult {}))),
+            command::Body::History(req) => self.history(req).await.map(Some),
+            command::Body::Refresh(req) => self.refresh(req).map(Some),
         };
         match result {
-            Ok(result) => self.reply(client::Reply {
+            Ok(Some(result)) => self.reply(client::Reply {
                 id,
                 error: None,
                 result: Some(result),
             }),
+            Ok(None) => {} // answered already
             Err(error) => self.reply_error(id, error),
         }
         if let Some((code, reason)) = self.close_after_reply.take() {
@@ -331,13 +336,16 @@ impl Session {
         self.sec.refresh(identity).map(reply::Result::Refresh)
     }
 
+    /// Subscribes, answering through the hub so that the reply comes before any publication
+    /// after it (see the hub's "subscribing without a seam"). Returns `Ok(None)` once replied.
     async fn subscribe(
         &mut self,
+        id: u32,
         req: client::SubscribeRequest,
-    ) -> Result<reply::Result, client::Error> {
+    ) -> Result<Option<reply::Result>, client::Error> {
         let ch = req.channel;
         channel::validate(&ch).map_err(|e| ErrorCode::BadChannel.with(e.to_string()))?;
-        self.sec.may_subscribe(&self.node.security, &ch)?;
+        self.sec.may_subscribe(self.node.bus.namespaces(), &ch)?;
         if self.channels.contains(&ch) {
             return Err(ErrorCode::AlreadySubscribed.with(format!("already subscribed to {ch}")));
         }
@@ -350,22 +358,140 @@ impl Session {
         let node = &self.node;
         let ready = node.hub.subscribe(&node.link, &ch, &self.conn);
         self.channels.insert(ch.clone());
+        let since = req.recover.then_some(Position {
+            offset: req.offset,
+            epoch: req.epoch,
+        });
         let confirmed = async {
             ready.wait(node.bus_timeout).await?;
-            bounded(node.bus_timeout, node.bus.position(&ch)).await
+            match &since {
+                Some(since) => {
+                    let recovery = bounded(node.bus_timeout, node.bus.recover(&ch, since)).await?;
+                    Ok(self.recovered_result(recovery))
+                }
+                None => {
+                    let pos = bounded(node.bus_timeout, node.bus.position(&ch)).await?;
+                    Ok(client::SubscribeResult {
+                        epoch: pos.epoch,
+                        offset: pos.offset,
+                        ..Default::default()
+                    })
+                }
+            }
         };
-        match confirmed.await {
-            Ok(pos) => Ok(reply::Result::Subscribe(client::SubscribeResult {
-                epoch: pos.epoch,
-                offset: pos.offset,
-                ..Default::default()
-            })),
+        let result = match confirmed.await {
+            Ok(result) => result,
             Err(e) => {
                 self.channels.remove(&ch);
                 node.hub.unsubscribe(&node.link, &ch, &self.conn);
-                Err(bus_error(e))
+                return Err(bus_error(e));
+            }
+        };
+        let position = Position {
+            offset: result.offset,
+            epoch: result.epoch.clone(),
+        };
+        let reply = wire::encode_frame(
+            self.conn.format,
+            &wire::reply(client::Reply {
+                id,
+                error: None,
+                result: Some(reply::Result::Subscribe(result)),
+            }),
+        );
+        match node.hub.activate(&ch, &self.conn, &position, reply) {
+            Ok(()) => Ok(None),
+            Err(e) => {
+                self.channels.remove(&ch);
+                node.hub.unsubscribe(&node.link, &ch, &self.conn);
+                Err(match e {
+                    ActivateError::EpochChanged => ErrorCode::Unavailable
+                        .with("the channel started a new epoch meanwhile; subscribe again"),
+                    ActivateError::Gone => ErrorCode::Internal.with("subscription vanished"),
+                })
             }
         }
+    }
+
+    /// The subscribe result of a recovery. Recovered publications travel in the reply, so a
+    /// recovery bigger than half the client's queue is refused (`recovered: false`) rather
+    /// than allowed to overflow the queue on every reconnect.
+    fn recovered_result(&self, recovery: Recovery) -> client::SubscribeResult {
+        let size: usize = recovery.publications.iter().map(|p| p.data.len()).sum();
+        let fits = size <= self.node.config.queue_max_bytes / 2;
+        let recovered = recovery.recovered && fits;
+        if recovery.recovered && !fits {
+            tracing::info!(client = %self.conn.client, bytes = size,
+                "recovery larger than half the queue; answering recovered: false");
+        }
+        let (offset, epoch, publications) = match recovery.publications.last() {
+            Some(last) if recovered => (
+                last.offset,
+                last.epoch.clone(),
+                recovery.publications.into_iter().map(publication).collect(),
+            ),
+            _ => (
+                recovery.position.offset,
+                recovery.position.epoch,
+                Vec::new(),
+            ),
+        };
+        client::SubscribeResult {
+            epoch,
+            offset,
+            recovered,
+            publications,
+            was_recovering: true,
+        }
+    }
+
+    /// Reads a channel's history: the publications after `since` (whose epoch must be the
+    /// channel's), or the oldest/newest kept, trimmed to fit half the client's queue.
+    async fn history(
+        &mut self,
+        req: client::HistoryRequest,
+    ) -> Result<reply::Result, client::Error> {
+        channel::validate(&req.channel).map_err(|e| ErrorCode::BadChannel.with(e.to_string()))?;
+        self.sec
+            .may_subscribe(self.node.bus.namespaces(), &req.channel)?;
+        let limit = match req.limit as usize {
+            0 => MAX_HISTORY_LIMIT,
+            n => n.min(MAX_HISTORY_LIMIT),
+        };
+        let query = HistoryQuery {
+            since: req.since.as_ref().map(|p| p.offset),
+            limit,
+            reverse: req.reverse,
+        };
+        let node = &self.node;
+        let history = bounded(node.bus_timeout, node.bus.history(&req.channel, &query))
+            .await
+            .map_err(bus_error)?;
+        if let Some(since) = &req.since
+            && since.epoch != history.position.epoch
+            && !(since.offset == 0 && since.epoch.is_empty())
+        {
+            return Err(ErrorCode::UnrecoverablePosition.with(format!(
+                "epoch {:?} is not the channel's current epoch {:?}",
+                since.epoch, history.position.epoch
+            )));
+        }
+        let budget = self.node.config.queue_max_bytes / 2;
+        let mut used = 0;
+        let publications = history
+            .publications
+            .into_iter()
+            .take_while(|p| {
+                used += p.data.len();
+                used <= budget
+            })
+            .map(publication)
+            .collect();
+        Ok(reply::Result::History(client::HistoryResult {
+            publications,
+            offset: history.position.offset,
+            epoch: history.position.epoch,
+        }))
     }
 
     fn unsubscribe(
@@ -386,7 +512,8 @@ impl Session {
         req: client::PublishRequest,
     ) -> Result<reply::Result, client::Error> {
         channel::validate(&req.channel).map_err(|e| ErrorCode::BadChannel.with(e.to_string()))?;
-        self.sec.may_publish(&self.node.security, &req.channel)?;
+        self.sec
+            .may_publish(self.node.bus.namespaces(), &req.channel)?;
         let msg = Publish {
             channel: req.channel,
             data: req.data,
@@ -395,6 +522,7 @@ impl Session {
             } else {
                 self.conn.client.clone()
             },
+            idempotency_key: None,
         };
         let published = bounded(self.node.bus_timeout, self.node.bus.publish(msg))
             .await
@@ -452,10 +580,20 @@ async fn bounded<T>(
         })
 }
 
+fn publication(env: Envelope) -> client::Publication {
+    client::Publication {
+        channel: env.channel,
+        offset: env.offset,
+        epoch: env.epoch,
+        data: env.data,
+    }
+}
+
 fn bus_error(e: BusError) -> client::Error {
     match e {
         BusError::BadChannel(e) => ErrorCode::BadChannel.with(e.to_string()),
         BusError::Unavailable(reason) => ErrorCode::Unavailable.with(reason),
+        BusError::BadRequest(reason) => ErrorCode::BadRequest.with(reason),
         other => {
             tracing::warn!(error = %other, "bus error");
             ErrorCode::Internal.with("internal error")

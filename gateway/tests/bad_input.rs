@@ -162,7 +162,7 @@ async fn subscribing_twice_and_past_the_channel_limit_are_refused_and_keep_exist
         .publish(chorus_bus::Publish {
             channel: "a".into(),
             data: bytes::Bytes::from_static(b"1"),
-            exclude_client: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -306,7 +306,7 @@ async fn a_client_that_stops_reading_is_disconnected_and_others_get_everything()
             .publish(chorus_bus::Publish {
                 channel: "firehose".into(),
                 data: payload.clone(),
-                exclude_client: String::new(),
+                ..Default::default()
             })
             .await
             .unwrap();

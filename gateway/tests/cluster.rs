@@ -96,7 +96,7 @@ async fn unsubscribe_stops_delivery_and_the_last_one_releases_the_redis_subscrip
     a.subscribe("news").await.unwrap();
     b.subscribe("news").await.unwrap();
     let pubsub = |redis: &chorus_testkit::RedisServer| {
-        redis.cli(&["PUBSUB", "CHANNELS", "chorus.*"]).unwrap()
+        redis.cli(&["PUBSUB", "CHANNELS", "chorus.pub.*"]).unwrap()
     };
     assert_eq!(
         pubsub(&cluster.redis),

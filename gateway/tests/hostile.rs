@@ -273,20 +273,20 @@ async fn a_thousand_connections_that_never_send_connect_are_all_closed_at_the_de
     for _ in 0..N {
         let addr = gw.addr;
         tasks.spawn(async move {
+            let started = Instant::now();
             let mut ws = RawWs::open(addr).await;
-            let opened = Instant::now();
             let code = ws.close_code().await;
-            (code, opened.elapsed())
+            (code, started.elapsed())
         });
     }
     let mut closed = 0;
     while let Some(res) = tasks.join_next().await {
         let (code, after) = res.unwrap();
         assert_eq!(code, close::CONNECT_TIMEOUT);
-        // Never before the deadline (the gateway's clock started at its upgrade, a little
-        // before the client's), and not long after it.
-        assert!(after >= deadline - Duration::from_millis(200), "{after:?}");
-        assert!(after < deadline + Duration::from_secs(3), "{after:?}");
+        // Never before the deadline (the gateway's clock starts at the upgrade, after the
+        // client started connecting), and not long after it.
+        assert!(after >= deadline, "{after:?}");
+        assert!(after < deadline + Duration::from_secs(4), "{after:?}");
         closed += 1;
     }
     assert_eq!(closed, N);
@@ -339,6 +339,7 @@ async fn a_subscribe_flood_is_rate_limited_and_other_clients_see_no_change() {
             channel: "news".into(),
             data: bytes::Bytes::from_static(b"\"after the flood\""),
             exclude_client: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -4,7 +4,6 @@
 mod support;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chorus_bus::namespaces::Namespaces;
@@ -436,17 +435,19 @@ require_grant = true
 client_publish = true
 "#;
 
-fn namespaced() -> GatewayConfig {
-    GatewayConfig {
+/// A gateway with the namespaces file above, allowing anonymous connections.
+async fn namespaced() -> MemoryGateway {
+    let config = GatewayConfig {
         allow_anonymous: true,
-        namespaces: Arc::new(Namespaces::parse(NAMESPACES).unwrap()),
         ..hmac_config()
-    }
+    };
+    let bus = chorus_bus::Bus::memory().with_namespaces(Namespaces::parse(NAMESPACES).unwrap());
+    MemoryGateway::start_with_bus(config, bus).await
 }
 
 #[tokio::test]
 async fn namespace_rules_decide_subscribe_with_the_exact_error() {
-    let gw = MemoryGateway::start(namespaced()).await;
+    let gw = namespaced().await;
     let mut anon = connected(&gw, "").await;
     assert_eq!(code(&subscribe(&mut anon, "news").await), 0);
     let reply = subscribe(&mut anon, "chat:lobby").await;
@@ -473,7 +474,7 @@ async fn namespace_rules_decide_subscribe_with_the_exact_error() {
 
 #[tokio::test]
 async fn user_limited_channels_are_readable_only_by_their_users() {
-    let gw = MemoryGateway::start(namespaced()).await;
+    let gw = namespaced().await;
     let alice = hmac_token(Algorithm::HS256, &json!({"sub": "alice"}));
     let carol = hmac_token(
         Algorithm::HS256,
@@ -497,7 +498,7 @@ async fn user_limited_channels_are_readable_only_by_their_users() {
 
 #[tokio::test]
 async fn client_publish_follows_the_namespace_and_the_publish_claim() {
-    let gw = MemoryGateway::start(namespaced()).await;
+    let gw = namespaced().await;
     let token = hmac_token(Algorithm::HS256, &json!({"sub": "u1", "publish": ["news"]}));
     let mut user = connected(&gw, &token).await;
     assert_eq!(code(&publish(&mut user, "chat:lobby").await), 0);

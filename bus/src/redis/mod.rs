@@ -38,6 +38,7 @@ pub struct RedisBus {
     /// The client for subscriber connections (RESP3), one per attached node.
     subscriber_client: redis::Client,
     publish_script: Script,
+    history_script: Script,
     lease_script: Script,
     live_nodes_script: Script,
 }
@@ -58,6 +59,7 @@ impl RedisBus {
             subscriber_client,
             config: config.clone(),
             publish_script: publish::publish_script(),
+            history_script: publish::history_script(),
             lease_script: registry::lease_script(),
             live_nodes_script: registry::live_nodes_script(),
         })
@@ -94,6 +96,7 @@ impl RedisBus {
         let subscriber_task = subscriber::Subscriber {
             client: self.subscriber_client.clone(),
             timeout: self.config.redis_timeout,
+            canary_interval: self.config.canary_interval,
             node: node.id.clone(),
             wanted: wanted.clone(),
             sink,

@@ -1,5 +1,7 @@
-//! Publishing: one Lua script per channel publish, so that assigning the offset and sending
-//! the envelope are one atomic step inside Redis.
+//! Publishing and history: one Lua script per channel publish, so that assigning the offset,
+//! appending to the channel's history and sending the envelope are one atomic step inside
+//! Redis; and one script that reads a channel's position with its history, so that the two
+//! always agree.
 //!
 //! Why a script: two publishers racing on a channel must not both see offset N, and every
 //! gateway must receive publications in offset order. Inside a script the HINCRBY and the
@@ -14,6 +16,18 @@
 //! Why the caller proposes the epoch: Lua in Redis has no good randomness, so the publisher
 //! sends a fresh candidate with every call; it is stored only when the channel has none (a new
 //! channel, or one whose metadata Redis lost — which is exactly when the epoch must change).
+//!
+//! History is a stream per channel whose entry ids are the offsets (`<offset>-0`), so "after
+//! offset N" is a plain XRANGE from `N+1-0`. It is trimmed to the namespace's size (`MAXLEN ~`,
+//! so at least that many are kept) and expires with its TTL; the position (meta hash) lives
+//! longer, so a client that missed nothing still recovers after the history expired. When the
+//! meta hash is gone the next publish starts a new epoch and deletes any older history.
+//!
+//! Idempotency: with a key, the script first looks for `idem:{channel}:key`; if present it
+//! returns the stored offset and publishes nothing. The key is written in the same atomic
+//! step as the publish, so two racing retries cannot both publish.
+
+use std::time::Duration;
 
 use bytes::Bytes;
 use prost::Message;
@@ -21,11 +35,18 @@ use redis::{Pipeline, Script, ServerErrorKind, Value};
 
 use super::RedisBus;
 use super::connect::redis_error;
-use crate::{BusError, Envelope, Position, Publish, Published, keys, new_epoch, now_ms};
+use crate::namespaces::{NamespaceRules, Namespaces};
+use crate::{
+    BusError, Envelope, History, HistoryQuery, Position, Publish, Published, keys, new_epoch,
+    now_ms,
+};
 
-/// KEYS[1] = the channel's meta hash; ARGV[1] = its pub/sub channel, ARGV[2] = a candidate
-/// epoch, ARGV[3] = the envelope encoded without offset and epoch.
-/// Returns `{offset, epoch}`.
+/// KEYS[1] = the channel's meta hash, KEYS[2] = its history stream, KEYS[3] = the
+/// idempotency key (KEYS[1] again when there is none).
+/// ARGV[1] = the pub/sub channel, ARGV[2] = a candidate epoch, ARGV[3] = the envelope encoded
+/// without offset and epoch, ARGV[4] = history size, ARGV[5] = history TTL (ms), ARGV[6] =
+/// position TTL (ms), ARGV[7] = idempotency window (ms; 0 when there is no key).
+/// Returns `{offset, epoch, duplicate}`.
 pub(crate) const PUBLISH_LUA: &str = r#"
 local function varint(n)
   local out = {}
@@ -37,20 +58,78 @@ local function varint(n)
   return table.concat(out)
 end
 
+if ARGV[7] ~= '0' then
+  local seen = redis.call('GET', KEYS[3])
+  if seen then
+    local sep = string.find(seen, ':', 1, true)
+    return {tonumber(string.sub(seen, 1, sep - 1)), string.sub(seen, sep + 1), 1}
+  end
+end
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
-  redis.call('HSETNX', KEYS[1], 'epoch', ARGV[2])
+  redis.call('HSET', KEYS[1], 'epoch', ARGV[2])
   epoch = ARGV[2]
+  -- A new epoch starts a new history: nothing of an older life may be replayed in it.
+  redis.call('DEL', KEYS[2])
 end
 local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
 -- field 1, wire type 0 (varint): tag 0x08; field 2, wire type 2 (bytes): tag 0x12.
-local tail = '\8' .. varint(offset) .. '\18' .. varint(#epoch) .. epoch
-redis.call('PUBLISH', ARGV[1], ARGV[3] .. tail)
-return {offset, epoch}
+local envelope = ARGV[3] .. '\8' .. varint(offset) .. '\18' .. varint(#epoch) .. epoch
+local size = tonumber(ARGV[4])
+if size > 0 then
+  local id = string.format('%d-0', offset)
+  local added = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', size, id, 'e', envelope)
+  if type(added) == 'table' and added.err then
+    -- History ahead of the position (edited or restored out of step): it cannot be trusted.
+    redis.call('DEL', KEYS[2])
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', size, id, 'e', envelope)
+  end
+  redis.call('PEXPIRE', KEYS[2], ARGV[5])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+redis.call('PUBLISH', ARGV[1], envelope)
+if ARGV[7] ~= '0' then
+  redis.call('SET', KEYS[3], string.format('%d', offset) .. ':' .. epoch, 'PX', ARGV[7])
+end
+return {offset, epoch, 0}
+"#;
+
+/// KEYS[1] = the channel's meta hash, KEYS[2] = its history stream.
+/// ARGV[1] = read after this offset ('' = from the oldest), ARGV[2] = at most this many (0 =
+/// all), ARGV[3] = '1' for newest first.
+/// Returns `{epoch, offset, envelope...}`, position and entries from one atomic step.
+pub(crate) const HISTORY_LUA: &str = r#"
+local meta = redis.call('HMGET', KEYS[1], 'epoch', 'offset')
+local out = {meta[1] or '', meta[2] or '0'}
+if not meta[1] then
+  return out
+end
+local low = '-'
+if ARGV[1] ~= '' then
+  low = string.format('%d-0', tonumber(ARGV[1]) + 1)
+end
+local args
+if ARGV[3] == '1' then
+  args = {'XREVRANGE', KEYS[2], '+', low}
+else
+  args = {'XRANGE', KEYS[2], low, '+'}
+end
+if ARGV[2] ~= '0' then
+  args[#args + 1] = 'COUNT'
+  args[#args + 1] = ARGV[2]
+end
+for _, entry in ipairs(redis.call(unpack(args))) do
+  out[#out + 1] = entry[2][2]
+end
+return out
 "#;
 
 pub(crate) fn publish_script() -> Script {
     Script::new(PUBLISH_LUA)
+}
+
+pub(crate) fn history_script() -> Script {
+    Script::new(HISTORY_LUA)
 }
 
 /// The envelope as the publisher sends it to the script: everything but offset and epoch.
@@ -66,23 +145,82 @@ fn envelope_without_position(channel: &str, data: Bytes, exclude_client: String)
     .encode_to_vec()
 }
 
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
 /// The EVALSHA command for one channel publish (for pipelines, which cannot fall back to
-/// EVAL on their own).
-fn evalsha(script: &Script, channel: &str, envelope: Vec<u8>) -> redis::Cmd {
+/// EVAL on their own, and for single publishes alike).
+fn evalsha(
+    script: &Script,
+    msg: Publish,
+    rules: &NamespaceRules,
+    idempotency_window: Duration,
+) -> redis::Cmd {
+    let meta = keys::meta(&msg.channel);
+    let (idem_key, window) = match &msg.idempotency_key {
+        Some(key) => (
+            keys::idempotency(&msg.channel, key),
+            millis(idempotency_window),
+        ),
+        None => (meta.clone(), 0),
+    };
+    let envelope = envelope_without_position(&msg.channel, msg.data, msg.exclude_client);
     let mut cmd = redis::cmd("EVALSHA");
     cmd.arg(script.get_hash())
-        .arg(1)
-        .arg(keys::meta(channel))
-        .arg(keys::pubsub(channel))
+        .arg(3)
+        .arg(meta)
+        .arg(keys::history(&msg.channel))
+        .arg(idem_key)
+        .arg(keys::pubsub(&msg.channel))
         .arg(new_epoch())
-        .arg(envelope);
+        .arg(envelope)
+        .arg(rules.history_size)
+        .arg(millis(rules.history_ttl))
+        .arg(millis(rules.history_meta_ttl))
+        .arg(window);
     cmd
 }
 
 fn published_from(value: Value) -> Result<Published, BusError> {
-    let (offset, epoch): (u64, String) = redis::from_redis_value(value)
+    let (offset, epoch, duplicate): (u64, String, u8) = redis::from_redis_value(value)
         .map_err(|e| BusError::Protocol(format!("publish script returned {e}")))?;
-    Ok(Published { offset, epoch })
+    Ok(Published {
+        offset,
+        epoch,
+        duplicate: duplicate == 1,
+    })
+}
+
+fn history_from(value: Value) -> Result<History, BusError> {
+    let bad = |what: String| BusError::Protocol(format!("history script returned {what}"));
+    let Value::Array(items) = value else {
+        return Err(bad(format!("{value:?}")));
+    };
+    let mut items = items.into_iter();
+    let epoch: String = items
+        .next()
+        .map(redis::from_redis_value)
+        .transpose()
+        .map_err(|e| bad(e.to_string()))?
+        .unwrap_or_default();
+    let offset: u64 = items
+        .next()
+        .map(redis::from_redis_value)
+        .transpose()
+        .map_err(|e| bad(e.to_string()))?
+        .unwrap_or_default();
+    let publications = items
+        .map(|item| {
+            let bytes: Vec<u8> = redis::from_redis_value(item).map_err(|e| bad(e.to_string()))?;
+            Envelope::decode(bytes.as_slice())
+                .map_err(|e| bad(format!("an undecodable entry: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(History {
+        publications,
+        position: Position { offset, epoch },
+    })
 }
 
 fn is_noscript(value: &Value) -> bool {
@@ -90,33 +228,58 @@ fn is_noscript(value: &Value) -> bool {
 }
 
 impl RedisBus {
-    pub(crate) async fn publish(&self, msg: Publish) -> Result<Published, BusError> {
-        chorus_protocol::channel::validate(&msg.channel)?;
-        let envelope = envelope_without_position(&msg.channel, msg.data, msg.exclude_client);
+    pub(crate) async fn publish(
+        &self,
+        msg: Publish,
+        rules: &NamespaceRules,
+    ) -> Result<Published, BusError> {
+        let channel = msg.channel.clone();
+        let cmd = evalsha(
+            &self.publish_script,
+            msg,
+            rules,
+            self.config.idempotency_window,
+        );
         let result = self
             .with_conn("a publish", async |conn| {
-                let value: Value = self
-                    .publish_script
-                    .key(keys::meta(&msg.channel))
-                    .arg(keys::pubsub(&msg.channel))
-                    .arg(new_epoch())
-                    .arg(envelope)
-                    .invoke_async(conn)
-                    .await
-                    .map_err(|e| redis_error(&e))?;
-                published_from(value)
+                let mut values = self.run_publishes(conn, &[(0, cmd)]).await?;
+                values
+                    .pop()
+                    .unwrap_or_else(|| Err(BusError::Protocol("no reply to a publish".into())))
             })
             .await;
         if let Err(e) = &result {
-            tracing::debug!(channel = %msg.channel, error = %e, "publish failed");
+            tracing::debug!(%channel, error = %e, "publish failed");
         }
         result
+    }
+
+    pub(crate) async fn history(
+        &self,
+        channel: &str,
+        query: &HistoryQuery,
+    ) -> Result<History, BusError> {
+        self.with_conn("a history read", async |conn| {
+            let value: Value = self
+                .history_script
+                .key(keys::meta(channel))
+                .key(keys::history(channel))
+                .arg(query.since.map_or_else(String::new, |o| o.to_string()))
+                .arg(query.limit)
+                .arg(if query.reverse { "1" } else { "0" })
+                .invoke_async(conn)
+                .await
+                .map_err(|e| redis_error(&e))?;
+            history_from(value)
+        })
+        .await
     }
 
     pub(crate) async fn broadcast(
         &self,
         channels: &[String],
         data: Bytes,
+        namespaces: &Namespaces,
     ) -> Vec<Result<Published, BusError>> {
         let mut results: Vec<Option<Result<Published, BusError>>> =
             Vec::with_capacity(channels.len());
@@ -125,8 +288,14 @@ impl RedisBus {
         for (i, channel) in channels.iter().enumerate() {
             match chorus_protocol::channel::validate(channel) {
                 Ok(()) => {
-                    let envelope = envelope_without_position(channel, data.clone(), String::new());
-                    pending.push((i, evalsha(&self.publish_script, channel, envelope)));
+                    let msg = Publish {
+                        channel: channel.clone(),
+                        data: data.clone(),
+                        ..Publish::default()
+                    };
+                    let rules = namespaces.rules(channel);
+                    let cmd = evalsha(&self.publish_script, msg, rules, Duration::ZERO);
+                    pending.push((i, cmd));
                     results.push(None);
                 }
                 Err(e) => results.push(Some(Err(e.into()))),
@@ -211,7 +380,6 @@ impl RedisBus {
     }
 
     pub(crate) async fn position(&self, channel: &str) -> Result<Position, BusError> {
-        chorus_protocol::channel::validate(channel)?;
         self.with_conn("a position query", async |conn| {
             let (epoch, offset): (Option<String>, Option<u64>) = redis::cmd("HMGET")
                 .arg(keys::meta(channel))
@@ -281,9 +449,15 @@ mod tests {
         let body = envelope_without_position("t", Bytes::from_static(b"payload"), "c9".into());
         let value: Value = publish_script()
             .key(keys::meta("t"))
+            .key(keys::history("t"))
+            .key(keys::meta("t"))
             .arg(keys::pubsub("t"))
             .arg(epoch)
             .arg(body)
+            .arg(10)
+            .arg(60_000)
+            .arg(120_000)
+            .arg(0)
             .invoke_async(&mut conn)
             .await
             .unwrap();
@@ -354,7 +528,11 @@ mod tests {
         .unwrap();
         server.cli(&["SCRIPT", "FLUSH"]).unwrap();
         let results = bus
-            .broadcast(&["a".into(), "b".into()], Bytes::from_static(b"x"))
+            .broadcast(
+                &["a".into(), "b".into()],
+                Bytes::from_static(b"x"),
+                &Namespaces::default(),
+            )
             .await;
         assert_eq!(results.len(), 2);
         for r in results {

@@ -19,14 +19,24 @@
 //! Redis from seeing a slow pub/sub reader. Everything that can wait (subscribing, PING,
 //! reconnecting) happens in the task, never in the push sender.
 //!
-//! After a lost connection, publications of the gap are gone from pub/sub: every channel is
-//! marked pending until resubscribed, which is the gateway's cue to recover it from history.
+//! After a lost connection, publications of the gap are gone from pub/sub: the sink hears
+//! `link_lost` before anything of the next connection, every channel is marked pending, and
+//! the sink hears `resubscribed` for each batch Redis confirms again — the gateway's cue to
+//! recover the gap from history.
+//!
+//! Why a canary: a PING proves the socket, not delivery. Every `--canary-interval` the task
+//! PUBLISHes a numbered canary on the node's own canary channel (to which this connection is
+//! subscribed) and expects it back through the push path within `--redis-timeout`. When it
+//! does not come, the connection is treated as lost: readiness drops, and the reconnect
+//! rebuilds every subscription and recovers the gap. With the canary off, a plain PING guards
+//! against half-open sockets instead.
 
 use std::collections::HashSet;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+use std::time::Instant;
 
 use bytes::Bytes;
 use prost::Message;
@@ -53,6 +63,8 @@ static UNDECODABLE: AtomicU64 = AtomicU64::new(0);
 pub(crate) struct Subscriber {
     pub(crate) client: redis::Client,
     pub(crate) timeout: Duration,
+    /// 0: no canary, PING instead.
+    pub(crate) canary_interval: Duration,
     pub(crate) node: String,
     pub(crate) wanted: Arc<Wanted>,
     pub(crate) sink: Arc<dyn BusSink>,
@@ -76,6 +88,7 @@ impl Subscriber {
                     // Pending first: whoever sees "not ready" must not find a stale "live".
                     self.wanted.mark_all_pending();
                     self.state.subscriber_ready.store(false, Ordering::Release);
+                    self.sink.link_lost();
                     let delay = backoff.next_delay();
                     tracing::warn!(node = %self.node, %reason, retry_in = ?delay,
                         "redis subscriber connection lost");
@@ -94,7 +107,9 @@ impl Subscriber {
     /// the connection fails or the link is cancelled.
     async fn session(&self, backoff: &mut Backoff) -> End {
         let lost = Arc::new(Notify::new());
-        let config = async_config(self.timeout).set_push_sender(self.push_handler(lost.clone()));
+        let canary_seen = Arc::new(AtomicU64::new(0));
+        let config = async_config(self.timeout)
+            .set_push_sender(self.push_handler(lost.clone(), canary_seen.clone()));
         let connect = self
             .client
             .get_multiplexed_async_connection_with_config(&config);
@@ -107,6 +122,15 @@ impl Subscriber {
             },
         };
         let mut subscribed = HashSet::new();
+        let canary_channel = keys::canary(&self.node);
+        let canary_on = !self.canary_interval.is_zero();
+        if canary_on
+            && let Err(reason) = self
+                .bounded("SUBSCRIBE", conn.subscribe(&canary_channel))
+                .await
+        {
+            return End::Lost(reason);
+        }
         if let Err(reason) = self.reconcile(&mut conn, &mut subscribed).await {
             return End::Lost(reason);
         }
@@ -118,9 +142,16 @@ impl Subscriber {
         backoff.reset();
         tracing::info!(node = %self.node, channels = subscribed.len(), "redis subscriber connected");
 
-        let mut ping =
-            tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
+        let every = if canary_on {
+            self.canary_interval
+        } else {
+            PING_EVERY
+        };
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The canary in flight: its number and when it was sent.
+        let mut canary: Option<(u64, Instant)> = None;
+        let mut canary_next = 0u64;
         loop {
             tokio::select! {
                 biased;
@@ -135,11 +166,35 @@ impl Subscriber {
                     }
                 }
                 _ = ping.tick() => {
-                    let ping = redis::cmd("PING");
-                    match tokio::time::timeout(self.timeout, ping.query_async::<Value>(&mut conn)).await {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(e)) => return End::Lost(format!("PING failed: {e}")),
-                        Err(_) => return End::Lost(format!("no PONG within {:?}", self.timeout)),
+                    if !canary_on {
+                        let ping = redis::cmd("PING");
+                        match tokio::time::timeout(self.timeout, ping.query_async::<Value>(&mut conn)).await {
+                            Ok(Ok(_)) => {}
+                            Ok(Err(e)) => return End::Lost(format!("PING failed: {e}")),
+                            Err(_) => return End::Lost(format!("no PONG within {:?}", self.timeout)),
+                        }
+                        continue;
+                    }
+                    if let Some((n, sent)) = canary
+                        && canary_seen.load(Ordering::Acquire) < n
+                    {
+                        if sent.elapsed() >= self.timeout {
+                            return End::Lost(format!(
+                                "canary {n} not delivered within {:?}", self.timeout
+                            ));
+                        }
+                        continue;
+                    }
+                    canary_next += 1;
+                    let mut cmd = redis::cmd("PUBLISH");
+                    cmd.arg(&canary_channel).arg(canary_next);
+                    let publish = cmd.query_async::<Value>(&mut conn);
+                    match tokio::time::timeout(self.timeout, publish).await {
+                        Ok(Ok(_)) => canary = Some((canary_next, Instant::now())),
+                        Ok(Err(e)) => return End::Lost(format!("canary PUBLISH failed: {e}")),
+                        Err(_) => return End::Lost(format!(
+                            "canary PUBLISH not answered within {:?}", self.timeout
+                        )),
                     }
                 }
             }
@@ -180,6 +235,7 @@ impl Subscriber {
                 subscribed.insert(channel.clone());
                 self.wanted.mark_live(channel);
             }
+            self.sink.resubscribed(batch);
         }
         for batch in to_unsubscribe.chunks(BATCH) {
             if self.cancel.is_cancelled() {
@@ -241,12 +297,21 @@ impl Subscriber {
     fn push_handler(
         &self,
         lost: Arc<Notify>,
+        canary_seen: Arc<AtomicU64>,
     ) -> impl Fn(PushInfo) -> Result<(), Infallible> + Send + Sync + 'static {
         let wanted = self.wanted.clone();
         let sink = self.sink.clone();
         let node = self.node.clone();
+        let canary_channel = keys::canary(&self.node).into_bytes();
         move |push: PushInfo| {
             match push.kind {
+                PushKind::Message if is_canary(&push.data, &canary_channel) => {
+                    if let Some(Value::BulkString(n)) = push.data.get(1)
+                        && let Some(n) = std::str::from_utf8(n).ok().and_then(|n| n.parse().ok())
+                    {
+                        canary_seen.fetch_max(n, Ordering::AcqRel);
+                    }
+                }
                 PushKind::Message => deliver(&node, &wanted, sink.as_ref(), push.data),
                 PushKind::Disconnection => lost.notify_one(),
                 _ => {}
@@ -254,6 +319,10 @@ impl Subscriber {
             Ok(())
         }
     }
+}
+
+fn is_canary(data: &[Value], canary_channel: &[u8]) -> bool {
+    matches!(data.first(), Some(Value::BulkString(name)) if name.as_slice() == canary_channel)
 }
 
 /// Decodes one pub/sub message and hands it to the sink if the node still wants its channel.
