@@ -162,6 +162,12 @@ pub struct GatewayConfig {
     #[arg(long = "allow-anonymous", env = "CHORUS_ALLOW_ANONYMOUS")]
     pub allow_anonymous: bool,
 
+    /// Testing only: every WebSocket message is echoed back instead of run as a command, so
+    /// a WebSocket conformance suite (Autobahn, scripts/autobahn) can drive the gateway's
+    /// frame handling. Never enable in production.
+    #[arg(long = "conformance-echo", env = "CHORUS_CONFORMANCE_ECHO", hide = true)]
+    pub conformance_echo: bool,
+
     /// Serve the demo page at `/`.
     #[arg(long = "demo-page", env = "CHORUS_DEMO_PAGE")]
     pub demo_page: bool,
@@ -224,6 +230,7 @@ impl Default for GatewayConfig {
             token_audience: None,
             token_issuer: None,
             allow_anonymous: false,
+            conformance_echo: false,
             demo_page: false,
         }
     }

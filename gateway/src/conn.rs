@@ -23,12 +23,17 @@ pub(crate) enum Outgoing {
     Pong(Bytes),
     /// The echo of the client's close frame; the writer sends it and stops.
     CloseEcho(Bytes),
+    /// A client message sent back as is, text (true) or binary (`--conformance-echo` only).
+    Echo(bool, Bytes),
 }
 
 impl Outgoing {
     fn cost(&self) -> usize {
         match self {
-            Outgoing::Data(b) | Outgoing::Pong(b) | Outgoing::CloseEcho(b) => b.len(),
+            Outgoing::Data(b)
+            | Outgoing::Pong(b)
+            | Outgoing::CloseEcho(b)
+            | Outgoing::Echo(_, b) => b.len(),
         }
     }
 }

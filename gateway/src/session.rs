@@ -107,7 +107,9 @@ impl Session {
         let mut partial: Option<(bool, BytesMut)> = None;
         loop {
             // The connect timeout before `connect`, the token's expiry after it.
-            let deadline = self.sec.deadline(self.connected);
+            let deadline = self
+                .sec
+                .deadline(self.connected || self.node.config.conformance_echo);
             let deadline_passed = async {
                 match &deadline {
                     Some(d) => tokio::time::sleep_until(d.at).await,
@@ -234,6 +236,12 @@ impl Session {
     }
 
     async fn on_message(&mut self, text: bool, payload: &[u8]) {
+        if self.node.config.conformance_echo {
+            // Conformance testing (scripts/autobahn): the message goes back as it came.
+            self.conn
+                .enqueue(Outgoing::Echo(text, Bytes::copy_from_slice(payload)));
+            return;
+        }
         let format = self.conn.format;
         if text != format.is_text() {
             let expected = if format.is_text() {
