@@ -179,20 +179,12 @@ impl Namespaces {
     /// Parses and checks the TOML text of a namespaces file.
     pub fn parse(text: &str) -> Result<Self, String> {
         // Fields a file leaves out take the safe defaults, not the built-in open rules.
-        #[derive(Deserialize)]
+        #[derive(Default, Deserialize)]
         #[serde(default, deny_unknown_fields)]
         struct File {
             default: NamespaceRules,
             #[serde(rename = "namespace")]
             named: BTreeMap<String, NamespaceRules>,
-        }
-        impl Default for File {
-            fn default() -> Self {
-                Self {
-                    default: NamespaceRules::default(),
-                    named: BTreeMap::new(),
-                }
-            }
         }
         let file: File = toml::from_str(text).map_err(|e| e.to_string())?;
         let parsed = Namespaces {
