@@ -165,7 +165,11 @@ pub struct GatewayConfig {
     /// Testing only: every WebSocket message is echoed back instead of run as a command, so
     /// a WebSocket conformance suite (Autobahn, scripts/autobahn) can drive the gateway's
     /// frame handling. Never enable in production.
-    #[arg(long = "conformance-echo", env = "CHORUS_CONFORMANCE_ECHO", hide = true)]
+    #[arg(
+        long = "conformance-echo",
+        env = "CHORUS_CONFORMANCE_ECHO",
+        hide = true
+    )]
     pub conformance_echo: bool,
 
     /// Serve the demo page at `/`.
