@@ -115,8 +115,10 @@ impl ApiError {
         json!({"error": {"code": self.code.name(), "message": self.message}})
     }
 
-    /// The gRPC status, with the code name in [`GRPC_ERROR_CODE_KEY`] metadata.
+    /// The gRPC status, with the code name in [`GRPC_ERROR_CODE_KEY`] metadata. Counts the
+    /// error in the metrics: call it only to answer a call.
     pub fn to_status(&self) -> tonic::Status {
+        crate::metrics::error(self.code);
         let mut status = tonic::Status::new(self.code.grpc_code(), self.message.clone());
         if let Ok(value) = self.code.name().parse() {
             status.metadata_mut().insert(GRPC_ERROR_CODE_KEY, value);
@@ -153,6 +155,7 @@ impl From<ApiError> for tonic::Status {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        crate::metrics::error(self.code);
         (self.code.http_status(), Json(self.body())).into_response()
     }
 }

@@ -32,11 +32,14 @@ pub fn api_routes() -> Router<Broker> {
         .route("/api/history", post(history))
 }
 
-/// `/healthz` and `/readyz`: no API key, so load balancers and orchestrators can probe.
+/// `/healthz`, `/readyz` and `/metrics`: no API key, so load balancers, orchestrators and
+/// Prometheus can reach them (keep the API port off the public internet, or filter
+/// `/metrics` at the edge).
 pub fn probe_routes() -> Router<Broker> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
 }
 
 /// A JSON body whose rejections answer in the API's error shape instead of axum's plain text.
@@ -285,9 +288,21 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-async fn readyz(State(broker): State<Broker>) -> Result<Json<serde_json::Value>, ApiError> {
-    broker.ready().await?;
-    Ok(Json(json!({"status": "ready"})))
+async fn readyz(State(broker): State<Broker>) -> Response {
+    match broker.ready().await {
+        Ok(()) => Json(json!({"status": "ready"})).into_response(),
+        // Rendered here rather than as an `ApiError` response: a failing probe is not a failed
+        // API request, and must not count in the error metric.
+        Err(e) => (e.code.http_status(), Json(e.body())).into_response(),
+    }
+}
+
+/// The process's metrics in the Prometheus text format.
+async fn metrics() -> Response {
+    match chorus_bus::metrics::render() {
+        Some(body) => ([(CONTENT_TYPE, chorus_bus::metrics::CONTENT_TYPE)], body).into_response(),
+        None => (StatusCode::NOT_FOUND, "metrics are not enabled\n").into_response(),
+    }
 }
 
 /// Unknown paths: a JSON 404 for HTTP callers, UNIMPLEMENTED for gRPC callers (whose unknown

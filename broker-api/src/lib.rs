@@ -64,13 +64,16 @@
 //! times out may still have been published.
 
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod metrics;
 pub mod server;
 pub mod service;
 
+pub use cli::Cli;
 pub use config::BrokerConfig;
 pub use error::{ApiError, BrokerError, ErrorCode};
 pub use server::{router, serve};

@@ -2,24 +2,12 @@
 //! the API until SIGINT or SIGTERM. Everything else lives in the library.
 
 use anyhow::Context as _;
-use chorus_broker_api::BrokerConfig;
-use chorus_bus::logging::{self, LogConfig};
-use chorus_bus::{Bus, BusConfig};
+use chorus_broker_api::Cli;
+use chorus_bus::Bus;
+use chorus_bus::logging;
 use clap::Parser;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-
-/// Chorus broker-api: publish into Chorus over HTTP/JSON and gRPC on one port.
-#[derive(Parser)]
-#[command(version, about)]
-struct Cli {
-    #[command(flatten)]
-    broker: BrokerConfig,
-    #[command(flatten)]
-    bus: BusConfig,
-    #[command(flatten)]
-    log: LogConfig,
-}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -27,7 +15,13 @@ async fn main() -> anyhow::Result<()> {
     logging::init(&cli.log);
 
     let broker = cli.broker.with_bus_timeout(&cli.bus);
-    let bus = Bus::redis(&cli.bus).context("configuring the Redis bus")?;
+    let namespaces = cli
+        .namespaces
+        .load()
+        .context("loading the namespaces file")?;
+    let bus = Bus::redis(&cli.bus)
+        .context("configuring the Redis bus")?
+        .with_namespaces(namespaces);
     let listener = TcpListener::bind(&broker.listen)
         .await
         .with_context(|| format!("binding {}", broker.listen))?;

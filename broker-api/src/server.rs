@@ -37,6 +37,7 @@ const HTTP2_KEEPALIVE: Duration = Duration::from_secs(20);
 ///
 /// Fails with [`BrokerError::NoApiKey`] when no usable key is configured.
 pub fn router(bus: Bus, config: &BrokerConfig) -> Result<Router, BrokerError> {
+    crate::metrics::init();
     let keys = ApiKeys::new(config.usable_keys());
     if keys.is_empty() {
         return Err(BrokerError::NoApiKey);

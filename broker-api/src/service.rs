@@ -3,7 +3,7 @@
 //! validation, timeouts and error mapping cannot drift apart between the two.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chorus_bus::{Bus, BusError, History, HistoryQuery, NodeInfo, Position, Publish, Published};
@@ -68,10 +68,11 @@ impl Broker {
             exclude_client: String::new(),
             idempotency_key: idempotency_key.filter(|k| !k.is_empty()),
         };
-        let published = self
-            .within_deadline(self.inner.bus.publish(publish))
-            .await?;
-        published.map_err(|e| logged(e.into()))
+        let started = Instant::now();
+        let published = self.within_deadline(self.inner.bus.publish(publish)).await;
+        let ok = matches!(published, Ok(Ok(_)));
+        crate::metrics::published("publish", started, usize::from(ok));
+        published?.map_err(|e| logged(e.into()))
     }
 
     /// Publishes `data` on every channel of `channels`: one outcome per channel, in request
@@ -115,8 +116,15 @@ impl Broker {
         let results = if valid.is_empty() {
             Vec::new()
         } else {
-            self.within_deadline(self.inner.bus.broadcast(&valid, data))
-                .await?
+            let started = Instant::now();
+            let results = self
+                .within_deadline(self.inner.bus.broadcast(&valid, data))
+                .await;
+            let ok = results
+                .as_ref()
+                .map_or(0, |r| r.iter().filter(|r| r.is_ok()).count());
+            crate::metrics::published("broadcast", started, ok);
+            results?
         };
         if results.len() != valid.len() {
             return Err(logged(ApiError::new(

@@ -19,6 +19,7 @@ pub mod error;
 pub mod keys;
 pub mod logging;
 pub mod memory;
+pub mod metrics;
 pub mod namespaces;
 pub mod redis;
 pub mod shutdown;
@@ -388,4 +389,47 @@ pub fn now_ms() -> i64 {
 pub fn new_epoch() -> String {
     let bytes: [u8; 6] = rand::random();
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(offset: u64) -> Envelope {
+        Envelope {
+            offset,
+            epoch: "e".into(),
+            ..Envelope::default()
+        }
+    }
+
+    fn judge(since: (u64, &str), offsets: &[u64], top: u64) -> bool {
+        let history = History {
+            publications: offsets.iter().map(|o| env(*o)).collect(),
+            position: Position {
+                offset: top,
+                epoch: "e".into(),
+            },
+        };
+        let since = Position {
+            offset: since.0,
+            epoch: since.1.into(),
+        };
+        Recovery::judge(&since, history).recovered
+    }
+
+    #[test]
+    fn recovery_needs_the_same_epoch_and_every_offset_up_to_the_top() {
+        assert!(judge((2, "e"), &[3, 4], 4));
+        assert!(judge((4, "e"), &[], 4), "nothing missed");
+        assert!(
+            judge((0, ""), &[1, 2], 2),
+            "a fresh position matches any epoch"
+        );
+        assert!(!judge((2, "other"), &[3, 4], 4), "another epoch");
+        assert!(!judge((1, "e"), &[3, 4], 4), "history starts too late");
+        assert!(!judge((2, "e"), &[3], 4), "history ends too early");
+        assert!(!judge((2, "e"), &[3, 5], 5), "a hole");
+        assert!(!judge((5, "e"), &[], 4), "a position past the top");
+    }
 }

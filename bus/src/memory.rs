@@ -302,4 +302,40 @@ mod tests {
         link.detach().await;
         assert!(bus.nodes().await.unwrap().is_empty());
     }
+
+    #[tokio::test]
+    async fn history_is_trimmed_to_its_size_and_keys_make_publishes_idempotent() {
+        let rules = crate::NamespaceRules {
+            history_size: 2,
+            ..crate::NamespaceRules::default()
+        };
+        let bus = Bus::memory().with_namespaces(crate::Namespaces {
+            default: rules,
+            ..crate::Namespaces::default()
+        });
+        let msg = |key: Option<&str>| Publish {
+            channel: "m".into(),
+            data: Bytes::from_static(b"1"),
+            idempotency_key: key.map(Into::into),
+            ..Publish::default()
+        };
+        let first = bus.publish(msg(Some("k"))).await.unwrap();
+        let retry = bus.publish(msg(Some("k"))).await.unwrap();
+        assert_eq!((retry.offset, retry.duplicate), (first.offset, true));
+        for _ in 0..3 {
+            bus.publish(msg(None)).await.unwrap();
+        }
+        let history = bus
+            .history("m", &crate::HistoryQuery::default())
+            .await
+            .unwrap();
+        let offsets: Vec<u64> = history.publications.iter().map(|e| e.offset).collect();
+        assert_eq!(offsets, [3, 4]);
+        let since = |offset| Position {
+            offset,
+            epoch: first.epoch.clone(),
+        };
+        assert!(bus.recover("m", &since(2)).await.unwrap().recovered);
+        assert!(!bus.recover("m", &since(1)).await.unwrap().recovered);
+    }
 }

@@ -494,3 +494,142 @@ async fn a_subscriber_connection_that_stops_answering_is_replaced() {
     assert_eq!(next(&mut rx).await.offset, p.offset);
     link.detach().await;
 }
+
+fn short_history(size: u32) -> chorus_bus::Namespaces {
+    chorus_bus::Namespaces {
+        default: chorus_bus::NamespaceRules {
+            history_size: size,
+            history_ttl: Duration::from_secs(60),
+            history_meta_ttl: Duration::from_secs(120),
+            ..chorus_bus::NamespaceRules::default()
+        },
+        ..chorus_bus::Namespaces::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_keeps_exactly_its_size_with_ttls_and_reads_atomically_with_the_position() {
+    let server = RedisServer::start().unwrap();
+    let bus = Bus::redis(&config(&server))
+        .unwrap()
+        .with_namespaces(short_history(3));
+    for _ in 0..5 {
+        bus.publish(publish("h", b"x")).await.unwrap();
+    }
+    let all = bus
+        .history("h", &chorus_bus::HistoryQuery::default())
+        .await
+        .unwrap();
+    let offsets: Vec<u64> = all.publications.iter().map(|e| e.offset).collect();
+    assert_eq!(offsets, [3, 4, 5], "exactly the newest 3");
+    assert_eq!(all.position.offset, 5);
+    assert!(
+        all.publications
+            .iter()
+            .all(|e| e.epoch == all.position.epoch)
+    );
+    let ttl = |key: String| {
+        server.cli(&["PTTL", &key]).unwrap()[0]
+            .parse::<i64>()
+            .unwrap()
+    };
+    let (history_ttl, meta_ttl) = (ttl(keys::history("h")), ttl(keys::meta("h")));
+    assert!(
+        (1..=60_000).contains(&history_ttl),
+        "history PTTL {history_ttl}"
+    );
+    assert!(
+        (60_001..=120_000).contains(&meta_ttl),
+        "meta PTTL {meta_ttl}"
+    );
+
+    let reverse = chorus_bus::HistoryQuery {
+        since: Some(3),
+        limit: 1,
+        reverse: true,
+    };
+    let newest = bus.history("h", &reverse).await.unwrap();
+    assert_eq!(
+        newest
+            .publications
+            .iter()
+            .map(|e| e.offset)
+            .collect::<Vec<_>>(),
+        [5]
+    );
+
+    // From 1 the gap cannot be filled (2 is gone); from 2 it can.
+    let judge = |offset| chorus_bus::Position {
+        offset,
+        epoch: all.position.epoch.clone(),
+    };
+    assert!(!bus.recover("h", &judge(1)).await.unwrap().recovered);
+    let from_two = bus.recover("h", &judge(2)).await.unwrap();
+    assert!(from_two.recovered);
+    assert_eq!(from_two.publications.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_whose_position_was_lost_starts_a_new_epoch_without_the_old_history() {
+    let server = RedisServer::start().unwrap();
+    let bus = Bus::redis(&config(&server)).unwrap();
+    let first = bus.publish(publish("e", b"old")).await.unwrap();
+    bus.publish(publish("e", b"old")).await.unwrap();
+    server.cli(&["DEL", &keys::meta("e")]).unwrap();
+    let reborn = bus.publish(publish("e", b"new")).await.unwrap();
+    assert_eq!(reborn.offset, 1);
+    assert_ne!(reborn.epoch, first.epoch);
+    let history = bus
+        .history("e", &chorus_bus::HistoryQuery::default())
+        .await
+        .unwrap();
+    assert_eq!(history.publications.len(), 1);
+    assert_eq!(history.publications[0].data.as_ref(), b"new");
+    let old = chorus_bus::Position {
+        offset: 2,
+        epoch: first.epoch,
+    };
+    let recovery = bus.recover("e", &old).await.unwrap();
+    assert!(!recovery.recovered);
+    assert_eq!(recovery.position.epoch, reborn.epoch);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_answers_the_first_offset_within_its_window_only() {
+    let server = RedisServer::start().unwrap();
+    let bus = Bus::redis(&BusConfig {
+        idempotency_window: Duration::from_millis(300),
+        ..config(&server)
+    })
+    .unwrap();
+    let keyed = |key: &str| Publish {
+        idempotency_key: Some(key.into()),
+        ..publish("i", b"x")
+    };
+    let first = bus.publish(keyed("k1")).await.unwrap();
+    let again = bus.publish(keyed("k1")).await.unwrap();
+    assert_eq!((again.offset, again.duplicate), (first.offset, true));
+    assert_eq!(
+        bus.position("i").await.unwrap().offset,
+        1,
+        "nothing published"
+    );
+    let other = bus.publish(keyed("k2")).await.unwrap();
+    assert_eq!((other.offset, other.duplicate), (2, false));
+    // After the window the key is forgotten (Redis expires it).
+    let forgotten = eventually(Duration::from_secs(3), || {
+        let n = server
+            .cli(&["EXISTS", &keys::idempotency("i", "k1")])
+            .unwrap();
+        async move { n[0] == "0" }
+    })
+    .await;
+    assert!(forgotten);
+    let later = bus.publish(keyed("k1")).await.unwrap();
+    assert_eq!((later.offset, later.duplicate), (3, false));
+    // Malformed keys are refused before reaching Redis.
+    for bad in ["", "has space", &"k".repeat(129)] {
+        let err = bus.publish(keyed(bad)).await.unwrap_err();
+        assert!(matches!(err, BusError::BadRequest(_)), "{bad:?}: {err:?}");
+    }
+}

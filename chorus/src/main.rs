@@ -49,7 +49,11 @@ async fn main() -> anyhow::Result<()> {
         cli.api.api_keys = vec![DEV_API_KEY.into()];
     }
 
-    let bus = Bus::memory().with_namespaces(cli.namespaces.load()?);
+    let namespaces = cli
+        .namespaces
+        .load()
+        .context("loading the namespaces file")?;
+    let bus = Bus::memory().with_namespaces(namespaces);
     let shutdown = CancellationToken::new();
     let gateway_listener = tokio::net::TcpListener::bind(cli.gateway.listen)
         .await

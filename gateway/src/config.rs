@@ -172,6 +172,12 @@ pub struct GatewayConfig {
     )]
     pub conformance_echo: bool,
 
+    /// On SIGTERM/SIGINT, the time over which the gateway tells its clients to reconnect
+    /// elsewhere (each at a random moment within it, so they do not all reconnect at once);
+    /// `/readyz` fails and new WebSockets are refused from the start of it.
+    #[arg(long = "drain-window", env = "CHORUS_DRAIN_WINDOW", default_value = "10s", value_parser = parse_duration)]
+    pub drain_window: Duration,
+
     /// Serve the demo page at `/`.
     #[arg(long = "demo-page", env = "CHORUS_DEMO_PAGE")]
     pub demo_page: bool,
@@ -235,6 +241,7 @@ impl Default for GatewayConfig {
             token_issuer: None,
             allow_anonymous: false,
             conformance_echo: false,
+            drain_window: Duration::from_secs(10),
             demo_page: false,
         }
     }
@@ -261,6 +268,7 @@ mod tests {
         assert_eq!(parsed.max_message_size, default.max_message_size);
         assert_eq!(parsed.queue_max_bytes, default.queue_max_bytes);
         assert_eq!(parsed.max_connections, default.max_connections);
+        assert_eq!(parsed.drain_window, default.drain_window);
         assert_eq!(
             parsed.max_connections_per_user,
             default.max_connections_per_user

@@ -19,6 +19,9 @@ use tokio_util::sync::CancellationToken;
 pub(crate) enum Outgoing {
     /// A data frame in the connection's format (text for JSON, binary for protobuf).
     Data(Bytes),
+    /// A publication push (a data frame) and when it was published (ms since the Unix
+    /// epoch), for the delivery-latency metric.
+    Publication(Bytes, i64),
     /// A pong answering the client's ping.
     Pong(Bytes),
     /// The echo of the client's close frame; the writer sends it and stops.
@@ -31,6 +34,7 @@ impl Outgoing {
     fn cost(&self) -> usize {
         match self {
             Outgoing::Data(b)
+            | Outgoing::Publication(b, _)
             | Outgoing::Pong(b)
             | Outgoing::CloseEcho(b)
             | Outgoing::Echo(_, b) => b.len(),
@@ -90,7 +94,10 @@ impl Conn {
             return Err(QueueFull::Overflow);
         }
         match self.tx.try_send(item) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                crate::metrics::queued(cost as i64);
+                Ok(())
+            }
             Err(e) => {
                 self.queued_bytes.fetch_sub(cost, Ordering::Relaxed);
                 Err(match e {
@@ -111,19 +118,27 @@ impl Conn {
         self.enqueue(Outgoing::Data(frame));
     }
 
+    /// Queues a publication push published at `published_at_ms`; like [`Conn::deliver`].
+    pub(crate) fn deliver_publication(&self, frame: Bytes, published_at_ms: i64) {
+        self.enqueue(Outgoing::Publication(frame, published_at_ms));
+    }
+
     /// Queues any item; a client that cannot keep up is closed as a slow consumer.
     pub(crate) fn enqueue(&self, item: Outgoing) {
-        if self.send(item) == Err(QueueFull::Overflow) {
-            self.close(
+        if self.send(item) == Err(QueueFull::Overflow)
+            && self.close(
                 chorus_protocol::codes::close::SLOW_CONSUMER,
                 "slow consumer: the client did not read fast enough",
-            );
+            )
+        {
+            crate::metrics::slow_consumer();
         }
     }
 
     /// The writer took an item off the queue.
     pub(crate) fn dequeued(&self, item: &Outgoing) {
         self.queued_bytes.fetch_sub(item.cost(), Ordering::Relaxed);
+        crate::metrics::queued(-(item.cost() as i64));
     }
 
     /// Bytes currently queued.
@@ -132,16 +147,18 @@ impl Conn {
         self.queued_bytes.load(Ordering::Relaxed)
     }
 
-    /// Closes the connection with a close frame; the first reason given wins.
-    pub(crate) fn close(&self, code: u16, reason: &str) {
+    /// Closes the connection with a close frame; the first reason given wins. Returns whether
+    /// this call's reason is the one that will be sent.
+    pub(crate) fn close(&self, code: u16, reason: &str) -> bool {
         {
             let mut frame = self.close_frame.lock();
             if frame.is_some() || self.closing.is_cancelled() {
-                return;
+                return false;
             }
             *frame = Some((code, reason.to_owned()));
         }
         self.closing.cancel();
+        true
     }
 
     /// Ends the connection without a close frame (the socket is already gone).
@@ -152,6 +169,13 @@ impl Conn {
     /// The close frame to send, if one was asked for.
     pub(crate) fn take_close_frame(&self) -> Option<(u16, String)> {
         self.close_frame.lock().take()
+    }
+}
+
+impl Drop for Conn {
+    /// What is still queued will never be written: it leaves the bytes-queued metric.
+    fn drop(&mut self) {
+        crate::metrics::queued(-(self.queued_bytes.load(Ordering::Relaxed) as i64));
     }
 }
 

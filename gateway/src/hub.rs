@@ -83,8 +83,9 @@ struct Channel {
 
 struct Sub {
     conn: Arc<Conn>,
-    /// Publications held back until the subscribe reply is queued: (offset, frame).
-    held: Option<Vec<(u64, Bytes)>>,
+    /// Publications held back until the subscribe reply is queued: (offset, frame, publish
+    /// time).
+    held: Option<Vec<(u64, Bytes, i64)>>,
     held_bytes: usize,
     /// Offsets up to this one were covered by the subscribe reply.
     from: u64,
@@ -244,7 +245,7 @@ impl Channel {
     }
 
     fn deliver(&mut self, env: Envelope) {
-        let offset = env.offset;
+        let (offset, published_at_ms) = (env.offset, env.published_at_ms);
         let (mut encoded, exclude) = Encoded::new(env);
         for sub in &mut self.subs {
             if offset <= sub.from || (!exclude.is_empty() && sub.conn.client == exclude) {
@@ -252,10 +253,10 @@ impl Channel {
             }
             let bytes = encoded.get(sub.conn.format).clone();
             match &mut sub.held {
-                None => sub.conn.deliver(bytes),
+                None => sub.conn.deliver_publication(bytes, published_at_ms),
                 Some(held) => {
                     sub.held_bytes += bytes.len();
-                    held.push((offset, bytes));
+                    held.push((offset, bytes, published_at_ms));
                     if sub.held_bytes > sub.conn.max_bytes() {
                         held.clear();
                         sub.conn.close(
@@ -350,9 +351,9 @@ impl Hub {
             .ok_or(ActivateError::Gone)?;
         sub.from = position.offset;
         sub.conn.deliver(reply);
-        for (offset, frame) in sub.held.take().unwrap_or_default() {
+        for (offset, frame, published_at_ms) in sub.held.take().unwrap_or_default() {
             if offset > position.offset {
-                sub.conn.deliver(frame);
+                sub.conn.deliver_publication(frame, published_at_ms);
             }
         }
         sub.held_bytes = 0;
@@ -373,6 +374,14 @@ impl Hub {
                 link.unwant(channel);
             }
         }
+    }
+
+    /// Number of subscriptions (connection × channel), for metrics.
+    pub(crate) fn subscription_count(&self) -> usize {
+        let count = |s: &Mutex<HashMap<String, Channel>>| {
+            s.lock().values().map(|ch| ch.subs.len()).sum::<usize>()
+        };
+        self.shards.iter().map(count).sum()
     }
 
     /// Number of channels with at least one local subscriber.
@@ -445,6 +454,7 @@ impl Hub {
 
 impl BusSink for Hub {
     fn publication(&self, envelope: Envelope) {
+        crate::metrics::message_received();
         let mut shard = self.shard(&envelope.channel).lock();
         if let Some(ch) = shard.get_mut(&envelope.channel) {
             ch.feed(envelope, self);
@@ -523,7 +533,7 @@ mod tests {
 
     fn take(q: &mut ConnQueue) -> Bytes {
         match q.rx.try_recv() {
-            Ok(Outgoing::Data(b)) => b,
+            Ok(Outgoing::Data(b) | Outgoing::Publication(b, _)) => b,
             other => panic!("expected data, got {other:?}"),
         }
     }
@@ -531,7 +541,7 @@ mod tests {
     /// The offsets of the publications queued, replies shown as 0.
     fn offsets(q: &mut ConnQueue) -> Vec<u64> {
         let mut out = Vec::new();
-        while let Ok(Outgoing::Data(b)) = q.rx.try_recv() {
+        while let Ok(Outgoing::Data(b) | Outgoing::Publication(b, _)) = q.rx.try_recv() {
             if b.as_ref() == b"R" {
                 out.push(0);
                 continue;

@@ -13,11 +13,13 @@
 
 pub mod auth;
 mod catch_up;
+pub mod cli;
 pub mod config;
 mod conn;
 mod frame_guard;
 mod hub;
 mod limits;
+pub mod metrics;
 mod node;
 mod permissions;
 mod security;
@@ -31,6 +33,7 @@ use chorus_bus::Bus;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use cli::Cli;
 pub use config::GatewayConfig;
 
 /// Runs a gateway node on `listener` until `shutdown` is cancelled, then closes every client
@@ -57,6 +60,7 @@ pub async fn serve(
         shutdown,
         security,
     );
+    metrics::register(&node);
     tracing::info!(node = %node.id, address = %local, "gateway listening");
     server::accept_loop(listener, node.clone()).await;
     tracing::info!(node = %node.id, connections = node.connection_count(), channels = node.hub.channel_count(), "gateway stopped");

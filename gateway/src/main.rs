@@ -1,34 +1,23 @@
 //! `chorus-gateway`: one gateway node of a Chorus cluster (Redis bus).
 
 use anyhow::Context;
-use chorus_bus::logging::{self, LogConfig};
-use chorus_bus::namespaces::NamespacesConfig;
-use chorus_bus::{Bus, BusConfig};
-use chorus_gateway::GatewayConfig;
+use chorus_bus::Bus;
+use chorus_bus::logging;
+use chorus_gateway::Cli;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
-
-/// A Chorus gateway node: holds client WebSockets at /ws and fans out publications from Redis.
-#[derive(Parser)]
-#[command(name = "chorus-gateway", version)]
-struct Cli {
-    #[command(flatten)]
-    gateway: GatewayConfig,
-    #[command(flatten)]
-    bus: BusConfig,
-    #[command(flatten)]
-    namespaces: NamespacesConfig,
-    #[command(flatten)]
-    log: LogConfig,
-}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     logging::init(&cli.log);
+    let namespaces = cli
+        .namespaces
+        .load()
+        .context("loading the namespaces file")?;
     let bus = Bus::redis(&cli.bus)
         .context("configuring the Redis bus")?
-        .with_namespaces(cli.namespaces.load()?);
+        .with_namespaces(namespaces);
     let listener = tokio::net::TcpListener::bind(cli.gateway.listen)
         .await
         .with_context(|| format!("binding {}", cli.gateway.listen))?;

@@ -1,9 +1,11 @@
 //! The running gateway node: its identity, its link to the bus, its hub and its counters.
 //! One `Node` is shared (behind an `Arc`) by every connection the node holds.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use chorus_bus::{Bus, NodeInfo, NodeLink, now_ms};
 use tokio_util::sync::CancellationToken;
@@ -22,10 +24,12 @@ pub(crate) struct Node {
     pub(crate) link: NodeLink,
     next_client: AtomicU64,
     connections: AtomicUsize,
-    /// Cancelled when the node shuts down; every session watches it.
+    /// Cancelled when the node starts shutting down (the drain): every session watches it.
     pub(crate) shutdown: CancellationToken,
     /// Token keys, namespace rules, connection slots (`security.rs`).
     pub(crate) security: Security,
+    /// When the drain started (set by the first to look after `shutdown`).
+    drain_started: OnceLock<Instant>,
 }
 
 impl Node {
@@ -66,6 +70,7 @@ impl Node {
             connections: AtomicUsize::new(0),
             shutdown,
             security,
+            drain_started: OnceLock::new(),
         })
     }
 
@@ -83,6 +88,18 @@ impl Node {
 
     pub(crate) fn connection_count(&self) -> usize {
         self.connections.load(Ordering::Relaxed)
+    }
+
+    /// When a session whose turn is `fraction` (0..1) of the drain window tells its client to
+    /// reconnect. Call only after `shutdown` fired.
+    pub(crate) fn drain_turn(&self, fraction: f64) -> Instant {
+        let started = *self.drain_started.get_or_init(Instant::now);
+        started + self.config.drain_window.mul_f64(fraction.clamp(0.0, 1.0))
+    }
+
+    /// When the drain window ends. Call only after `shutdown` fired.
+    pub(crate) fn drain_end(&self) -> Instant {
+        self.drain_turn(1.0)
     }
 
     /// Ready to take clients: the bus link is up and the node is not shutting down.

@@ -1,5 +1,5 @@
 //! The HTTP side of the gateway: accepting TCP connections, routing `/ws`, `/healthz`,
-//! `/readyz` and the demo page, and handing upgraded WebSockets to sessions.
+//! `/readyz`, `/metrics` and the demo page, and handing upgraded WebSockets to sessions.
 //!
 //! Connections are served by hyper's HTTP/1 server with upgrades enabled and a timer, so the
 //! header-read timeout applies (a client that never finishes its request is dropped). Upgraded
@@ -25,7 +25,7 @@ use tokio_util::task::TaskTracker;
 use crate::node::Node;
 use crate::{frame_guard, limits, session};
 
-/// How long shutdown waits for sessions to send their close frames.
+/// How long shutdown waits, after the drain window, for sessions to send their close frames.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 const DEMO_PAGE: &str = include_str!("../assets/demo.html");
@@ -34,9 +34,16 @@ type Body = Full<Bytes>;
 
 pub(crate) async fn accept_loop(listener: TcpListener, node: Arc<Node>) {
     let tracker = TaskTracker::new();
+    // Accepting goes on through the drain window, so probes keep answering (`/readyz`: 503)
+    // while new WebSockets are refused; sessions leave one by one at their turn.
+    let drained = async {
+        node.shutdown.cancelled().await;
+        tokio::time::sleep_until(node.drain_end()).await;
+    };
+    tokio::pin!(drained);
     loop {
         let accepted = tokio::select! {
-            _ = node.shutdown.cancelled() => break,
+            _ = &mut drained => break,
             accepted = listener.accept() => accepted,
         };
         match accepted {
@@ -81,7 +88,10 @@ async fn serve_http(stream: TcpStream, node: Arc<Node>, tracker: TaskTracker) {
                 tracing::debug!(error = %e, "http connection ended with an error");
             }
         }
-        _ = node.shutdown.cancelled() => {
+        _ = async {
+            node.shutdown.cancelled().await;
+            tokio::time::sleep_until(node.drain_end()).await;
+        } => {
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         }
@@ -92,14 +102,22 @@ fn route(req: Request<Incoming>, node: &Arc<Node>, tracker: &TaskTracker) -> Res
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/ws") => upgrade(req, node, tracker),
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/metrics") => match crate::metrics::render() {
+            Some(body) => {
+                let mut resp = text(StatusCode::OK, &body);
+                resp.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static(chorus_bus::metrics::CONTENT_TYPE),
+                );
+                resp
+            }
+            None => text(StatusCode::NOT_FOUND, "metrics are not enabled\n"),
+        },
         (&Method::GET, "/readyz") => {
             if node.is_ready() {
                 text(StatusCode::OK, "ready\n")
             } else if node.shutdown.is_cancelled() {
-                text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "not ready: shutting down\n",
-                )
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready: draining\n")
             } else {
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -127,7 +145,10 @@ fn upgrade(mut req: Request<Incoming>, node: &Arc<Node>, tracker: &TaskTracker) 
         );
     }
     if node.shutdown.is_cancelled() {
-        return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining: connect to another gateway\n",
+        );
     }
     let origin = req
         .headers()
@@ -160,6 +181,7 @@ fn upgrade(mut req: Request<Incoming>, node: &Arc<Node>, tracker: &TaskTracker) 
             );
         }
     };
+    crate::metrics::connection_accepted();
     let node = node.clone();
     tracker.spawn(async move {
         let _slot = slot;

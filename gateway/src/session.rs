@@ -102,6 +102,9 @@ impl Session {
             std::future::ready(Ok::<(), Infallible>(()))
         };
         let idle_timeout = self.node.config.idle_timeout;
+        // This session's moment in the drain window, fixed once so that re-entering the
+        // select below does not move it.
+        let drain_fraction: f64 = rand::random();
         let max = self.node.config.max_message_size;
         // A fragmented message being reassembled: (is text, bytes so far).
         let mut partial: Option<(bool, BytesMut)> = None;
@@ -135,7 +138,10 @@ impl Session {
                     }
                     return;
                 }
-                _ = self.node.shutdown.cancelled() => {
+                _ = async {
+                    self.node.shutdown.cancelled().await;
+                    tokio::time::sleep_until(self.node.drain_turn(drain_fraction)).await;
+                } => {
                     self.push(push::Body::Disconnect(client::Disconnect {
                         code: u32::from(close::SHUTDOWN),
                         reason: "gateway shutting down".into(),
@@ -546,6 +552,7 @@ impl Session {
     }
 
     fn reply_error(&self, id: u32, error: client::Error) {
+        crate::metrics::error_replied(error.code);
         self.reply(client::Reply {
             id,
             error: Some(error),

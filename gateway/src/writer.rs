@@ -30,6 +30,9 @@ pub(crate) async fn run<W>(
         tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut batch = Vec::with_capacity(BATCH);
+    // Publish times of the batch's publications, recorded once the batch is on the socket.
+    let mut published_at = Vec::with_capacity(BATCH);
+    let delivery = crate::metrics::Delivery::new();
     let data_opcode = if conn.format.is_text() {
         OpCode::Text
     } else {
@@ -48,7 +51,7 @@ pub(crate) async fn run<W>(
                         while let Ok(item) = queue.rx.try_recv() {
                             conn.dequeued(&item);
                             match item {
-                                Outgoing::Data(bytes) => {
+                                Outgoing::Data(bytes) | Outgoing::Publication(bytes, _) => {
                                     ws.write_frame(Frame::new(true, data_opcode, None, Payload::Borrowed(&bytes))).await?;
                                 }
                                 Outgoing::Pong(_) => {}
@@ -79,6 +82,10 @@ pub(crate) async fn run<W>(
                             Outgoing::Data(bytes) => {
                                 ws.write_frame(Frame::new(true, data_opcode, None, Payload::Borrowed(&bytes))).await?;
                             }
+                            Outgoing::Publication(bytes, at) => {
+                                ws.write_frame(Frame::new(true, data_opcode, None, Payload::Borrowed(&bytes))).await?;
+                                published_at.push(at);
+                            }
                             Outgoing::Pong(bytes) => {
                                 ws.write_frame(Frame::pong(Payload::Borrowed(&bytes))).await?;
                             }
@@ -94,6 +101,11 @@ pub(crate) async fn run<W>(
                         }
                     }
                     ws.flush().await?;
+                    if !published_at.is_empty() {
+                        // One clock read per batch, after the batch is written.
+                        delivery.record(chorus_bus::now_ms(), &published_at);
+                        published_at.clear();
+                    }
                 }
                 _ = ping.tick() => {
                     ws.write_frame(Frame::new(true, OpCode::Ping, None, Payload::Borrowed(&[]))).await?;

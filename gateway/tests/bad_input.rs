@@ -252,7 +252,11 @@ async fn client_answering_pings_outlives_the_idle_timeout() {
 
 #[tokio::test]
 async fn shutdown_sends_a_reconnect_disconnect_push_and_closes_with_3000() {
-    let gw = MemoryGateway::start(GatewayConfig::default()).await;
+    let gw = MemoryGateway::start(GatewayConfig {
+        drain_window: Duration::from_millis(200),
+        ..GatewayConfig::default()
+    })
+    .await;
     let mut c = connected(&gw, Format::Json).await;
     gw.shut_down();
     match c.next_frame().await.unwrap().frame {

@@ -5,12 +5,15 @@
 //! - [`WsClient`] is a real WebSocket client (tokio-tungstenite, independent of the gateway's
 //!   own WebSocket library) speaking Chorus's client protocol in either format.
 //! - [`Process`] runs a Chorus binary as a child process that a test can SIGKILL.
+//! - [`Scrape`] reads a `/metrics` page.
 
 mod process;
+mod prom;
 mod redis_server;
 mod ws_client;
 
 pub use process::{Process, eventually, wait_http_ok};
+pub use prom::Scrape;
 pub use redis_server::RedisServer;
 pub use ws_client::{Closed, WAIT, WsClient};
 

@@ -27,6 +27,20 @@ impl Process {
         })
     }
 
+    /// The OS process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Resident memory (VmRSS) in KiB, read from `/proc`, while running.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
     /// SIGKILL: the process gets no chance to clean up, as in a crash.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

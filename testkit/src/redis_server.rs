@@ -11,11 +11,23 @@ pub struct RedisServer {
     port: u16,
     child: Option<Child>,
     dir: PathBuf,
+    /// AOF persistence with `appendfsync always`: every acknowledged write survives a kill.
+    persistent: bool,
 }
 
 impl RedisServer {
     /// Starts a server without persistence on a free port and waits until it answers.
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_with(false)
+    }
+
+    /// Starts a server with AOF persistence (`appendfsync always`), so that a restart keeps
+    /// every write it acknowledged.
+    pub fn start_persistent() -> anyhow::Result<Self> {
+        Self::start_with(true)
+    }
+
+    fn start_with(persistent: bool) -> anyhow::Result<Self> {
         let port = crate::free_port();
         let dir = std::env::temp_dir().join(format!("chorus-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
@@ -23,6 +35,7 @@ impl RedisServer {
             port,
             child: None,
             dir,
+            persistent,
         };
         server.spawn()?;
         Ok(server)
@@ -46,7 +59,8 @@ impl RedisServer {
         }
     }
 
-    /// Starts the server again on the same port (empty: no persistence).
+    /// Starts the server again on the same port: empty without persistence, with every
+    /// acknowledged write when persistent.
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.stop();
         self.spawn()
@@ -75,7 +89,12 @@ impl RedisServer {
     fn spawn(&mut self) -> anyhow::Result<()> {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--bind", "127.0.0.1", "--save", ""])
+            .args(if self.persistent {
+                ["--appendonly", "yes", "--appendfsync", "always"].as_slice()
+            } else {
+                ["--appendonly", "no"].as_slice()
+            })
             .arg("--dir")
             .arg(&self.dir)
             .stdout(Stdio::null())

@@ -90,6 +90,7 @@ impl RedisBus {
     pub(crate) fn attach(self: &Arc<Self>, node: NodeInfo, sink: Arc<dyn BusSink>) -> RedisLink {
         let wanted = Arc::new(Wanted::default());
         let state = Arc::new(LinkState::default());
+        crate::metrics::watch_link(&state);
         let cancel = CancellationToken::new();
         let (registry_handle, registry_task) =
             registry::Registry::new(self.clone(), node.clone(), state.clone(), cancel.clone());

@@ -18,8 +18,8 @@
 //! channel, or one whose metadata Redis lost — which is exactly when the epoch must change).
 //!
 //! History is a stream per channel whose entry ids are the offsets (`<offset>-0`), so "after
-//! offset N" is a plain XRANGE from `N+1-0`. It is trimmed to the namespace's size (`MAXLEN ~`,
-//! so at least that many are kept) and expires with its TTL; the position (meta hash) lives
+//! offset N" is a plain XRANGE from `N+1-0`. It is trimmed to exactly the namespace's size
+//! (plain `MAXLEN`: one entry dropped per append once full) and expires with its TTL; the position (meta hash) lives
 //! longer, so a client that missed nothing still recovers after the history expired. When the
 //! meta hash is gone the next publish starts a new epoch and deletes any older history.
 //!
@@ -78,11 +78,11 @@ local envelope = ARGV[3] .. '\8' .. varint(offset) .. '\18' .. varint(#epoch) ..
 local size = tonumber(ARGV[4])
 if size > 0 then
   local id = string.format('%d-0', offset)
-  local added = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', size, id, 'e', envelope)
+  local added = redis.pcall('XADD', KEYS[2], 'MAXLEN', size, id, 'e', envelope)
   if type(added) == 'table' and added.err then
     -- History ahead of the position (edited or restored out of step): it cannot be trusted.
     redis.call('DEL', KEYS[2])
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', size, id, 'e', envelope)
+    redis.call('XADD', KEYS[2], 'MAXLEN', size, id, 'e', envelope)
   end
   redis.call('PEXPIRE', KEYS[2], ARGV[5])
 end

@@ -83,6 +83,7 @@ impl Subscriber {
             match self.session(&mut backoff).await {
                 End::Cancelled => break,
                 End::Lost(reason) => {
+                    crate::metrics::redis_reconnect();
                     // Pending first: whoever sees "not ready" must not find a stale "live".
                     self.wanted.mark_all_pending();
                     self.state.subscriber_ready.store(false, Ordering::Release);
@@ -106,8 +107,12 @@ impl Subscriber {
     async fn session(&self, backoff: &mut Backoff) -> End {
         let lost = Arc::new(Notify::new());
         let canary_seen = Arc::new(AtomicU64::new(0));
-        let config = async_config(self.timeout)
-            .set_push_sender(self.push_handler(lost.clone(), canary_seen.clone()));
+        let canary_back = Arc::new(Notify::new());
+        let config = async_config(self.timeout).set_push_sender(self.push_handler(
+            lost.clone(),
+            canary_seen.clone(),
+            canary_back.clone(),
+        ));
         let connect = self
             .client
             .get_multiplexed_async_connection_with_config(&config);
@@ -136,7 +141,12 @@ impl Subscriber {
             self.unsubscribe_all(&mut conn, &subscribed).await;
             return End::Cancelled;
         }
-        self.state.subscriber_ready.store(true, Ordering::Release);
+        // With the canary on, the node is ready only once a canary came back on this
+        // connection: delivery proven, not just a socket.
+        let mut proven = !canary_on;
+        if proven {
+            self.state.subscriber_ready.store(true, Ordering::Release);
+        }
         backoff.reset();
         tracing::info!(node = %self.node, channels = subscribed.len(), "redis subscriber connected");
 
@@ -145,7 +155,9 @@ impl Subscriber {
         } else {
             PING_EVERY
         };
-        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        // The first canary goes at once; PINGs start one period in.
+        let first = if canary_on { Duration::ZERO } else { every };
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + first, every);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The canary in flight: its number and when it was sent.
         let mut canary: Option<(u64, Instant)> = None;
@@ -158,6 +170,13 @@ impl Subscriber {
                     return End::Cancelled;
                 }
                 _ = lost.notified() => return End::Lost("connection closed".into()),
+                _ = canary_back.notified(), if !proven => {
+                    if canary.is_some_and(|(n, _)| canary_seen.load(Ordering::Acquire) >= n) {
+                        proven = true;
+                        self.state.subscriber_ready.store(true, Ordering::Release);
+                        tracing::debug!(node = %self.node, "canary delivered; link ready");
+                    }
+                }
                 _ = self.wanted.changed() => {
                     if let Err(reason) = self.reconcile(&mut conn, &mut subscribed).await {
                         return End::Lost(reason);
@@ -296,6 +315,7 @@ impl Subscriber {
         &self,
         lost: Arc<Notify>,
         canary_seen: Arc<AtomicU64>,
+        canary_back: Arc<Notify>,
     ) -> impl Fn(PushInfo) -> Result<(), Infallible> + Send + Sync + 'static {
         let wanted = self.wanted.clone();
         let sink = self.sink.clone();
@@ -308,6 +328,7 @@ impl Subscriber {
                         && let Some(n) = std::str::from_utf8(n).ok().and_then(|n| n.parse().ok())
                     {
                         canary_seen.fetch_max(n, Ordering::AcqRel);
+                        canary_back.notify_one();
                     }
                 }
                 PushKind::Message => deliver(&node, &wanted, sink.as_ref(), push.data),

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use chorus_broker_api::BrokerConfig;
-use chorus_bus::{Bus, BusConfig};
+use chorus_bus::{Bus, BusConfig, Namespaces};
 use chorus_gateway::GatewayConfig;
 use chorus_protocol::api::chorus_api_client::ChorusApiClient;
 use chorus_testkit::RedisServer;
@@ -16,6 +16,8 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
+
+pub mod load;
 
 pub const API_KEY: &str = "test-key";
 
@@ -32,6 +34,7 @@ pub fn bus_config(redis: &RedisServer) -> BusConfig {
         redis_url: redis.url(),
         redis_timeout: Duration::from_millis(800),
         node_lease: Duration::from_secs(2),
+        canary_interval: Duration::from_millis(200),
         ..BusConfig::default()
     }
 }
@@ -42,7 +45,23 @@ impl Cluster {
     }
 
     pub async fn start_with(gateways: usize, gateway_config: GatewayConfig) -> Self {
-        let redis = RedisServer::start().expect("redis-server starts");
+        Self::start_full(gateways, gateway_config, Namespaces::default(), false).await
+    }
+
+    /// A cluster with these namespace rules, on a Redis with AOF persistence
+    /// (`appendfsync always`) when `persistent`.
+    pub async fn start_full(
+        gateways: usize,
+        gateway_config: GatewayConfig,
+        namespaces: Namespaces,
+        persistent: bool,
+    ) -> Self {
+        let redis = if persistent {
+            RedisServer::start_persistent()
+        } else {
+            RedisServer::start()
+        }
+        .expect("redis-server starts");
         let shutdown = CancellationToken::new();
         let bus_cfg = bus_config(&redis);
 
@@ -53,7 +72,9 @@ impl Cluster {
             ..BrokerConfig::default()
         }
         .with_bus_timeout(&bus_cfg);
-        let bus = Bus::redis(&bus_cfg).unwrap();
+        let bus = Bus::redis(&bus_cfg)
+            .unwrap()
+            .with_namespaces(namespaces.clone());
         tokio::spawn(chorus_broker_api::serve(
             listener,
             bus,
@@ -69,7 +90,9 @@ impl Cluster {
                 node_id: Some(format!("gw-{}", i + 1)),
                 ..gateway_config.clone()
             };
-            let bus = Bus::redis(&bus_cfg).unwrap();
+            let bus = Bus::redis(&bus_cfg)
+                .unwrap()
+                .with_namespaces(namespaces.clone());
             tokio::spawn(chorus_gateway::serve(
                 listener,
                 bus,

@@ -1,0 +1,22 @@
+//! The `chorus-broker-api` binary's command line, here in the library so that tests can check
+//! deployment files (compose, Kubernetes) against the flags and variables it really accepts.
+
+use chorus_bus::BusConfig;
+use chorus_bus::logging::LogConfig;
+use chorus_bus::namespaces::NamespacesConfig;
+
+use crate::BrokerConfig;
+
+/// Chorus broker-api: publish into Chorus over HTTP/JSON and gRPC on one port.
+#[derive(clap::Parser)]
+#[command(name = "chorus-broker-api", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub broker: BrokerConfig,
+    #[command(flatten)]
+    pub bus: BusConfig,
+    #[command(flatten)]
+    pub namespaces: NamespacesConfig,
+    #[command(flatten)]
+    pub log: LogConfig,
+}

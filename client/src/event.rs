@@ -1,0 +1,164 @@
+//! What the client tells the application: events, positions, results.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+pub use chorus_protocol::client::Publication;
+
+/// A place in a channel's stream: the offset of a publication within an epoch.
+///
+/// `offset` 0 with an empty `epoch` is the position of a channel that was never published to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct Position {
+    pub offset: u64,
+    pub epoch: String,
+}
+
+impl Position {
+    pub fn new(offset: u64, epoch: impl Into<String>) -> Self {
+        Self {
+            offset,
+            epoch: epoch.into(),
+        }
+    }
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.offset, self.epoch)
+    }
+}
+
+/// Something that happened on the client's connection, in the order it happened.
+///
+/// For each channel: `Subscribed`, then its publications in offset order, each exactly once;
+/// after a reconnect, `Subscribed` again (saying whether recovery worked), the recovered
+/// publications, then live ones.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A connection is up and `connect` succeeded. Subscriptions are being restored.
+    Connected {
+        client: String,
+        node: String,
+        /// The gateway's WebSocket ping interval (zero: it does not ping).
+        ping_interval: Duration,
+    },
+    /// The connection ended. `code` is the WebSocket close code (`None` when the connection
+    /// failed without one, or the client gave up on a silent one). `reconnect` says whether
+    /// the client will reconnect; `false` is final (closed by the application, or the gateway
+    /// said not to come back) and the event stream ends after it.
+    Disconnected {
+        code: Option<u16>,
+        reason: String,
+        reconnect: bool,
+    },
+    /// A connection attempt failed (the gateway could not be reached, or refused `connect`).
+    /// `retry_in` is the backoff before the next attempt; `None` means the client gave up
+    /// (the token was refused) and the event stream ends.
+    ConnectFailed {
+        error: String,
+        retry_in: Option<Duration>,
+    },
+    /// A subscription became live, first or again after a reconnect or a gap.
+    ///
+    /// `recovered` is `None` when the client had no position to recover from, `Some(true)`
+    /// when every publication after `from` follows (as `Publication` events), and
+    /// `Some(false)` when they could not be recovered: **publications after `from` were
+    /// lost**, and the channel continues from `position`.
+    Subscribed {
+        channel: String,
+        position: Position,
+        recovered: Option<bool>,
+        /// The position the client recovered from (its last delivered publication).
+        from: Option<Position>,
+    },
+    /// The gateway refused a subscribe. With `retrying` the client tries again with backoff
+    /// (the bus was unavailable); otherwise the subscription is dropped.
+    SubscribeFailed {
+        channel: String,
+        code: u32,
+        message: String,
+        retrying: bool,
+    },
+    /// A publication, delivered exactly once and in offset order per channel.
+    Publication(Publication),
+    /// A live publication skipped offsets (or came from another epoch). The client does not
+    /// deliver it; it resubscribes with recovery from `position`, and the `Subscribed` event
+    /// that follows fills the gap or says it could not.
+    Gap {
+        channel: String,
+        /// The last delivered position.
+        position: Position,
+        /// The publication that revealed the gap.
+        received: Position,
+    },
+}
+
+/// The result of a subscribe: where the subscription started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscribeInfo {
+    pub position: Position,
+    /// As in [`Event::Subscribed`].
+    pub recovered: Option<bool>,
+}
+
+/// A page of a channel's history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct History {
+    pub publications: Vec<Publication>,
+    /// The channel's current position.
+    pub position: Position,
+}
+
+/// What to read from a channel's history.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HistoryOptions {
+    /// Only publications after this position; without it, from the oldest kept (newest with
+    /// `reverse`). A position from another epoch is refused with error 112.
+    pub since: Option<Position>,
+    /// At most this many; 0 means the gateway's maximum.
+    pub limit: u32,
+    /// Newest first.
+    pub reverse: bool,
+}
+
+/// Counters of one client, readable at any time with [`Client::stats`](crate::Client::stats).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Publications delivered as events.
+    pub publications: u64,
+    /// Publications dropped because their offset was already delivered.
+    pub duplicates: u64,
+    /// Gaps detected in live publications.
+    pub gaps: u64,
+    /// Successful `connect`s (the first one included).
+    pub connects: u64,
+    /// Subscribes whose recovery failed (publications lost).
+    pub unrecovered: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub publications: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub gaps: AtomicU64,
+    pub connects: AtomicU64,
+    pub unrecovered: AtomicU64,
+}
+
+impl Counters {
+    pub fn add(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> Stats {
+        Stats {
+            publications: self.publications.load(Ordering::Relaxed),
+            duplicates: self.duplicates.load(Ordering::Relaxed),
+            gaps: self.gaps.load(Ordering::Relaxed),
+            connects: self.connects.load(Ordering::Relaxed),
+            unrecovered: self.unrecovered.load(Ordering::Relaxed),
+        }
+    }
+}

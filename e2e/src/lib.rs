@@ -1,0 +1,13 @@
+//! Deployment tests for Chorus; everything is in `tests/`:
+//!
+//! - `deploy_config`: `docker-compose.yml`, `deploy/` (env file, Dockerfile, nginx template,
+//!   Prometheus, Grafana) and `deploy/k8s/` checked against what the binaries accept — every
+//!   variable and flag parsed by the binaries' own command-line definitions, ports and health
+//!   paths answered by the real services, metric names used by the dashboard and alerts
+//!   exported by the code;
+//! - `local_cluster`: `scripts/local-cluster` runs the compose topology as local processes
+//!   (Redis, broker-api, two gateways, nginx) and a client goes through nginx.
+//!
+//! Both use the `chorus-gateway` and `chorus-broker-api` binaries of the same build (the
+//! target directory holding the test executable), which `cargo nextest run --workspace` /
+//! `scripts/test` build. Run alone: `cargo build -p chorus-gateway -p chorus-broker-api` first.

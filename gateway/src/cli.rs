@@ -1,0 +1,22 @@
+//! The `chorus-gateway` binary's command line, here in the library so that tests can check
+//! deployment files (compose, Kubernetes) against the flags and variables it really accepts.
+
+use chorus_bus::BusConfig;
+use chorus_bus::logging::LogConfig;
+use chorus_bus::namespaces::NamespacesConfig;
+
+use crate::GatewayConfig;
+
+/// A Chorus gateway node: holds client WebSockets at /ws and fans out publications from Redis.
+#[derive(Debug, clap::Parser)]
+#[command(name = "chorus-gateway", version)]
+pub struct Cli {
+    #[command(flatten)]
+    pub gateway: GatewayConfig,
+    #[command(flatten)]
+    pub bus: BusConfig,
+    #[command(flatten)]
+    pub namespaces: NamespacesConfig,
+    #[command(flatten)]
+    pub log: LogConfig,
+}

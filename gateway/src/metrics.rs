@@ -1,0 +1,179 @@
+//! The gateway's metrics: names, descriptions, and the one-line calls made where things
+//! happen. Served at `GET /metrics` on the gateway's port (see `chorus_bus::metrics` for the
+//! process-wide recorder).
+//!
+//! Gauges of state the node already keeps (connections, channels, subscriptions, bytes
+//! queued) are read at scrape time from every node of the process rather than kept twice.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Once, Weak};
+
+use metrics::{Counter, Histogram};
+use parking_lot::Mutex;
+
+use crate::node::Node;
+
+/// Open WebSocket connections.
+pub const CONNECTIONS: &str = "chorus_gateway_connections";
+/// WebSocket connections accepted (upgrades completed or not), since start.
+pub const CONNECTIONS_ACCEPTED: &str = "chorus_gateway_connections_accepted_total";
+/// Client subscriptions (one per connection and channel).
+pub const SUBSCRIPTIONS: &str = "chorus_gateway_subscriptions";
+/// Channels with at least one local subscriber (= the node's Redis subscriptions).
+pub const CHANNELS: &str = "chorus_gateway_channels";
+/// Publications the node received from the bus.
+pub const MESSAGES_RECEIVED: &str = "chorus_gateway_messages_received_total";
+/// Publication frames written to client sockets.
+pub const MESSAGES_DELIVERED: &str = "chorus_gateway_messages_delivered_total";
+/// Time from the publish (the envelope's `published_at_ms`) to the write to a client socket.
+pub const DELIVERY_LATENCY: &str = "chorus_gateway_delivery_latency_seconds";
+/// Bytes waiting in client send queues.
+pub const QUEUED_BYTES: &str = "chorus_gateway_queued_bytes";
+/// Clients closed as slow consumers (close code 3002).
+pub const SLOW_CONSUMER_DISCONNECTS: &str = "chorus_gateway_slow_consumer_disconnects_total";
+/// Error replies sent to clients, by protocol error code (`code="108"`).
+pub const ERRORS: &str = "chorus_gateway_errors_total";
+
+/// Every metric the gateway exports, for tests and docs.
+pub const ALL: &[&str] = &[
+    CONNECTIONS,
+    CONNECTIONS_ACCEPTED,
+    SUBSCRIPTIONS,
+    CHANNELS,
+    MESSAGES_RECEIVED,
+    MESSAGES_DELIVERED,
+    DELIVERY_LATENCY,
+    QUEUED_BYTES,
+    SLOW_CONSUMER_DISCONNECTS,
+    ERRORS,
+];
+
+static INIT: Once = Once::new();
+static NODES: Mutex<Vec<Weak<Node>>> = Mutex::new(Vec::new());
+/// Bytes queued on every connection of the process (may dip below zero for a moment).
+static QUEUED: AtomicI64 = AtomicI64::new(0);
+
+/// Installs the process's recorder if needed, describes the gateway's metrics and counts
+/// `node` in the scrape-time gauges for as long as it lives.
+pub(crate) fn register(node: &Arc<Node>) {
+    INIT.call_once(|| {
+        if !chorus_bus::metrics::install() {
+            return;
+        }
+        describe();
+        chorus_bus::metrics::add_sampler(sample);
+    });
+    NODES.lock().push(Arc::downgrade(node));
+}
+
+/// The `/metrics` body, or `None` when metrics are not Chorus's to render.
+pub(crate) fn render() -> Option<String> {
+    chorus_bus::metrics::render()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!(CONNECTIONS, "Open WebSocket connections");
+    describe_counter!(CONNECTIONS_ACCEPTED, "WebSocket upgrades accepted");
+    describe_gauge!(
+        SUBSCRIPTIONS,
+        "Client subscriptions (one per connection and channel)"
+    );
+    describe_gauge!(CHANNELS, "Channels with at least one local subscriber");
+    describe_counter!(MESSAGES_RECEIVED, "Publications received from the bus");
+    describe_counter!(
+        MESSAGES_DELIVERED,
+        "Publication frames written to client sockets"
+    );
+    describe_histogram!(
+        DELIVERY_LATENCY,
+        metrics::Unit::Seconds,
+        "Publish (envelope timestamp) to client socket write"
+    );
+    describe_gauge!(
+        QUEUED_BYTES,
+        metrics::Unit::Bytes,
+        "Bytes waiting in client send queues"
+    );
+    describe_counter!(
+        SLOW_CONSUMER_DISCONNECTS,
+        "Clients closed as slow consumers (close code 3002)"
+    );
+    describe_counter!(
+        ERRORS,
+        "Error replies sent to clients, by protocol error code"
+    );
+    for counter in [
+        CONNECTIONS_ACCEPTED,
+        MESSAGES_RECEIVED,
+        MESSAGES_DELIVERED,
+        SLOW_CONSUMER_DISCONNECTS,
+    ] {
+        metrics::counter!(counter).increment(0);
+    }
+}
+
+fn sample() {
+    let mut nodes = NODES.lock();
+    nodes.retain(|n| n.strong_count() > 0);
+    let (mut connections, mut channels, mut subscriptions) = (0, 0, 0);
+    for node in nodes.iter().filter_map(Weak::upgrade) {
+        connections += node.connection_count();
+        channels += node.hub.channel_count();
+        subscriptions += node.hub.subscription_count();
+    }
+    metrics::gauge!(CONNECTIONS).set(connections as f64);
+    metrics::gauge!(CHANNELS).set(channels as f64);
+    metrics::gauge!(SUBSCRIPTIONS).set(subscriptions as f64);
+    metrics::gauge!(QUEUED_BYTES).set(QUEUED.load(Ordering::Relaxed).max(0) as f64);
+}
+
+/// A WebSocket upgrade was accepted.
+pub(crate) fn connection_accepted() {
+    metrics::counter!(CONNECTIONS_ACCEPTED).increment(1);
+}
+
+/// A publication arrived from the bus.
+pub(crate) fn message_received() {
+    metrics::counter!(MESSAGES_RECEIVED).increment(1);
+}
+
+/// A client was closed as a slow consumer.
+pub(crate) fn slow_consumer() {
+    metrics::counter!(SLOW_CONSUMER_DISCONNECTS).increment(1);
+}
+
+/// An error reply went to a client. The label is the protocol's error code number: a small,
+/// fixed set (`chorus_protocol::codes::ErrorCode`).
+pub(crate) fn error_replied(code: u32) {
+    metrics::counter!(ERRORS, "code" => code.to_string()).increment(1);
+}
+
+/// Bytes were queued for a client (positive) or left its queue (negative).
+pub(crate) fn queued(bytes: i64) {
+    QUEUED.fetch_add(bytes, Ordering::Relaxed);
+}
+
+/// The handles a connection's writer records deliveries on, looked up once per connection.
+pub(crate) struct Delivery {
+    pub(crate) delivered: Counter,
+    pub(crate) latency: Histogram,
+}
+
+impl Delivery {
+    pub(crate) fn new() -> Self {
+        Self {
+            delivered: metrics::counter!(MESSAGES_DELIVERED),
+            latency: metrics::histogram!(DELIVERY_LATENCY),
+        }
+    }
+
+    /// Records publications published at `published_at_ms` (each) and written at `now_ms`.
+    pub(crate) fn record(&self, now_ms: i64, published_at_ms: &[i64]) {
+        self.delivered.increment(published_at_ms.len() as u64);
+        for &at in published_at_ms {
+            // A publisher's clock ahead of ours would read negative: count it as immediate.
+            self.latency.record((now_ms - at).max(0) as f64 / 1000.0);
+        }
+    }
+}
