@@ -85,6 +85,18 @@ pub struct BrokerConfig {
         value_parser = parse_duration
     )]
     pub request_timeout: Option<Duration>,
+
+    /// Time a client has, from connecting, to send its first bytes and (HTTP/1.1) its whole
+    /// request head; then the connection is dropped (slowloris protection).
+    #[arg(
+        id = "api_header_timeout",
+        value_name = "DURATION",
+        long = "api-header-timeout",
+        env = "CHORUS_API_HEADER_TIMEOUT",
+        default_value = "10s",
+        value_parser = parse_duration
+    )]
+    pub header_timeout: Duration,
 }
 
 /// Default for `--api-max-broadcast`.
@@ -99,6 +111,7 @@ impl Default for BrokerConfig {
             max_data: 64 * 1024,
             max_broadcast: DEFAULT_MAX_BROADCAST,
             request_timeout: None,
+            header_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -144,6 +157,7 @@ impl fmt::Debug for BrokerConfig {
             .field("max_data", &self.max_data)
             .field("max_broadcast", &self.max_broadcast)
             .field("request_timeout", &self.request_timeout)
+            .field("header_timeout", &self.header_timeout)
             .finish()
     }
 }
@@ -179,6 +193,7 @@ mod tests {
         assert_eq!(cli.broker.max_data, d.max_data);
         assert_eq!(cli.broker.max_broadcast, d.max_broadcast);
         assert_eq!(cli.broker.request_timeout, None);
+        assert_eq!(cli.broker.header_timeout, d.header_timeout);
     }
 
     #[test]

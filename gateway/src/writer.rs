@@ -55,6 +55,9 @@ pub(crate) async fn run<W>(
                                     ws.write_frame(Frame::new(true, data_opcode, None, Payload::Borrowed(&bytes))).await?;
                                 }
                                 Outgoing::Pong(_) => {}
+                                Outgoing::Echo(text, bytes) => {
+                                    ws.write_frame(Frame::new(true, echo_opcode(text), None, Payload::Borrowed(&bytes))).await?;
+                                }
                                 Outgoing::CloseEcho(bytes) => {
                                     ws.write_frame(Frame::close_raw(Payload::Borrowed(&bytes))).await?;
                                     ws.flush().await?;
@@ -86,6 +89,9 @@ pub(crate) async fn run<W>(
                             Outgoing::Pong(bytes) => {
                                 ws.write_frame(Frame::pong(Payload::Borrowed(&bytes))).await?;
                             }
+                            Outgoing::Echo(text, bytes) => {
+                                ws.write_frame(Frame::new(true, echo_opcode(text), None, Payload::Borrowed(&bytes))).await?;
+                            }
                             Outgoing::CloseEcho(bytes) => {
                                 ws.write_frame(Frame::close_raw(Payload::Borrowed(&bytes))).await?;
                                 ws.flush().await?;
@@ -114,4 +120,8 @@ pub(crate) async fn run<W>(
     }
     // Whatever ended the writer ends the connection.
     conn.abandon();
+}
+
+fn echo_opcode(text: bool) -> OpCode {
+    if text { OpCode::Text } else { OpCode::Binary }
 }
