@@ -158,6 +158,7 @@ impl Conn {
             *frame = Some((code, reason.to_owned()));
         }
         self.closing.cancel();
+        crate::metrics::closed(code);
         true
     }
 

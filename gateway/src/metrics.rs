@@ -33,6 +33,11 @@ pub const QUEUED_BYTES: &str = "chorus_gateway_queued_bytes";
 pub const SLOW_CONSUMER_DISCONNECTS: &str = "chorus_gateway_slow_consumer_disconnects_total";
 /// Error replies sent to clients, by protocol error code (`code="108"`).
 pub const ERRORS: &str = "chorus_gateway_errors_total";
+/// Close frames the gateway sent, by close code (`code="3002"`): idle, slow consumers, token
+/// expiry, connect timeouts, rate limits, protocol errors, drain.
+pub const CLOSES: &str = "chorus_gateway_closes_total";
+/// WebSocket upgrades refused, by reason (`draining`, `origin`, `connection_limit`).
+pub const UPGRADES_REFUSED: &str = "chorus_gateway_upgrades_refused_total";
 /// Channel gaps filled from history (after a broken Redis link, or a missed publication).
 pub const CATCH_UPS: &str = "chorus_gateway_catch_ups_total";
 /// Channels whose missed publications history could not supply (Redis lost its data, or the
@@ -53,7 +58,12 @@ pub const ALL: &[&str] = &[
     ERRORS,
     CATCH_UPS,
     STATE_LOST,
+    CLOSES,
+    UPGRADES_REFUSED,
 ];
+
+/// The reasons [`UPGRADES_REFUSED`] uses.
+pub const REFUSAL_REASONS: &[&str] = &["draining", "origin", "connection_limit"];
 
 static INIT: Once = Once::new();
 static NODES: Mutex<Vec<Weak<Node>>> = Mutex::new(Vec::new());
@@ -111,6 +121,14 @@ fn describe() {
         "Error replies sent to clients, by protocol error code"
     );
     describe_counter!(CATCH_UPS, "Channel gaps filled from history");
+    describe_counter!(CLOSES, "Close frames sent to clients, by close code");
+    describe_counter!(
+        UPGRADES_REFUSED,
+        "WebSocket upgrades refused, by reason (draining, origin, connection_limit)"
+    );
+    for reason in REFUSAL_REASONS {
+        metrics::counter!(UPGRADES_REFUSED, "reason" => *reason).increment(0);
+    }
     describe_counter!(
         STATE_LOST,
         "Channels whose missed publications were gone (subscribers closed with 3003)"
@@ -150,6 +168,16 @@ pub(crate) fn connection_accepted() {
 /// A publication arrived from the bus.
 pub(crate) fn message_received() {
     metrics::counter!(MESSAGES_RECEIVED).increment(1);
+}
+
+/// The gateway sent a close frame with `code` (a fixed set: `chorus_protocol::codes::close`).
+pub(crate) fn closed(code: u16) {
+    metrics::counter!(CLOSES, "code" => code.to_string()).increment(1);
+}
+
+/// A WebSocket upgrade was refused; `reason` is one of [`REFUSAL_REASONS`].
+pub(crate) fn upgrade_refused(reason: &'static str) {
+    metrics::counter!(UPGRADES_REFUSED, "reason" => reason).increment(1);
 }
 
 /// A channel's gap was filled from history.

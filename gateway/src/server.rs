@@ -145,6 +145,7 @@ fn upgrade(mut req: Request<Incoming>, node: &Arc<Node>, tracker: &TaskTracker) 
         );
     }
     if node.shutdown.is_cancelled() {
+        crate::metrics::upgrade_refused("draining");
         return text(
             StatusCode::SERVICE_UNAVAILABLE,
             "draining: connect to another gateway\n",
@@ -156,6 +157,7 @@ fn upgrade(mut req: Request<Incoming>, node: &Arc<Node>, tracker: &TaskTracker) 
         .map(|v| v.to_str().unwrap_or("\u{0}"));
     if !limits::origin_allowed(&node.security.allowed_origins, origin) {
         tracing::info!(origin = ?origin, "upgrade refused: origin not allowed");
+        crate::metrics::upgrade_refused("origin");
         return text(StatusCode::FORBIDDEN, "origin not allowed\n");
     }
     let Some(slot) = node.security.slots.connection() else {
@@ -163,6 +165,7 @@ fn upgrade(mut req: Request<Incoming>, node: &Arc<Node>, tracker: &TaskTracker) 
             max = node.config.max_connections,
             "upgrade refused: connection limit reached"
         );
+        crate::metrics::upgrade_refused("connection_limit");
         return text(
             StatusCode::SERVICE_UNAVAILABLE,
             "connection limit reached\n",
