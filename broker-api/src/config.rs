@@ -109,6 +109,17 @@ pub struct BrokerConfig {
         value_parser = parse_duration
     )]
     pub queue_wait: Duration,
+    /// Time a client has, from connecting, to send its first bytes and (HTTP/1.1) its whole
+    /// request head; then the connection is dropped (slowloris protection).
+    #[arg(
+        id = "api_header_timeout",
+        value_name = "DURATION",
+        long = "api-header-timeout",
+        env = "CHORUS_API_HEADER_TIMEOUT",
+        default_value = "10s",
+        value_parser = parse_duration
+    )]
+    pub header_timeout: Duration,
 }
 
 /// Default for `--api-max-inflight`.
@@ -128,6 +139,7 @@ impl Default for BrokerConfig {
             request_timeout: None,
             max_inflight: DEFAULT_MAX_INFLIGHT,
             queue_wait: Duration::from_millis(100),
+            header_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -173,6 +185,7 @@ impl fmt::Debug for BrokerConfig {
             .field("max_data", &self.max_data)
             .field("max_broadcast", &self.max_broadcast)
             .field("request_timeout", &self.request_timeout)
+            .field("header_timeout", &self.header_timeout)
             .finish()
     }
 }
@@ -208,6 +221,7 @@ mod tests {
         assert_eq!(cli.broker.max_data, d.max_data);
         assert_eq!(cli.broker.max_broadcast, d.max_broadcast);
         assert_eq!(cli.broker.request_timeout, None);
+        assert_eq!(cli.broker.header_timeout, d.header_timeout);
     }
 
     #[test]

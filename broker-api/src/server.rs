@@ -6,9 +6,12 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
-use axum::serve::ListenerExt as _;
 use chorus_bus::Bus;
 use chorus_protocol::api::chorus_api_server::ChorusApiServer;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
@@ -25,6 +28,9 @@ use crate::service::Broker;
 /// How long shutdown waits, beyond the request timeout, for open connections to finish
 /// before giving up on them.
 const DRAIN_MARGIN: Duration = Duration::from_secs(5);
+/// HTTP/2 keep-alive: a silent h2c peer is pinged this often and dropped when it does not
+/// answer within the same time.
+const HTTP2_KEEPALIVE: Duration = Duration::from_secs(20);
 
 /// The whole API as one router: `/api/...` (API key, body limit), `/healthz`, `/readyz`,
 /// and the gRPC `ChorusApi` service (API key, decoding limit) under its gRPC path.
@@ -85,26 +91,69 @@ pub async fn serve(
         "broker-api listening: HTTP/JSON under /api/, gRPC chorus.api.v1.ChorusApi, same port"
     );
 
-    let listener = listener.tap_io(|tcp| {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(HTTP2_KEEPALIVE))
+        .keep_alive_timeout(HTTP2_KEEPALIVE);
+    let graceful = GracefulShutdown::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = shutdown.cancelled() => break,
+        };
+        let tcp = match accepted {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
         if let Err(e) = tcp.set_nodelay(true) {
             debug!(error = %e, "could not set TCP_NODELAY");
         }
-    });
-    let server = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .into_future();
-    tokio::pin!(server);
-
-    tokio::select! {
-        result = &mut server => result?,
-        () = shutdown.cancelled() => {
-            info!(%addr, "broker-api shutting down: finishing in-flight requests");
-            let drain = config.effective_request_timeout() + DRAIN_MARGIN;
-            match tokio::time::timeout(drain, &mut server).await {
-                Ok(result) => result?,
-                Err(_) => warn!(?drain, "broker-api: connections still open after the drain time; closing"),
+        let service = TowerToHyperService::new(app.clone());
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let header_timeout = config.header_timeout;
+        tokio::spawn(async move {
+            // A client that sends nothing at all is dropped after the header timeout too
+            // (hyper's own timeout starts once it knows the HTTP version).
+            let mut first = [0u8; 1];
+            match tokio::time::timeout(header_timeout, tcp.peek(&mut first)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                Ok(_) => return,
+                Err(_) => {
+                    debug!("dropped a connection that sent nothing within the header timeout");
+                    return;
+                }
             }
-        }
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(tcp), service)
+                .into_owned();
+            if let Err(e) = watcher.watch(conn).await {
+                debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    info!(%addr, "broker-api shutting down: finishing in-flight requests");
+    let drain = config.effective_request_timeout() + DRAIN_MARGIN;
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        warn!(
+            ?drain,
+            "broker-api: connections still open after the drain time; closing"
+        );
     }
     info!(%addr, "broker-api stopped");
     Ok(())

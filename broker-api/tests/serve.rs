@@ -49,3 +49,49 @@ async fn serve_returns_on_cancel_and_stops_accepting() {
         .await;
     assert!(after.is_err(), "still serving after shutdown: {after:?}");
 }
+
+/// Reads until the server closes the connection; returns how long that took.
+async fn time_to_close(
+    stream: &mut tokio::net::TcpStream,
+    started: std::time::Instant,
+) -> Duration {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 512];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .expect("the server closes the connection within 5 s")
+        {
+            Ok(0) | Err(_) => return started.elapsed(),
+            Ok(_) => {} // a 408 before the close is fine
+        }
+    }
+}
+
+#[tokio::test]
+async fn slow_or_silent_clients_are_dropped_at_the_header_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let timeout = Duration::from_millis(500);
+    let server = TestServer::start(
+        Bus::memory(),
+        BrokerConfig {
+            header_timeout: timeout,
+            ..config()
+        },
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let mut silent = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut partial = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    partial
+        .write_all(b"POST /api/publish HTTP/1.1\r\nHost: x\r\nAuthor")
+        .await
+        .unwrap();
+    let silent_after = time_to_close(&mut silent, started).await;
+    let partial_after = time_to_close(&mut partial, started).await;
+    assert!(silent_after >= timeout, "{silent_after:?}");
+    assert!(partial_after >= timeout, "{partial_after:?}");
+    // Others are served meanwhile and after.
+    let resp = http().get(server.url("/healthz")).send().await.unwrap();
+    assert_eq!(resp.status(), reqwest::StatusCode::OK);
+}

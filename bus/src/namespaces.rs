@@ -17,6 +17,13 @@
 //!
 //! A field a section leaves out takes its built-in default (below), not the `[default]`
 //! section's value: each section reads on its own.
+//!
+//! Permissions (see docs/security.md): `anonymous_subscribe`, `require_grant`,
+//! `client_publish` and `presence` default to `false` in a file, the safe side. Once a file is
+//! given, a channel whose namespace the file does not name is refused ("unknown namespace",
+//! [`Namespaces::lookup`]). Without a file the built-in rules keep a development setup open:
+//! every namespace exists, anonymous users may subscribe anywhere and clients may publish in
+//! `chat:` ([`Namespaces::builtin`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -83,6 +90,17 @@ pub struct NamespaceRules {
     /// the history itself expired; once it is gone the channel starts a new epoch.
     #[serde(deserialize_with = "duration")]
     pub history_meta_ttl: Duration,
+    /// Whether anonymous connections (no token, or a token with an empty `sub`) may subscribe.
+    pub anonymous_subscribe: bool,
+    /// Whether subscribing needs the connection's token to grant the channel (its `channels`
+    /// claim names the channel or a pattern matching it). User-limited channels
+    /// (`…#alice,bob`) are readable by the users they name either way.
+    pub require_grant: bool,
+    /// Whether clients may publish over their WebSocket to channels they may subscribe to.
+    /// A token's `publish` claim allows publishing to the channels it grants either way.
+    pub client_publish: bool,
+    /// Whether presence (who is subscribed, with each token's `info`) is kept for the channels.
+    pub presence: bool,
 }
 
 impl Default for NamespaceRules {
@@ -91,12 +109,21 @@ impl Default for NamespaceRules {
             history_size: DEFAULT_HISTORY_SIZE,
             history_ttl: DEFAULT_HISTORY_TTL,
             history_meta_ttl: DEFAULT_HISTORY_META_TTL,
+            anonymous_subscribe: false,
+            require_grant: false,
+            client_publish: false,
+            presence: false,
         }
     }
 }
 
+/// A channel whose namespace the namespaces file does not name.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("unknown namespace {0:?}")]
+pub struct UnknownNamespace(pub String);
+
 /// Every namespace's rules.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Namespaces {
     /// Rules of channels without a namespace.
@@ -104,6 +131,17 @@ pub struct Namespaces {
     /// Rules by namespace name.
     #[serde(rename = "namespace")]
     pub named: BTreeMap<String, NamespaceRules>,
+    /// Whether a namespace not in `named` is refused ([`Namespaces::lookup`]). True for rules
+    /// read from a file, false for the built-in ones.
+    #[serde(skip)]
+    pub closed: bool,
+}
+
+impl Default for Namespaces {
+    /// The built-in rules, used when no file is given: see [`Namespaces::builtin`].
+    fn default() -> Self {
+        Self::builtin()
+    }
 }
 
 impl Namespaces {
@@ -119,9 +157,41 @@ impl Namespaces {
         })
     }
 
+    /// The rules without a file: every namespace exists with the default namespace's rules
+    /// (anonymous subscribe allowed, no client publish), and clients may publish in `chat:`.
+    /// A development setup; production gives a file.
+    pub fn builtin() -> Self {
+        let open = NamespaceRules {
+            anonymous_subscribe: true,
+            ..NamespaceRules::default()
+        };
+        let chat = NamespaceRules {
+            client_publish: true,
+            ..open.clone()
+        };
+        Self {
+            default: open,
+            named: BTreeMap::from([("chat".to_owned(), chat)]),
+            closed: false,
+        }
+    }
+
     /// Parses and checks the TOML text of a namespaces file.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let parsed: Namespaces = toml::from_str(text).map_err(|e| e.to_string())?;
+        // Fields a file leaves out take the safe defaults, not the built-in open rules.
+        #[derive(Default, Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        struct File {
+            default: NamespaceRules,
+            #[serde(rename = "namespace")]
+            named: BTreeMap<String, NamespaceRules>,
+        }
+        let file: File = toml::from_str(text).map_err(|e| e.to_string())?;
+        let parsed = Namespaces {
+            default: file.default,
+            named: file.named,
+            closed: true,
+        };
         parsed.check()?;
         Ok(parsed)
     }
@@ -156,6 +226,21 @@ impl Namespaces {
             }
         }
         Ok(())
+    }
+
+    /// The rules of the namespace `channel` belongs to, or why there are none: with a file, a
+    /// namespace the file does not name is unknown. Use this to decide whether a client may
+    /// use a channel.
+    pub fn lookup(&self, channel: &str) -> Result<&NamespaceRules, UnknownNamespace> {
+        let ns = chorus_protocol::channel::namespace(channel);
+        if ns.is_empty() {
+            return Ok(&self.default);
+        }
+        match self.named.get(ns) {
+            Some(rules) => Ok(rules),
+            None if self.closed => Err(UnknownNamespace(ns.to_owned())),
+            None => Ok(&self.default),
+        }
     }
 
     /// The rules of the namespace `channel` belongs to. A namespace the file does not name
@@ -199,7 +284,48 @@ mod tests {
     #[test]
     fn no_file_means_builtin_defaults() {
         let ns = NamespacesConfig::default().load().unwrap();
-        assert_eq!(ns.rules("a:b"), &NamespaceRules::default());
+        let rules = ns.rules("a:b");
+        assert_eq!(rules.history_size, DEFAULT_HISTORY_SIZE);
+        assert_eq!(rules.history_ttl, DEFAULT_HISTORY_TTL);
+    }
+
+    #[test]
+    fn builtin_rules_are_open_for_development_and_let_clients_publish_in_chat_only() {
+        let ns = Namespaces::builtin();
+        for ch in ["news", "sports:x", "chat:room"] {
+            let rules = ns.lookup(ch).unwrap();
+            assert!(rules.anonymous_subscribe, "{ch}");
+            assert!(!rules.require_grant, "{ch}");
+        }
+        assert!(ns.lookup("chat:room").unwrap().client_publish);
+        assert!(!ns.lookup("news").unwrap().client_publish);
+        assert!(!ns.lookup("sports:x").unwrap().client_publish);
+    }
+
+    #[test]
+    fn a_file_defaults_permissions_to_closed_and_refuses_unknown_namespaces() {
+        let ns = Namespaces::parse(
+            r#"
+            [namespace.chat]
+            anonymous_subscribe = true
+            client_publish = true
+            presence = true
+            [namespace.private]
+            require_grant = true
+            "#,
+        )
+        .unwrap();
+        let default = ns.lookup("news").unwrap();
+        assert!(!default.anonymous_subscribe && !default.client_publish && !default.presence);
+        assert!(!default.require_grant);
+        let chat = ns.lookup("chat:x").unwrap();
+        assert!(chat.anonymous_subscribe && chat.client_publish && chat.presence);
+        assert!(ns.lookup("private:x").unwrap().require_grant);
+        assert_eq!(ns.lookup("other:x"), Err(UnknownNamespace("other".into())));
+        assert_eq!(
+            UnknownNamespace("other".into()).to_string(),
+            "unknown namespace \"other\""
+        );
     }
 
     #[test]

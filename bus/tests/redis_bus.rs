@@ -501,6 +501,7 @@ fn short_history(size: u32) -> chorus_bus::Namespaces {
             history_size: size,
             history_ttl: Duration::from_secs(60),
             history_meta_ttl: Duration::from_secs(120),
+            ..chorus_bus::NamespaceRules::default()
         },
         ..chorus_bus::Namespaces::default()
     }

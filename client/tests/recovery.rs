@@ -120,7 +120,7 @@ async fn a_channel_first_published_while_disconnected_is_recovered_from_its_star
 async fn publications_beyond_history_are_reported_lost() {
     let mut chorus = Chorus::start_with(
         GatewayConfig::default(),
-        "[namespace.short]\nhistory_size = 2\n",
+        "[namespace.short]\nhistory_size = 2\nanonymous_subscribe = true\n",
     )
     .await;
     let (client, mut events) = connected(&chorus).await;

@@ -1,9 +1,12 @@
 //! The gateway's settings: every one a CLI flag with a `CHORUS_…` environment variable.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use chorus_bus::config::{parse_duration, parse_size};
+
+use crate::auth::KeySources;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct GatewayConfig {
@@ -64,15 +67,110 @@ pub struct GatewayConfig {
     )]
     pub max_channels_per_connection: usize,
 
-    /// Namespaces whose channels clients may publish to, comma-separated; `*` allows every
-    /// namespace, `default` the channels without a namespace.
+    /// Most WebSocket connections this gateway holds; upgrades past it are refused with HTTP 503.
     #[arg(
-        long = "client-publish-namespaces",
-        env = "CHORUS_CLIENT_PUBLISH_NAMESPACES",
-        value_delimiter = ',',
-        default_value = "chat"
+        long = "max-connections",
+        env = "CHORUS_MAX_CONNECTIONS",
+        default_value_t = 100_000
     )]
-    pub client_publish_namespaces: Vec<String>,
+    pub max_connections: usize,
+
+    /// Most connections one user (a token's `sub`) may hold on this gateway; past it `connect`
+    /// fails with error 106 and the connection is closed (3006). Anonymous ones are not counted.
+    #[arg(
+        long = "max-connections-per-user",
+        env = "CHORUS_MAX_CONNECTIONS_PER_USER",
+        default_value_t = 64
+    )]
+    pub max_connections_per_user: usize,
+
+    /// Time a new WebSocket has to send `connect`; then it is closed (3005).
+    #[arg(long = "connect-timeout", env = "CHORUS_CONNECT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// Time a client has to send its HTTP request headers (the WebSocket upgrade); then the
+    /// TCP connection is dropped.
+    #[arg(long = "header-timeout", env = "CHORUS_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+
+    /// Commands per second one connection may send on average (a token bucket); 0 turns the
+    /// limit off. Commands over it get error 114.
+    #[arg(
+        long = "command-rate",
+        env = "CHORUS_COMMAND_RATE",
+        default_value_t = 100
+    )]
+    pub command_rate: u32,
+
+    /// Commands one connection may send at once before the rate applies. A connection that
+    /// keeps sending through this many refusals in a row is closed (3007).
+    #[arg(
+        long = "command-burst",
+        env = "CHORUS_COMMAND_BURST",
+        default_value_t = 200
+    )]
+    pub command_burst: u32,
+
+    /// Browser origins allowed to open WebSockets, comma-separated, `*` wildcards allowed
+    /// (`https://app.example.com,https://*.example.org`). Empty: any origin. Requests without
+    /// an Origin header (not from a browser) are always allowed. Others get HTTP 403.
+    #[arg(
+        long = "allowed-origins",
+        env = "CHORUS_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub allowed_origins: Vec<String>,
+
+    /// HMAC secret (at least 32 bytes) for HS256/HS384/HS512 connection tokens.
+    #[arg(
+        long = "token-hmac-secret",
+        env = "CHORUS_TOKEN_HMAC_SECRET",
+        hide_env_values = true
+    )]
+    pub token_hmac_secret: Option<Secret>,
+
+    /// PEM file with the RSA public key for RS256/RS384/RS512 connection tokens.
+    #[arg(
+        long = "token-rsa-public-key",
+        env = "CHORUS_TOKEN_RSA_PUBLIC_KEY",
+        value_name = "FILE"
+    )]
+    pub token_rsa_public_key: Option<PathBuf>,
+
+    /// PEM file with the ECDSA (P-256 or P-384) public key for ES256/ES384 connection tokens.
+    #[arg(
+        long = "token-ecdsa-public-key",
+        env = "CHORUS_TOKEN_ECDSA_PUBLIC_KEY",
+        value_name = "FILE"
+    )]
+    pub token_ecdsa_public_key: Option<PathBuf>,
+
+    /// JSON Web Key Set file (`{"keys":[…]}`) with the keys for connection tokens, picked by `kid`.
+    #[arg(long = "token-jwks", env = "CHORUS_TOKEN_JWKS", value_name = "FILE")]
+    pub token_jwks: Option<PathBuf>,
+
+    /// Required `aud` claim of connection tokens.
+    #[arg(long = "token-audience", env = "CHORUS_TOKEN_AUDIENCE")]
+    pub token_audience: Option<String>,
+
+    /// Required `iss` claim of connection tokens.
+    #[arg(long = "token-issuer", env = "CHORUS_TOKEN_ISSUER")]
+    pub token_issuer: Option<String>,
+
+    /// Allow connections without a token (or with a token without `sub`) even though token
+    /// keys are configured. Without any token key every connection is anonymous anyway.
+    #[arg(long = "allow-anonymous", env = "CHORUS_ALLOW_ANONYMOUS")]
+    pub allow_anonymous: bool,
+
+    /// Testing only: every WebSocket message is echoed back instead of run as a command, so
+    /// a WebSocket conformance suite (Autobahn, scripts/autobahn) can drive the gateway's
+    /// frame handling. Never enable in production.
+    #[arg(
+        long = "conformance-echo",
+        env = "CHORUS_CONFORMANCE_ECHO",
+        hide = true
+    )]
+    pub conformance_echo: bool,
 
     /// On SIGTERM/SIGINT, the time over which the gateway tells its clients to reconnect
     /// elsewhere (each at a random moment within it, so they do not all reconnect at once);
@@ -86,16 +184,33 @@ pub struct GatewayConfig {
 }
 
 impl GatewayConfig {
-    /// Whether clients may publish to `namespace` (`""` is the default namespace).
-    pub fn client_may_publish(&self, namespace: &str) -> bool {
-        let wanted = if namespace.is_empty() {
-            "default"
-        } else {
-            namespace
-        };
-        self.client_publish_namespaces
-            .iter()
-            .any(|ns| ns == "*" || ns == wanted)
+    /// Where the token keys come from.
+    pub fn key_sources(&self) -> KeySources {
+        KeySources {
+            hmac_secret: self.token_hmac_secret.as_ref().map(|s| s.0.clone()),
+            rsa_public_key: self.token_rsa_public_key.clone(),
+            ecdsa_public_key: self.token_ecdsa_public_key.clone(),
+            jwks: self.token_jwks.clone(),
+            audience: self.token_audience.clone(),
+            issuer: self.token_issuer.clone(),
+        }
+    }
+}
+
+/// A secret from the configuration; never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
     }
 }
 
@@ -111,7 +226,21 @@ impl Default for GatewayConfig {
             queue_max_bytes: 1 << 20,
             queue_max_frames: 4096,
             max_channels_per_connection: 128,
-            client_publish_namespaces: vec!["chat".into()],
+            max_connections: 100_000,
+            max_connections_per_user: 64,
+            connect_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(10),
+            command_rate: 100,
+            command_burst: 200,
+            allowed_origins: Vec::new(),
+            token_hmac_secret: None,
+            token_rsa_public_key: None,
+            token_ecdsa_public_key: None,
+            token_jwks: None,
+            token_audience: None,
+            token_issuer: None,
+            allow_anonymous: false,
+            conformance_echo: false,
             drain_window: Duration::from_secs(10),
             demo_page: false,
         }
@@ -138,22 +267,30 @@ mod tests {
         assert_eq!(parsed.idle_timeout, default.idle_timeout);
         assert_eq!(parsed.max_message_size, default.max_message_size);
         assert_eq!(parsed.queue_max_bytes, default.queue_max_bytes);
+        assert_eq!(parsed.max_connections, default.max_connections);
         assert_eq!(parsed.drain_window, default.drain_window);
         assert_eq!(
-            parsed.client_publish_namespaces,
-            default.client_publish_namespaces
+            parsed.max_connections_per_user,
+            default.max_connections_per_user
         );
+        assert_eq!(parsed.connect_timeout, default.connect_timeout);
+        assert_eq!(parsed.header_timeout, default.header_timeout);
+        assert_eq!(parsed.command_rate, default.command_rate);
+        assert_eq!(parsed.command_burst, default.command_burst);
+        assert_eq!(parsed.allowed_origins, default.allowed_origins);
+        assert_eq!(parsed.allow_anonymous, default.allow_anonymous);
+        assert_eq!(parsed.token_hmac_secret, None);
     }
 
     #[test]
-    fn client_publish_namespaces_match_by_name_default_or_wildcard() {
-        let mut c = GatewayConfig::default();
-        assert!(c.client_may_publish("chat"));
-        assert!(!c.client_may_publish("news"));
-        assert!(!c.client_may_publish(""));
-        c.client_publish_namespaces = vec!["default".into()];
-        assert!(c.client_may_publish(""));
-        c.client_publish_namespaces = vec!["*".into()];
-        assert!(c.client_may_publish("news"));
+    fn the_hmac_secret_is_never_printed() {
+        let parsed = Cli::parse_from([
+            "chorus-gateway",
+            "--token-hmac-secret",
+            "0123456789abcdef0123456789abcdef-s3cret",
+        ])
+        .gateway;
+        assert!(!format!("{parsed:?}").contains("s3cret"));
+        assert!(parsed.key_sources().hmac_secret.is_some());
     }
 }

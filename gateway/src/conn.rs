@@ -26,6 +26,8 @@ pub(crate) enum Outgoing {
     Pong(Bytes),
     /// The echo of the client's close frame; the writer sends it and stops.
     CloseEcho(Bytes),
+    /// A client message sent back as is, text (true) or binary (`--conformance-echo` only).
+    Echo(bool, Bytes),
 }
 
 impl Outgoing {
@@ -34,7 +36,8 @@ impl Outgoing {
             Outgoing::Data(b)
             | Outgoing::Publication(b, _)
             | Outgoing::Pong(b)
-            | Outgoing::CloseEcho(b) => b.len(),
+            | Outgoing::CloseEcho(b)
+            | Outgoing::Echo(_, b) => b.len(),
         }
     }
 }
@@ -186,6 +189,7 @@ impl Conn {
             *frame = Some((code, reason.to_owned()));
         }
         self.closing.cancel();
+        crate::metrics::closed(code);
         true
     }
 

@@ -276,6 +276,7 @@ impl Channel {
     /// and subscribe with their positions, and learn per channel what could be recovered), and
     /// start over unsynced.
     fn lose(&mut self, why: &str) {
+        crate::metrics::state_lost();
         let name = &self.name;
         tracing::warn!(channel = %name, why, subscribers = self.subs.len(),
             "channel state lost; disconnecting its subscribers to recover");
@@ -448,6 +449,7 @@ impl Hub {
                 if ch.seq.state == State::Live {
                     ch.drain(self);
                 }
+                crate::metrics::caught_up();
                 tracing::info!(channel, recovered = count, "channel caught up from history");
             }
             Some(_) => ch.lose("history no longer reaches back"),

@@ -11,15 +11,20 @@
 //! The gateway keeps no state that matters: subscriptions live in memory, messages live in
 //! the bus, and a client that loses its gateway reconnects to any other.
 
+pub mod auth;
 #[doc(hidden)]
 pub mod bench_support;
 mod catch_up;
 pub mod cli;
 pub mod config;
 mod conn;
+mod frame_guard;
 mod hub;
+mod limits;
 pub mod metrics;
 mod node;
+mod permissions;
+mod security;
 mod server;
 mod session;
 mod writer;
@@ -37,7 +42,8 @@ pub use config::GatewayConfig;
 /// connection (close code 3000, after a `disconnect` push with `reconnect: true`) and leaves
 /// the cluster registry.
 ///
-/// `bus_timeout` bounds every wait on the bus on a client's behalf.
+/// `bus_timeout` bounds every wait on the bus on a client's behalf. Fails at once
+/// (`InvalidInput`) when the configured token keys cannot be loaded.
 pub async fn serve(
     listener: TcpListener,
     bus: Bus,
@@ -46,7 +52,16 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let local = listener.local_addr()?;
-    let node = node::Node::start(bus, config, bus_timeout, local.to_string(), shutdown);
+    let security = security::Security::from_config(&config)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let node = node::Node::start(
+        bus,
+        config,
+        bus_timeout,
+        local.to_string(),
+        shutdown,
+        security,
+    );
     metrics::register(&node);
     tracing::info!(node = %node.id, address = %local, "gateway listening");
     server::accept_loop(listener, node.clone()).await;

@@ -33,6 +33,16 @@ pub const QUEUED_BYTES: &str = "chorus_gateway_queued_bytes";
 pub const SLOW_CONSUMER_DISCONNECTS: &str = "chorus_gateway_slow_consumer_disconnects_total";
 /// Error replies sent to clients, by protocol error code (`code="108"`).
 pub const ERRORS: &str = "chorus_gateway_errors_total";
+/// Close frames the gateway sent, by close code (`code="3002"`): idle, slow consumers, token
+/// expiry, connect timeouts, rate limits, protocol errors, drain.
+pub const CLOSES: &str = "chorus_gateway_closes_total";
+/// WebSocket upgrades refused, by reason (`draining`, `origin`, `connection_limit`).
+pub const UPGRADES_REFUSED: &str = "chorus_gateway_upgrades_refused_total";
+/// Channel gaps filled from history (after a broken Redis link, or a missed publication).
+pub const CATCH_UPS: &str = "chorus_gateway_catch_ups_total";
+/// Channels whose missed publications history could not supply (Redis lost its data, or the
+/// gap outgrew history): their subscribers were closed with 3003 and told on resubscribe.
+pub const STATE_LOST: &str = "chorus_gateway_state_lost_total";
 
 /// Every metric the gateway exports, for tests and docs.
 pub const ALL: &[&str] = &[
@@ -46,7 +56,14 @@ pub const ALL: &[&str] = &[
     QUEUED_BYTES,
     SLOW_CONSUMER_DISCONNECTS,
     ERRORS,
+    CATCH_UPS,
+    STATE_LOST,
+    CLOSES,
+    UPGRADES_REFUSED,
 ];
+
+/// The reasons [`UPGRADES_REFUSED`] uses.
+pub const REFUSAL_REASONS: &[&str] = &["draining", "origin", "connection_limit"];
 
 static INIT: Once = Once::new();
 static NODES: Mutex<Vec<Weak<Node>>> = Mutex::new(Vec::new());
@@ -103,11 +120,26 @@ fn describe() {
         ERRORS,
         "Error replies sent to clients, by protocol error code"
     );
+    describe_counter!(CATCH_UPS, "Channel gaps filled from history");
+    describe_counter!(CLOSES, "Close frames sent to clients, by close code");
+    describe_counter!(
+        UPGRADES_REFUSED,
+        "WebSocket upgrades refused, by reason (draining, origin, connection_limit)"
+    );
+    for reason in REFUSAL_REASONS {
+        metrics::counter!(UPGRADES_REFUSED, "reason" => *reason).increment(0);
+    }
+    describe_counter!(
+        STATE_LOST,
+        "Channels whose missed publications were gone (subscribers closed with 3003)"
+    );
     for counter in [
         CONNECTIONS_ACCEPTED,
         MESSAGES_RECEIVED,
         MESSAGES_DELIVERED,
         SLOW_CONSUMER_DISCONNECTS,
+        CATCH_UPS,
+        STATE_LOST,
     ] {
         metrics::counter!(counter).increment(0);
     }
@@ -136,6 +168,26 @@ pub(crate) fn connection_accepted() {
 /// A publication arrived from the bus.
 pub(crate) fn message_received() {
     metrics::counter!(MESSAGES_RECEIVED).increment(1);
+}
+
+/// The gateway sent a close frame with `code` (a fixed set: `chorus_protocol::codes::close`).
+pub(crate) fn closed(code: u16) {
+    metrics::counter!(CLOSES, "code" => code.to_string()).increment(1);
+}
+
+/// A WebSocket upgrade was refused; `reason` is one of [`REFUSAL_REASONS`].
+pub(crate) fn upgrade_refused(reason: &'static str) {
+    metrics::counter!(UPGRADES_REFUSED, "reason" => reason).increment(1);
+}
+
+/// A channel's gap was filled from history.
+pub(crate) fn caught_up() {
+    metrics::counter!(CATCH_UPS).increment(1);
+}
+
+/// A channel's missed publications were gone; its subscribers were told.
+pub(crate) fn state_lost() {
+    metrics::counter!(STATE_LOST).increment(1);
 }
 
 /// A client was closed as a slow consumer.

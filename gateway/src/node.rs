@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::GatewayConfig;
 use crate::hub::Hub;
+use crate::security::Security;
 
 pub(crate) struct Node {
     pub(crate) id: String,
@@ -25,6 +26,8 @@ pub(crate) struct Node {
     connections: AtomicUsize,
     /// Cancelled when the node starts shutting down (the drain): every session watches it.
     pub(crate) shutdown: CancellationToken,
+    /// Token keys, namespace rules, connection slots (`security.rs`).
+    pub(crate) security: Security,
     /// When the drain started (set by the first to look after `shutdown`).
     drain_started: OnceLock<Instant>,
 }
@@ -36,6 +39,7 @@ impl Node {
         bus_timeout: Duration,
         advertise: String,
         shutdown: CancellationToken,
+        security: Security,
     ) -> Arc<Self> {
         let id = config
             .node_id
@@ -65,6 +69,7 @@ impl Node {
             next_client: AtomicU64::new(1),
             connections: AtomicUsize::new(0),
             shutdown,
+            security,
             drain_started: OnceLock::new(),
         })
     }

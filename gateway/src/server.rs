@@ -23,10 +23,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::task::TaskTracker;
 
 use crate::node::Node;
-use crate::session;
+use crate::{frame_guard, limits, session};
 
-/// How long a client has to send its request headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits, after the drain window, for sessions to send their close frames.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -80,7 +78,7 @@ async fn serve_http(stream: TcpStream, node: Arc<Node>, tracker: TaskTracker) {
     };
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(node.config.header_timeout)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     tokio::pin!(conn);
@@ -147,11 +145,32 @@ fn upgrade(mut req: Request<Incoming>, node: &Arc<Node>, tracker: &TaskTracker) 
         );
     }
     if node.shutdown.is_cancelled() {
+        crate::metrics::upgrade_refused("draining");
         return text(
             StatusCode::SERVICE_UNAVAILABLE,
             "draining: connect to another gateway\n",
         );
     }
+    let origin = req
+        .headers()
+        .get(hyper::header::ORIGIN)
+        .map(|v| v.to_str().unwrap_or("\u{0}"));
+    if !limits::origin_allowed(&node.security.allowed_origins, origin) {
+        tracing::info!(origin = ?origin, "upgrade refused: origin not allowed");
+        crate::metrics::upgrade_refused("origin");
+        return text(StatusCode::FORBIDDEN, "origin not allowed\n");
+    }
+    let Some(slot) = node.security.slots.connection() else {
+        tracing::warn!(
+            max = node.config.max_connections,
+            "upgrade refused: connection limit reached"
+        );
+        crate::metrics::upgrade_refused("connection_limit");
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "connection limit reached\n",
+        );
+    };
     let (format, subprotocol) = match negotiate(&req) {
         Ok(f) => f,
         Err(msg) => return text(StatusCode::BAD_REQUEST, &msg),
@@ -168,8 +187,12 @@ fn upgrade(mut req: Request<Incoming>, node: &Arc<Node>, tracker: &TaskTracker) 
     crate::metrics::connection_accepted();
     let node = node.clone();
     tracker.spawn(async move {
+        let _slot = slot;
         match fut.await {
-            Ok(ws) => session::run(node, ws, format).await,
+            Ok(ws) => {
+                let ws = frame_guard::wrap(ws, node.config.max_message_size);
+                session::run(node, ws, format).await
+            }
             Err(e) => tracing::debug!(error = %e, "upgrade failed"),
         }
     });

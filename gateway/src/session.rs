@@ -26,17 +26,21 @@ use tokio::io::ReadHalf;
 use tracing::Instrument;
 
 use crate::conn::{Conn, Outgoing};
+use crate::frame_guard::{self, Guarded};
 use crate::hub::ActivateError;
+use crate::limits::Verdict;
 use crate::node::Node;
+use crate::security::SessionSecurity;
 use crate::writer;
 
-type Reader = WebSocketRead<ReadHalf<TokioIo<Upgraded>>>;
+type Socket = Guarded<TokioIo<Upgraded>>;
+type Reader = WebSocketRead<ReadHalf<Socket>>;
 
 /// Most publications one `history` command returns.
 const MAX_HISTORY_LIMIT: usize = 1000;
 
 /// Runs a WebSocket connection from the completed upgrade to the end.
-pub(crate) async fn run(node: Arc<Node>, ws: WebSocket<TokioIo<Upgraded>>, format: Format) {
+pub(crate) async fn run(node: Arc<Node>, ws: WebSocket<Socket>, format: Format) {
     let _counted = node.track_connection();
     let config = &node.config;
     let (conn, queue) = Conn::new(
@@ -67,6 +71,8 @@ pub(crate) async fn run(node: Arc<Node>, ws: WebSocket<TokioIo<Upgraded>>, forma
         conn: conn.clone(),
         connected: false,
         channels: HashSet::new(),
+        sec: node.security.session(),
+        close_after_reply: None,
     };
     let span = tracing::debug_span!("session", client = %conn.client, ?format);
     session.read_loop(&mut rx).instrument(span).await;
@@ -88,6 +94,10 @@ struct Session {
     conn: Arc<Conn>,
     connected: bool,
     channels: HashSet<String>,
+    /// Identity, grants, command rate and deadlines (`security.rs`).
+    sec: SessionSecurity,
+    /// Close the connection once the current command's reply is queued.
+    close_after_reply: Option<(u16, &'static str)>,
 }
 
 impl Session {
@@ -111,11 +121,35 @@ impl Session {
         // A fragmented message being reassembled: (is text, bytes so far).
         let mut partial: Option<(bool, BytesMut)> = None;
         loop {
+            // The connect timeout before `connect`, the token's expiry after it.
+            let deadline = self
+                .sec
+                .deadline(self.connected || self.node.config.conformance_echo);
+            let deadline_passed = async {
+                match &deadline {
+                    Some(d) => tokio::time::sleep_until(d.at).await,
+                    None => std::future::pending().await,
+                }
+            };
             // Every branch other than the read ends the loop, so cancelling a half-read frame
             // (read_frame is not cancel-safe) loses nothing.
             let read = tokio::select! {
                 biased;
                 _ = self.conn.closing.cancelled() => return,
+                _ = deadline_passed => {
+                    if let Some(d) = deadline {
+                        tracing::debug!(client = %self.conn.client, code = d.code, "closing at a deadline: {}", d.reason);
+                        if d.code == close::TOKEN_EXPIRED {
+                            self.push(push::Body::Disconnect(client::Disconnect {
+                                code: u32::from(d.code),
+                                reason: d.reason.into(),
+                                reconnect: true,
+                            }));
+                        }
+                        self.conn.close(d.code, d.reason);
+                    }
+                    return;
+                }
                 _ = async {
                     self.node.shutdown.cancelled().await;
                     tokio::time::sleep_until(self.node.drain_turn(drain_fraction)).await;
@@ -199,6 +233,13 @@ impl Session {
             WebSocketError::InvalidUTF8 => {
                 (close::INVALID_PAYLOAD, "text message is not valid UTF-8")
             }
+            WebSocketError::IoError(ref io) if frame_guard::violation_of(io).is_some() => {
+                let v = frame_guard::violation_of(io).cloned();
+                let (code, reason) = v.map_or((close::PROTOCOL_ERROR, ""), |v| (v.code, v.reason));
+                tracing::debug!(client = %self.conn.client, code, "closing on a frame violation: {reason}");
+                self.conn.close(code, reason);
+                return;
+            }
             WebSocketError::UnexpectedEOF
             | WebSocketError::ConnectionClosed
             | WebSocketError::IoError(_)
@@ -213,6 +254,12 @@ impl Session {
     }
 
     async fn on_message(&mut self, text: bool, payload: &[u8]) {
+        if self.node.config.conformance_echo {
+            // Conformance testing (scripts/autobahn): the message goes back as it came.
+            self.conn
+                .enqueue(Outgoing::Echo(text, Bytes::copy_from_slice(payload)));
+            return;
+        }
         let format = self.conn.format;
         if text != format.is_text() {
             let expected = if format.is_text() {
@@ -226,7 +273,27 @@ impl Session {
             );
             return;
         }
-        match wire::decode_command(format, payload) {
+        let decoded = wire::decode_command(format, payload);
+        match self.sec.rate() {
+            Verdict::Allow => {}
+            Verdict::Refuse => {
+                let id = decoded.as_ref().map_or_else(|e| e.id, |c| c.id);
+                self.reply_error(
+                    id,
+                    ErrorCode::RateLimited.with("too many commands: slow down"),
+                );
+                return;
+            }
+            Verdict::Close => {
+                tracing::info!(client = %self.conn.client, "closing a client that ignores its rate limit");
+                self.conn.close(
+                    close::RATE_LIMITED,
+                    "too many commands after rate-limit errors",
+                );
+                return;
+            }
+        }
+        match decoded {
             Ok(cmd) => self.handle(cmd).await,
             Err(e) => self.reply_error(e.id, e.error),
         }
@@ -246,6 +313,7 @@ impl Session {
             command::Body::Publish(req) => self.publish(req).await.map(Some),
             command::Body::Ping(_) => Ok(Some(reply::Result::Ping(client::PingResult {}))),
             command::Body::History(req) => self.history(req).await.map(Some),
+            command::Body::Refresh(req) => self.refresh(req).map(Some),
         };
         match result {
             Ok(Some(result)) => self.reply(client::Reply {
@@ -256,16 +324,28 @@ impl Session {
             Ok(None) => {} // answered already
             Err(error) => self.reply_error(id, error),
         }
+        if let Some((code, reason)) = self.close_after_reply.take() {
+            self.conn.close(code, reason);
+        }
     }
 
-    fn connect(&mut self, _req: client::ConnectRequest) -> Result<reply::Result, client::Error> {
+    fn connect(&mut self, req: client::ConnectRequest) -> Result<reply::Result, client::Error> {
         if self.connected {
             return Err(ErrorCode::AlreadyConnected.with("already connected"));
+        }
+        let identity = self.node.security.authenticate(&req.token)?;
+        if let Err(e) = self.sec.connect(&self.node.security, identity) {
+            // The error reply goes out first, then the close frame.
+            self.close_after_reply = Some((
+                close::CONNECTION_LIMIT,
+                "too many connections for this user",
+            ));
+            return Err(e);
         }
         self.connected = true;
         self.node.link.connection_opened(ConnectionInfo {
             client: self.conn.client.clone(),
-            user: String::new(),
+            user: self.sec.identity.user.clone(),
             connected_at_ms: now_ms(),
         });
         Ok(reply::Result::Connect(client::ConnectResult {
@@ -277,6 +357,11 @@ impl Session {
         }))
     }
 
+    fn refresh(&mut self, req: client::RefreshRequest) -> Result<reply::Result, client::Error> {
+        let identity = self.node.security.authenticate(&req.token)?;
+        self.sec.refresh(identity).map(reply::Result::Refresh)
+    }
+
     /// Subscribes, answering through the hub so that the reply comes before any publication
     /// after it (see the hub's "subscribing without a seam"). Returns `Ok(None)` once replied.
     async fn subscribe(
@@ -286,6 +371,7 @@ impl Session {
     ) -> Result<Option<reply::Result>, client::Error> {
         let ch = req.channel;
         channel::validate(&ch).map_err(|e| ErrorCode::BadChannel.with(e.to_string()))?;
+        self.sec.may_subscribe(self.node.bus.namespaces(), &ch)?;
         if self.channels.contains(&ch) {
             return Err(ErrorCode::AlreadySubscribed.with(format!("already subscribed to {ch}")));
         }
@@ -392,6 +478,8 @@ impl Session {
         req: client::HistoryRequest,
     ) -> Result<reply::Result, client::Error> {
         channel::validate(&req.channel).map_err(|e| ErrorCode::BadChannel.with(e.to_string()))?;
+        self.sec
+            .may_subscribe(self.node.bus.namespaces(), &req.channel)?;
         let limit = match req.limit as usize {
             0 => MAX_HISTORY_LIMIT,
             n => n.min(MAX_HISTORY_LIMIT),
@@ -450,17 +538,8 @@ impl Session {
         req: client::PublishRequest,
     ) -> Result<reply::Result, client::Error> {
         channel::validate(&req.channel).map_err(|e| ErrorCode::BadChannel.with(e.to_string()))?;
-        let ns = channel::namespace(&req.channel);
-        if !self.node.config.client_may_publish(ns) {
-            return Err(ErrorCode::PermissionDenied.with(format!(
-                "clients may not publish to {}",
-                if ns.is_empty() {
-                    "channels without a namespace".to_owned()
-                } else {
-                    format!("namespace {ns}")
-                }
-            )));
-        }
+        self.sec
+            .may_publish(self.node.bus.namespaces(), &req.channel)?;
         let msg = Publish {
             channel: req.channel,
             data: req.data,

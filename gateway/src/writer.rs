@@ -162,6 +162,7 @@ pub(crate) async fn run<W>(
                                     frames.frame(data_opcode, bytes);
                                 }
                                 Outgoing::Pong(_) => {}
+                                Outgoing::Echo(text, bytes) => frames.frame(echo_opcode(text), bytes),
                                 Outgoing::CloseEcho(bytes) => {
                                     frames.frame(OP_CLOSE, bytes);
                                     conn.dequeued_bytes(cost);
@@ -191,6 +192,7 @@ pub(crate) async fn run<W>(
                                 published_at.push(at);
                             }
                             Outgoing::Pong(bytes) => frames.frame(OP_PONG, bytes),
+                            Outgoing::Echo(text, bytes) => frames.frame(echo_opcode(text), bytes),
                             Outgoing::CloseEcho(bytes) => {
                                 frames.frame(OP_CLOSE, bytes);
                                 echo = true;
@@ -225,6 +227,10 @@ pub(crate) async fn run<W>(
     }
     // Whatever ended the writer ends the connection.
     conn.abandon();
+}
+
+fn echo_opcode(text: bool) -> u8 {
+    if text { OP_TEXT } else { OP_BINARY }
 }
 
 #[cfg(test)]

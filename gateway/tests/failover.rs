@@ -300,4 +300,20 @@ async fn redis_restarted_without_persistence_reports_recovered_false_with_the_ne
     );
     assert_eq!(holes, 0);
     assert_eq!(dups, 0);
+    let mut lost = 0.0;
+    for i in 0..2 {
+        let text = reqwest::get(cluster.gateway_url(i, "/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let scrape = chorus_testkit::Scrape::parse(&text).unwrap();
+        lost = scrape.value(chorus_gateway::metrics::STATE_LOST, &[]);
+    }
+    // One recorder per process: both in-process gateways count into the same series.
+    assert!(
+        lost >= CHANNELS as f64,
+        "every channel's loss was counted ({lost})"
+    );
 }

@@ -114,6 +114,19 @@ async fn pubsub_connections_killed_under_load_lose_nothing() {
     assert!(killed >= 4, "pub/sub connections were killed ({killed})");
     let counts = settle_and_count(tallies, &acked).await;
     report("pubsub killed", &acked, counts);
+    let scrape = reqwest::get(cluster.gateway_url(0, "/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let scrape = chorus_testkit::Scrape::parse(&scrape).unwrap();
+    let caught_up = scrape.value(chorus_gateway::metrics::CATCH_UPS, &[]);
+    assert!(
+        caught_up >= 1.0,
+        "gaps were filled from history ({caught_up})"
+    );
+    assert_eq!(scrape.value(chorus_gateway::metrics::STATE_LOST, &[]), 0.0);
     assert!(acked.total() > 1000, "steady load ran: {}", acked.total());
     assert_eq!(acked.errors, 0, "publishing never failed");
     assert_exactly_once(counts, &acked, 4);

@@ -123,8 +123,10 @@ async fn every_gateway_metric_moves_when_its_event_happens() {
         assert_eq!(resp.status(), 200);
     }
     stalled.drain_until_closed().await.unwrap();
+    let closes_3002 = |s: &Scrape| s.value(m::CLOSES, &[("code", "3002")]);
     scrape_until(&url, "the slow consumer is counted", |s| {
         v(s, m::SLOW_CONSUMER_DISCONNECTS) == v(&before, m::SLOW_CONSUMER_DISCONNECTS) + 1.0
+            && closes_3002(s) == closes_3002(&before) + 1.0
     })
     .await;
 
@@ -197,6 +199,25 @@ async fn every_gateway_metric_moves_when_its_event_happens() {
     for name in m::ALL {
         assert!(s.has(name), "{name} is exported");
     }
+    // A draining gateway refuses upgrades, and says so.
+    let refused = |s: &Scrape| s.value(m::UPGRADES_REFUSED, &[("reason", "draining")]);
+    let draining = MemoryGateway::start(GatewayConfig {
+        drain_window: Duration::from_secs(5),
+        ..GatewayConfig::default()
+    })
+    .await;
+    let before_drain = Scrape::fetch(&url).await.unwrap();
+    draining.shut_down();
+    eventually(WITHIN, "the draining gateway refuses an upgrade", || {
+        let ws = draining.ws();
+        async move { WsClient::open(&ws, Format::Json).await.is_err() }
+    })
+    .await
+    .unwrap();
+    scrape_until(&url, "the refusal is counted", |s| {
+        refused(s) >= refused(&before_drain) + 1.0
+    })
+    .await;
     eventually(WITHIN, "readyz again", || async {
         reqwest::get(cluster.gateway_url(0, "/readyz"))
             .await

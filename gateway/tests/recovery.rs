@@ -133,6 +133,7 @@ async fn recovery_says_false_with_the_current_position_when_epoch_or_history_do_
     let namespaces = Namespaces {
         default: NamespaceRules {
             history_size: 2,
+            anonymous_subscribe: true,
             ..NamespaceRules::default()
         },
         ..Namespaces::default()
@@ -168,6 +169,7 @@ async fn publications_racing_a_subscribe_arrive_after_its_reply_without_gap_or_d
     let namespaces = Namespaces {
         default: NamespaceRules {
             history_size: 1000,
+            anonymous_subscribe: true,
             ..NamespaceRules::default()
         },
         ..Namespaces::default()

@@ -35,6 +35,10 @@ pub enum ErrorCode {
     /// A history read `since` a position whose epoch is not the channel's current one: the
     /// publications after it are gone. Start again from the current position.
     UnrecoverablePosition = 112,
+    /// The token's `exp` has passed (on `connect` or `refresh`): get a new token.
+    TokenExpired = 113,
+    /// The connection sends commands faster than its rate limit allows; slow down.
+    RateLimited = 114,
 }
 
 impl ErrorCode {
@@ -73,4 +77,13 @@ pub mod close {
     /// history no longer reached back); reconnect and subscribe with your positions, and
     /// the subscribe results say which channels could not be recovered.
     pub const INSUFFICIENT_STATE: u16 = 3003;
+    /// The connection's token expired and no `refresh` with a new one arrived in time;
+    /// reconnect with a fresh token.
+    pub const TOKEN_EXPIRED: u16 = 3004;
+    /// No `connect` command arrived within the connect timeout after the upgrade.
+    pub const CONNECT_TIMEOUT: u16 = 3005;
+    /// The user already has the most connections allowed on this gateway.
+    pub const CONNECTION_LIMIT: u16 = 3006;
+    /// The client kept sending commands after being told it was over its rate limit.
+    pub const RATE_LIMITED: u16 = 3007;
 }

@@ -38,6 +38,13 @@ struct RawCommand<'a> {
     ping: Option<Map<String, Value>>,
     #[serde(default)]
     history: Option<HistoryBody>,
+    #[serde(default)]
+    refresh: Option<RefreshBody>,
+}
+
+#[derive(Deserialize)]
+struct RefreshBody {
+    token: String,
 }
 
 #[derive(Deserialize)]
@@ -160,6 +167,11 @@ pub fn decode_command(bytes: &[u8]) -> Result<client::Command, DecodeError> {
             reverse: h.reverse,
         }));
     }
+    if let Some(r) = raw.refresh {
+        bodies.push(command::Body::Refresh(client::RefreshRequest {
+            token: r.token,
+        }));
+    }
     match bodies.len() {
         1 => Ok(client::Command {
             id,
@@ -168,7 +180,7 @@ pub fn decode_command(bytes: &[u8]) -> Result<client::Command, DecodeError> {
         0 => Err(DecodeError {
             id,
             error: ErrorCode::UnknownCommand.with(
-                "unknown command: expected one of connect, subscribe, unsubscribe, publish, ping, history",
+                "unknown command: expected one of connect, subscribe, unsubscribe, publish, ping, history, refresh",
             ),
         }),
         _ => Err(DecodeError {
@@ -205,6 +217,7 @@ pub fn encode_command(cmd: &client::Command) -> Bytes {
             ("history", body)
         }
         Some(command::Body::Unsubscribe(u)) => ("unsubscribe", json!({"channel": u.channel})),
+        Some(command::Body::Refresh(r)) => ("refresh", json!({"token": r.token})),
         Some(command::Body::Publish(p)) => {
             let data: Value = serde_json::from_slice(&p.data).unwrap_or(Value::Null);
             (
@@ -263,6 +276,7 @@ fn reply_value(r: &client::Reply) -> Value {
             Some(("publish", json!({"offset": p.offset, "epoch": p.epoch})))
         }
         Some(reply::Result::Ping(_)) => Some(("ping", json!({}))),
+        Some(reply::Result::Refresh(r)) => Some(("refresh", json!({"expires_at": r.expires_at}))),
         None => None,
     };
     if let Some((key, v)) = result {
@@ -442,6 +456,10 @@ pub fn decode_frame(bytes: &[u8]) -> Result<client::ServerFrame, serde_json::Err
         }))
     } else if v.get("ping").is_some() {
         Some(reply::Result::Ping(client::PingResult {}))
+    } else if let Some(r) = v.get("refresh") {
+        Some(reply::Result::Refresh(client::RefreshResult {
+            expires_at: u64_of(r, "expires_at"),
+        }))
     } else if let Some(h) = v.get("history") {
         Some(reply::Result::History(client::HistoryResult {
             publications: publications_of(h)?,

@@ -16,6 +16,7 @@
 
 pub mod channel;
 pub mod codes;
+pub mod envelope;
 pub mod json;
 pub mod wire;
 

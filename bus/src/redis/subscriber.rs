@@ -38,8 +38,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use std::time::Instant;
 
-use bytes::Bytes;
-use prost::Message;
 use redis::aio::MultiplexedConnection;
 use redis::{PushInfo, PushKind, Value};
 use tokio::sync::Notify;
@@ -48,7 +46,7 @@ use tokio_util::sync::CancellationToken;
 use super::LinkState;
 use super::connect::async_config;
 use crate::wanted::Wanted;
-use crate::{BusSink, Envelope, keys};
+use crate::{BusSink, keys};
 
 /// Channels per SUBSCRIBE/UNSUBSCRIBE command.
 const BATCH: usize = 500;
@@ -364,20 +362,8 @@ fn deliver(node: &str, wanted: &Wanted, sink: &dyn BusSink, data: Vec<Value>) {
     if !wanted.contains(channel) {
         return; // unwanted while the UNSUBSCRIBE was on its way
     }
-    match Envelope::decode(Bytes::from(payload)) {
-        Ok(mut envelope) => {
-            if envelope.offset == 0 || envelope.epoch.is_empty() {
-                undecodable(node, channel, "envelope without offset or epoch");
-                return;
-            }
-            if envelope.channel.is_empty() {
-                envelope.channel = channel.to_owned();
-            } else if envelope.channel != channel {
-                undecodable(node, channel, "envelope names another channel");
-                return;
-            }
-            sink.publication(envelope);
-        }
+    match chorus_protocol::envelope::decode_envelope(channel, &payload) {
+        Ok(envelope) => sink.publication(envelope),
         Err(e) => undecodable(node, channel, &e.to_string()),
     }
 }
@@ -417,7 +403,9 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Envelope;
     use parking_lot::Mutex;
+    use prost::Message;
 
     #[test]
     fn backoff_doubles_up_to_its_ceiling_with_jitter() {

@@ -61,8 +61,14 @@ impl Chorus {
             drain_window: Duration::from_millis(100),
             ..config
         };
-        let bus =
-            Bus::memory().with_namespaces(Namespaces::parse(namespaces).expect("valid namespaces"));
+        // No text means no file: the built-in rules (open to anonymous clients), as the
+        // binaries use without --namespaces.
+        let rules = if namespaces.is_empty() {
+            Namespaces::builtin()
+        } else {
+            Namespaces::parse(namespaces).expect("valid namespaces")
+        };
+        let bus = Bus::memory().with_namespaces(rules);
         let api_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let api_addr = api_listener.local_addr().unwrap();
         let api_shutdown = CancellationToken::new();

@@ -182,9 +182,13 @@ pub struct MemoryGateway {
 
 impl MemoryGateway {
     pub async fn start(config: GatewayConfig) -> Self {
+        Self::start_with_bus(config, Bus::memory()).await
+    }
+
+    /// A gateway on the given in-memory bus (e.g. one with namespace rules).
+    pub async fn start_with_bus(config: GatewayConfig, bus: Bus) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let bus = Bus::memory();
         let shutdown = CancellationToken::new();
         tokio::spawn(chorus_gateway::serve(
             listener,
