@@ -218,17 +218,44 @@ pub fn encode_command(cmd: &client::Command) -> Bytes {
         }
         Some(command::Body::Unsubscribe(u)) => ("unsubscribe", json!({"channel": u.channel})),
         Some(command::Body::Refresh(r)) => ("refresh", json!({"token": r.token})),
-        Some(command::Body::Publish(p)) => {
-            let data: Value = serde_json::from_slice(&p.data).unwrap_or(Value::Null);
-            (
-                "publish",
-                json!({"channel": p.channel, "data": data, "echo": p.echo}),
-            )
-        }
+        Some(command::Body::Publish(p)) => return encode_publish(cmd.id, p),
         Some(command::Body::Ping(_)) | None => ("ping", json!({})),
     };
     obj.insert(key.into(), body);
     Bytes::from(Value::Object(obj).to_string())
+}
+
+/// A publish command, serialised directly so that JSON data goes out byte for byte as given
+/// (through a `Value` it would be re-formatted, and big numbers rounded). A JSON command can
+/// only carry JSON data: bytes that are not JSON go out as `null` (the Rust client refuses
+/// them before they get here; protobuf connections carry any bytes).
+fn encode_publish(id: u32, p: &client::PublishRequest) -> Bytes {
+    #[derive(Serialize)]
+    struct Body<'a> {
+        channel: &'a str,
+        data: &'a RawValue,
+        echo: bool,
+    }
+    #[derive(Serialize)]
+    struct Publish<'a> {
+        id: u32,
+        publish: Body<'a>,
+    }
+    let null = RawValue::NULL;
+    let data = std::str::from_utf8(&p.data)
+        .ok()
+        .and_then(|text| serde_json::from_str::<&RawValue>(text).ok())
+        .unwrap_or(null);
+    let cmd = Publish {
+        id,
+        publish: Body {
+            channel: &p.channel,
+            data,
+            echo: p.echo,
+        },
+    };
+    // Plain strings, integers and an already-valid RawValue cannot fail to serialise.
+    Bytes::from(serde_json::to_vec(&cmd).unwrap_or_default())
 }
 
 /// Encodes one server frame (a reply or a push) as JSON.

@@ -147,6 +147,27 @@ mod tests {
     }
 
     #[test]
+    fn json_publish_data_is_encoded_byte_for_byte() {
+        // Spacing, key order and a number beyond f64's precision survive the encoding.
+        let data = br#"{ "z": 1,  "a": 12345678901234567890123 }"#;
+        let cmd = client::Command {
+            id: 7,
+            body: Some(command::Body::Publish(client::PublishRequest {
+                channel: "chat:x".into(),
+                data: Bytes::from_static(data),
+                echo: true,
+            })),
+        };
+        let text = encode_command(Format::Json, &cmd);
+        let needle = std::str::from_utf8(data).unwrap();
+        assert!(
+            std::str::from_utf8(&text).unwrap().contains(needle),
+            "{text:?}"
+        );
+        assert_eq!(decode_command(Format::Json, &text), Ok(cmd));
+    }
+
+    #[test]
     fn json_errors_name_the_problem_and_keep_the_id() {
         let e = decode_command(Format::Json, b"{not json").unwrap_err();
         assert_eq!((e.id, e.error.code), (0, ErrorCode::BadRequest.code()));
