@@ -294,7 +294,10 @@ impl Session {
             }
         }
         match decoded {
-            Ok(cmd) => self.handle(cmd).await,
+            // Boxed: a command's future (with the bus's Redis futures inside) is many KiB. Inline,
+            // it would size every idle connection's task for its largest command; boxed, it
+            // takes memory only while a command runs.
+            Ok(cmd) => Box::pin(self.handle(cmd)).await,
             Err(e) => self.reply_error(e.id, e.error),
         }
     }
