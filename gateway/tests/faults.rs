@@ -127,7 +127,9 @@ async fn pubsub_connections_killed_under_load_lose_nothing() {
         "gaps were filled from history ({caught_up})"
     );
     assert_eq!(scrape.value(chorus_gateway::metrics::STATE_LOST, &[]), 0.0);
-    assert!(acked.total() > 1000, "steady load ran: {}", acked.total());
+    // About 3 s at ~1,000/s; a loaded CI machine publishes fewer, but there must be load
+    // across every kill.
+    assert!(acked.total() > 500, "steady load ran: {}", acked.total());
     assert_eq!(acked.errors, 0, "publishing never failed");
     assert_exactly_once(counts, &acked, 4);
 }
