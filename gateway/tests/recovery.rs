@@ -378,7 +378,7 @@ async fn drain_fails_readiness_refuses_new_clients_and_spreads_reconnects_over_t
     let first = told_at.iter().min().copied().unwrap();
     let last = told_at.iter().max().copied().unwrap();
     assert!(
-        last <= window + Duration::from_millis(500),
+        last <= window + Duration::from_secs(1),
         "last told at {last:?}"
     );
     assert!(
