@@ -293,6 +293,10 @@ impl Channel {
                 "insufficient state: reconnect and recover",
             );
         }
+        // They are gone from the channel at once: a connection told it lost state must not
+        // receive anything more of this channel (in particular nothing of a new epoch) before
+        // its close goes out. Their sessions' unsubscribes then find nothing to remove.
+        self.subs.clear();
         self.seq = Sequencer::new();
     }
 }
@@ -711,6 +715,10 @@ mod tests {
             a.take_close_frame().map(|(code, _)| code),
             Some(close::INSUFFICIENT_STATE)
         );
+        assert_eq!(hub.subscription_count(), 0, "the told subscriber is gone");
+        // Its session's unsubscribe finds nothing, and releases the channel.
+        hub.unsubscribe(&link, "ch", &a);
+        assert_eq!(hub.channel_count(), 0);
 
         let (b, _qb) = conn("b", Format::Json);
         live(&hub, &link, "other", &b, 3);
