@@ -13,9 +13,6 @@ use tracing::warn;
 use crate::config::BrokerConfig;
 use crate::error::{ApiError, ErrorCode};
 
-/// Most publications one history request returns.
-pub const MAX_HISTORY_LIMIT: usize = 1000;
-
 /// The outcome of a broadcast for one channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChannelOutcome {
@@ -281,7 +278,7 @@ impl Broker {
 
     /// A channel's history: the publications after `since` (which must be of the channel's
     /// current epoch), or the oldest (or, `reverse`, newest) kept; at most `limit`
-    /// (0 or more than [`MAX_HISTORY_LIMIT`] mean the maximum).
+    /// (0 or more than [`chorus_bus::MAX_HISTORY_PAGE`] mean the maximum).
     pub async fn history(
         &self,
         channel: &str,
@@ -289,21 +286,13 @@ impl Broker {
         limit: usize,
         reverse: bool,
     ) -> Result<History, ApiError> {
-        let query = HistoryQuery {
-            since: since.as_ref().map(|p| p.offset),
-            limit: match limit {
-                0 => MAX_HISTORY_LIMIT,
-                n => n.min(MAX_HISTORY_LIMIT),
-            },
-            reverse,
-        };
+        let query = HistoryQuery::page(since.as_ref().map(|p| p.offset), limit, reverse);
         let history = self
             .within_deadline(self.inner.bus.history(channel, &query))
             .await?
             .map_err(|e| logged(e.into()))?;
         if let Some(since) = since
-            && since.epoch != history.position.epoch
-            && !(since.offset == 0 && since.epoch.is_empty())
+            && !since.same_epoch_as(&history.position)
         {
             return Err(ApiError::new(
                 ErrorCode::PositionLost,

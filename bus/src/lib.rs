@@ -72,6 +72,24 @@ pub struct HistoryQuery {
     pub reverse: bool,
 }
 
+/// Most publications one page of history holds (what clients and the server API may ask for).
+pub const MAX_HISTORY_PAGE: usize = 1000;
+
+impl HistoryQuery {
+    /// A page of history for a client or the server API: after `since`, at most `limit`
+    /// publications, where 0 (or anything above [`MAX_HISTORY_PAGE`]) means the maximum.
+    pub fn page(since: Option<u64>, limit: usize, reverse: bool) -> Self {
+        Self {
+            since,
+            limit: match limit {
+                0 => MAX_HISTORY_PAGE,
+                n => n.min(MAX_HISTORY_PAGE),
+            },
+            reverse,
+        }
+    }
+}
+
 /// A channel's history and its position, read atomically.
 #[derive(Debug, Clone, Default)]
 pub struct History {
@@ -100,8 +118,7 @@ impl Recovery {
             publications,
             position,
         } = history;
-        let fresh = since.offset == 0 && since.epoch.is_empty();
-        let same_epoch = fresh || since.epoch == position.epoch;
+        let same_epoch = since.same_epoch_as(&position);
         let contiguous = publications
             .iter()
             .enumerate()
@@ -129,6 +146,14 @@ impl Recovery {
 pub struct Position {
     pub offset: u64,
     pub epoch: String,
+}
+
+impl Position {
+    /// Whether a reader at this position is in the same life of the channel as `current`. A
+    /// position that knows nothing of the channel (offset 0, no epoch) matches any epoch.
+    pub fn same_epoch_as(&self, current: &Position) -> bool {
+        (self.offset == 0 && self.epoch.is_empty()) || self.epoch == current.epoch
+    }
 }
 
 /// A live gateway node, as the registry reports it.
@@ -211,10 +236,7 @@ impl Bus {
 
     /// Publishes one message. Returns only after the bus accepted it and assigned its offset.
     pub async fn publish(&self, msg: Publish) -> Result<Published, BusError> {
-        chorus_protocol::channel::validate(&msg.channel)?;
-        if let Some(key) = &msg.idempotency_key {
-            check_idempotency_key(key)?;
-        }
+        check_publish(&msg)?;
         let rules = self.namespaces.rules(&msg.channel);
         match &self.inner {
             Inner::Redis(b) => b.publish(msg, rules).await,
@@ -228,13 +250,7 @@ impl Bus {
     pub async fn publish_many(&self, msgs: Vec<Publish>) -> Vec<Result<Published, BusError>> {
         let checked: Vec<Result<Publish, BusError>> = msgs
             .into_iter()
-            .map(|msg| {
-                chorus_protocol::channel::validate(&msg.channel)?;
-                if let Some(key) = &msg.idempotency_key {
-                    check_idempotency_key(key)?;
-                }
-                Ok(msg)
-            })
+            .map(|msg| check_publish(&msg).map(|()| msg))
             .collect();
         match &self.inner {
             Inner::Redis(b) => b.publish_many(checked, &self.namespaces).await,
@@ -326,6 +342,16 @@ impl Bus {
             Inner::Memory(b) => NodeLink::Memory(b.attach(node, sink)),
         }
     }
+}
+
+/// What every publish is checked for before it reaches the bus: its channel name and its
+/// idempotency key.
+fn check_publish(msg: &Publish) -> Result<(), BusError> {
+    chorus_protocol::channel::validate(&msg.channel)?;
+    if let Some(key) = &msg.idempotency_key {
+        check_idempotency_key(key)?;
+    }
+    Ok(())
 }
 
 fn check_idempotency_key(key: &str) -> Result<(), BusError> {

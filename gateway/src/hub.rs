@@ -127,6 +127,11 @@ impl Sequencer {
         }
     }
 
+    /// Synced to a channel that had no publication yet: the first one brings the epoch.
+    fn knows_nothing(&self) -> bool {
+        self.epoch.is_empty() && self.last == 0
+    }
+
     fn position(&self) -> Position {
         Position {
             offset: self.last,
@@ -136,7 +141,7 @@ impl Sequencer {
 
     fn classify(&mut self, env: &Envelope) -> Step {
         // A channel that was empty when synced takes the epoch of its first publication.
-        if self.epoch.is_empty() && self.last == 0 {
+        if self.knows_nothing() {
             self.epoch.clone_from(&env.epoch);
         }
         if env.epoch != self.epoch {
@@ -349,7 +354,7 @@ impl Hub {
         if sync {
             ch.seq.epoch.clone_from(&position.epoch);
             ch.seq.last = position.offset;
-        } else if ch.seq.epoch != position.epoch && !(ch.seq.epoch.is_empty() && ch.seq.last == 0) {
+        } else if ch.seq.epoch != position.epoch && !ch.seq.knows_nothing() {
             return Err(ActivateError::EpochChanged);
         }
         let sub = ch

@@ -36,9 +36,6 @@ use crate::writer;
 type Socket = Guarded<TokioIo<Upgraded>>;
 type Reader = WebSocketRead<ReadHalf<Socket>>;
 
-/// Most publications one `history` command returns.
-const MAX_HISTORY_LIMIT: usize = 1000;
-
 /// Runs a WebSocket connection from the completed upgrade to the end.
 pub(crate) async fn run(node: Arc<Node>, ws: WebSocket<Socket>, format: Format) {
     let _counted = node.track_connection();
@@ -483,22 +480,21 @@ impl Session {
         channel::validate(&req.channel).map_err(|e| ErrorCode::BadChannel.with(e.to_string()))?;
         self.sec
             .may_subscribe(self.node.bus.namespaces(), &req.channel)?;
-        let limit = match req.limit as usize {
-            0 => MAX_HISTORY_LIMIT,
-            n => n.min(MAX_HISTORY_LIMIT),
-        };
-        let query = HistoryQuery {
-            since: req.since.as_ref().map(|p| p.offset),
-            limit,
-            reverse: req.reverse,
-        };
+        let since = req.since.map(|p| Position {
+            offset: p.offset,
+            epoch: p.epoch,
+        });
+        let query = HistoryQuery::page(
+            since.as_ref().map(|p| p.offset),
+            req.limit as usize,
+            req.reverse,
+        );
         let node = &self.node;
         let history = bounded(node.bus_timeout, node.bus.history(&req.channel, &query))
             .await
             .map_err(bus_error)?;
-        if let Some(since) = &req.since
-            && since.epoch != history.position.epoch
-            && !(since.offset == 0 && since.epoch.is_empty())
+        if let Some(since) = &since
+            && !since.same_epoch_as(&history.position)
         {
             return Err(ErrorCode::UnrecoverablePosition.with(format!(
                 "epoch {:?} is not the channel's current epoch {:?}",

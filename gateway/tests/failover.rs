@@ -12,7 +12,7 @@ use chorus_bus::Namespaces;
 use chorus_gateway::GatewayConfig;
 use chorus_testkit::{Process, free_port, wait_http_ok};
 use support::Cluster;
-use support::load::{Acked, Counts, Follower, Publisher, Seen, count, settle};
+use support::load::{Acked, Counts, Follower, Publisher, Seen, count, settle, summary};
 
 const RATE: u32 = 1000;
 const CHANNELS: usize = 10;
@@ -93,14 +93,8 @@ fn report(name: &str, acked: &Acked, counts: Counts, stats: &[chorus_client::Sta
     let dups: u64 = stats.iter().map(|s| s.duplicates).sum();
     let reconnects: u64 = stats.iter().map(|s| s.connects.saturating_sub(1)).sum();
     println!(
-        "{name}: published {} (publish errors {}), delivered {}, lost {}, duplicated {} \
-         (+{dups} dropped by the clients), out of order {}, reconnects {reconnects}",
-        acked.total(),
-        acked.errors,
-        counts.delivered,
-        counts.lost,
-        counts.duplicated,
-        counts.out_of_order
+        "{name}: {}; duplicates dropped by the clients {dups}, reconnects {reconnects}",
+        summary(acked, counts)
     );
 }
 

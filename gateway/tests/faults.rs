@@ -13,7 +13,7 @@ use chorus_protocol::codes::close;
 use chorus_protocol::wire::Format;
 use chorus_testkit::{Process, WsClient, eventually, free_port, wait_http_ok};
 use support::Cluster;
-use support::load::{Acked, Counts, Publisher, Tally, count, quantile};
+use support::load::{Acked, Counts, Publisher, Tally, count, quantile, summary};
 
 /// About 1,000 messages per second over 10 channels, as the reliability brief asks.
 const RATE: u32 = 1000;
@@ -69,15 +69,7 @@ async fn settle_and_count(tallies: Vec<Tally>, acked: &Acked) -> Counts {
 }
 
 fn report(name: &str, acked: &Acked, counts: Counts) {
-    println!(
-        "{name}: published {} (publish errors {}), delivered {}, lost {}, duplicated {}, out of order {}",
-        acked.total(),
-        acked.errors,
-        counts.delivered,
-        counts.lost,
-        counts.duplicated,
-        counts.out_of_order
-    );
+    println!("{name}: {}", summary(acked, counts));
 }
 
 fn assert_exactly_once(counts: Counts, acked: &Acked, subscribers: usize) {

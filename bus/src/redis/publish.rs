@@ -198,18 +198,8 @@ fn history_from(value: Value) -> Result<History, BusError> {
         return Err(bad(format!("{value:?}")));
     };
     let mut items = items.into_iter();
-    let epoch: String = items
-        .next()
-        .map(redis::from_redis_value)
-        .transpose()
-        .map_err(|e| bad(e.to_string()))?
-        .unwrap_or_default();
-    let offset: u64 = items
-        .next()
-        .map(redis::from_redis_value)
-        .transpose()
-        .map_err(|e| bad(e.to_string()))?
-        .unwrap_or_default();
+    let epoch: String = optional_field(items.next()).map_err(|e| bad(e.to_string()))?;
+    let offset: u64 = optional_field(items.next()).map_err(|e| bad(e.to_string()))?;
     let publications = items
         .map(|item| {
             let bytes: Vec<u8> = redis::from_redis_value(item).map_err(|e| bad(e.to_string()))?;
@@ -221,6 +211,13 @@ fn history_from(value: Value) -> Result<History, BusError> {
         publications,
         position: Position { offset, epoch },
     })
+}
+
+/// A field of the history script's answer; absent reads as the empty position's.
+fn optional_field<T: redis::FromRedisValue + Default>(
+    value: Option<Value>,
+) -> Result<T, redis::ParsingError> {
+    value.map_or_else(|| Ok(T::default()), redis::from_redis_value)
 }
 
 fn is_noscript(value: &Value) -> bool {

@@ -209,6 +209,19 @@ pub fn now_us() -> i64 {
         .map_or(0, |d| d.as_micros() as i64)
 }
 
+/// One line of a fault test's counts: what was published against what the subscribers got.
+pub fn summary(acked: &Acked, counts: Counts) -> String {
+    format!(
+        "published {} (publish errors {}), delivered {}, lost {}, duplicated {}, out of order {}",
+        acked.total(),
+        acked.errors,
+        counts.delivered,
+        counts.lost,
+        counts.duplicated,
+        counts.out_of_order
+    )
+}
+
 /// The `q` quantile (0..=1) of `values` (sorted in place); 0 when empty.
 pub fn quantile(values: &mut [i64], q: f64) -> i64 {
     if values.is_empty() {
