@@ -146,12 +146,10 @@ impl Conn {
         match self.push(item) {
             Ok(cost) => cost,
             Err(QueueFull::Overflow) => {
-                if self.close(
+                self.close(
                     chorus_protocol::codes::close::SLOW_CONSUMER,
                     "slow consumer: the client did not read fast enough",
-                ) {
-                    crate::metrics::slow_consumer();
-                }
+                );
                 0
             }
             Err(QueueFull::Closed) => 0,
@@ -190,6 +188,11 @@ impl Conn {
         }
         self.closing.cancel();
         crate::metrics::closed(code);
+        // Counted here, where every slow-consumer close passes (the queue's overflow, and the
+        // hub's held publications outgrowing the queue bound), not at one of its callers.
+        if code == chorus_protocol::codes::close::SLOW_CONSUMER {
+            crate::metrics::slow_consumer();
+        }
         true
     }
 
