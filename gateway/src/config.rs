@@ -23,7 +23,11 @@ pub struct GatewayConfig {
     /// Length of the listening socket's accept queue (the kernel caps it at
     /// `net.core.somaxconn`). Bursts of connects beyond it are dropped by the kernel and
     /// retried by the client a second later.
-    #[arg(long = "listen-backlog", env = "CHORUS_LISTEN_BACKLOG", default_value_t = 4096)]
+    #[arg(
+        long = "listen-backlog",
+        env = "CHORUS_LISTEN_BACKLOG",
+        default_value_t = 4096
+    )]
     pub listen_backlog: u32,
 
     /// This node's id in the cluster registry. Default: a random id per start.
