@@ -55,8 +55,9 @@ async fn main() -> anyhow::Result<()> {
         .context("loading the namespaces file")?;
     let bus = Bus::memory().with_namespaces(namespaces);
     let shutdown = CancellationToken::new();
-    let gateway_listener = tokio::net::TcpListener::bind(cli.gateway.listen)
-        .await
+    let gateway_listener = cli
+        .gateway
+        .bind()
         .with_context(|| format!("binding the gateway to {}", cli.gateway.listen))?;
     let api_listener = tokio::net::TcpListener::bind(&cli.api.listen)
         .await

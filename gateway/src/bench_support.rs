@@ -14,7 +14,7 @@ use crate::hub::Hub;
 pub struct Fanout {
     hub: Arc<Hub>,
     _link: NodeLink,
-    _conns: Vec<Arc<Conn>>,
+    conns: Vec<Arc<Conn>>,
     queues: Vec<ConnQueue>,
     next: u64,
 }
@@ -42,7 +42,6 @@ impl Fanout {
                 Format::Json
             };
             let (conn, queue) = Conn::new(format!("c{i}"), format, 4096, 1 << 20);
-            let conn = Arc::new(conn);
             drop(hub.subscribe(&link, "bench", &conn));
             let position = Position {
                 offset: 0,
@@ -60,7 +59,7 @@ impl Fanout {
         let mut fanout = Self {
             hub,
             _link: link,
-            _conns: conns,
+            conns,
             queues,
             next: 1,
         };
@@ -84,10 +83,10 @@ impl Fanout {
     /// Empties every queue as the writers would; returns how many items were taken.
     pub fn drain(&mut self) -> usize {
         let mut n = 0;
-        for q in &mut self.queues {
-            while q.rx.try_recv().is_ok() {
-                n += 1;
-            }
+        let mut batch = std::collections::VecDeque::new();
+        for (q, conn) in self.queues.iter_mut().zip(&self.conns) {
+            n += q.try_recv_many(&mut batch, usize::MAX);
+            conn.dequeued_bytes(batch.drain(..).map(|item| item.cost()).sum());
         }
         n
     }

@@ -20,6 +20,12 @@ pub struct GatewayConfig {
     )]
     pub listen: SocketAddr,
 
+    /// Length of the listening socket's accept queue (the kernel caps it at
+    /// `net.core.somaxconn`). Bursts of connects beyond it are dropped by the kernel and
+    /// retried by the client a second later.
+    #[arg(long = "listen-backlog", env = "CHORUS_LISTEN_BACKLOG", default_value_t = 4096)]
+    pub listen_backlog: u32,
+
     /// This node's id in the cluster registry. Default: a random id per start.
     #[arg(long = "node-id", env = "CHORUS_NODE_ID")]
     pub node_id: Option<String>,
@@ -214,10 +220,25 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+impl GatewayConfig {
+    /// Binds the gateway's listening socket with its accept queue length (the standard
+    /// library's and tokio's `bind` use 128, which a burst of reconnecting clients overflows).
+    pub fn bind(&self) -> std::io::Result<tokio::net::TcpListener> {
+        let socket = match self.listen {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(self.listen)?;
+        socket.listen(self.listen_backlog)
+    }
+}
+
 impl Default for GatewayConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 8000)),
+            listen_backlog: 4096,
             node_id: None,
             advertise_address: None,
             ping_interval: Duration::from_secs(25),

@@ -5,13 +5,20 @@
 //! The queue is bounded twice — in frames and in bytes — and a client whose queue overflows is
 //! closed as a slow consumer rather than allowed to grow the gateway's memory. Closing has its
 //! own path that bypasses the queue, so a full queue can always be closed.
+//!
+//! The queue is a `VecDeque` under a lock with a [`Notify`], not a channel: an idle
+//! connection's queue holds no allocation at all (a channel allocates its first block of
+//! slots up front, ~1.6 KB per connection), and the writer takes everything queued in one
+//! lock, which is what it writes in one vectored write anyway.
 
+use std::collections::VecDeque;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use chorus_protocol::wire::Format;
 use parking_lot::Mutex;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// One item for the writer.
@@ -53,16 +60,27 @@ pub(crate) struct Conn {
     /// Cluster-unique client id (`<node>-<n>`).
     pub(crate) client: String,
     pub(crate) format: Format,
-    tx: mpsc::Sender<Outgoing>,
+    queue: Mutex<Queue>,
+    /// Wakes the writer when the queue turns non-empty.
+    queue_ready: Notify,
     queued_bytes: AtomicUsize,
+    max_frames: usize,
     max_bytes: usize,
     close_frame: Mutex<Option<(u16, String)>>,
     /// Cancelled when the connection is ending, for whatever reason.
     pub(crate) closing: CancellationToken,
 }
 
+#[derive(Default)]
+struct Queue {
+    items: VecDeque<Outgoing>,
+    /// The writer is gone: nothing queued will be written.
+    closed: bool,
+}
+
+/// The writer's end of a connection's queue; dropping it closes the queue.
 pub(crate) struct ConnQueue {
-    pub(crate) rx: mpsc::Receiver<Outgoing>,
+    conn: Arc<Conn>,
 }
 
 impl Conn {
@@ -71,18 +89,20 @@ impl Conn {
         format: Format,
         max_frames: usize,
         max_bytes: usize,
-    ) -> (Self, ConnQueue) {
-        let (tx, rx) = mpsc::channel(max_frames.max(1));
-        let conn = Self {
+    ) -> (Arc<Self>, ConnQueue) {
+        let conn = Arc::new(Self {
             client,
             format,
-            tx,
+            queue: Mutex::new(Queue::default()),
+            queue_ready: Notify::new(),
             queued_bytes: AtomicUsize::new(0),
+            max_frames: max_frames.max(1),
             max_bytes,
             close_frame: Mutex::new(None),
             closing: CancellationToken::new(),
-        };
-        (conn, ConnQueue { rx })
+        });
+        let queue = ConnQueue { conn: conn.clone() };
+        (conn, queue)
     }
 
     /// Queues an item without waiting.
@@ -103,16 +123,28 @@ impl Conn {
             self.queued_bytes.fetch_sub(cost, Ordering::Relaxed);
             return Err(QueueFull::Overflow);
         }
-        match self.tx.try_send(item) {
-            Ok(()) => Ok(cost),
-            Err(e) => {
-                self.queued_bytes.fetch_sub(cost, Ordering::Relaxed);
-                Err(match e {
-                    mpsc::error::TrySendError::Full(_) => QueueFull::Overflow,
-                    mpsc::error::TrySendError::Closed(_) => QueueFull::Closed,
-                })
-            }
+        let mut queue = self.queue.lock();
+        let refused = if queue.closed {
+            Some(QueueFull::Closed)
+        } else if queue.items.len() >= self.max_frames {
+            Some(QueueFull::Overflow)
+        } else {
+            None
+        };
+        if let Some(refused) = refused {
+            drop(queue);
+            self.queued_bytes.fetch_sub(cost, Ordering::Relaxed);
+            return Err(refused);
         }
+        let was_empty = queue.items.is_empty();
+        queue.items.push_back(item);
+        drop(queue);
+        // Only the push that makes the queue non-empty wakes the writer: later ones find it
+        // awake or about to take them with the first.
+        if was_empty {
+            self.queue_ready.notify_one();
+        }
+        Ok(cost)
     }
 
     /// The bound on bytes queued for this client.
@@ -207,6 +239,57 @@ impl Conn {
     }
 }
 
+impl ConnQueue {
+    /// Waits for items and moves up to `max` of them into `out` (empty on entry); returns how
+    /// many, or 0 when the connection is closing. Cancel-safe: items are only moved once the
+    /// wait is over.
+    pub(crate) async fn recv_many(&mut self, out: &mut VecDeque<Outgoing>, max: usize) -> usize {
+        loop {
+            let n = self.try_recv_many(out, max);
+            if n > 0 {
+                return n;
+            }
+            tokio::select! {
+                biased;
+                _ = self.conn.closing.cancelled() => return 0,
+                _ = self.conn.queue_ready.notified() => {}
+            }
+        }
+    }
+
+    /// Moves up to `max` queued items into `out` without waiting.
+    pub(crate) fn try_recv_many(&mut self, out: &mut VecDeque<Outgoing>, max: usize) -> usize {
+        let mut queue = self.conn.queue.lock();
+        let n = queue.items.len().min(max);
+        if n == queue.items.len() && out.is_empty() {
+            // Everything: swap buffers, keeping the writer's spare capacity for the next push.
+            std::mem::swap(&mut queue.items, out);
+        } else {
+            out.extend(queue.items.drain(..n));
+        }
+        n
+    }
+
+    /// Takes one queued item without waiting.
+    pub(crate) fn try_recv(&mut self) -> Option<Outgoing> {
+        self.conn.queue.lock().items.pop_front()
+    }
+}
+
+impl Drop for ConnQueue {
+    /// The writer is gone: nothing more is accepted, and what is queued is dropped (and leaves
+    /// the bytes-queued metric).
+    fn drop(&mut self) {
+        let dropped = {
+            let mut queue = self.conn.queue.lock();
+            queue.closed = true;
+            std::mem::take(&mut queue.items)
+        };
+        let cost = dropped.iter().map(Outgoing::cost).sum();
+        self.conn.dequeued_bytes(cost);
+    }
+}
+
 impl Drop for Conn {
     /// What is still queued will never be written: it leaves the bytes-queued metric.
     fn drop(&mut self) {
@@ -230,7 +313,7 @@ mod tests {
             conn.take_close_frame().map(|(c, _)| c),
             Some(close::SLOW_CONSUMER)
         );
-        let item = q.rx.try_recv().unwrap();
+        let item = q.try_recv().unwrap();
         conn.dequeued(&item);
         assert_eq!(conn.queued_bytes(), 0);
     }

@@ -18,7 +18,7 @@ mod catch_up;
 pub mod cli;
 pub mod config;
 mod conn;
-mod frame_guard;
+mod frame_reader;
 mod hub;
 mod limits;
 pub mod metrics;

@@ -18,8 +18,9 @@ async fn main() -> anyhow::Result<()> {
     let bus = Bus::redis(&cli.bus)
         .context("configuring the Redis bus")?
         .with_namespaces(namespaces);
-    let listener = tokio::net::TcpListener::bind(cli.gateway.listen)
-        .await
+    let listener = cli
+        .gateway
+        .bind()
         .with_context(|| format!("binding {}", cli.gateway.listen))?;
     let shutdown = CancellationToken::new();
     tokio::spawn(chorus_bus::shutdown::on_signal(shutdown.clone()));

@@ -1,7 +1,7 @@
 //! The gateway's security state and the checks sessions call: token authentication, channel
 //! permissions, connection slots, the command rate and the session deadlines (connect timeout,
 //! token expiry). The rules themselves live in [`crate::auth`], [`crate::permissions`],
-//! [`crate::limits`] and [`crate::frame_guard`]; docs/security.md describes them for operators.
+//! [`crate::limits`] and [`crate::frame_reader`]; docs/security.md describes them for operators.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -23,7 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::task::TaskTracker;
 
 use crate::node::Node;
-use crate::{frame_guard, limits, session};
+use crate::{limits, session};
 
 /// How long shutdown waits, after the drain window, for sessions to send their close frames.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -189,10 +189,18 @@ fn upgrade(mut req: Request<Incoming>, node: &Arc<Node>, tracker: &TaskTracker) 
     tracker.spawn(async move {
         let _slot = slot;
         match fut.await {
-            Ok(ws) => {
-                let ws = frame_guard::wrap(ws, node.config.max_message_size);
-                session::run(node, ws, format).await
-            }
+            // The session frames by hand on the bare TCP socket (see `frame_reader` and
+            // `writer`); hyper hands it back with any bytes it read past the request.
+            Ok(ws) => match ws
+                .into_inner()
+                .into_inner()
+                .downcast::<TokioIo<TcpStream>>()
+            {
+                Ok(parts) => {
+                    session::run(node, parts.io.into_inner(), parts.read_buf, format).await
+                }
+                Err(_) => tracing::error!("upgraded connection is not a TCP stream"),
+            },
             Err(e) => tracing::debug!(error = %e, "upgrade failed"),
         }
     });

@@ -8,7 +8,6 @@
 //! the node's bus subscriptions it was the last user of) and from the node registry.
 
 use std::collections::HashSet;
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -19,25 +18,21 @@ use chorus_protocol::client::{self, command, push, reply};
 use chorus_protocol::codes::{ErrorCode, close};
 use chorus_protocol::wire::{self, Format};
 use chorus_protocol::{VERSION, channel};
-use fastwebsockets::{Frame, OpCode, WebSocket, WebSocketError, WebSocketRead};
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
-use tokio::io::ReadHalf;
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedReadHalf;
 use tracing::Instrument;
 
 use crate::conn::{Conn, Outgoing};
-use crate::frame_guard::{self, Guarded};
+use crate::frame_reader::{FrameReader, OpCode, ReadError};
 use crate::hub::ActivateError;
 use crate::limits::Verdict;
 use crate::node::Node;
 use crate::security::SessionSecurity;
 use crate::writer;
 
-type Socket = Guarded<TokioIo<Upgraded>>;
-type Reader = WebSocketRead<ReadHalf<Socket>>;
-
-/// Runs a WebSocket connection from the completed upgrade to the end.
-pub(crate) async fn run(node: Arc<Node>, ws: WebSocket<Socket>, format: Format) {
+/// Runs a WebSocket connection from the completed upgrade to the end: `socket` is the
+/// upgraded TCP connection, `already` the bytes of it that arrived with the upgrade request.
+pub(crate) async fn run(node: Arc<Node>, socket: TcpStream, already: Bytes, format: Format) {
     let _counted = node.track_connection();
     let config = &node.config;
     let (conn, queue) = Conn::new(
@@ -46,17 +41,8 @@ pub(crate) async fn run(node: Arc<Node>, ws: WebSocket<Socket>, format: Format) 
         config.queue_max_frames,
         config.queue_max_bytes,
     );
-    let conn = Arc::new(conn);
-    // The reader stays the library's; the writer frames by hand (see `writer`), so it takes
-    // the socket's write half itself.
-    let (read, write) = tokio::io::split(ws.into_inner());
-    let (mut rx, _) = fastwebsockets::after_handshake_split(
-        read,
-        tokio::io::sink(),
-        fastwebsockets::Role::Server,
-    );
-    // The library refuses frames whose length is >= the limit; ours is inclusive.
-    rx.set_max_message_size(config.max_message_size.saturating_add(1));
+    let (read, write) = socket.into_split();
+    let mut reader = FrameReader::new(config.max_message_size, already);
     let mut writer = tokio::spawn(writer::run(
         write,
         conn.clone(),
@@ -72,7 +58,7 @@ pub(crate) async fn run(node: Arc<Node>, ws: WebSocket<Socket>, format: Format) 
         close_after_reply: None,
     };
     let span = tracing::debug_span!("session", client = %conn.client, ?format);
-    session.read_loop(&mut rx).instrument(span).await;
+    session.read_loop(&mut reader, &read).instrument(span).await;
     session.end();
     // The writer sends the close frame (if any) and stops. A client that stopped reading can
     // leave it blocked on a full socket for ever: after a short grace it is aborted, which
@@ -98,18 +84,7 @@ struct Session {
 }
 
 impl Session {
-    async fn read_loop(&mut self, rx: &mut Reader) {
-        let obligated = self.conn.clone();
-        // Pongs and close echoes the frame library owes the peer go through the writer queue.
-        let mut send_fn = move |frame: Frame<'_>| {
-            let payload = Bytes::copy_from_slice(&frame.payload);
-            let item = match frame.opcode {
-                OpCode::Close => Outgoing::CloseEcho(payload),
-                _ => Outgoing::Pong(payload),
-            };
-            obligated.enqueue(item);
-            std::future::ready(Ok::<(), Infallible>(()))
-        };
+    async fn read_loop(&mut self, reader: &mut FrameReader, socket: &OwnedReadHalf) {
         let idle_timeout = self.node.config.idle_timeout;
         // This session's moment in the drain window, fixed once so that re-entering the
         // select below does not move it.
@@ -128,8 +103,6 @@ impl Session {
                     None => std::future::pending().await,
                 }
             };
-            // Every branch other than the read ends the loop, so cancelling a half-read frame
-            // (read_frame is not cancel-safe) loses nothing.
             let read = tokio::select! {
                 biased;
                 _ = self.conn.closing.cancelled() => return,
@@ -159,22 +132,35 @@ impl Session {
                     self.conn.close(close::SHUTDOWN, "gateway shutting down");
                     return;
                 }
-                read = tokio::time::timeout(idle_timeout, rx.read_frame(&mut send_fn)) => read,
+                read = tokio::time::timeout(idle_timeout, reader.next(socket)) => read,
             };
             let frame = match read {
                 Err(_) => {
                     self.conn.close(close::IDLE_TIMEOUT, "idle timeout");
                     return;
                 }
-                Ok(Err(e)) => {
-                    self.protocol_error(e);
+                Ok(Err(ReadError::Violation(v))) => {
+                    tracing::debug!(client = %self.conn.client, code = v.code, "closing on a frame violation: {}", v.reason);
+                    self.conn.close(v.code, v.reason);
+                    return;
+                }
+                Ok(Err(ReadError::Lost(e))) => {
+                    tracing::debug!(client = %self.conn.client, error = %e, "connection lost");
+                    self.conn.abandon();
                     return;
                 }
                 Ok(Ok(frame)) => frame,
             };
             let (text, payload) = match (frame.opcode, partial.as_mut()) {
-                (OpCode::Close, _) => return,
-                (OpCode::Ping | OpCode::Pong, _) => continue,
+                (OpCode::Close, _) => {
+                    self.on_close_frame(frame.payload);
+                    return;
+                }
+                (OpCode::Ping, _) => {
+                    self.conn.enqueue(Outgoing::Pong(frame.payload));
+                    continue;
+                }
+                (OpCode::Pong, _) => continue,
                 (OpCode::Text | OpCode::Binary, Some(_)) => {
                     self.conn.close(
                         close::PROTOCOL_ERROR,
@@ -189,10 +175,15 @@ impl Session {
                     );
                     return;
                 }
-                (OpCode::Text | OpCode::Binary, None) if frame.fin => (
-                    frame.opcode == OpCode::Text,
-                    Bytes::copy_from_slice(&frame.payload),
-                ),
+                (OpCode::Text | OpCode::Binary, None) if frame.fin => {
+                    let text = frame.opcode == OpCode::Text;
+                    if text && std::str::from_utf8(&frame.payload).is_err() {
+                        self.conn
+                            .close(close::INVALID_PAYLOAD, "text message is not valid UTF-8");
+                        return;
+                    }
+                    (text, frame.payload)
+                }
                 (OpCode::Text | OpCode::Binary, None) => {
                     partial = Some((
                         frame.opcode == OpCode::Text,
@@ -224,30 +215,28 @@ impl Session {
         }
     }
 
-    fn protocol_error(&self, e: WebSocketError) {
-        let (code, reason) = match e {
-            WebSocketError::FrameTooLarge => (close::MESSAGE_TOO_BIG, "message too big"),
-            WebSocketError::InvalidUTF8 => {
-                (close::INVALID_PAYLOAD, "text message is not valid UTF-8")
+    /// The client closes: its close frame is echoed (RFC 6455 5.5.1), unless it is malformed.
+    fn on_close_frame(&self, payload: Bytes) {
+        let refused = match payload.len() {
+            0 => None,
+            1 => Some((close::PROTOCOL_ERROR, "close frame with a one-byte payload")),
+            _ if !crate::frame_reader::close_code_allowed(u16::from_be_bytes([
+                payload[0], payload[1],
+            ])) =>
+            {
+                Some((close::PROTOCOL_ERROR, "invalid close code"))
             }
-            WebSocketError::IoError(ref io) if frame_guard::violation_of(io).is_some() => {
-                let v = frame_guard::violation_of(io).cloned();
-                let (code, reason) = v.map_or((close::PROTOCOL_ERROR, ""), |v| (v.code, v.reason));
-                tracing::debug!(client = %self.conn.client, code, "closing on a frame violation: {reason}");
-                self.conn.close(code, reason);
-                return;
+            _ if std::str::from_utf8(&payload[2..]).is_err() => {
+                Some((close::INVALID_PAYLOAD, "close reason is not valid UTF-8"))
             }
-            WebSocketError::UnexpectedEOF
-            | WebSocketError::ConnectionClosed
-            | WebSocketError::IoError(_)
-            | WebSocketError::SendError(_) => {
-                self.conn.abandon();
-                return;
-            }
-            _ => (close::PROTOCOL_ERROR, "websocket protocol error"),
+            _ => None,
         };
-        tracing::debug!(client = %self.conn.client, error = %e, code, "closing on a protocol error");
-        self.conn.close(code, reason);
+        match refused {
+            Some((code, reason)) => {
+                self.conn.close(code, reason);
+            }
+            None => self.conn.enqueue(Outgoing::CloseEcho(payload)),
+        }
     }
 
     async fn on_message(&mut self, text: bool, payload: &[u8]) {

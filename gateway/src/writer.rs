@@ -11,6 +11,7 @@
 //! payloads (the shared `Bytes` of a publication) are referenced in place — a server frame is
 //! never masked, so a payload needs no transformation.
 
+use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +26,8 @@ use crate::conn::{Conn, ConnQueue, Outgoing};
 
 /// Most queued items written in one go.
 const BATCH: usize = 256;
+/// Queue slots the writer keeps between batches; more are freed once written.
+const SPARE: usize = 8;
 /// Payloads up to this size are copied next to their header; larger ones are sent in place.
 const COPY_MAX: usize = 512;
 
@@ -133,8 +136,8 @@ pub(crate) async fn run<W>(
     let mut ping =
         tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    // Grown on demand (an idle connection keeps none of it: memory per connection matters).
-    let mut batch = Vec::new();
+    // Grown on demand (an idle connection keeps little of it: memory per connection matters).
+    let mut batch = VecDeque::new();
     let mut frames = Frames::default();
     // Publish times of the batch's publications, recorded once the batch is on the socket.
     let mut published_at = Vec::new();
@@ -155,7 +158,7 @@ pub(crate) async fn run<W>(
                     // whose queue is the problem.
                     if close.as_ref().is_none_or(|(code, _)| *code != SLOW_CONSUMER) {
                         let mut cost = 0;
-                        while let Ok(item) = queue.rx.try_recv() {
+                        while let Some(item) = queue.try_recv() {
                             cost += item.cost();
                             match item {
                                 Outgoing::Data(bytes) | Outgoing::Publication(bytes, _) => {
@@ -177,9 +180,10 @@ pub(crate) async fn run<W>(
                     }
                     return frames.write(&mut ws).await;
                 }
-                n = queue.rx.recv_many(&mut batch, BATCH) => {
+                n = queue.recv_many(&mut batch, BATCH) => {
                     if n == 0 {
-                        return Ok(());
+                        // Closing: the branch above sends what is owed.
+                        continue;
                     }
                     let mut cost = 0;
                     let mut echo = false;
@@ -201,6 +205,10 @@ pub(crate) async fn run<W>(
                         }
                     }
                     batch.clear();
+                    if batch.capacity() > SPARE {
+                        // After a burst, an idle connection should not keep the burst's buffer.
+                        batch = VecDeque::new();
+                    }
                     conn.dequeued_bytes(cost);
                     frames.write(&mut ws).await?;
                     if echo {
