@@ -95,6 +95,16 @@ pub struct Report {
     pub lost: u64,
     pub duplicated: u64,
     pub disconnects: u64,
+    /// Connections re-established after a disconnect (close 3000/3002/3003, a dropped
+    /// socket, ...), each channel resubscribed with recovery.
+    pub reconnects: u64,
+    /// Resubscriptions that recovered what they missed from history.
+    pub recovered: u64,
+    /// Resubscriptions that could not recover (their gap counts as lost).
+    pub not_recovered: u64,
+    /// Clients that stopped before the end (a close not to reconnect after, or every
+    /// reconnection attempt failed).
+    pub gave_up: u64,
     pub servers: Vec<Usage>,
     pub gateway_cpu_us_per_delivery: Option<f64>,
     pub server_cpu_us_per_delivery: Option<f64>,
@@ -319,12 +329,13 @@ async fn fanout(opts: Options) -> anyhow::Result<Report> {
             progress(
                 &opts,
                 format!(
-                    "  {:>5.1}s published {:>8} (errors {}), delivered {:>10} ({:>9.0}/s)",
+                    "  {:>5.1}s published {:>8} (errors {}), delivered {:>10} ({:>9.0}/s), reconnects {}",
                     started.elapsed().as_secs_f64(),
                     pubstats.ok.load(Ordering::Relaxed),
                     pubstats.errors.load(Ordering::Relaxed),
                     delivered,
-                    dps
+                    dps,
+                    stats.reconnects.load(Ordering::Relaxed)
                 ),
             );
             second = (Instant::now(), delivered);
@@ -383,6 +394,10 @@ async fn fanout(opts: Options) -> anyhow::Result<Report> {
         lost,
         duplicated,
         disconnects: stats.disconnects.load(Ordering::Relaxed),
+        reconnects: stats.reconnects.load(Ordering::Relaxed),
+        recovered: stats.recovered.load(Ordering::Relaxed),
+        not_recovered: stats.not_recovered.load(Ordering::Relaxed),
+        gave_up: stats.gave_up.load(Ordering::Relaxed),
         generator_cpu_ms,
         ..Report::default()
     };
@@ -558,6 +573,11 @@ impl Report {
                 s,
                 "lost {}  duplicated {}  disconnects {}",
                 self.lost, self.duplicated, self.disconnects
+            );
+            let _ = writeln!(
+                s,
+                "reconnects {}  recovered {}  not recovered {}  gave up {}",
+                self.reconnects, self.recovered, self.not_recovered, self.gave_up
             );
             if let Some(c) = self.gateway_cpu_us_per_delivery {
                 let _ = writeln!(

@@ -1,7 +1,8 @@
 //! The load generator's side of the client protocol, without allocation: WebSocket framing
 //! (client frames masked, server frames not) and a protobuf walker that finds the few fields
-//! the generator needs in a server frame (a reply's id and subscribe offset, a publication's
-//! channel, offset and data) by borrowing from the read buffer.
+//! the generator needs in a server frame (a reply's id and subscribe position, recovery outcome
+//! and recovered publications; a publication's channel, offset, epoch and data) by borrowing
+//! from the read buffer.
 
 use bytes::{BufMut, BytesMut};
 use chorus_protocol::client::{self, command};
@@ -94,13 +95,17 @@ pub fn connect_command(id: u32) -> Vec<u8> {
     .encode_to_vec()
 }
 
-/// The protobuf `subscribe` command.
-pub fn subscribe_command(id: u32, channel: &str) -> Vec<u8> {
+/// The protobuf `subscribe` command; `recover` asks for the publications after that
+/// (offset, epoch) position.
+pub fn subscribe_command(id: u32, channel: &str, recover: Option<(u64, &[u8])>) -> Vec<u8> {
+    let (offset, epoch) = recover.unwrap_or((0, &[]));
     client::Command {
         id,
         body: Some(command::Body::Subscribe(client::SubscribeRequest {
             channel: channel.to_owned(),
-            ..Default::default()
+            recover: recover.is_some(),
+            offset,
+            epoch: String::from_utf8_lossy(epoch).into_owned(),
         })),
     }
     .encode_to_vec()
@@ -112,12 +117,18 @@ pub enum Server<'a> {
     Reply {
         id: u32,
         error: bool,
-        /// A subscribe reply's offset.
+        /// A subscribe reply's position: offset and epoch.
         offset: u64,
+        epoch: &'a [u8],
+        /// A subscribe reply's `recovered` (meaningful when the subscribe asked to recover).
+        recovered: bool,
+        /// A subscribe reply's recovered publications, in offset order.
+        publications: Recovered<'a>,
     },
     Publication {
         channel: &'a [u8],
         offset: u64,
+        epoch: &'a [u8],
         data: &'a [u8],
     },
     Disconnect {
@@ -161,42 +172,73 @@ fn fields<'a>(buf: &'a [u8], mut f: impl FnMut(u32, u64, &'a [u8])) -> Option<()
     Some(())
 }
 
+/// Reads a protobuf `Publication`.
+fn publication(buf: &[u8]) -> Server<'_> {
+    let (mut channel, mut offset, mut epoch, mut data): (&[u8], u64, &[u8], &[u8]) =
+        (&[], 0, &[], &[]);
+    let _ = fields(buf, |f, v, b| match f {
+        1 => channel = b,
+        2 => offset = v,
+        3 => epoch = b,
+        4 => data = b,
+        _ => {}
+    });
+    Server::Publication {
+        channel,
+        offset,
+        epoch,
+        data,
+    }
+}
+
+/// The publications a subscribe reply recovered (its `SubscribeResult`, read on demand).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recovered<'a>(&'a [u8]);
+
+impl<'a> Recovered<'a> {
+    /// Calls `f` with each recovered publication (a [`Server::Publication`]), in order.
+    pub fn for_each(&self, mut f: impl FnMut(Server<'a>)) {
+        let _ = fields(self.0, |field, _, b| {
+            if field == 4 {
+                f(publication(b));
+            }
+        });
+    }
+}
+
 /// Reads a protobuf `ServerFrame`.
 pub fn read_server(buf: &[u8]) -> Option<Server<'_>> {
     let mut out = Server::Other;
     fields(buf, |field, _, bytes| match field {
         1 => {
-            let (mut id, mut error, mut offset) = (0, false, 0);
+            let (mut id, mut error, mut offset, mut epoch) = (0, false, 0, &[][..]);
+            let (mut recovered, mut publications) = (false, Recovered(&[]));
             let _ = fields(bytes, |f, v, b| match f {
                 1 => id = v as u32,
                 2 => error = true,
                 4 => {
-                    let _ = fields(b, |f, v, _| {
-                        if f == 2 {
-                            offset = v;
-                        }
+                    publications = Recovered(b);
+                    let _ = fields(b, |f, v, b| match f {
+                        1 => epoch = b,
+                        2 => offset = v,
+                        3 => recovered = v != 0,
+                        _ => {}
                     });
                 }
                 _ => {}
             });
-            out = Server::Reply { id, error, offset };
+            out = Server::Reply {
+                id,
+                error,
+                offset,
+                epoch,
+                recovered,
+                publications,
+            };
         }
         2 => {
             let _ = fields(bytes, |f, _, b| match f {
-                1 => {
-                    let (mut channel, mut offset, mut data): (&[u8], u64, &[u8]) = (&[], 0, &[]);
-                    let _ = fields(b, |f, v, b| match f {
-                        1 => channel = b,
-                        2 => offset = v,
-                        4 => data = b,
-                        _ => {}
-                    });
-                    out = Server::Publication {
-                        channel,
-                        offset,
-                        data,
-                    };
-                }
+                1 => out = publication(b),
                 2 => {
                     let mut code = 0;
                     let _ = fields(b, |f, v, _| {
@@ -212,6 +254,11 @@ pub fn read_server(buf: &[u8]) -> Option<Server<'_>> {
         _ => {}
     })?;
     Some(out)
+}
+
+/// The status code of a close frame's payload (none when it carries none).
+pub fn close_code(payload: &[u8]) -> Option<u16> {
+    Some(u16::from_be_bytes([*payload.first()?, *payload.get(1)?]))
 }
 
 /// Message data as the generator publishes it: fixed-width JSON (numbers as zero-padded
@@ -269,6 +316,7 @@ mod tests {
             Some(Server::Publication {
                 channel: b"ch",
                 offset: 7,
+                epoch: b"e",
                 data: b"hi"
             })
         );
@@ -283,14 +331,78 @@ mod tests {
                 })),
             }),
         );
+        let Some(Server::Reply {
+            id: 3,
+            error: false,
+            offset: 9,
+            epoch: b"",
+            recovered: false,
+            publications,
+        }) = read_server(&reply)
+        else {
+            panic!("not the reply: {:?}", read_server(&reply));
+        };
+        publications.for_each(|p| panic!("no publication was recovered: {p:?}"));
+    }
+
+    #[test]
+    fn a_recovering_subscribe_and_its_reply_are_read() {
+        let cmd = client::Command::decode(&subscribe_command(4, "ch", Some((5, b"ep")))[..])
+            .expect("a command");
+        let Some(command::Body::Subscribe(req)) = cmd.body else {
+            panic!("not a subscribe: {cmd:?}");
+        };
+        assert!(req.recover);
         assert_eq!(
-            read_server(&reply),
-            Some(Server::Reply {
-                id: 3,
-                error: false,
-                offset: 9
-            })
+            (req.channel.as_str(), req.offset, req.epoch.as_str()),
+            ("ch", 5, "ep")
         );
+        let recovered = |offset| client::Publication {
+            channel: "ch".into(),
+            offset,
+            epoch: "ep".into(),
+            data: bytes::Bytes::from(payload(offset, 11, 70)),
+        };
+        let reply = wire::encode_frame(
+            Format::Protobuf,
+            &wire::reply(client::Reply {
+                id: 4,
+                error: None,
+                result: Some(client::reply::Result::Subscribe(client::SubscribeResult {
+                    epoch: "ep".into(),
+                    offset: 7,
+                    recovered: true,
+                    publications: vec![recovered(6), recovered(7)],
+                    was_recovering: true,
+                })),
+            }),
+        );
+        let Some(Server::Reply {
+            id: 4,
+            error: false,
+            offset: 7,
+            epoch: b"ep",
+            recovered: true,
+            publications,
+        }) = read_server(&reply)
+        else {
+            panic!("not the reply: {:?}", read_server(&reply));
+        };
+        let mut seen = Vec::new();
+        publications.for_each(|p| {
+            if let Server::Publication {
+                channel: b"ch",
+                offset,
+                epoch: b"ep",
+                data,
+            } = p
+            {
+                seen.push((offset, read_payload(data)));
+            }
+        });
+        assert_eq!(seen, [(6, Some((6, 11))), (7, Some((7, 11)))]);
+        assert_eq!(close_code(&[0x0B, 0xBA, b'x']), Some(3002));
+        assert_eq!(close_code(&[]), None);
     }
 
     #[test]

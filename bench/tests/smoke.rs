@@ -1,18 +1,30 @@
 //! Every scenario of chorus-bench at tiny sizes against a real cluster in this process (a real
 //! redis-server, broker-api and two gateways on loopback): the tool runs end to end, counts
 //! every delivery, and sees no loss and no duplicate. Not a measurement.
+//!
+//! Then the client's recovery: a proxy in front of each gateway breaks every client's first
+//! connection mid-run (a 3002 close, or a dropped socket), withholding one publication so
+//! that each client certainly misses something. The clients reconnect and recover it from
+//! history (no loss), or, where the namespace keeps no history, are told `recovered: false`
+//! and the run counts the gap as lost.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::{Buf, BytesMut};
 use chorus_bench::procstat::Watched;
 use chorus_bench::publisher::Via;
 use chorus_bench::scenario::{self, Options, Report, Scenario};
+use chorus_bench::wire::{self, Server};
 use chorus_broker_api::BrokerConfig;
-use chorus_bus::{Bus, BusConfig};
+use chorus_bus::{Bus, BusConfig, NamespaceRules, Namespaces};
 use chorus_gateway::GatewayConfig;
 use chorus_testkit::RedisServer;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 const KEY: &str = "smoke-key";
@@ -25,6 +37,11 @@ struct Cluster {
 }
 
 async fn cluster() -> Cluster {
+    cluster_with(Namespaces::builtin()).await
+}
+
+/// A cluster whose broker-api and gateways apply `namespaces`.
+async fn cluster_with(namespaces: Namespaces) -> Cluster {
     let redis = RedisServer::start().expect("redis-server starts");
     let bus_cfg = BusConfig {
         redis_url: redis.url(),
@@ -39,9 +56,14 @@ async fn cluster() -> Cluster {
         ..BrokerConfig::default()
     }
     .with_bus_timeout(&bus_cfg);
+    let bus = || {
+        Bus::redis(&bus_cfg)
+            .unwrap()
+            .with_namespaces(namespaces.clone())
+    };
     tokio::spawn(chorus_broker_api::serve(
         listener,
-        Bus::redis(&bus_cfg).unwrap(),
+        bus(),
         config,
         shutdown.clone(),
     ));
@@ -56,7 +78,7 @@ async fn cluster() -> Cluster {
         };
         tokio::spawn(chorus_gateway::serve(
             listener,
-            Bus::redis(&bus_cfg).unwrap(),
+            bus(),
             config,
             bus_cfg.redis_timeout,
             shutdown.clone(),
@@ -156,5 +178,157 @@ async fn every_scenario_runs_end_to_end_without_loss() {
             .contains("\"scenario\":\"connect\"")
     );
 
+    c.shutdown.cancel();
+}
+
+/// A loopback proxy in front of `upstream` that breaks the first `cut` connections it carries:
+/// after relaying `after` binary frames from the gateway it withholds the next publication (so
+/// that the client certainly misses one), then ends the connection — with a 3002 close frame,
+/// as a gateway closes a slow consumer, on even-numbered connections, by dropping the socket on
+/// odd ones. Later connections are relayed untouched.
+async fn breaking_proxy(upstream: SocketAddr, cut: usize, after: usize) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let n = accepted.fetch_add(1, Ordering::Relaxed);
+            let Ok(server) = TcpStream::connect(upstream).await else {
+                continue;
+            };
+            let _ = (client.set_nodelay(true), server.set_nodelay(true));
+            tokio::spawn(relay(
+                client,
+                server,
+                (n < cut).then_some((after, n.is_multiple_of(2))),
+            ));
+        }
+    });
+    addr
+}
+
+/// Relays one connection; `cut` = (binary frames to relay, whether to close with 3002).
+async fn relay(client: TcpStream, server: TcpStream, cut: Option<(usize, bool)>) {
+    let (mut client_rd, mut client_wr) = client.into_split();
+    let (mut server_rd, mut server_wr) = server.into_split();
+    let downstream = async {
+        let mut buf = BytesMut::with_capacity(16 << 10);
+        // The upgrade response, as it is.
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                client_wr.write_all(&buf[..end + 4]).await?;
+                buf.advance(end + 4);
+                break;
+            }
+            if server_rd.read_buf(&mut buf).await? == 0 {
+                return Ok::<(), std::io::Error>(());
+            }
+        }
+        let mut relayed = 0;
+        loop {
+            while let Some((op, range, end)) = wire::parse_frame(&buf) {
+                if let Some((after, close)) = cut
+                    && op == wire::OP_BINARY
+                    && relayed >= after
+                    && matches!(
+                        wire::read_server(&buf[range]),
+                        Some(Server::Publication { .. })
+                    )
+                {
+                    if close {
+                        // Close 3002 (slow consumer), as the gateway sends it.
+                        client_wr.write_all(&[0x88, 0x02, 0x0B, 0xBA]).await?;
+                    }
+                    return Ok(());
+                }
+                relayed += usize::from(op == wire::OP_BINARY);
+                client_wr.write_all(&buf[..end]).await?;
+                buf.advance(end);
+            }
+            if server_rd.read_buf(&mut buf).await? == 0 {
+                return Ok(());
+            }
+        }
+    };
+    // Whichever direction ends first ends the connection (both sockets drop here).
+    tokio::select! {
+        _ = downstream => {}
+        _ = tokio::io::copy(&mut client_rd, &mut server_wr) => {}
+    }
+}
+
+/// A fan-out run whose every client loses its first connection after 12 frames (the connect
+/// and subscribe replies and 10 publications) and misses the 11th publication.
+async fn fanout_through_breaking_proxies(c: &Cluster) -> Report {
+    let mut o = options(c, Scenario::Fanout);
+    o.messages = 100;
+    o.rate = 500.0;
+    let per_gateway = o.clients / c.gateways.len();
+    let mut proxied = Vec::new();
+    for gw in &c.gateways {
+        proxied.push(breaking_proxy(*gw, per_gateway, 12).await);
+    }
+    o.gateways = proxied;
+    scenario::run(o).await.unwrap()
+}
+
+fn namespaces_with_history(history_size: u32) -> Namespaces {
+    let mut ns = Namespaces::builtin();
+    ns.default = NamespaceRules {
+        history_size,
+        ..ns.default
+    };
+    ns
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_reconnect_and_recover_what_they_missed() {
+    let c = cluster_with(namespaces_with_history(1000)).await;
+    let r = fanout_through_breaking_proxies(&c).await;
+    assert_complete(&r);
+    assert_eq!(r.deliveries, 6 * 100, "{r:?}");
+    assert_eq!(
+        (
+            r.disconnects,
+            r.reconnects,
+            r.recovered,
+            r.not_recovered,
+            r.gave_up
+        ),
+        (6, 6, 6, 0, 0),
+        "{r:?}"
+    );
+    assert!(
+        r.summary().contains("reconnects 6  recovered 6"),
+        "{}",
+        r.summary()
+    );
+    let json = serde_json::to_value(&r).unwrap();
+    assert_eq!(json["reconnects"], 6);
+    assert_eq!(json["recovered"], 6);
+    assert_eq!(json["not_recovered"], 0);
+    c.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_history_cannot_fill_counts_as_lost() {
+    let c = cluster_with(namespaces_with_history(0)).await;
+    let r = fanout_through_breaking_proxies(&c).await;
+    assert_eq!(
+        (
+            r.disconnects,
+            r.reconnects,
+            r.recovered,
+            r.not_recovered,
+            r.gave_up
+        ),
+        (6, 6, 0, 6, 0),
+        "{r:?}"
+    );
+    assert_eq!(r.published, 100, "{r:?}");
+    assert_eq!(r.duplicated, 0, "{r:?}");
+    // Each client missed at least the withheld publication; nothing is double-counted.
+    assert!(r.lost >= 6, "{r:?}");
+    assert_eq!(r.deliveries + r.lost, r.expected_deliveries, "{r:?}");
     c.shutdown.cancel();
 }
