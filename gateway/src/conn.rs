@@ -13,12 +13,13 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use chorus_protocol::wire::Format;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
+use tokio::sync::futures::Notified;
 use tokio_util::sync::CancellationToken;
 
 /// One item for the writer.
@@ -67,8 +68,11 @@ pub(crate) struct Conn {
     max_frames: usize,
     max_bytes: usize,
     close_frame: Mutex<Option<(u16, String)>>,
-    /// Cancelled when the connection is ending, for whatever reason.
+    /// Cancelled when the connection is ending, for whatever reason (the session waits on it).
     pub(crate) closing: CancellationToken,
+    /// The same, for the writer: a flag it checks each time it wakes, cheaper than the
+    /// token's future on a path taken once per delivery.
+    ending: AtomicBool,
 }
 
 #[derive(Default)]
@@ -100,6 +104,7 @@ impl Conn {
             max_bytes,
             close_frame: Mutex::new(None),
             closing: CancellationToken::new(),
+            ending: AtomicBool::new(false),
         });
         let queue = ConnQueue { conn: conn.clone() };
         (conn, queue)
@@ -213,12 +218,12 @@ impl Conn {
     pub(crate) fn close(&self, code: u16, reason: &str) -> bool {
         {
             let mut frame = self.close_frame.lock();
-            if frame.is_some() || self.closing.is_cancelled() {
+            if frame.is_some() || self.is_ending() {
                 return false;
             }
             *frame = Some((code, reason.to_owned()));
         }
-        self.closing.cancel();
+        self.end();
         crate::metrics::closed(code);
         // Counted here, where every slow-consumer close passes (the queue's overflow, and the
         // hub's held publications outgrowing the queue bound), not at one of its callers.
@@ -230,7 +235,24 @@ impl Conn {
 
     /// Ends the connection without a close frame (the socket is already gone).
     pub(crate) fn abandon(&self) {
+        self.end();
+    }
+
+    fn end(&self) {
+        self.ending.store(true, Ordering::Release);
         self.closing.cancel();
+        self.queue_ready.notify_one();
+    }
+
+    /// Whether the connection is ending (closed, abandoned, or its writer gone).
+    pub(crate) fn is_ending(&self) -> bool {
+        self.ending.load(Ordering::Acquire)
+    }
+
+    /// Completes when an item is queued or the connection starts ending (after the last wait
+    /// if that happened meanwhile): the writer's wake-up.
+    pub(crate) fn queue_ready(&self) -> Notified<'_> {
+        self.queue_ready.notified()
     }
 
     /// The close frame to send, if one was asked for.
@@ -240,25 +262,8 @@ impl Conn {
 }
 
 impl ConnQueue {
-    /// Waits for items and moves up to `max` of them into `out` (empty on entry); returns how
-    /// many, or 0 when the connection is closing. Cancel-safe: items are only moved once the
-    /// wait is over.
-    pub(crate) async fn recv_many(&mut self, out: &mut VecDeque<Outgoing>, max: usize) -> usize {
-        loop {
-            let n = self.try_recv_many(out, max);
-            if n > 0 {
-                return n;
-            }
-            tokio::select! {
-                biased;
-                _ = self.conn.closing.cancelled() => return 0,
-                _ = self.conn.queue_ready.notified() => {}
-            }
-        }
-    }
-
     /// Moves up to `max` queued items into `out` without waiting.
-    pub(crate) fn try_recv_many(&mut self, out: &mut VecDeque<Outgoing>, max: usize) -> usize {
+    pub(crate) fn try_recv_many(&self, out: &mut VecDeque<Outgoing>, max: usize) -> usize {
         let mut queue = self.conn.queue.lock();
         let n = queue.items.len().min(max);
         if n == queue.items.len() && out.is_empty() {
@@ -271,7 +276,7 @@ impl ConnQueue {
     }
 
     /// Takes one queued item without waiting.
-    pub(crate) fn try_recv(&mut self) -> Option<Outgoing> {
+    pub(crate) fn try_recv(&self) -> Option<Outgoing> {
         self.conn.queue.lock().items.pop_front()
     }
 }
@@ -304,7 +309,7 @@ mod tests {
 
     #[test]
     fn queue_is_bounded_in_bytes_and_overflow_closes_as_slow_consumer() {
-        let (conn, mut q) = Conn::new("c".into(), Format::Json, 100, 10);
+        let (conn, q) = Conn::new("c".into(), Format::Json, 100, 10);
         conn.deliver(Bytes::from_static(b"123456"));
         assert_eq!(conn.queued_bytes(), 6);
         conn.deliver(Bytes::from_static(b"123456"));

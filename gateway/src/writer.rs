@@ -125,12 +125,8 @@ async fn write_all_vectored<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
-pub(crate) async fn run<W>(
-    mut ws: W,
-    conn: Arc<Conn>,
-    mut queue: ConnQueue,
-    ping_interval: Duration,
-) where
+pub(crate) async fn run<W>(mut ws: W, conn: Arc<Conn>, queue: ConnQueue, ping_interval: Duration)
+where
     W: AsyncWrite + Unpin,
 {
     let mut ping =
@@ -147,84 +143,89 @@ pub(crate) async fn run<W>(
     } else {
         OP_BINARY
     };
+    // One wake-up future for the whole life of the writer, renewed when it fires: waiting
+    // costs no allocation or lock beyond the `Notify`'s own.
+    let ready = conn.queue_ready();
+    tokio::pin!(ready);
     let result: std::io::Result<()> = async {
         loop {
-            tokio::select! {
-                biased;
-                _ = conn.closing.cancelled() => {
-                    let close = conn.take_close_frame();
-                    // What is already queued goes out first: a disconnect push before a close
-                    // frame, the echo of the client's own close. Not for a slow consumer,
-                    // whose queue is the problem.
-                    if close.as_ref().is_none_or(|(code, _)| *code != SLOW_CONSUMER) {
-                        let mut cost = 0;
-                        while let Some(item) = queue.try_recv() {
-                            cost += item.cost();
-                            match item {
-                                Outgoing::Data(bytes) | Outgoing::Publication(bytes, _) => {
-                                    frames.frame(data_opcode, bytes);
-                                }
-                                Outgoing::Pong(_) => {}
-                                Outgoing::Echo(text, bytes) => frames.frame(echo_opcode(text), bytes),
-                                Outgoing::CloseEcho(bytes) => {
-                                    frames.frame(OP_CLOSE, bytes);
-                                    conn.dequeued_bytes(cost);
-                                    return frames.write(&mut ws).await;
-                                }
-                            }
-                        }
-                        conn.dequeued_bytes(cost);
-                    }
-                    if let Some((code, reason)) = close {
-                        frames.close(code, &reason);
-                    }
-                    return frames.write(&mut ws).await;
-                }
-                n = queue.recv_many(&mut batch, BATCH) => {
-                    if n == 0 {
-                        // Closing: the branch above sends what is owed.
-                        continue;
-                    }
+            if conn.is_ending() {
+                let close = conn.take_close_frame();
+                // What is already queued goes out first: a disconnect push before a close
+                // frame, the echo of the client's own close. Not for a slow consumer, whose
+                // queue is the problem.
+                if close
+                    .as_ref()
+                    .is_none_or(|(code, _)| *code != SLOW_CONSUMER)
+                {
                     let mut cost = 0;
-                    let mut echo = false;
-                    for item in batch.drain(..) {
+                    while let Some(item) = queue.try_recv() {
                         cost += item.cost();
                         match item {
-                            Outgoing::Data(bytes) => frames.frame(data_opcode, bytes),
-                            Outgoing::Publication(bytes, at) => {
+                            Outgoing::Data(bytes) | Outgoing::Publication(bytes, _) => {
                                 frames.frame(data_opcode, bytes);
-                                published_at.push(at);
                             }
-                            Outgoing::Pong(bytes) => frames.frame(OP_PONG, bytes),
+                            Outgoing::Pong(_) => {}
                             Outgoing::Echo(text, bytes) => frames.frame(echo_opcode(text), bytes),
                             Outgoing::CloseEcho(bytes) => {
                                 frames.frame(OP_CLOSE, bytes);
-                                echo = true;
-                                break;
+                                conn.dequeued_bytes(cost);
+                                return frames.write(&mut ws).await;
                             }
                         }
                     }
-                    batch.clear();
-                    if batch.capacity() > SPARE {
-                        // After a burst, an idle connection should not keep the burst's buffer.
-                        batch = VecDeque::new();
-                    }
                     conn.dequeued_bytes(cost);
-                    frames.write(&mut ws).await?;
-                    if echo {
-                        conn.abandon();
-                        return Ok(());
-                    }
-                    if !published_at.is_empty() {
-                        // One clock read per batch, after the batch is written.
-                        delivery.record(chorus_bus::now_ms(), &published_at);
-                        published_at.clear();
+                }
+                if let Some((code, reason)) = close {
+                    frames.close(code, &reason);
+                }
+                return frames.write(&mut ws).await;
+            }
+            if queue.try_recv_many(&mut batch, BATCH) == 0 {
+                tokio::select! {
+                    biased;
+                    _ = ready.as_mut() => ready.set(conn.queue_ready()),
+                    _ = ping.tick() => {
+                        frames.header(OP_PING, 0);
+                        frames.write(&mut ws).await?;
                     }
                 }
-                _ = ping.tick() => {
-                    frames.header(OP_PING, 0);
-                    frames.write(&mut ws).await?;
+                continue;
+            }
+            let mut cost = 0;
+            let mut echo = false;
+            for item in batch.drain(..) {
+                cost += item.cost();
+                match item {
+                    Outgoing::Data(bytes) => frames.frame(data_opcode, bytes),
+                    Outgoing::Publication(bytes, at) => {
+                        frames.frame(data_opcode, bytes);
+                        published_at.push(at);
+                    }
+                    Outgoing::Pong(bytes) => frames.frame(OP_PONG, bytes),
+                    Outgoing::Echo(text, bytes) => frames.frame(echo_opcode(text), bytes),
+                    Outgoing::CloseEcho(bytes) => {
+                        frames.frame(OP_CLOSE, bytes);
+                        echo = true;
+                        break;
+                    }
                 }
+            }
+            batch.clear();
+            if batch.capacity() > SPARE {
+                // After a burst, an idle connection should not keep the burst's buffer.
+                batch = VecDeque::new();
+            }
+            conn.dequeued_bytes(cost);
+            frames.write(&mut ws).await?;
+            if echo {
+                conn.abandon();
+                return Ok(());
+            }
+            if !published_at.is_empty() {
+                // One clock read per batch, after the batch is written.
+                delivery.record(chorus_bus::now_ms(), &published_at);
+                published_at.clear();
             }
         }
     }
