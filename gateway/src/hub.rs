@@ -379,6 +379,37 @@ impl Hub {
         link.want(channel)
     }
 
+    /// Subscribes `conn` to a channel this node already delivers live, at the position of the
+    /// last publication delivered: `reply` makes the subscribe reply for that position, which
+    /// is queued under the same lock, so nothing can come between it and the publications
+    /// after it. No bus round trip: subscribing to a busy channel is local. Returns `false`
+    /// when the channel is not live here (absent, syncing or catching up); the caller then
+    /// takes the way through the bus ([`Hub::subscribe`], [`Hub::activate`]).
+    pub(crate) fn subscribe_live(
+        &self,
+        channel: &str,
+        conn: &Arc<Conn>,
+        reply: impl FnOnce(Position) -> Bytes,
+    ) -> bool {
+        let mut shard = self.shard(channel).lock();
+        let Some(ch) = shard.get_mut(channel) else {
+            return false;
+        };
+        if ch.seq.state != State::Live {
+            return false;
+        }
+        let position = ch.seq.position();
+        let from = position.offset;
+        conn.deliver(reply(position));
+        ch.add(Sub {
+            conn: conn.clone(),
+            held: None,
+            held_bytes: 0,
+            from,
+        });
+        true
+    }
+
     /// Makes a held subscriber live at `position`: queues `reply` (which covers everything up
     /// to `position.offset`), then the held publications after it.
     pub(crate) fn activate(
@@ -686,6 +717,38 @@ mod tests {
             hub.activate("ch", &conns[0].0, &pos(0), Bytes::new()),
             Err(ActivateError::Gone)
         );
+    }
+
+    #[test]
+    fn subscribing_to_a_live_channel_is_local_and_seamless() {
+        let bus = Bus::memory();
+        let hub = Arc::new(Hub::default());
+        let link = link(&bus, &hub);
+        let (a, mut qa) = conn("a", Format::Json);
+        let (b, mut qb) = conn("b", Format::Json);
+        let (c, _qc) = conn("c", Format::Json);
+        let reply = |p: Position| {
+            assert_eq!(p, pos(2), "the position of the last publication delivered");
+            Bytes::from_static(b"R")
+        };
+        assert!(!hub.subscribe_live("ch", &b, reply), "no channel here yet");
+        drop(hub.subscribe(&link, "ch", &a));
+        assert!(!hub.subscribe_live("ch", &b, reply), "not synced yet");
+        hub.activate("ch", &a, &pos(0), Bytes::from_static(b"R"))
+            .unwrap();
+        hub.publication(envelope("ch", 1, ""));
+        hub.publication(envelope("ch", 2, ""));
+        assert!(hub.subscribe_live("ch", &b, reply));
+        hub.publication(envelope("ch", 3, ""));
+        assert_eq!(offsets(&mut qa), vec![0, 1, 2, 3]);
+        assert_eq!(offsets(&mut qb), vec![0, 3]);
+        hub.publication(envelope("ch", 5, "")); // a gap: catching up
+        assert!(
+            !hub.subscribe_live("ch", &c, |_| Bytes::new()),
+            "a channel catching up takes the way through the bus"
+        );
+        hub.unsubscribe(&link, "ch", &b);
+        assert_eq!(hub.subscription_count(), 1);
     }
 
     #[test]

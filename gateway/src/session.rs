@@ -371,12 +371,21 @@ impl Session {
             );
         }
         let node = &self.node;
-        let ready = node.hub.subscribe(&node.link, &ch, &self.conn);
-        self.channels.insert(ch.clone());
         let since = req.recover.then_some(Position {
             offset: req.offset,
             epoch: req.epoch,
         });
+        let format = self.conn.format;
+        if since.is_none()
+            && node
+                .hub
+                .subscribe_live(&ch, &self.conn, |pos| subscribe_reply(format, id, pos))
+        {
+            self.channels.insert(ch);
+            return Ok(None);
+        }
+        let ready = node.hub.subscribe(&node.link, &ch, &self.conn);
+        self.channels.insert(ch.clone());
         let confirmed = async {
             ready.wait(node.bus_timeout).await?;
             match &since {
@@ -593,6 +602,22 @@ async fn bounded<T>(
                 "no answer from the bus within {timeout:?}"
             )))
         })
+}
+
+/// The reply to a plain subscribe (no recovery) at `position`.
+fn subscribe_reply(format: Format, id: u32, position: Position) -> Bytes {
+    wire::encode_frame(
+        format,
+        &wire::reply(client::Reply {
+            id,
+            error: None,
+            result: Some(reply::Result::Subscribe(client::SubscribeResult {
+                epoch: position.epoch,
+                offset: position.offset,
+                ..Default::default()
+            })),
+        }),
+    )
 }
 
 fn publication(env: Envelope) -> client::Publication {
