@@ -80,6 +80,9 @@ struct Queue {
     items: VecDeque<Outgoing>,
     /// The writer is gone: nothing queued will be written.
     closed: bool,
+    /// The session has more commands in hand: their replies go out together, in one write,
+    /// once it has run them (see [`Conn::cork`]).
+    corked: bool,
 }
 
 /// The writer's end of a connection's queue; dropping it closes the queue.
@@ -141,15 +144,36 @@ impl Conn {
             self.queued_bytes.fetch_sub(cost, Ordering::Relaxed);
             return Err(refused);
         }
-        let was_empty = queue.items.is_empty();
+        let wake = queue.items.is_empty() && !queue.corked;
         queue.items.push_back(item);
         drop(queue);
         // Only the push that makes the queue non-empty wakes the writer: later ones find it
         // awake or about to take them with the first.
-        if was_empty {
+        if wake {
             self.queue_ready.notify_one();
         }
         Ok(cost)
+    }
+
+    /// Holds the writer's wake-up while the session runs commands that arrived together, so
+    /// that their replies leave in one write instead of one each (a connect and a subscribe
+    /// sent back to back: one segment for both answers). Bounded by the session: it uncorks
+    /// before it waits for the client.
+    pub(crate) fn cork(&self) {
+        self.queue.lock().corked = true;
+    }
+
+    /// Ends [`Conn::cork`]: wakes the writer if anything was queued meanwhile.
+    pub(crate) fn uncork(&self) {
+        let wake = {
+            let mut queue = self.queue.lock();
+            let wake = queue.corked && !queue.items.is_empty();
+            queue.corked = false;
+            wake
+        };
+        if wake {
+            self.queue_ready.notify_one();
+        }
     }
 
     /// The bound on bytes queued for this client.
@@ -342,6 +366,32 @@ mod tests {
             conn.send(Outgoing::Data(Bytes::from_static(b"123456"))),
             Ok(())
         );
+    }
+
+    async fn writer_woken(conn: &Conn) -> bool {
+        // A zero timeout still polls the wake-up once.
+        tokio::time::timeout(std::time::Duration::ZERO, conn.queue_ready())
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_corked_queue_wakes_its_writer_once_uncorked() {
+        let (conn, q) = Conn::new("c".into(), Format::Json, 8, 64);
+        conn.cork();
+        conn.deliver(Bytes::from_static(b"connect reply"));
+        conn.deliver(Bytes::from_static(b"subscribe reply"));
+        assert!(!writer_woken(&conn).await, "held while corked");
+        conn.uncork();
+        assert!(writer_woken(&conn).await);
+        assert!(q.try_recv().is_some() && q.try_recv().is_some());
+        conn.uncork();
+        assert!(
+            !writer_woken(&conn).await,
+            "nothing queued, nothing to wake for"
+        );
+        conn.deliver(Bytes::from_static(b"live"));
+        assert!(writer_woken(&conn).await, "uncorked pushes wake at once");
     }
 
     #[test]

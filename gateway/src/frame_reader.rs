@@ -120,6 +120,16 @@ impl FrameReader {
         }
     }
 
+    /// Whether a whole frame (or a broken one) is already buffered: the next [`FrameReader::next`]
+    /// will not wait for the client.
+    pub(crate) fn has_frame(&self) -> bool {
+        match header(&self.buf, self.max_payload) {
+            Ok(Some(h)) => self.buf.len() >= h.size + h.len as usize,
+            Ok(None) => false,
+            Err(_) => true,
+        }
+    }
+
     /// Cuts the frame at the front of the buffer, if it is all there.
     fn parse(&mut self) -> Result<Option<Frame>, Violation> {
         let Some(h) = header(&self.buf, self.max_payload)? else {

@@ -93,6 +93,9 @@ impl Session {
         // A fragmented message being reassembled: (is text, bytes so far).
         let mut partial: Option<(bool, BytesMut)> = None;
         loop {
+            if !reader.has_frame() {
+                self.conn.uncork();
+            }
             // The connect timeout before `connect`, the token's expiry after it.
             let deadline = self
                 .sec
@@ -134,6 +137,12 @@ impl Session {
                 }
                 read = tokio::time::timeout(idle_timeout, reader.next(socket)) => read,
             };
+            // Commands that arrived together are answered together (see `Conn::cork`): the
+            // writer is held while more are in hand, and woken (top of the loop) before the
+            // session waits for the client again.
+            if reader.has_frame() {
+                self.conn.cork();
+            }
             let frame = match read {
                 Err(_) => {
                     self.conn.close(close::IDLE_TIMEOUT, "idle timeout");
