@@ -1,8 +1,8 @@
 //! The Chorus gateway: holds client WebSocket connections and fans publications out to them.
 //!
 //! Data flows like this. [`serve`] accepts TCP connections and routes them (`server`); a
-//! `GET /ws` upgrade becomes a `session`, which reads the client's frames and runs its
-//! commands. A subscribe adds the connection to the `hub` and, for a channel's first local
+//! `GET /ws` upgrade becomes a `session`, which reads the client's frames off the bare TCP
+//! socket (`frame_reader`) and runs its commands. A subscribe adds the connection to the `hub` and, for a channel's first local
 //! subscriber, makes the node's bus link want the channel. The bus delivers each envelope of a
 //! wanted channel to the hub once; the hub encodes it once per wire format and queues the same
 //! bytes on every subscriber's `conn`, whose single `writer` task puts them on the socket.
