@@ -73,6 +73,10 @@ pub(crate) enum ActivateError {
     Gone,
     /// The position read for it is of another epoch than the channel's live stream.
     EpochChanged,
+    /// The channel has delivered past the position read for it, and what lies between is not
+    /// all in its held publications (this node never received some of it: they reached the
+    /// channel's first subscriber through history). Its position must be read again.
+    Behind,
 }
 
 struct Channel {
@@ -83,6 +87,19 @@ struct Channel {
     /// unsubscribing cost the same on a channel of a million subscribers as on one of ten.
     index: HashMap<usize, usize>,
     seq: Sequencer,
+}
+
+/// Whether `held` (in offset order) has every offset after `after` up to `upto`.
+fn covers(held: &[(u64, Bytes, i64)], after: u64, upto: u64) -> bool {
+    let mut next = after + 1;
+    for &(offset, ..) in held {
+        if offset == next {
+            next += 1;
+        } else if offset > next {
+            break;
+        }
+    }
+    next > upto
 }
 
 /// A connection's identity in a channel's index.
@@ -294,11 +311,20 @@ impl Channel {
     }
 
     fn deliver(&mut self, env: Envelope) {
+        self.deliver_to(env, false);
+    }
+
+    /// Delivers to every subscriber (live ones' queues, held ones' held lists), or with
+    /// `held_only` to the held subscribers only.
+    fn deliver_to(&mut self, env: Envelope, held_only: bool) {
         let (offset, published_at_ms) = (env.offset, env.published_at_ms);
         let (mut encoded, exclude) = Encoded::new(env);
         let mut queued = 0;
         for sub in &mut self.subs {
-            if offset <= sub.from || (!exclude.is_empty() && sub.conn.client == exclude) {
+            if offset <= sub.from
+                || (!exclude.is_empty() && sub.conn.client == exclude)
+                || (held_only && sub.held.is_none())
+            {
                 continue;
             }
             let bytes = encoded.get(sub.conn.format).clone();
@@ -319,6 +345,27 @@ impl Channel {
         }
         // One update of the process-wide gauge per publication, not per subscriber.
         crate::metrics::queued(queued as i64);
+    }
+
+    /// Syncs an unsynced channel at `position` (the first activation's) and goes live. What
+    /// waited in the backlog at or below that position is covered by the activating
+    /// subscriber's reply, but not necessarily by the other held subscribers': each read its
+    /// own position, which may be lower. They get it in their held lists, and their own
+    /// activation keeps what lies after their position.
+    fn sync(&mut self, position: &Position, hub: &Hub) {
+        self.seq.epoch.clone_from(&position.epoch);
+        self.seq.last = position.offset;
+        let covered: Vec<Envelope> = self
+            .seq
+            .backlog
+            .iter()
+            .filter(|env| env.epoch == position.epoch && env.offset <= position.offset)
+            .cloned()
+            .collect();
+        for env in covered {
+            self.deliver_to(env, true);
+        }
+        self.drain(hub);
     }
 
     /// Publications of this channel were lost for good: tell every subscriber (they reconnect
@@ -422,16 +469,24 @@ impl Hub {
         let mut shard = self.shard(channel).lock();
         let ch = shard.get_mut(channel).ok_or(ActivateError::Gone)?;
         let sync = ch.seq.state == State::Unsynced;
-        if sync {
-            ch.seq.epoch.clone_from(&position.epoch);
-            ch.seq.last = position.offset;
-        } else if ch.seq.epoch != position.epoch && !ch.seq.knows_nothing() {
+        if !sync && ch.seq.epoch != position.epoch && !ch.seq.knows_nothing() {
             return Err(ActivateError::EpochChanged);
         }
+        let delivered = ch.seq.last;
         let sub = ch
             .sub_mut(conn)
             .filter(|s| s.held.is_some())
             .ok_or(ActivateError::Gone)?;
+        if !sync
+            && position.offset < delivered
+            && !covers(
+                sub.held.as_deref().unwrap_or_default(),
+                position.offset,
+                delivered,
+            )
+        {
+            return Err(ActivateError::Behind);
+        }
         sub.from = position.offset;
         sub.conn.deliver(reply);
         for (offset, frame, published_at_ms) in sub.held.take().unwrap_or_default() {
@@ -441,7 +496,7 @@ impl Hub {
         }
         sub.held_bytes = 0;
         if sync {
-            ch.drain(self);
+            ch.sync(position, self);
         }
         Ok(())
     }
@@ -749,6 +804,60 @@ mod tests {
         );
         hub.unsubscribe(&link, "ch", &b);
         assert_eq!(hub.subscription_count(), 1);
+    }
+
+    #[test]
+    fn held_subscribers_behind_the_first_activation_still_get_what_lies_between() {
+        // Two clients subscribe to a channel this node has not synced yet and read their
+        // positions at different moments: A at 1, B at 2. Publications 2 and 3 arrive before
+        // either is active; B activates first and syncs the channel at 2.
+        let bus = Bus::memory();
+        let hub = Arc::new(Hub::default());
+        let link = link(&bus, &hub);
+        let (a, mut qa) = conn("a", Format::Json);
+        let (b, mut qb) = conn("b", Format::Json);
+        drop(hub.subscribe(&link, "ch", &a));
+        drop(hub.subscribe(&link, "ch", &b));
+        hub.publication(envelope("ch", 2, ""));
+        hub.publication(envelope("ch", 3, ""));
+        hub.activate("ch", &b, &pos(2), Bytes::from_static(b"R"))
+            .unwrap();
+        hub.activate("ch", &a, &pos(1), Bytes::from_static(b"R"))
+            .unwrap();
+        hub.publication(envelope("ch", 4, ""));
+        assert_eq!(offsets(&mut qb), vec![0, 3, 4]);
+        assert_eq!(
+            offsets(&mut qa),
+            vec![0, 2, 3, 4],
+            "2 is after A's position"
+        );
+    }
+
+    #[test]
+    fn a_held_subscriber_behind_a_hole_it_cannot_fill_is_told_to_read_again() {
+        // The node never received 2..=5 (its bus subscription was being renewed): B synced the
+        // channel at 5 from its own read; A read 1 earlier and holds nothing of 2..=5.
+        let bus = Bus::memory();
+        let hub = Arc::new(Hub::default());
+        let link = link(&bus, &hub);
+        let (a, mut qa) = conn("a", Format::Json);
+        let (b, mut qb) = conn("b", Format::Json);
+        drop(hub.subscribe(&link, "ch", &a));
+        drop(hub.subscribe(&link, "ch", &b));
+        hub.activate("ch", &b, &pos(5), Bytes::from_static(b"R"))
+            .unwrap();
+        assert_eq!(
+            hub.activate("ch", &a, &pos(1), Bytes::from_static(b"R")),
+            Err(ActivateError::Behind)
+        );
+        assert!(qa.try_recv().is_none(), "nothing queued for A yet");
+        hub.publication(envelope("ch", 6, ""));
+        // A's second read is at least as far as what the channel delivered.
+        hub.activate("ch", &a, &pos(5), Bytes::from_static(b"R"))
+            .unwrap();
+        hub.publication(envelope("ch", 7, ""));
+        assert_eq!(offsets(&mut qa), vec![0, 6, 7]);
+        assert_eq!(offsets(&mut qb), vec![0, 6, 7]);
     }
 
     #[test]

@@ -30,6 +30,10 @@ use crate::node::Node;
 use crate::security::SessionSecurity;
 use crate::writer;
 
+/// Reads of a subscriber's position (or recovery) before its subscribe gives up, when the
+/// channel keeps moving past it with holes (see `ActivateError::Behind`).
+const MAX_POSITION_READS: u32 = 3;
+
 /// Runs a WebSocket connection from the completed upgrade to the end: `socket` is the
 /// upgraded TCP connection, `already` the bytes of it that arrived with the upgrade request.
 pub(crate) async fn run(node: Arc<Node>, socket: TcpStream, already: Bytes, format: Format) {
@@ -395,55 +399,69 @@ impl Session {
         }
         let ready = node.hub.subscribe(&node.link, &ch, &self.conn);
         self.channels.insert(ch.clone());
-        let confirmed = async {
-            ready.wait(node.bus_timeout).await?;
-            match &since {
-                Some(since) => {
-                    let recovery = bounded(node.bus_timeout, node.bus.recover(&ch, since)).await?;
-                    Ok(self.recovered_result(recovery))
-                }
-                None => {
-                    let pos = bounded(node.bus_timeout, node.bus.position(&ch)).await?;
-                    Ok(client::SubscribeResult {
-                        epoch: pos.epoch,
-                        offset: pos.offset,
-                        ..Default::default()
-                    })
-                }
-            }
-        };
-        let result = match confirmed.await {
-            Ok(result) => result,
-            Err(e) => {
-                self.channels.remove(&ch);
-                node.hub.unsubscribe(&node.link, &ch, &self.conn);
-                return Err(bus_error(e));
-            }
-        };
-        let position = Position {
-            offset: result.offset,
-            epoch: result.epoch.clone(),
-        };
-        let reply = wire::encode_frame(
-            self.conn.format,
-            &wire::reply(client::Reply {
-                id,
-                error: None,
-                result: Some(reply::Result::Subscribe(result)),
-            }),
-        );
-        match node.hub.activate(&ch, &self.conn, &position, reply) {
-            Ok(()) => Ok(None),
-            Err(e) => {
-                self.channels.remove(&ch);
-                node.hub.unsubscribe(&node.link, &ch, &self.conn);
-                Err(match e {
-                    ActivateError::EpochChanged => ErrorCode::Unavailable
-                        .with("the channel started a new epoch meanwhile; subscribe again"),
-                    ActivateError::Gone => ErrorCode::Internal.with("subscription vanished"),
-                })
-            }
+        if let Err(e) = ready.wait(node.bus_timeout).await {
+            self.leave(&ch);
+            return Err(bus_error(e));
         }
+        let mut reads = 0;
+        loop {
+            reads += 1;
+            let confirmed = async {
+                match &since {
+                    Some(since) => {
+                        let recovery =
+                            bounded(node.bus_timeout, node.bus.recover(&ch, since)).await?;
+                        Ok(self.recovered_result(recovery))
+                    }
+                    None => {
+                        let pos = bounded(node.bus_timeout, node.bus.position(&ch)).await?;
+                        Ok(client::SubscribeResult {
+                            epoch: pos.epoch,
+                            offset: pos.offset,
+                            ..Default::default()
+                        })
+                    }
+                }
+            };
+            let result = match confirmed.await {
+                Ok(result) => result,
+                Err(e) => {
+                    self.leave(&ch);
+                    return Err(bus_error(e));
+                }
+            };
+            let position = Position {
+                offset: result.offset,
+                epoch: result.epoch.clone(),
+            };
+            let reply = wire::encode_frame(
+                self.conn.format,
+                &wire::reply(client::Reply {
+                    id,
+                    error: None,
+                    result: Some(reply::Result::Subscribe(result)),
+                }),
+            );
+            let error = match node.hub.activate(&ch, &self.conn, &position, reply) {
+                Ok(()) => return Ok(None),
+                // The channel moved past this position with a hole this subscriber's held
+                // publications do not fill: read again, now at least as far as the channel.
+                Err(ActivateError::Behind) if reads < MAX_POSITION_READS => continue,
+                Err(ActivateError::Behind) => ErrorCode::Unavailable
+                    .with("the channel moved on while subscribing; subscribe again"),
+                Err(ActivateError::EpochChanged) => ErrorCode::Unavailable
+                    .with("the channel started a new epoch meanwhile; subscribe again"),
+                Err(ActivateError::Gone) => ErrorCode::Internal.with("subscription vanished"),
+            };
+            self.leave(&ch);
+            return Err(error);
+        }
+    }
+
+    /// Undoes a subscribe that failed half-way.
+    fn leave(&mut self, ch: &str) {
+        self.channels.remove(ch);
+        self.node.hub.unsubscribe(&self.node.link, ch, &self.conn);
     }
 
     /// The subscribe result of a recovery. Recovered publications travel in the reply, so a
