@@ -1,9 +1,10 @@
 //! One client's session: reads its frames, runs its commands, and cleans up after it.
 //!
-//! The session is the connection's only reader. It reassembles fragmented messages (with a
-//! running size cap: the frame library's own cap is per frame), turns protocol violations into
-//! the RFC 6455 close codes, decodes commands in the connection's format and answers each with
-//! a reply carrying its id. Commands run one after another, so replies come in command order.
+//! The session is the connection's only reader. It takes frames from the `frame_reader`
+//! (which checks each frame on its own), answers pings and close frames, reassembles
+//! fragmented messages (with a running size cap: the reader's cap is per frame), turns
+//! protocol violations into the RFC 6455 close codes, decodes commands in the connection's
+//! format and answers each with a reply carrying its id. Commands run one after another, so replies come in command order.
 //! When the session ends, for any reason, it removes the connection from the hub (releasing
 //! the node's bus subscriptions it was the last user of) and from the node registry.
 
