@@ -372,6 +372,67 @@ mod tests {
         assert_eq!(code(&[0x82, 0xFE, 0x10, 0x00], 100), Some(1009));
     }
 
+    /// The frames read (fin, opcode, payload), then the close code of a violation if one
+    /// stopped the reader.
+    type Outcome = (Vec<(bool, OpCode, Vec<u8>)>, Option<u16>);
+
+    /// Everything the reader makes of `bytes` fed in chunks of the given sizes.
+    fn read_all(bytes: &[u8], chunks: &[usize], max: usize) -> Outcome {
+        let mut r = FrameReader::new(max, Bytes::new());
+        let mut frames = Vec::new();
+        let mut rest = bytes;
+        let mut sizes = chunks.iter().cycle();
+        while !rest.is_empty() {
+            let n = (*sizes.next().unwrap_or(&1)).clamp(1, rest.len());
+            r.feed(&rest[..n]);
+            rest = &rest[n..];
+            loop {
+                match r.parse() {
+                    Ok(Some(f)) => frames.push((f.fin, f.opcode, f.payload.to_vec())),
+                    Ok(None) => break,
+                    Err(v) => return (frames, Some(v.code)),
+                }
+            }
+        }
+        (frames, None)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_in_any_chunks_read_alike_and_never_panic(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+            chunks in proptest::collection::vec(1usize..64, 1..8),
+        ) {
+            let whole = read_all(&bytes, &[bytes.len().max(1)], 256);
+            let split = read_all(&bytes, &chunks, 256);
+            proptest::prop_assert_eq!(whole, split);
+        }
+
+        #[test]
+        fn well_formed_frames_come_back_as_sent(
+            payloads in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300), 1..6),
+            mask in proptest::prelude::any::<[u8; 4]>(),
+            chunks in proptest::collection::vec(1usize..64, 1..8),
+        ) {
+            let mut stream = Vec::new();
+            for p in &payloads {
+                stream.push(0x82);
+                if p.len() < 126 {
+                    stream.push(0x80 | p.len() as u8);
+                } else {
+                    stream.push(0x80 | 126);
+                    stream.extend_from_slice(&(p.len() as u16).to_be_bytes());
+                }
+                stream.extend_from_slice(&mask);
+                stream.extend(p.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+            }
+            let (frames, violation) = read_all(&stream, &chunks, 1 << 16);
+            proptest::prop_assert_eq!(violation, None);
+            let got: Vec<Vec<u8>> = frames.into_iter().map(|(_, _, p)| p).collect();
+            proptest::prop_assert_eq!(got, payloads);
+        }
+    }
+
     #[test]
     fn close_codes_follow_rfc_6455() {
         for ok in [
