@@ -268,25 +268,11 @@ pub(crate) fn close_code_allowed(code: u16) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chorus_testkit::raw_frame;
 
+    /// A frame of `len` bytes of `x`, masked or not.
     fn frame(first: u8, len: usize, masked: bool) -> Vec<u8> {
-        let mut f = vec![first];
-        let m = if masked { 0x80 } else { 0 };
-        if len < 126 {
-            f.push(m | len as u8);
-        } else if len < 65536 {
-            f.push(m | 126);
-            f.extend_from_slice(&(len as u16).to_be_bytes());
-        } else {
-            f.push(m | 127);
-            f.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-        let mask = [1, 2, 3, 4];
-        if masked {
-            f.extend_from_slice(&mask);
-        }
-        f.extend((0..len).map(|i| b'x' ^ if masked { mask[i % 4] } else { 0 }));
-        f
+        raw_frame(first, &vec![b'x'; len], masked.then_some([1, 2, 3, 4]))
     }
 
     fn code(bytes: &[u8], max: usize) -> Option<u16> {
@@ -414,18 +400,10 @@ mod tests {
             mask in proptest::prelude::any::<[u8; 4]>(),
             chunks in proptest::collection::vec(1usize..64, 1..8),
         ) {
-            let mut stream = Vec::new();
-            for p in &payloads {
-                stream.push(0x82);
-                if p.len() < 126 {
-                    stream.push(0x80 | p.len() as u8);
-                } else {
-                    stream.push(0x80 | 126);
-                    stream.extend_from_slice(&(p.len() as u16).to_be_bytes());
-                }
-                stream.extend_from_slice(&mask);
-                stream.extend(p.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-            }
+            let stream: Vec<u8> = payloads
+                .iter()
+                .flat_map(|p| raw_frame(0x82, p, Some(mask)))
+                .collect();
             let (frames, violation) = read_all(&stream, &chunks, 1 << 16);
             proptest::prop_assert_eq!(violation, None);
             let got: Vec<Vec<u8>> = frames.into_iter().map(|(_, _, p)| p).collect();

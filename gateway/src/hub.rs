@@ -640,6 +640,14 @@ mod tests {
         bus.attach(node, hub.clone())
     }
 
+    /// A hub attached to an in-memory bus (kept alive by the caller) as node `n`.
+    fn setup() -> (Bus, Arc<Hub>, NodeLink) {
+        let bus = Bus::memory();
+        let hub = Arc::new(Hub::default());
+        let link = link(&bus, &hub);
+        (bus, hub, link)
+    }
+
     fn envelope(channel: &str, offset: u64, exclude: &str) -> Envelope {
         Envelope {
             offset,
@@ -698,9 +706,7 @@ mod tests {
 
     #[test]
     fn subscribers_of_one_format_share_one_encoding() {
-        let bus = Bus::memory();
-        let hub = Arc::new(Hub::default());
-        let link = link(&bus, &hub);
+        let (_bus, hub, link) = setup();
         let (a, mut qa) = conn("a", Format::Json);
         let (b, mut qb) = conn("b", Format::Json);
         let (c, mut qc) = conn("c", Format::Protobuf);
@@ -722,9 +728,7 @@ mod tests {
 
     #[test]
     fn excluded_sender_is_skipped_and_last_unsubscribe_unwants() {
-        let bus = Bus::memory();
-        let hub = Arc::new(Hub::default());
-        let link = link(&bus, &hub);
+        let (_bus, hub, link) = setup();
         let (a, mut qa) = conn("a", Format::Json);
         let (b, mut qb) = conn("b", Format::Json);
         live(&hub, &link, "ch", &a, 0);
@@ -742,9 +746,7 @@ mod tests {
 
     #[test]
     fn unsubscribing_from_the_middle_keeps_every_other_subscriber_reachable() {
-        let bus = Bus::memory();
-        let hub = Arc::new(Hub::default());
-        let link = link(&bus, &hub);
+        let (_bus, hub, link) = setup();
         let mut conns: Vec<_> = (0..6)
             .map(|i| conn(&format!("c{i}"), Format::Json))
             .collect();
@@ -776,9 +778,7 @@ mod tests {
 
     #[test]
     fn subscribing_to_a_live_channel_is_local_and_seamless() {
-        let bus = Bus::memory();
-        let hub = Arc::new(Hub::default());
-        let link = link(&bus, &hub);
+        let (_bus, hub, link) = setup();
         let (a, mut qa) = conn("a", Format::Json);
         let (b, mut qb) = conn("b", Format::Json);
         let (c, _qc) = conn("c", Format::Json);
@@ -811,9 +811,7 @@ mod tests {
         // Two clients subscribe to a channel this node has not synced yet and read their
         // positions at different moments: A at 1, B at 2. Publications 2 and 3 arrive before
         // either is active; B activates first and syncs the channel at 2.
-        let bus = Bus::memory();
-        let hub = Arc::new(Hub::default());
-        let link = link(&bus, &hub);
+        let (_bus, hub, link) = setup();
         let (a, mut qa) = conn("a", Format::Json);
         let (b, mut qb) = conn("b", Format::Json);
         drop(hub.subscribe(&link, "ch", &a));
@@ -837,9 +835,7 @@ mod tests {
     fn a_held_subscriber_behind_a_hole_it_cannot_fill_is_told_to_read_again() {
         // The node never received 2..=5 (its bus subscription was being renewed): B synced the
         // channel at 5 from its own read; A read 1 earlier and holds nothing of 2..=5.
-        let bus = Bus::memory();
-        let hub = Arc::new(Hub::default());
-        let link = link(&bus, &hub);
+        let (_bus, hub, link) = setup();
         let (a, mut qa) = conn("a", Format::Json);
         let (b, mut qb) = conn("b", Format::Json);
         drop(hub.subscribe(&link, "ch", &a));
@@ -862,9 +858,7 @@ mod tests {
 
     #[test]
     fn a_held_subscriber_gets_its_reply_first_then_only_newer_publications() {
-        let bus = Bus::memory();
-        let hub = Arc::new(Hub::default());
-        let link = link(&bus, &hub);
+        let (_bus, hub, link) = setup();
         let (a, mut qa) = conn("a", Format::Json);
         live(&hub, &link, "ch", &a, 0);
         let (b, mut qb) = conn("b", Format::Json);
@@ -882,9 +876,7 @@ mod tests {
 
     #[test]
     fn the_first_subscriber_syncs_the_channel_and_the_backlog_is_deduplicated() {
-        let bus = Bus::memory();
-        let hub = Arc::new(Hub::default());
-        let link = link(&bus, &hub);
+        let (_bus, hub, link) = setup();
         let (a, mut qa) = conn("a", Format::Json);
         drop(hub.subscribe(&link, "ch", &a));
         hub.publication(envelope("ch", 5, ""));
@@ -899,9 +891,7 @@ mod tests {
 
     #[test]
     fn a_gap_waits_for_history_then_delivers_in_order_exactly_once() {
-        let bus = Bus::memory();
-        let hub = Arc::new(Hub::default());
-        let link = link(&bus, &hub);
+        let (_bus, hub, link) = setup();
         let (a, mut qa) = conn("a", Format::Json);
         live(&hub, &link, "ch", &a, 1);
         hub.publication(envelope("ch", 2, ""));
@@ -922,9 +912,7 @@ mod tests {
 
     #[test]
     fn a_lost_link_waits_for_resubscription_and_a_failed_read_is_retried() {
-        let bus = Bus::memory();
-        let hub = Arc::new(Hub::default());
-        let link = link(&bus, &hub);
+        let (_bus, hub, link) = setup();
         let (a, mut qa) = conn("a", Format::Json);
         live(&hub, &link, "ch", &a, 1);
         hub.link_lost();
@@ -949,9 +937,7 @@ mod tests {
 
     #[test]
     fn an_unfillable_gap_or_a_new_epoch_disconnects_subscribers_with_insufficient_state() {
-        let bus = Bus::memory();
-        let hub = Arc::new(Hub::default());
-        let link = link(&bus, &hub);
+        let (_bus, hub, link) = setup();
         let (a, _qa) = conn("a", Format::Json);
         live(&hub, &link, "ch", &a, 1);
         hub.publication(envelope("ch", 9, ""));

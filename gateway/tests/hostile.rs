@@ -45,26 +45,8 @@ impl RawWs {
 
     /// Writes one frame; `mask` is applied when given.
     async fn frame(&mut self, first: u8, payload: &[u8], mask: Option<[u8; 4]>) {
-        let mut f = vec![first];
-        let m = if mask.is_some() { 0x80 } else { 0 };
-        let len = payload.len();
-        if len < 126 {
-            f.push(m | len as u8);
-        } else if len < 65536 {
-            f.push(m | 126);
-            f.extend_from_slice(&(len as u16).to_be_bytes());
-        } else {
-            f.push(m | 127);
-            f.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-        match mask {
-            Some(key) => {
-                f.extend_from_slice(&key);
-                f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-            }
-            None => f.extend_from_slice(payload),
-        }
-        self.write(&f).await;
+        self.write(&chorus_testkit::raw_frame(first, payload, mask))
+            .await;
     }
 
     async fn masked(&mut self, first: u8, payload: &[u8]) {

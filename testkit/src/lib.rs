@@ -6,6 +6,8 @@
 //!   own WebSocket library) speaking Chorus's client protocol in either format.
 //! - [`Process`] runs a Chorus binary as a child process that a test can SIGKILL.
 //! - [`Scrape`] reads a `/metrics` page.
+//! - [`raw_frame`] builds WebSocket frames byte by byte, well-formed or not, for tests that
+//!   speak to the gateway below any WebSocket library.
 
 mod process;
 mod prom;
@@ -18,6 +20,32 @@ pub use redis_server::RedisServer;
 pub use ws_client::{Closed, WAIT, WsClient};
 
 use std::net::{SocketAddr, TcpListener};
+
+/// One WebSocket frame as bytes: `first` is the first byte (FIN, RSV bits, opcode) as given,
+/// the length is encoded in its shortest form, and the payload is masked with `mask` when one
+/// is given (a client frame) or sent as is (which a server must refuse from a client).
+pub fn raw_frame(first: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+    let mut f = vec![first];
+    let m = if mask.is_some() { 0x80 } else { 0 };
+    let len = payload.len();
+    if len < 126 {
+        f.push(m | len as u8);
+    } else if let Ok(len) = u16::try_from(len) {
+        f.push(m | 126);
+        f.extend_from_slice(&len.to_be_bytes());
+    } else {
+        f.push(m | 127);
+        f.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    match mask {
+        Some(key) => {
+            f.extend_from_slice(&key);
+            f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        }
+        None => f.extend_from_slice(payload),
+    }
+    f
+}
 
 /// A free TCP port on 127.0.0.1 (bound and released; the OS does not hand it out again soon).
 pub fn free_port() -> u16 {
