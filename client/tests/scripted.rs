@@ -29,9 +29,7 @@ fn subscribed(offset: u64, epoch: &str) -> reply::Result {
 #[tokio::test]
 async fn duplicates_are_dropped_and_gaps_recovered() {
     let fake = FakeGateway::start().await;
-    let (client, mut events) = Client::builder(fake.ws()).connect().unwrap();
-    let mut conn = fake.accept_connected().await;
-    assert!(matches!(next(&mut events).await, Event::Connected { .. }));
+    let (client, mut events, mut conn) = fake.connected(Client::builder(fake.ws())).await;
     let sub = {
         let client = client.clone();
         tokio::spawn(async move { client.subscribe("ch").await })
@@ -103,9 +101,7 @@ async fn duplicates_are_dropped_and_gaps_recovered() {
 #[tokio::test]
 async fn a_new_epoch_is_a_gap_and_unrecoverable_is_reported() {
     let fake = FakeGateway::start().await;
-    let (client, mut events) = Client::builder(fake.ws()).connect().unwrap();
-    let mut conn = fake.accept_connected().await;
-    assert!(matches!(next(&mut events).await, Event::Connected { .. }));
+    let (client, mut events, mut conn) = fake.connected(Client::builder(fake.ws())).await;
     let sub = {
         let client = client.clone();
         tokio::spawn(async move { client.subscribe_from("ch", Position::new(7, "old")).await })
@@ -149,12 +145,9 @@ async fn a_new_epoch_is_a_gap_and_unrecoverable_is_reported() {
 #[tokio::test]
 async fn unavailable_subscribes_are_retried_with_backoff() {
     let fake = FakeGateway::start().await;
-    let (client, mut events) = Client::builder(fake.ws())
-        .backoff(fast_backoff())
-        .connect()
-        .unwrap();
-    let mut conn = fake.accept_connected().await;
-    assert!(matches!(next(&mut events).await, Event::Connected { .. }));
+    let (client, mut events, mut conn) = fake
+        .connected(Client::builder(fake.ws()).backoff(fast_backoff()))
+        .await;
     let sub = {
         let client = client.clone();
         tokio::spawn(async move { client.subscribe("ch").await })
@@ -181,12 +174,9 @@ async fn unavailable_subscribes_are_retried_with_backoff() {
 #[tokio::test]
 async fn reconnect_resubscribes_every_channel_from_its_position() {
     let fake = FakeGateway::start().await;
-    let (client, mut events) = Client::builder(fake.ws())
-        .backoff(fast_backoff())
-        .connect()
-        .unwrap();
-    let mut conn = fake.accept_connected().await;
-    assert!(matches!(next(&mut events).await, Event::Connected { .. }));
+    let (client, mut events, mut conn) = fake
+        .connected(Client::builder(fake.ws()).backoff(fast_backoff()))
+        .await;
     let subs = {
         let client = client.clone();
         tokio::spawn(async move {
@@ -232,12 +222,9 @@ async fn reconnect_resubscribes_every_channel_from_its_position() {
 #[tokio::test]
 async fn commands_in_flight_fail_when_the_connection_drops() {
     let fake = FakeGateway::start().await;
-    let (client, mut events) = Client::builder(fake.ws())
-        .backoff(fast_backoff())
-        .connect()
-        .unwrap();
-    let mut conn = fake.accept_connected().await;
-    assert!(matches!(next(&mut events).await, Event::Connected { .. }));
+    let (client, _events, mut conn) = fake
+        .connected(Client::builder(fake.ws()).backoff(fast_backoff()))
+        .await;
     let publish = {
         let client = client.clone();
         tokio::spawn(async move { client.publish("chat:a", "1").await })
@@ -251,13 +238,13 @@ async fn commands_in_flight_fail_when_the_connection_drops() {
 #[tokio::test]
 async fn an_unanswered_command_times_out_and_replaces_the_connection() {
     let fake = FakeGateway::start().await;
-    let (client, mut events) = Client::builder(fake.ws())
-        .backoff(fast_backoff())
-        .command_timeout(Duration::from_millis(300))
-        .connect()
-        .unwrap();
-    let mut conn = fake.accept_connected().await;
-    assert!(matches!(next(&mut events).await, Event::Connected { .. }));
+    let (client, mut events, mut conn) = fake
+        .connected(
+            Client::builder(fake.ws())
+                .backoff(fast_backoff())
+                .command_timeout(Duration::from_millis(300)),
+        )
+        .await;
     let ping = {
         let client = client.clone();
         tokio::spawn(async move { client.ping().await })
@@ -281,12 +268,9 @@ async fn an_unanswered_command_times_out_and_replaces_the_connection() {
 #[tokio::test]
 async fn a_disconnect_without_reconnect_is_final() {
     let fake = FakeGateway::start().await;
-    let (client, mut events) = Client::builder(fake.ws())
-        .backoff(fast_backoff())
-        .connect()
-        .unwrap();
-    let mut conn = fake.accept_connected().await;
-    assert!(matches!(next(&mut events).await, Event::Connected { .. }));
+    let (client, mut events, mut conn) = fake
+        .connected(Client::builder(fake.ws()).backoff(fast_backoff()))
+        .await;
     conn.send(wire::push(push::Body::Disconnect(client::Disconnect {
         code: 4001,
         reason: "go away".into(),
@@ -335,9 +319,7 @@ async fn a_refused_token_is_final() {
 #[tokio::test]
 async fn own_publications_are_skipped_not_taken_for_gaps() {
     let fake = FakeGateway::start().await;
-    let (client, mut events) = Client::builder(fake.ws()).connect().unwrap();
-    let mut conn = fake.accept_connected().await;
-    assert!(matches!(next(&mut events).await, Event::Connected { .. }));
+    let (client, mut events, mut conn) = fake.connected(Client::builder(fake.ws())).await;
     let sub = {
         let client = client.clone();
         tokio::spawn(async move { client.subscribe("chat:a").await })

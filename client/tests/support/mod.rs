@@ -13,7 +13,7 @@ use bytes::Bytes;
 use chorus_broker_api::BrokerConfig;
 use chorus_bus::Bus;
 use chorus_bus::namespaces::Namespaces;
-use chorus_client::{Event, Events, Position};
+use chorus_client::{Client, ClientBuilder, Event, Events, Position};
 use chorus_gateway::GatewayConfig;
 use chorus_protocol::client::{self, command, push, reply};
 use chorus_protocol::wire::{self, Format};
@@ -336,6 +336,15 @@ impl FakeGateway {
         )
         .await;
         conn
+    }
+
+    /// Starts a client from `builder` (aimed at this gateway), accepts its connection and
+    /// completes `connect`; the client has reported `Connected`.
+    pub async fn connected(&self, builder: ClientBuilder) -> (Client, Events, FakeConn) {
+        let (client, mut events) = builder.connect().unwrap();
+        let conn = self.accept_connected().await;
+        assert!(matches!(next(&mut events).await, Event::Connected { .. }));
+        (client, events, conn)
     }
 
     /// Whether a client connects within `wait`.
