@@ -22,7 +22,7 @@ pub struct Fanout {
 impl Fanout {
     /// `protobuf_share` of the subscribers use protobuf, the rest JSON.
     pub fn new(subscribers: usize, protobuf_share: f64) -> Self {
-        let hub = Arc::new(Hub::default());
+        let hub = Arc::new(Hub::new(usize::MAX));
         let link = Bus::memory().attach(
             NodeInfo {
                 id: "bench".into(),
@@ -42,7 +42,7 @@ impl Fanout {
                 Format::Json
             };
             let (conn, queue) = Conn::new(format!("c{i}"), format, 4096, 1 << 20);
-            drop(hub.subscribe(&link, "bench", &conn));
+            drop(hub.hold(&link, "bench", &conn));
             let position = Position {
                 offset: 0,
                 epoch: "e".into(),

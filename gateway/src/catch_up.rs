@@ -7,14 +7,43 @@
 //! that fails (Redis down) is retried after a pause; meanwhile the channel keeps a bounded
 //! backlog and its clients stay connected.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chorus_bus::Bus;
 use futures::StreamExt;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::Hub;
+
+/// The channels that asked for a catch-up, by name: a set, so a channel asking twice before
+/// the task looks is read once (the hub reads its position and generation when the task takes
+/// it, so the read is always for the channel's latest request).
+#[derive(Default)]
+pub(crate) struct CatchUpQueue {
+    channels: Mutex<HashSet<String>>,
+    wanted: Notify,
+}
+
+impl CatchUpQueue {
+    pub(crate) fn request(&self, channel: &str) {
+        self.channels.lock().insert(channel.to_owned());
+        self.wanted.notify_one();
+    }
+
+    /// Waits until some channel asked.
+    pub(crate) async fn needed(&self) {
+        self.wanted.notified().await;
+    }
+
+    /// Takes every channel that asked.
+    pub(crate) fn take(&self) -> Vec<String> {
+        self.channels.lock().drain().collect()
+    }
+}
 
 /// History reads in flight at once.
 const PARALLEL_READS: usize = 16;
@@ -33,29 +62,32 @@ pub(crate) async fn run(hub: Arc<Hub>, bus: Bus, timeout: Duration, shutdown: Ca
                 break;
             }
             let reads = futures::stream::iter(targets)
-                .map(|(channel, since)| {
+                .map(|target| {
                     let bus = &bus;
                     async move {
-                        let read =
-                            tokio::time::timeout(timeout, bus.recover(&channel, &since)).await;
-                        (channel, since, read)
+                        let read = tokio::time::timeout(
+                            timeout,
+                            bus.recover(&target.channel, &target.since),
+                        )
+                        .await;
+                        (target, read)
                     }
                 })
                 .buffer_unordered(PARALLEL_READS)
                 .collect::<Vec<_>>()
                 .await;
             let mut failed = 0;
-            for (channel, since, read) in reads {
+            for (target, read) in reads {
                 match read {
-                    Ok(Ok(recovery)) => hub.finish_catch_up(&channel, &since, Some(recovery)),
+                    Ok(Ok(recovery)) => hub.finish_catch_up(&target, Some(recovery)),
                     Ok(Err(e)) => {
                         failed += 1;
-                        tracing::debug!(%channel, error = %e, "catch-up read failed");
-                        hub.finish_catch_up(&channel, &since, None);
+                        tracing::debug!(channel = %target.channel, error = %e, "catch-up read failed");
+                        hub.finish_catch_up(&target, None);
                     }
                     Err(_) => {
                         failed += 1;
-                        hub.finish_catch_up(&channel, &since, None);
+                        hub.finish_catch_up(&target, None);
                     }
                 }
             }

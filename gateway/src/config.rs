@@ -69,6 +69,17 @@ pub struct GatewayConfig {
     )]
     pub queue_max_frames: usize,
 
+    /// Most bytes of publications all channels together keep while they wait for history
+    /// (after a broken Redis link every busy channel catches up at once); a channel that
+    /// finds it spent closes its subscribers with 3003 so they recover from history.
+    #[arg(
+        long = "catch-up-backlog-max-bytes",
+        env = "CHORUS_CATCH_UP_BACKLOG_MAX_BYTES",
+        default_value = "64MiB",
+        value_parser = parse_size
+    )]
+    pub catch_up_backlog_max_bytes: usize,
+
     /// Largest number of channels one connection may subscribe to.
     #[arg(
         long = "max-channels-per-connection",
@@ -250,6 +261,7 @@ impl Default for GatewayConfig {
             max_message_size: 65536,
             queue_max_bytes: 1 << 20,
             queue_max_frames: 4096,
+            catch_up_backlog_max_bytes: 64 << 20,
             max_channels_per_connection: 128,
             max_connections: 100_000,
             max_connections_per_user: 64,

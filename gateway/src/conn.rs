@@ -16,7 +16,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use bytes::Bytes;
-use chorus_protocol::wire::Format;
+use chorus_protocol::client::{self, push};
+use chorus_protocol::codes::close;
+use chorus_protocol::wire::{self, Format};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::sync::futures::Notified;
@@ -113,18 +115,8 @@ impl Conn {
         (conn, queue)
     }
 
-    /// Queues an item without waiting.
-    #[cfg(test)]
-    pub(crate) fn send(&self, item: Outgoing) -> Result<(), QueueFull> {
-        let cost = self.push(item)?;
-        crate::metrics::queued(cost as i64);
-        Ok(())
-    }
-
-    /// Queues an item without waiting; returns its cost in bytes, which the caller adds to
-    /// the process's bytes-queued gauge (the hub does so once per publication, not once per
-    /// subscriber).
-    fn push(&self, item: Outgoing) -> Result<usize, QueueFull> {
+    /// Queues an item without waiting, or says why not. The one place items enter the queue.
+    fn try_push(&self, item: Outgoing) -> Result<usize, QueueFull> {
         let cost = item.cost();
         let before = self.queued_bytes.fetch_add(cost, Ordering::Relaxed);
         if before + cost > self.max_bytes && before > 0 {
@@ -155,6 +147,42 @@ impl Conn {
         Ok(cost)
     }
 
+    /// Queues an item without waiting; a client that cannot keep up is closed as a slow
+    /// consumer. Returns the bytes queued (0 when nothing was), which the caller adds to the
+    /// process's bytes-queued gauge: the hub does so once per publication, not once per
+    /// subscriber. Everything else uses [`Conn::send`].
+    pub(crate) fn push(&self, item: Outgoing) -> usize {
+        match self.try_push(item) {
+            Ok(cost) => cost,
+            Err(QueueFull::Overflow) => {
+                self.close(
+                    close::SLOW_CONSUMER,
+                    "slow consumer: the client did not read fast enough",
+                );
+                0
+            }
+            Err(QueueFull::Closed) => 0,
+        }
+    }
+
+    /// [`Conn::push`], counted in the bytes-queued gauge.
+    pub(crate) fn send(&self, item: Outgoing) {
+        let queued = self.push(item);
+        crate::metrics::queued(queued as i64);
+    }
+
+    /// Tells the client why it is being disconnected (a `disconnect` push with `reconnect:
+    /// true`), then closes with the same code and reason.
+    pub(crate) fn disconnect(&self, code: u16, reason: &str) {
+        let frame = wire::push(push::Body::Disconnect(client::Disconnect {
+            code: u32::from(code),
+            reason: reason.to_owned(),
+            reconnect: true,
+        }));
+        self.send(Outgoing::Data(wire::encode_frame(self.format, &frame)));
+        self.close(code, reason);
+    }
+
     /// Holds the writer's wake-up while the session runs commands that arrived together, so
     /// that their replies leave in one write instead of one each (a connect and a subscribe
     /// sent back to back: one segment for both answers). Bounded by the session: it uncorks
@@ -179,42 +207,6 @@ impl Conn {
     /// The bound on bytes queued for this client.
     pub(crate) fn max_bytes(&self) -> usize {
         self.max_bytes
-    }
-
-    /// Queues a data frame; a client that cannot keep up is closed as a slow consumer.
-    pub(crate) fn deliver(&self, frame: Bytes) {
-        self.enqueue(Outgoing::Data(frame));
-    }
-
-    /// Queues a publication push published at `published_at_ms`; like [`Conn::deliver`].
-    pub(crate) fn deliver_publication(&self, frame: Bytes, published_at_ms: i64) {
-        self.enqueue(Outgoing::Publication(frame, published_at_ms));
-    }
-
-    /// Queues any item; a client that cannot keep up is closed as a slow consumer.
-    pub(crate) fn enqueue(&self, item: Outgoing) {
-        let queued = self.enqueue_uncounted(item);
-        crate::metrics::queued(queued as i64);
-    }
-
-    /// The fan-out's [`Conn::deliver_publication`]: returns the bytes queued (0 if none) for
-    /// the caller to add to the bytes-queued gauge once for all subscribers.
-    pub(crate) fn publication_uncounted(&self, frame: Bytes, published_at_ms: i64) -> usize {
-        self.enqueue_uncounted(Outgoing::Publication(frame, published_at_ms))
-    }
-
-    fn enqueue_uncounted(&self, item: Outgoing) -> usize {
-        match self.push(item) {
-            Ok(cost) => cost,
-            Err(QueueFull::Overflow) => {
-                self.close(
-                    chorus_protocol::codes::close::SLOW_CONSUMER,
-                    "slow consumer: the client did not read fast enough",
-                );
-                0
-            }
-            Err(QueueFull::Closed) => 0,
-        }
     }
 
     /// The writer took items of `bytes` in all off the queue.
@@ -251,7 +243,7 @@ impl Conn {
         crate::metrics::closed(code);
         // Counted here, where every slow-consumer close passes (the queue's overflow, and the
         // hub's held publications outgrowing the queue bound), not at one of its callers.
-        if code == chorus_protocol::codes::close::SLOW_CONSUMER {
+        if code == close::SLOW_CONSUMER {
             crate::metrics::slow_consumer();
         }
         true
@@ -329,14 +321,17 @@ impl Drop for Conn {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chorus_protocol::codes::close;
+
+    fn data(bytes: &'static [u8]) -> Outgoing {
+        Outgoing::Data(Bytes::from_static(bytes))
+    }
 
     #[test]
     fn queue_is_bounded_in_bytes_and_overflow_closes_as_slow_consumer() {
         let (conn, q) = Conn::new("c".into(), Format::Json, 100, 10);
-        conn.deliver(Bytes::from_static(b"123456"));
+        conn.send(data(b"123456"));
         assert_eq!(conn.queued_bytes(), 6);
-        conn.deliver(Bytes::from_static(b"123456"));
+        conn.send(data(b"123456"));
         assert!(conn.closing.is_cancelled());
         assert_eq!(
             conn.take_close_frame().map(|(c, _)| c),
@@ -350,22 +345,16 @@ mod tests {
     #[test]
     fn queue_is_bounded_in_frames() {
         let (conn, _q) = Conn::new("c".into(), Format::Json, 2, 1 << 20);
-        assert_eq!(conn.send(Outgoing::Data(Bytes::from_static(b"a"))), Ok(()));
-        assert_eq!(conn.send(Outgoing::Data(Bytes::from_static(b"b"))), Ok(()));
-        assert_eq!(
-            conn.send(Outgoing::Data(Bytes::from_static(b"c"))),
-            Err(QueueFull::Overflow)
-        );
+        assert_eq!(conn.try_push(data(b"a")), Ok(1));
+        assert_eq!(conn.try_push(data(b"b")), Ok(1));
+        assert_eq!(conn.try_push(data(b"c")), Err(QueueFull::Overflow));
         assert_eq!(conn.queued_bytes(), 2);
     }
 
     #[test]
     fn a_single_frame_larger_than_the_byte_bound_still_goes_to_an_empty_queue() {
         let (conn, _q) = Conn::new("c".into(), Format::Json, 8, 4);
-        assert_eq!(
-            conn.send(Outgoing::Data(Bytes::from_static(b"123456"))),
-            Ok(())
-        );
+        assert_eq!(conn.try_push(data(b"123456")), Ok(6));
     }
 
     async fn writer_woken(conn: &Conn) -> bool {
@@ -379,8 +368,8 @@ mod tests {
     async fn a_corked_queue_wakes_its_writer_once_uncorked() {
         let (conn, q) = Conn::new("c".into(), Format::Json, 8, 64);
         conn.cork();
-        conn.deliver(Bytes::from_static(b"connect reply"));
-        conn.deliver(Bytes::from_static(b"subscribe reply"));
+        conn.send(data(b"connect reply"));
+        conn.send(data(b"subscribe reply"));
         assert!(!writer_woken(&conn).await, "held while corked");
         conn.uncork();
         assert!(writer_woken(&conn).await);
@@ -390,7 +379,7 @@ mod tests {
             !writer_woken(&conn).await,
             "nothing queued, nothing to wake for"
         );
-        conn.deliver(Bytes::from_static(b"live"));
+        conn.send(data(b"live"));
         assert!(writer_woken(&conn).await, "uncorked pushes wake at once");
     }
 

@@ -54,6 +54,7 @@ pub async fn serve(
     let local = listener.local_addr()?;
     let security = security::Security::from_config(&config)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    metrics::init();
     let node = node::Node::start(
         bus,
         config,
@@ -62,10 +63,9 @@ pub async fn serve(
         shutdown,
         security,
     );
-    metrics::register(&node);
     tracing::info!(node = %node.id, address = %local, "gateway listening");
     server::accept_loop(listener, node.clone()).await;
-    tracing::info!(node = %node.id, connections = node.connection_count(), channels = node.hub.channel_count(), "gateway stopped");
+    tracing::info!(node = %node.id, connections = node.connection_count(), channels = node.hub.channel_count(), subscriptions = node.hub.subscription_count(), "gateway stopped");
     node.link.detach().await;
     Ok(())
 }

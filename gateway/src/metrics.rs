@@ -2,16 +2,14 @@
 //! happen. Served at `GET /metrics` on the gateway's port (see `chorus_bus::metrics` for the
 //! process-wide recorder).
 //!
-//! Gauges of state the node already keeps (connections, channels, subscriptions, bytes
-//! queued) are read at scrape time from every node of the process rather than kept twice.
+//! A leaf: the rest of the gateway calls in, this module calls nothing of the gateway's.
+//! Gauges are live counters (process-wide atomics summed over every node of the process)
+//! that the code changing the state updates; a scrape reads them and never walks the hub.
 
+use std::sync::Once;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Once, Weak};
 
 use metrics::{Counter, Histogram};
-use parking_lot::Mutex;
-
-use crate::node::Node;
 
 /// Open WebSocket connections.
 pub const CONNECTIONS: &str = "chorus_gateway_connections";
@@ -29,6 +27,9 @@ pub const MESSAGES_DELIVERED: &str = "chorus_gateway_messages_delivered_total";
 pub const DELIVERY_LATENCY: &str = "chorus_gateway_delivery_latency_seconds";
 /// Bytes waiting in client send queues.
 pub const QUEUED_BYTES: &str = "chorus_gateway_queued_bytes";
+/// Bytes of publications held by channels waiting for history (bounded node-wide by
+/// `--catch-up-backlog-max-bytes`).
+pub const CATCH_UP_BACKLOG_BYTES: &str = "chorus_gateway_catch_up_backlog_bytes";
 /// Clients closed as slow consumers (close code 3002).
 pub const SLOW_CONSUMER_DISCONNECTS: &str = "chorus_gateway_slow_consumer_disconnects_total";
 /// Error replies sent to clients, by protocol error code (`code="108"`).
@@ -54,6 +55,7 @@ pub const ALL: &[&str] = &[
     MESSAGES_DELIVERED,
     DELIVERY_LATENCY,
     QUEUED_BYTES,
+    CATCH_UP_BACKLOG_BYTES,
     SLOW_CONSUMER_DISCONNECTS,
     ERRORS,
     CATCH_UPS,
@@ -66,13 +68,17 @@ pub const ALL: &[&str] = &[
 pub const REFUSAL_REASONS: &[&str] = &["draining", "origin", "connection_limit"];
 
 static INIT: Once = Once::new();
-static NODES: Mutex<Vec<Weak<Node>>> = Mutex::new(Vec::new());
-/// Bytes queued on every connection of the process (may dip below zero for a moment).
+/// The live counters behind the gauges, for every node of the process. Some may dip below
+/// zero for a moment (a decrement racing its increment); the scrape shows 0 then.
+static CONNECTIONS_OPEN: AtomicI64 = AtomicI64::new(0);
+static CHANNELS_HERE: AtomicI64 = AtomicI64::new(0);
+static SUBSCRIPTIONS_HERE: AtomicI64 = AtomicI64::new(0);
 static QUEUED: AtomicI64 = AtomicI64::new(0);
+static BACKLOG: AtomicI64 = AtomicI64::new(0);
 
-/// Installs the process's recorder if needed, describes the gateway's metrics and counts
-/// `node` in the scrape-time gauges for as long as it lives.
-pub(crate) fn register(node: &Arc<Node>) {
+/// Installs the process's recorder if needed and describes the gateway's metrics (once per
+/// process).
+pub(crate) fn init() {
     INIT.call_once(|| {
         if !chorus_bus::metrics::install() {
             return;
@@ -80,7 +86,6 @@ pub(crate) fn register(node: &Arc<Node>) {
         describe();
         chorus_bus::metrics::add_sampler(sample);
     });
-    NODES.lock().push(Arc::downgrade(node));
 }
 
 /// The `/metrics` body, or `None` when metrics are not Chorus's to render.
@@ -111,6 +116,11 @@ fn describe() {
         QUEUED_BYTES,
         metrics::Unit::Bytes,
         "Bytes waiting in client send queues"
+    );
+    describe_gauge!(
+        CATCH_UP_BACKLOG_BYTES,
+        metrics::Unit::Bytes,
+        "Bytes of publications held by channels waiting for history"
     );
     describe_counter!(
         SLOW_CONSUMER_DISCONNECTS,
@@ -146,18 +156,15 @@ fn describe() {
 }
 
 fn sample() {
-    let mut nodes = NODES.lock();
-    nodes.retain(|n| n.strong_count() > 0);
-    let (mut connections, mut channels, mut subscriptions) = (0, 0, 0);
-    for node in nodes.iter().filter_map(Weak::upgrade) {
-        connections += node.connection_count();
-        channels += node.hub.channel_count();
-        subscriptions += node.hub.subscription_count();
+    for (name, value) in [
+        (CONNECTIONS, &CONNECTIONS_OPEN),
+        (CHANNELS, &CHANNELS_HERE),
+        (SUBSCRIPTIONS, &SUBSCRIPTIONS_HERE),
+        (QUEUED_BYTES, &QUEUED),
+        (CATCH_UP_BACKLOG_BYTES, &BACKLOG),
+    ] {
+        metrics::gauge!(name).set(value.load(Ordering::Relaxed).max(0) as f64);
     }
-    metrics::gauge!(CONNECTIONS).set(connections as f64);
-    metrics::gauge!(CHANNELS).set(channels as f64);
-    metrics::gauge!(SUBSCRIPTIONS).set(subscriptions as f64);
-    metrics::gauge!(QUEUED_BYTES).set(QUEUED.load(Ordering::Relaxed).max(0) as f64);
 }
 
 /// A WebSocket upgrade was accepted.
@@ -204,6 +211,26 @@ pub(crate) fn error_replied(code: u32) {
 /// Bytes were queued for a client (positive) or left its queue (negative).
 pub(crate) fn queued(bytes: i64) {
     QUEUED.fetch_add(bytes, Ordering::Relaxed);
+}
+
+/// WebSocket connections opened (positive) or ended (negative).
+pub(crate) fn connections(delta: i64) {
+    CONNECTIONS_OPEN.fetch_add(delta, Ordering::Relaxed);
+}
+
+/// Channels gained (positive) or released (negative) by a node's hub.
+pub(crate) fn channels(delta: i64) {
+    CHANNELS_HERE.fetch_add(delta, Ordering::Relaxed);
+}
+
+/// Subscriptions added (positive) or removed (negative).
+pub(crate) fn subscriptions(delta: i64) {
+    SUBSCRIPTIONS_HERE.fetch_add(delta, Ordering::Relaxed);
+}
+
+/// Bytes taken into (positive) or released from (negative) catch-up backlogs.
+pub(crate) fn backlog(bytes: i64) {
+    BACKLOG.fetch_add(bytes, Ordering::Relaxed);
 }
 
 /// The handles a connection's writer records deliveries on, looked up once per connection.

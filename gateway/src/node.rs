@@ -45,7 +45,7 @@ impl Node {
             .node_id
             .clone()
             .unwrap_or_else(|| format!("gw-{}", chorus_bus::new_epoch()));
-        let hub = Arc::new(Hub::default());
+        let hub = Arc::new(Hub::new(config.catch_up_backlog_max_bytes));
         let info = NodeInfo {
             id: id.clone(),
             address: config.advertise_address.clone().unwrap_or(advertise),
@@ -83,6 +83,7 @@ impl Node {
     /// Counts an open WebSocket connection for as long as the guard lives.
     pub(crate) fn track_connection(self: &Arc<Self>) -> ConnectionGuard {
         self.connections.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::connections(1);
         ConnectionGuard { node: self.clone() }
     }
 
@@ -115,5 +116,6 @@ pub(crate) struct ConnectionGuard {
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         self.node.connections.fetch_sub(1, Ordering::Relaxed);
+        crate::metrics::connections(-1);
     }
 }

@@ -15,7 +15,7 @@ use bytes::{Bytes, BytesMut};
 use chorus_bus::{
     BusError, ConnectionInfo, Envelope, HistoryQuery, Position, Publish, Recovery, now_ms,
 };
-use chorus_protocol::client::{self, command, push, reply};
+use chorus_protocol::client::{self, command, reply};
 use chorus_protocol::codes::{ErrorCode, close};
 use chorus_protocol::wire::{self, Format};
 use chorus_protocol::{VERSION, channel};
@@ -118,13 +118,10 @@ impl Session {
                     if let Some(d) = deadline {
                         tracing::debug!(client = %self.conn.client, code = d.code, "closing at a deadline: {}", d.reason);
                         if d.code == close::TOKEN_EXPIRED {
-                            self.push(push::Body::Disconnect(client::Disconnect {
-                                code: u32::from(d.code),
-                                reason: d.reason.into(),
-                                reconnect: true,
-                            }));
+                            self.conn.disconnect(d.code, d.reason);
+                        } else {
+                            self.conn.close(d.code, d.reason);
                         }
-                        self.conn.close(d.code, d.reason);
                     }
                     return;
                 }
@@ -132,12 +129,7 @@ impl Session {
                     self.node.shutdown.cancelled().await;
                     tokio::time::sleep_until(self.node.drain_turn(drain_fraction)).await;
                 } => {
-                    self.push(push::Body::Disconnect(client::Disconnect {
-                        code: u32::from(close::SHUTDOWN),
-                        reason: "gateway shutting down".into(),
-                        reconnect: true,
-                    }));
-                    self.conn.close(close::SHUTDOWN, "gateway shutting down");
+                    self.conn.disconnect(close::SHUTDOWN, "gateway shutting down");
                     return;
                 }
                 read = tokio::time::timeout(idle_timeout, reader.next(socket)) => read,
@@ -171,7 +163,7 @@ impl Session {
                     return;
                 }
                 (OpCode::Ping, _) => {
-                    self.conn.enqueue(Outgoing::Pong(frame.payload));
+                    self.conn.send(Outgoing::Pong(frame.payload));
                     continue;
                 }
                 (OpCode::Pong, _) => continue,
@@ -249,7 +241,7 @@ impl Session {
             Some((code, reason)) => {
                 self.conn.close(code, reason);
             }
-            None => self.conn.enqueue(Outgoing::CloseEcho(payload)),
+            None => self.conn.send(Outgoing::CloseEcho(payload)),
         }
     }
 
@@ -257,7 +249,7 @@ impl Session {
         if self.node.config.conformance_echo {
             // Conformance testing (scripts/autobahn): the message goes back as it came.
             self.conn
-                .enqueue(Outgoing::Echo(text, Bytes::copy_from_slice(payload)));
+                .send(Outgoing::Echo(text, Bytes::copy_from_slice(payload)));
             return;
         }
         let format = self.conn.format;
@@ -398,7 +390,7 @@ impl Session {
             self.channels.insert(ch);
             return Ok(None);
         }
-        let ready = node.hub.subscribe(&node.link, &ch, &self.conn);
+        let ready = node.hub.hold(&node.link, &ch, &self.conn);
         self.channels.insert(ch.clone());
         if let Err(e) = ready.wait(node.bus_timeout).await {
             self.leave(&ch);
@@ -597,13 +589,9 @@ impl Session {
         });
     }
 
-    fn push(&self, body: push::Body) {
-        self.send(wire::push(body));
-    }
-
     fn send(&self, frame: client::ServerFrame) {
         self.conn
-            .deliver(wire::encode_frame(self.conn.format, &frame));
+            .send(Outgoing::Data(wire::encode_frame(self.conn.format, &frame)));
     }
 
     /// Releases everything the session holds in the hub and the registry.
