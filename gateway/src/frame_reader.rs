@@ -14,7 +14,7 @@
 //! - a 64-bit length with its top bit set: 1002;
 //! - a frame longer than the gateway's maximum message size: 1009, before any of it is read.
 //!
-//! Reassembling fragmented messages and the rules about their order are the session's.
+//! Reassembling fragmented messages and the rules between frames are the `message_reader`'s.
 
 use bytes::{Buf, Bytes, BytesMut};
 use chorus_protocol::codes::close;

@@ -21,6 +21,7 @@ mod conn;
 mod frame_reader;
 mod hub;
 mod limits;
+mod message_reader;
 pub mod metrics;
 mod node;
 mod permissions;

@@ -1,17 +1,16 @@
 //! One client's session: reads its frames, runs its commands, and cleans up after it.
 //!
-//! The session is the connection's only reader. It takes frames from the `frame_reader`
-//! (which checks each frame on its own), answers pings and close frames, reassembles
-//! fragmented messages (with a running size cap: the reader's cap is per frame), turns
-//! protocol violations into the RFC 6455 close codes, decodes commands in the connection's
-//! format and answers each with a reply carrying its id. Commands run one after another, so replies come in command order.
+//! The session is the connection's only reader. It takes whole messages from the
+//! `message_reader` (which checks frames, reassembles fragments and validates close frames),
+//! answers pings and close frames, turns protocol violations into their RFC 6455 close codes,
+//! decodes commands in the connection's format and answers each with a reply carrying its id. Commands run one after another, so replies come in command order.
 //! When the session ends, for any reason, it removes the connection from the hub (releasing
 //! the node's bus subscriptions it was the last user of) and from the node registry.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use chorus_bus::{
     BusError, ConnectionInfo, Envelope, HistoryQuery, Position, Publish, Recovery, now_ms,
 };
@@ -24,9 +23,10 @@ use tokio::net::tcp::OwnedReadHalf;
 use tracing::Instrument;
 
 use crate::conn::{Conn, Outgoing};
-use crate::frame_reader::{FrameReader, OpCode, ReadError};
+use crate::frame_reader::ReadError;
 use crate::hub::ActivateError;
 use crate::limits::Verdict;
+use crate::message_reader::{Message, MessageReader};
 use crate::node::Node;
 use crate::security::SessionSecurity;
 use crate::writer;
@@ -47,7 +47,7 @@ pub(crate) async fn run(node: Arc<Node>, socket: TcpStream, already: Bytes, form
         config.queue_max_bytes,
     );
     let (read, write) = socket.into_split();
-    let mut reader = FrameReader::new(config.max_message_size, already);
+    let mut reader = MessageReader::new(config.max_message_size, already);
     let mut writer = tokio::spawn(writer::run(
         write,
         conn.clone(),
@@ -89,14 +89,11 @@ struct Session {
 }
 
 impl Session {
-    async fn read_loop(&mut self, reader: &mut FrameReader, socket: &OwnedReadHalf) {
+    async fn read_loop(&mut self, reader: &mut MessageReader, socket: &OwnedReadHalf) {
         let idle_timeout = self.node.config.idle_timeout;
         // This session's moment in the drain window, fixed once so that re-entering the
         // select below does not move it.
         let drain_fraction: f64 = rand::random();
-        let max = self.node.config.max_message_size;
-        // A fragmented message being reassembled: (is text, bytes so far).
-        let mut partial: Option<(bool, BytesMut)> = None;
         loop {
             if !reader.has_frame() {
                 self.conn.uncork();
@@ -140,7 +137,7 @@ impl Session {
             if reader.has_frame() {
                 self.conn.cork();
             }
-            let frame = match read {
+            let message = match read {
                 Err(_) => {
                     self.conn.close(close::IDLE_TIMEOUT, "idle timeout");
                     return;
@@ -155,93 +152,17 @@ impl Session {
                     self.conn.abandon();
                     return;
                 }
-                Ok(Ok(frame)) => frame,
+                Ok(Ok(message)) => message,
             };
-            let (text, payload) = match (frame.opcode, partial.as_mut()) {
-                (OpCode::Close, _) => {
-                    self.on_close_frame(frame.payload);
+            match message {
+                Message::Close(payload) => {
+                    self.conn.send(Outgoing::CloseEcho(payload));
                     return;
                 }
-                (OpCode::Ping, _) => {
-                    self.conn.send(Outgoing::Pong(frame.payload));
-                    continue;
-                }
-                (OpCode::Pong, _) => continue,
-                (OpCode::Text | OpCode::Binary, Some(_)) => {
-                    self.conn.close(
-                        close::PROTOCOL_ERROR,
-                        "new message before the fragmented one ended",
-                    );
-                    return;
-                }
-                (OpCode::Continuation, None) => {
-                    self.conn.close(
-                        close::PROTOCOL_ERROR,
-                        "continuation frame without a message",
-                    );
-                    return;
-                }
-                (OpCode::Text | OpCode::Binary, None) if frame.fin => {
-                    let text = frame.opcode == OpCode::Text;
-                    if text && std::str::from_utf8(&frame.payload).is_err() {
-                        self.conn
-                            .close(close::INVALID_PAYLOAD, "text message is not valid UTF-8");
-                        return;
-                    }
-                    (text, frame.payload)
-                }
-                (OpCode::Text | OpCode::Binary, None) => {
-                    partial = Some((
-                        frame.opcode == OpCode::Text,
-                        BytesMut::from(&frame.payload[..]),
-                    ));
-                    continue;
-                }
-                (OpCode::Continuation, Some((_, buf))) => {
-                    if buf.len() + frame.payload.len() > max {
-                        self.conn.close(close::MESSAGE_TOO_BIG, "message too big");
-                        return;
-                    }
-                    buf.extend_from_slice(&frame.payload);
-                    if !frame.fin {
-                        continue;
-                    }
-                    let Some((text, buf)) = partial.take() else {
-                        return;
-                    };
-                    if text && std::str::from_utf8(&buf).is_err() {
-                        self.conn
-                            .close(close::INVALID_PAYLOAD, "text message is not valid UTF-8");
-                        return;
-                    }
-                    (text, buf.freeze())
-                }
-            };
-            self.on_message(text, &payload).await;
-        }
-    }
-
-    /// The client closes: its close frame is echoed (RFC 6455 5.5.1), unless it is malformed.
-    fn on_close_frame(&self, payload: Bytes) {
-        let refused = match payload.len() {
-            0 => None,
-            1 => Some((close::PROTOCOL_ERROR, "close frame with a one-byte payload")),
-            _ if !crate::frame_reader::close_code_allowed(u16::from_be_bytes([
-                payload[0], payload[1],
-            ])) =>
-            {
-                Some((close::PROTOCOL_ERROR, "invalid close code"))
+                Message::Ping(payload) => self.conn.send(Outgoing::Pong(payload)),
+                Message::Pong => {}
+                Message::Data { text, payload } => self.on_message(text, &payload).await,
             }
-            _ if std::str::from_utf8(&payload[2..]).is_err() => {
-                Some((close::INVALID_PAYLOAD, "close reason is not valid UTF-8"))
-            }
-            _ => None,
-        };
-        match refused {
-            Some((code, reason)) => {
-                self.conn.close(code, reason);
-            }
-            None => self.conn.send(Outgoing::CloseEcho(payload)),
         }
     }
 
@@ -365,7 +286,7 @@ impl Session {
         req: client::SubscribeRequest,
     ) -> Result<Option<reply::Result>, client::Error> {
         let ch = req.channel;
-        channel::validate(&ch).map_err(|e| ErrorCode::BadChannel.with(e.to_string()))?;
+        valid_channel(&ch)?;
         self.sec.may_subscribe(self.node.bus.namespaces(), &ch)?;
         if self.channels.contains(&ch) {
             return Err(ErrorCode::AlreadySubscribed.with(format!("already subscribed to {ch}")));
@@ -383,9 +304,9 @@ impl Session {
         });
         let format = self.conn.format;
         if since.is_none()
-            && node
-                .hub
-                .subscribe_live(&ch, &self.conn, |pos| subscribe_reply(format, id, pos))
+            && node.hub.subscribe_live(&ch, &self.conn, |pos| {
+                subscribe_reply(format, id, position_result(pos))
+            })
         {
             self.channels.insert(ch);
             return Ok(None);
@@ -408,11 +329,7 @@ impl Session {
                     }
                     None => {
                         let pos = bounded(node.bus_timeout, node.bus.position(&ch)).await?;
-                        Ok(client::SubscribeResult {
-                            epoch: pos.epoch,
-                            offset: pos.offset,
-                            ..Default::default()
-                        })
+                        Ok(position_result(pos))
                     }
                 }
             };
@@ -427,14 +344,7 @@ impl Session {
                 offset: result.offset,
                 epoch: result.epoch.clone(),
             };
-            let reply = wire::encode_frame(
-                self.conn.format,
-                &wire::reply(client::Reply {
-                    id,
-                    error: None,
-                    result: Some(reply::Result::Subscribe(result)),
-                }),
-            );
+            let reply = subscribe_reply(self.conn.format, id, result);
             let error = match node.hub.activate(&ch, &self.conn, &position, reply) {
                 Ok(()) => return Ok(None),
                 // The channel moved past this position with a hole this subscriber's held
@@ -495,7 +405,7 @@ impl Session {
         &mut self,
         req: client::HistoryRequest,
     ) -> Result<reply::Result, client::Error> {
-        channel::validate(&req.channel).map_err(|e| ErrorCode::BadChannel.with(e.to_string()))?;
+        valid_channel(&req.channel)?;
         self.sec
             .may_subscribe(self.node.bus.namespaces(), &req.channel)?;
         let since = req.since.map(|p| Position {
@@ -541,7 +451,7 @@ impl Session {
         &mut self,
         req: client::UnsubscribeRequest,
     ) -> Result<reply::Result, client::Error> {
-        channel::validate(&req.channel).map_err(|e| ErrorCode::BadChannel.with(e.to_string()))?;
+        valid_channel(&req.channel)?;
         if self.channels.remove(&req.channel) {
             self.node
                 .hub
@@ -554,7 +464,7 @@ impl Session {
         &mut self,
         req: client::PublishRequest,
     ) -> Result<reply::Result, client::Error> {
-        channel::validate(&req.channel).map_err(|e| ErrorCode::BadChannel.with(e.to_string()))?;
+        valid_channel(&req.channel)?;
         self.sec
             .may_publish(self.node.bus.namespaces(), &req.channel)?;
         let msg = Publish {
@@ -620,20 +530,30 @@ async fn bounded<T>(
         })
 }
 
-/// The reply to a plain subscribe (no recovery) at `position`.
-fn subscribe_reply(format: Format, id: u32, position: Position) -> Bytes {
+/// A subscribe reply, encoded for the connection.
+fn subscribe_reply(format: Format, id: u32, result: client::SubscribeResult) -> Bytes {
     wire::encode_frame(
         format,
         &wire::reply(client::Reply {
             id,
             error: None,
-            result: Some(reply::Result::Subscribe(client::SubscribeResult {
-                epoch: position.epoch,
-                offset: position.offset,
-                ..Default::default()
-            })),
+            result: Some(reply::Result::Subscribe(result)),
         }),
     )
+}
+
+/// The result of a plain subscribe (no recovery) at `position`.
+fn position_result(position: Position) -> client::SubscribeResult {
+    client::SubscribeResult {
+        epoch: position.epoch,
+        offset: position.offset,
+        ..Default::default()
+    }
+}
+
+/// A channel name a command names, checked by the protocol's one set of channel rules.
+fn valid_channel(name: &str) -> Result<(), client::Error> {
+    channel::validate(name).map_err(|e| ErrorCode::BadChannel.with(e.to_string()))
 }
 
 fn publication(env: Envelope) -> client::Publication {
