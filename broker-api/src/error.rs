@@ -42,6 +42,24 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    pub const ALL: [ErrorCode; 10] = [
+        ErrorCode::BadRequest,
+        ErrorCode::BadChannel,
+        ErrorCode::TooLarge,
+        ErrorCode::Unauthorized,
+        ErrorCode::NotFound,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::Unavailable,
+        ErrorCode::PositionLost,
+        ErrorCode::Internal,
+        ErrorCode::Overloaded,
+    ];
+
+    /// The code of a [`ErrorCode::name`].
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|code| code.name() == name)
+    }
+
     /// The snake_case name used in JSON bodies and gRPC `ApiError.code`.
     pub fn name(self) -> &'static str {
         match self {
@@ -121,10 +139,9 @@ impl ApiError {
         json!({"error": {"code": self.code.name(), "message": self.message}})
     }
 
-    /// The gRPC status, with the code name in [`GRPC_ERROR_CODE_KEY`] metadata. Counts the
-    /// error in the metrics: call it only to answer a call.
+    /// The gRPC status, with the code name in [`GRPC_ERROR_CODE_KEY`] metadata. Counted in
+    /// the metrics only when it answers a call ([`count_errors`]), however often converted.
     pub fn to_status(&self) -> tonic::Status {
-        crate::metrics::error(self.code);
         let mut status = tonic::Status::new(self.code.grpc_code(), self.message.clone());
         if let Ok(value) = self.code.name().parse() {
             status.metadata_mut().insert(GRPC_ERROR_CODE_KEY, value);
@@ -160,9 +177,11 @@ impl From<ApiError> for tonic::Status {
 }
 
 impl IntoResponse for ApiError {
+    /// The JSON error response; it carries its [`ErrorCode`] as an extension, for
+    /// [`count_errors`].
     fn into_response(self) -> Response {
-        crate::metrics::error(self.code);
         let mut response = (self.code.http_status(), Json(self.body())).into_response();
+        response.extensions_mut().insert(self.code);
         if self.code == ErrorCode::Overloaded {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
@@ -171,6 +190,28 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// Counts each failed call once, as it is answered: an HTTP error response carries its
+/// [`ErrorCode`] as an extension, a gRPC error its name in [`GRPC_ERROR_CODE_KEY`]. Building
+/// an error, or converting it to either protocol, counts nothing.
+pub async fn count_errors(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let response = next.run(request).await;
+    let code = response
+        .extensions()
+        .get::<ErrorCode>()
+        .copied()
+        .or_else(|| {
+            let name = response.headers().get(GRPC_ERROR_CODE_KEY)?.to_str().ok()?;
+            ErrorCode::from_name(name)
+        });
+    if let Some(code) = code {
+        crate::metrics::error(code);
+    }
+    response
 }
 
 /// Why [`crate::serve`] could not run.
@@ -224,6 +265,14 @@ mod tests {
                 name
             );
         }
+    }
+
+    #[test]
+    fn every_code_is_found_by_its_name() {
+        for code in ErrorCode::ALL {
+            assert_eq!(ErrorCode::from_name(code.name()), Some(code));
+        }
+        assert_eq!(ErrorCode::from_name("nonsense"), None);
     }
 
     #[test]

@@ -63,7 +63,10 @@ pub fn router(bus: Bus, config: &BrokerConfig) -> Result<Router, BrokerError> {
 
     // tonic's router brings a gRPC "unimplemented" fallback; the last fallback set wins, and
     // ours answers gRPC callers in gRPC and everyone else in JSON.
-    Ok(json.merge(grpc).fallback(http::not_found))
+    Ok(json
+        .merge(grpc)
+        .fallback(http::not_found)
+        .layer(middleware::from_fn(crate::error::count_errors)))
 }
 
 /// Serves the API on `listener` until `shutdown` is cancelled, then stops accepting, lets

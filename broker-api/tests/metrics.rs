@@ -99,6 +99,19 @@ async fn every_broker_api_metric_moves_when_its_event_happens() {
         errors(&before, "bad_channel") + 1.0
     );
 
+    // Building an error and converting it, even twice, answers no call: nothing is counted.
+    let e = chorus_broker_api::error::ApiError::new(
+        chorus_broker_api::error::ErrorCode::BadChannel,
+        "converted, never sent",
+    );
+    drop((e.to_status(), e.to_status(), tonic::Status::from(e.clone())));
+    drop(axum::response::IntoResponse::into_response(e));
+    let after_converting = Scrape::fetch(&url).await.unwrap();
+    assert_eq!(
+        errors(&after_converting, "bad_channel"),
+        errors(&s, "bad_channel")
+    );
+
     // Redis unreachable: the publish fails as `unavailable` (counted, and timed); a failing
     // readiness probe is not an API error.
     let bus = Bus::redis(&BusConfig {
