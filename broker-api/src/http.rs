@@ -188,6 +188,7 @@ struct HistoryResponse<'a> {
     publications: Vec<HistoryPublication<'a>>,
     offset: u64,
     epoch: &'a str,
+    more: bool,
 }
 
 async fn history(
@@ -220,6 +221,7 @@ async fn history(
         publications,
         offset: history.position.offset,
         epoch: &history.position.epoch,
+        more: history.more,
     };
     Ok(Json(body).into_response())
 }

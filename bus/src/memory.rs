@@ -6,6 +6,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use prost::Message;
 
 use crate::namespaces::NamespaceRules;
 use crate::wanted::Wanted;
@@ -163,14 +164,29 @@ impl MemoryBus {
             query.limit
         };
         let matching = state.history.iter().filter(|e| e.offset > after);
-        let publications = if query.reverse {
-            matching.rev().take(limit).cloned().collect()
+        let in_order: Box<dyn Iterator<Item = &Envelope>> = if query.reverse {
+            Box::new(matching.rev())
         } else {
-            matching.take(limit).cloned().collect()
+            Box::new(matching)
         };
+        // The same bound as the Redis script's: stop before the entry that would pass the
+        // byte bound (but keep at least one), and say whether one was left.
+        let mut publications = Vec::new();
+        let mut bytes = 0;
+        let mut more = false;
+        for envelope in in_order.take(limit) {
+            let size = envelope.encoded_len();
+            if !publications.is_empty() && bytes + size > query.max_bytes {
+                more = true;
+                break;
+            }
+            bytes += size;
+            publications.push(envelope.clone());
+        }
         History {
             publications,
             position: state.position.clone(),
+            more,
         }
     }
 
@@ -335,7 +351,17 @@ mod tests {
             offset,
             epoch: first.epoch.clone(),
         };
-        assert!(bus.recover("m", &since(2)).await.unwrap().recovered);
-        assert!(!bus.recover("m", &since(1)).await.unwrap().recovered);
+        assert!(
+            bus.recover("m", &since(2), 1 << 20)
+                .await
+                .unwrap()
+                .recovered
+        );
+        assert!(
+            !bus.recover("m", &since(1), 1 << 20)
+                .await
+                .unwrap()
+                .recovered
+        );
     }
 }

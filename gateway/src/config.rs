@@ -132,6 +132,25 @@ pub struct GatewayConfig {
     )]
     pub command_burst: u32,
 
+    /// History reads per second one connection may make on average — `history` commands and
+    /// recovering subscribes, each of which reads from the bus — inside the command rate; 0
+    /// turns this limit off. Reads over it get error 114 (the connection stays open).
+    #[arg(
+        long = "history-rate",
+        env = "CHORUS_HISTORY_RATE",
+        default_value_t = 10
+    )]
+    pub history_rate: u32,
+
+    /// History reads one connection may make at once before the history rate applies (a
+    /// client resubscribing many channels with recovery after a reconnect).
+    #[arg(
+        long = "history-burst",
+        env = "CHORUS_HISTORY_BURST",
+        default_value_t = 50
+    )]
+    pub history_burst: u32,
+
     /// Browser origins allowed to open WebSockets, comma-separated, `*` wildcards allowed
     /// (`https://app.example.com,https://*.example.org`). Empty: any origin. Requests without
     /// an Origin header (not from a browser) are always allowed. Others get HTTP 403.
@@ -269,6 +288,8 @@ impl Default for GatewayConfig {
             header_timeout: Duration::from_secs(10),
             command_rate: 100,
             command_burst: 200,
+            history_rate: 10,
+            history_burst: 50,
             allowed_origins: Vec::new(),
             token_hmac_secret: None,
             token_rsa_public_key: None,
@@ -314,6 +335,8 @@ mod tests {
         assert_eq!(parsed.header_timeout, default.header_timeout);
         assert_eq!(parsed.command_rate, default.command_rate);
         assert_eq!(parsed.command_burst, default.command_burst);
+        assert_eq!(parsed.history_rate, default.history_rate);
+        assert_eq!(parsed.history_burst, default.history_burst);
         assert_eq!(parsed.allowed_origins, default.allowed_origins);
         assert_eq!(parsed.allow_anonymous, default.allow_anonymous);
         assert_eq!(parsed.token_hmac_secret, None);

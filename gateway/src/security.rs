@@ -25,6 +25,8 @@ pub(crate) struct Security {
     connect_timeout: Duration,
     command_rate: u32,
     command_burst: u32,
+    history_rate: u32,
+    history_burst: u32,
 }
 
 impl Security {
@@ -44,6 +46,8 @@ impl Security {
             connect_timeout: config.connect_timeout,
             command_rate: config.command_rate,
             command_burst: config.command_burst,
+            history_rate: config.history_rate,
+            history_burst: config.history_burst,
         })
     }
 
@@ -74,6 +78,7 @@ impl Security {
             identity: Identity::anonymous(),
             user_slot: None,
             limiter: RateLimiter::new(self.command_rate, self.command_burst),
+            history_reads: RateLimiter::new(self.history_rate, self.history_burst),
             connect_deadline: Instant::now() + self.connect_timeout,
             expires: None,
         }
@@ -85,6 +90,9 @@ pub(crate) struct SessionSecurity {
     pub(crate) identity: Identity,
     user_slot: Option<UserSlot>,
     limiter: RateLimiter,
+    /// History reads (history commands, recovering subscribes): the costly commands, with a
+    /// rate of their own inside the command rate.
+    history_reads: RateLimiter,
     connect_deadline: Instant,
     expires: Option<Instant>,
 }
@@ -100,6 +108,16 @@ impl SessionSecurity {
     /// Checks one command against the rate limit.
     pub(crate) fn rate(&mut self) -> Verdict {
         self.limiter.check()
+    }
+
+    /// Checks one history read against its rate: refused reads get error 114, and the
+    /// connection stays (a client that keeps going is closed by the command rate).
+    pub(crate) fn may_read_history(&mut self) -> Result<(), client::Error> {
+        match self.history_reads.check() {
+            Verdict::Allow => Ok(()),
+            Verdict::Refuse | Verdict::Close => Err(ErrorCode::RateLimited
+                .with("too many history reads (history, recovering subscribes): slow down")),
+        }
     }
 
     /// The next deadline: `connect` not sent in time, or the token expiring.

@@ -174,20 +174,25 @@ impl Session {
             return;
         }
         let format = self.conn.format;
-        if text != format.is_text() {
+        // Every message counts against the rate, frames of the wrong type included: they
+        // cost an error reply each.
+        let verdict = self.sec.rate();
+        if text != format.is_text() && verdict != Verdict::Close {
             let expected = if format.is_text() {
                 "text (JSON)"
             } else {
                 "binary (protobuf)"
             };
-            self.reply_error(
-                0,
-                ErrorCode::WrongFrameType.with(format!("this connection takes {expected} frames")),
-            );
+            let error = match verdict {
+                Verdict::Allow => ErrorCode::WrongFrameType
+                    .with(format!("this connection takes {expected} frames")),
+                _ => ErrorCode::RateLimited.with("too many commands: slow down"),
+            };
+            self.reply_error(0, error);
             return;
         }
         let decoded = wire::decode_command(format, payload);
-        match self.sec.rate() {
+        match verdict {
             Verdict::Allow => {}
             Verdict::Refuse => {
                 let id = decoded.as_ref().map_or_else(|e| e.id, |c| c.id);
@@ -297,6 +302,9 @@ impl Session {
                 ErrorCode::LimitExceeded.with(format!("at most {limit} channels per connection"))
             );
         }
+        if req.recover {
+            self.sec.may_read_history()?;
+        }
         let node = &self.node;
         let since = req.recover.then_some(Position {
             offset: req.offset,
@@ -320,21 +328,14 @@ impl Session {
         let mut reads = 0;
         loop {
             reads += 1;
-            let confirmed = async {
-                match &since {
-                    Some(since) => {
-                        let recovery =
-                            bounded(node.bus_timeout, node.bus.recover(&ch, since)).await?;
-                        Ok(self.recovered_result(recovery))
-                    }
-                    None => {
-                        let pos = bounded(node.bus_timeout, node.bus.position(&ch)).await?;
-                        Ok(position_result(pos))
-                    }
-                }
+            let start = match &since {
+                Some(since) => self.first_page(&ch, since).await,
+                None => bounded(node.bus_timeout, node.bus.position(&ch))
+                    .await
+                    .map(|pos| (position_result(pos), false)),
             };
-            let result = match confirmed.await {
-                Ok(result) => result,
+            let (result, more) = match start {
+                Ok(start) => start,
                 Err(e) => {
                     self.leave(&ch);
                     return Err(bus_error(e));
@@ -345,16 +346,19 @@ impl Session {
                 epoch: result.epoch.clone(),
             };
             let reply = subscribe_reply(self.conn.format, id, result);
-            let error = match node.hub.activate(&ch, &self.conn, &position, reply) {
+            if more {
+                // Paged: the reply goes now, the rest of the recovery follows it as
+                // publications, then the live ones held meanwhile.
+                self.conn.send(Outgoing::Data(reply));
+                self.send_pages(&ch, position).await;
+                return Ok(None);
+            }
+            let error = match node.hub.activate(&ch, &self.conn, &position, Some(reply)) {
                 Ok(()) => return Ok(None),
                 // The channel moved past this position with a hole this subscriber's held
                 // publications do not fill: read again, now at least as far as the channel.
                 Err(ActivateError::Behind) if reads < MAX_POSITION_READS => continue,
-                Err(ActivateError::Behind) => ErrorCode::Unavailable
-                    .with("the channel moved on while subscribing; subscribe again"),
-                Err(ActivateError::EpochChanged) => ErrorCode::Unavailable
-                    .with("the channel started a new epoch meanwhile; subscribe again"),
-                Err(ActivateError::Gone) => ErrorCode::Internal.with("subscription vanished"),
+                Err(e) => activate_error(&e),
             };
             self.leave(&ch);
             return Err(error);
@@ -367,40 +371,99 @@ impl Session {
         self.node.hub.unsubscribe(&self.node.link, ch, &self.conn);
     }
 
-    /// The subscribe result of a recovery. Recovered publications travel in the reply, so a
-    /// recovery bigger than half the client's queue is refused (`recovered: false`) rather
-    /// than allowed to overflow the queue on every reconnect.
-    fn recovered_result(&self, recovery: Recovery) -> client::SubscribeResult {
-        let size: usize = recovery.publications.iter().map(|p| p.data.len()).sum();
-        let fits = size <= self.node.config.queue_max_bytes / 2;
-        let recovered = recovery.recovered && fits;
-        if recovery.recovered && !fits {
-            tracing::info!(client = %self.conn.client, bytes = size,
-                "recovery larger than half the queue; answering recovered: false");
+    /// Bytes of publications one reply may carry: half the client's queue, so that a reply
+    /// always fits beside what is already queued.
+    fn reply_budget(&self) -> usize {
+        self.node.config.queue_max_bytes / 2
+    }
+
+    /// The first (often the only) part of a recovering subscribe's answer, and whether more
+    /// publications follow it. Recovered: the publications after `since`, as many as one reply
+    /// holds. Not recovered because the channel's epoch changed (Redis lost the channel) while
+    /// history still holds the new epoch from its first offset: `recovered: false`, with the
+    /// new epoch's publications from its start, so that the client misses only what Redis
+    /// lost. Otherwise `recovered: false` at the channel's current position.
+    async fn first_page(
+        &self,
+        ch: &str,
+        since: &Position,
+    ) -> Result<(client::SubscribeResult, bool), BusError> {
+        let node = &self.node;
+        let budget = self.reply_budget();
+        let recovery = bounded(node.bus_timeout, node.bus.recover(ch, since, budget)).await?;
+        if recovery.recovered {
+            let more = recovery.more;
+            return Ok((recovered_result(recovery, true), more));
         }
-        let (offset, epoch, publications) = match recovery.publications.last() {
-            Some(last) if recovered => (
-                last.offset,
-                last.epoch.clone(),
-                recovery.publications.into_iter().map(publication).collect(),
-            ),
-            _ => (
-                recovery.position.offset,
-                recovery.position.epoch,
-                Vec::new(),
-            ),
+        if since.same_epoch_as(&recovery.position) || recovery.position.offset == 0 {
+            return Ok((recovered_result(recovery, false), false));
+        }
+        let epoch_start = Position {
+            offset: 0,
+            epoch: recovery.position.epoch.clone(),
         };
-        client::SubscribeResult {
-            epoch,
-            offset,
-            recovered,
-            publications,
-            was_recovering: true,
+        let from_start =
+            bounded(node.bus_timeout, node.bus.recover(ch, &epoch_start, budget)).await?;
+        if from_start.recovered && from_start.position.epoch == recovery.position.epoch {
+            let more = from_start.more;
+            tracing::debug!(client = %self.conn.client, channel = ch,
+                "epoch changed; delivering the new epoch from its start");
+            return Ok((recovered_result(from_start, false), more));
         }
+        Ok((recovered_result(recovery, false), false))
+    }
+
+    /// Sends the rest of a paged recovery after its reply (which ended at `after`): each page
+    /// as publications once the client's queue has room for it, then makes the subscriber
+    /// live. The reply has told the client it is subscribed, so a failure now cannot be an
+    /// error reply: the connection is closed with 3003 and the client recovers again from
+    /// what it received.
+    async fn send_pages(&mut self, ch: &str, mut after: Position) {
+        let node = self.node.clone();
+        let budget = self.reply_budget();
+        let mut behind = 0;
+        let failure = loop {
+            let recovery =
+                match bounded(node.bus_timeout, node.bus.recover(ch, &after, budget)).await {
+                    Ok(r) if r.recovered => r,
+                    Ok(_) => break "history moved past the recovery while it was sent".to_owned(),
+                    Err(e) => break format!("reading history failed while recovering: {e}"),
+                };
+            let frames: Vec<Bytes> = recovery
+                .publications
+                .into_iter()
+                .map(|env| {
+                    after.offset = env.offset;
+                    let push = wire::push(client::push::Body::Publication(publication(env)));
+                    wire::encode_frame(self.conn.format, &push)
+                })
+                .collect();
+            let bytes = frames.iter().map(Bytes::len).sum();
+            if !self.conn.room_for(bytes).await {
+                self.leave(ch);
+                return;
+            }
+            for frame in frames {
+                self.conn.send(Outgoing::Data(frame));
+            }
+            if recovery.more {
+                continue;
+            }
+            match node.hub.activate(ch, &self.conn, &after, None) {
+                Ok(()) => return,
+                Err(ActivateError::Behind) if behind < MAX_POSITION_READS => behind += 1,
+                Err(e) => break activate_error(&e).message,
+            }
+        };
+        tracing::info!(client = %self.conn.client, channel = ch, why = %failure,
+            "paged recovery failed; closing for the client to recover again");
+        self.leave(ch);
+        self.conn.disconnect(close::INSUFFICIENT_STATE, &failure);
     }
 
     /// Reads a channel's history: the publications after `since` (whose epoch must be the
-    /// channel's), or the oldest/newest kept, trimmed to fit half the client's queue.
+    /// channel's), or the oldest/newest kept, as many as fit in one reply (`more` says when
+    /// the limit was not reached for that reason).
     async fn history(
         &mut self,
         req: client::HistoryRequest,
@@ -408,6 +471,7 @@ impl Session {
         valid_channel(&req.channel)?;
         self.sec
             .may_subscribe(self.node.bus.namespaces(), &req.channel)?;
+        self.sec.may_read_history()?;
         let since = req.since.map(|p| Position {
             offset: p.offset,
             epoch: p.epoch,
@@ -416,6 +480,7 @@ impl Session {
             since.as_ref().map(|p| p.offset),
             req.limit as usize,
             req.reverse,
+            self.reply_budget(),
         );
         let node = &self.node;
         let history = bounded(node.bus_timeout, node.bus.history(&req.channel, &query))
@@ -429,21 +494,11 @@ impl Session {
                 since.epoch, history.position.epoch
             )));
         }
-        let budget = self.node.config.queue_max_bytes / 2;
-        let mut used = 0;
-        let publications = history
-            .publications
-            .into_iter()
-            .take_while(|p| {
-                used += p.data.len();
-                used <= budget
-            })
-            .map(publication)
-            .collect();
         Ok(reply::Result::History(client::HistoryResult {
-            publications,
+            publications: history.publications.into_iter().map(publication).collect(),
             offset: history.position.offset,
             epoch: history.position.epoch,
+            more: history.more,
         }))
     }
 
@@ -548,6 +603,34 @@ fn position_result(position: Position) -> client::SubscribeResult {
         epoch: position.epoch,
         offset: position.offset,
         ..Default::default()
+    }
+}
+
+/// A recovering subscribe's result: with publications, the reply's position is the last of
+/// them (what follows continues from there); without, the channel's current position.
+fn recovered_result(recovery: Recovery, recovered: bool) -> client::SubscribeResult {
+    let (offset, epoch) = match recovery.publications.last() {
+        Some(last) => (last.offset, last.epoch.clone()),
+        None => (recovery.position.offset, recovery.position.epoch),
+    };
+    client::SubscribeResult {
+        epoch,
+        offset,
+        recovered,
+        publications: recovery.publications.into_iter().map(publication).collect(),
+        was_recovering: true,
+    }
+}
+
+/// Why a held subscriber could not be made live, for the client.
+fn activate_error(e: &ActivateError) -> client::Error {
+    match e {
+        ActivateError::Behind => {
+            ErrorCode::Unavailable.with("the channel moved on while subscribing; subscribe again")
+        }
+        ActivateError::EpochChanged => ErrorCode::Unavailable
+            .with("the channel started a new epoch meanwhile; subscribe again"),
+        ActivateError::Gone => ErrorCode::Internal.with("subscription vanished"),
     }
 }
 
