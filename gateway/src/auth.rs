@@ -280,7 +280,7 @@ fn invalid(path: &Path, e: impl std::fmt::Display) -> KeyConfigError {
 struct Claims {
     #[serde(default)]
     sub: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "numeric_date")]
     exp: Option<u64>,
     #[serde(default)]
     channels: Vec<String>,
@@ -288,6 +288,24 @@ struct Claims {
     publish: Vec<String>,
     #[serde(default)]
     info: Option<Box<RawValue>>,
+}
+
+/// An RFC 7519 NumericDate: seconds since the Unix epoch, which may have a fraction (some
+/// issuers write `1767225600.5`). Kept in whole seconds, rounded down: the connection closes
+/// at most a second early, never late. Values past `u64` (as a float) are refused.
+fn numeric_date<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let Some(value) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    if let Some(whole) = value.as_u64() {
+        return Ok(Some(whole));
+    }
+    match value.as_f64() {
+        Some(f) if f.is_finite() && f >= 0.0 && f < u64::MAX as f64 => Ok(Some(f.floor() as u64)),
+        _ => Err(serde::de::Error::custom(
+            "exp must be a non-negative number of seconds",
+        )),
+    }
 }
 
 impl Claims {

@@ -16,6 +16,7 @@ pub mod auth;
 pub mod bench_support;
 mod catch_up;
 pub mod cli;
+mod clock;
 pub mod config;
 mod conn;
 mod frame_reader;

@@ -12,6 +12,7 @@ use chorus_protocol::codes::{ErrorCode, close};
 use tokio::time::Instant;
 
 use crate::auth::{Identity, KeyConfigError, TokenError, TokenVerifier};
+use crate::clock::after;
 use crate::config::GatewayConfig;
 use crate::limits::{ConnectionSlots, RateLimiter, UserSlot, Verdict};
 use crate::permissions;
@@ -79,7 +80,7 @@ impl Security {
             user_slot: None,
             limiter: RateLimiter::new(self.command_rate, self.command_burst),
             history_reads: RateLimiter::new(self.history_rate, self.history_burst),
-            connect_deadline: Instant::now() + self.connect_timeout,
+            connect_deadline: after(self.connect_timeout),
             expires: None,
         }
     }
@@ -184,10 +185,23 @@ impl SessionSecurity {
 }
 
 /// The moment a token with `exp` (seconds since the Unix epoch) expires, on the tokio clock.
+/// Saturating: issuers write `exp = u64::MAX` for "never", which no clock can add.
 fn expiry_instant(exp: u64) -> Instant {
     let now_unix = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or(Duration::ZERO);
-    let exp = Duration::from_secs(exp);
-    Instant::now() + exp.saturating_sub(now_unix)
+    after(Duration::from_secs(exp).saturating_sub(now_unix))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_expiry_too_far_for_the_clock_is_a_century_away_not_a_panic() {
+        let never = expiry_instant(u64::MAX);
+        assert!(never > Instant::now() + Duration::from_secs(50 * 365 * 24 * 3600));
+        let past = expiry_instant(1);
+        assert!(past <= Instant::now());
+    }
 }

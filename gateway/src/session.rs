@@ -48,12 +48,12 @@ pub(crate) async fn run(node: Arc<Node>, socket: TcpStream, already: Bytes, form
     );
     let (read, write) = socket.into_split();
     let mut reader = MessageReader::new(config.max_message_size, already);
-    let mut writer = tokio::spawn(writer::run(
+    let mut writer = WriterTask(Some(tokio::spawn(writer::run(
         write,
         conn.clone(),
         queue,
         config.ping_interval,
-    ));
+    ))));
     let mut session = Session {
         node: node.clone(),
         conn: conn.clone(),
@@ -64,16 +64,29 @@ pub(crate) async fn run(node: Arc<Node>, socket: TcpStream, already: Bytes, form
     };
     let span = tracing::debug_span!("session", client = %conn.client, ?format);
     session.read_loop(&mut reader, &read).instrument(span).await;
-    session.end();
+    drop(session);
     // The writer sends the close frame (if any) and stops. A client that stopped reading can
     // leave it blocked on a full socket for ever: after a short grace it is aborted, which
     // drops the socket.
-    if tokio::time::timeout(std::time::Duration::from_secs(5), &mut writer)
-        .await
-        .is_err()
+    if let Some(mut task) = writer.0.take()
+        && tokio::time::timeout(std::time::Duration::from_secs(5), &mut task)
+            .await
+            .is_err()
     {
-        writer.abort();
+        task.abort();
         tracing::debug!(client = %conn.client, "writer did not finish; dropped the socket");
+    }
+}
+
+/// The connection's writer task, aborted if the session ends without waiting for it — a
+/// panic in the session, say — so that no socket outlives its session.
+struct WriterTask(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for WriterTask {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
     }
 }
 
@@ -558,13 +571,17 @@ impl Session {
         self.conn
             .send(Outgoing::Data(wire::encode_frame(self.conn.format, &frame)));
     }
+}
 
-    /// Releases everything the session holds in the hub and the registry.
-    fn end(&mut self) {
+/// Whatever ends a session — its read loop returning, or a panic unwinding through it — the
+/// connection leaves the hub and the registry and its queue closes: teardown lives in `Drop`,
+/// so no path can skip it.
+impl Drop for Session {
+    fn drop(&mut self) {
         for ch in self.channels.drain() {
             self.node.hub.unsubscribe(&self.node.link, &ch, &self.conn);
         }
-        if self.connected {
+        if std::mem::take(&mut self.connected) {
             self.node.link.connection_closed(&self.conn.client);
         }
         self.conn.abandon();
@@ -657,5 +674,65 @@ fn bus_error(e: BusError) -> client::Error {
             tracing::warn!(error = %other, "bus error");
             ErrorCode::Internal.with("internal error")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use chorus_bus::{Bus, NamespaceRules, Namespaces};
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::config::GatewayConfig;
+    use crate::security::Security;
+
+    #[tokio::test]
+    async fn a_session_that_panics_still_leaves_the_hub_and_the_registry() {
+        let config = GatewayConfig::default();
+        let bus = Bus::memory().with_namespaces(Namespaces {
+            default: NamespaceRules {
+                anonymous_subscribe: true,
+                ..NamespaceRules::default()
+            },
+            ..Namespaces::default()
+        });
+        let node = Node::start(
+            bus.clone(),
+            config.clone(),
+            Duration::from_secs(1),
+            "127.0.0.1:0".into(),
+            CancellationToken::new(),
+            Security::from_config(&config).unwrap(),
+        );
+        let (conn, _queue) = Conn::new(node.next_client_id(), Format::Json, 8, 1 << 16);
+        let mut session = Session {
+            node: node.clone(),
+            conn: conn.clone(),
+            connected: false,
+            channels: HashSet::new(),
+            sec: node.security.session(),
+            close_after_reply: None,
+        };
+        session.connect(client::ConnectRequest::default()).unwrap();
+        let subscribe = client::SubscribeRequest {
+            channel: "news".into(),
+            ..Default::default()
+        };
+        session.subscribe(1, subscribe).await.unwrap();
+        let connections = async || bus.nodes().await.unwrap()[0].connections;
+        assert_eq!(node.hub.subscription_count(), 1);
+        assert_eq!(connections().await, 1);
+
+        let ended = tokio::spawn(async move {
+            let _session = session;
+            panic!("a bug while running a command");
+        })
+        .await;
+        assert!(ended.unwrap_err().is_panic());
+        assert_eq!(node.hub.subscription_count(), 0, "left the hub");
+        assert_eq!(connections().await, 0, "left the registry");
+        assert!(conn.is_ending(), "its queue and writer are done");
     }
 }

@@ -346,6 +346,44 @@ async fn the_connection_closes_with_3004_when_its_token_expires() {
     assert_eq!(c.closed().await.unwrap().code, close::TOKEN_EXPIRED);
 }
 
+/// `exp` at the end of time (what some issuers write for "never") and fractional NumericDates
+/// are tokens like any other: the session keeps answering, through a refresh too.
+#[tokio::test]
+async fn a_token_that_never_expires_or_has_fractional_dates_keeps_its_session() {
+    let gw = MemoryGateway::start(hmac_config()).await;
+    let never = hmac_token(
+        Algorithm::HS256,
+        &json!({"sub": "a", "exp": u64::MAX, "channels": ["x:*"]}),
+    );
+    let mut c = connected(&gw, &never).await;
+    assert_eq!(code(&subscribe(&mut c, "x:1").await), 0);
+    let reply = refresh(&mut c, &never).await;
+    assert_eq!(code(&reply), 0, "{reply:?}");
+    c.ok(command::Body::Ping(client::PingRequest {}))
+        .await
+        .expect("the session still answers after refresh");
+
+    let fractional = hmac_token(
+        Algorithm::HS256,
+        &json!({"sub": "b", "exp": now() as f64 + 600.5, "nbf": now() as f64 - 0.5}),
+    );
+    let mut c = connected(&gw, &fractional).await;
+    c.ok(command::Body::Ping(client::PingRequest {}))
+        .await
+        .expect("answers");
+    let not_yet = hmac_token(
+        Algorithm::HS256,
+        &json!({"sub": "b", "nbf": now() as f64 + 600.5}),
+    );
+    let mut c = open(&gw).await;
+    let refused = connect_with(&mut c, &not_yet).await;
+    assert_eq!(
+        code(&refused),
+        ErrorCode::Unauthorized.code(),
+        "{refused:?}"
+    );
+}
+
 #[tokio::test]
 async fn refresh_with_a_new_token_keeps_the_connection_open() {
     let gw = MemoryGateway::start(hmac_config()).await;
