@@ -20,6 +20,8 @@
 
 use std::path::{Path, PathBuf};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
@@ -119,6 +121,8 @@ pub struct TokenVerifier {
     issuer: Option<String>,
 }
 
+/// Fewest bytes of an HMAC secret, from a flag or a JWKS: 256 bits.
+const MIN_HMAC_SECRET: usize = 32;
 const HMAC: [Algorithm; 3] = [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512];
 const RSA: [Algorithm; 3] = [Algorithm::RS256, Algorithm::RS384, Algorithm::RS512];
 const ECDSA: [Algorithm; 2] = [Algorithm::ES256, Algorithm::ES384];
@@ -128,7 +132,7 @@ impl TokenVerifier {
     pub fn load(sources: &KeySources) -> Result<Option<Self>, KeyConfigError> {
         let mut keys = Vec::new();
         if let Some(secret) = &sources.hmac_secret {
-            if secret.len() < 32 {
+            if secret.len() < MIN_HMAC_SECRET {
                 return Err(KeyConfigError::Invalid {
                     what: "--token-hmac-secret".into(),
                     message: "use at least 32 bytes (256 bits) of secret".into(),
@@ -165,7 +169,24 @@ impl TokenVerifier {
                 let family = match &jwk.algorithm {
                     AlgorithmParameters::RSA(_) => &RSA[..],
                     AlgorithmParameters::EllipticCurve(_) => &ECDSA[..],
-                    AlgorithmParameters::OctetKey(_) => &HMAC[..],
+                    AlgorithmParameters::OctetKey(octets) => {
+                        // The same floor as --token-hmac-secret: a short shared secret can be
+                        // guessed offline from any token signed with it.
+                        let len = URL_SAFE_NO_PAD
+                            .decode(octets.value.trim_end_matches('='))
+                            .map_err(|e| invalid(path, e))?
+                            .len();
+                        if len < MIN_HMAC_SECRET {
+                            return Err(KeyConfigError::Invalid {
+                                what: path.display().to_string(),
+                                message: format!(
+                                    "the oct key {:?} has {len} bytes: use at least {MIN_HMAC_SECRET} (256 bits)",
+                                    jwk.common.key_id.as_deref().unwrap_or("")
+                                ),
+                            });
+                        }
+                        &HMAC[..]
+                    }
                     // Ed25519 and unknown key types: not among the supported algorithms.
                     _ => continue,
                 };
@@ -398,6 +419,30 @@ mod tests {
             TokenVerifier::load(&sources),
             Err(KeyConfigError::Invalid { .. })
         ));
+    }
+
+    #[test]
+    fn a_short_oct_key_in_a_jwks_is_refused_and_a_long_one_loads() {
+        let dir = std::env::temp_dir().join(format!("chorus-oct-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let load = |bytes: usize| {
+            let path = dir.join(format!("jwks-{bytes}.json"));
+            let k = URL_SAFE_NO_PAD.encode(vec![7u8; bytes]);
+            let set = format!(r#"{{"keys":[{{"kty":"oct","kid":"k{bytes}","k":"{k}"}}]}}"#);
+            std::fs::write(&path, set).unwrap();
+            TokenVerifier::load(&KeySources {
+                jwks: Some(path),
+                ..KeySources::default()
+            })
+        };
+        match load(16) {
+            Err(KeyConfigError::Invalid { message, .. }) => {
+                assert!(message.contains("16 bytes"), "{message}");
+            }
+            other => panic!("a 16-byte oct key must be refused, got {:?}", other.is_ok()),
+        }
+        assert!(load(32).unwrap().is_some());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

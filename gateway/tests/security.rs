@@ -596,6 +596,46 @@ async fn commands_over_the_rate_get_114_and_a_client_that_keeps_going_is_closed_
     assert_eq!(c.closed().await.unwrap().code, close::RATE_LIMITED);
 }
 
+/// Frames of the wrong type cost an error reply each: they count against the command rate
+/// like commands, and a client that keeps sending them is closed.
+#[tokio::test]
+async fn frames_of_the_wrong_type_count_against_the_command_rate() {
+    let gw = MemoryGateway::start(GatewayConfig {
+        command_rate: 1,
+        command_burst: 3,
+        ..GatewayConfig::default()
+    })
+    .await;
+    let mut c = open(&gw).await;
+    let mut wrong = async || {
+        c.send_message(tungstenite::Message::Binary(vec![1, 2, 3].into()))
+            .await
+            .unwrap();
+        match c.next_frame().await {
+            Ok(client::ServerFrame {
+                frame: Some(server_frame::Frame::Reply(r)),
+            }) => Some(code(&r)),
+            _ => None,
+        }
+    };
+    let mut codes = Vec::new();
+    for _ in 0..6 {
+        codes.push(wrong().await);
+    }
+    let wrong_type = Some(ErrorCode::WrongFrameType.code());
+    let limited = Some(ErrorCode::RateLimited.code());
+    assert_eq!(
+        codes,
+        [
+            wrong_type, wrong_type, wrong_type, limited, limited, limited
+        ]
+    );
+    c.send_message(tungstenite::Message::Binary(vec![1].into()))
+        .await
+        .unwrap();
+    assert_eq!(c.closed().await.unwrap().code, close::RATE_LIMITED);
+}
+
 #[tokio::test]
 async fn a_connection_that_does_not_send_connect_in_time_is_closed_with_3005() {
     let gw = MemoryGateway::start(GatewayConfig {
