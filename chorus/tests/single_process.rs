@@ -21,6 +21,8 @@ async fn start_chorus() -> Chorus {
         format!("127.0.0.1:{gw}"),
         "--api-listen".into(),
         format!("127.0.0.1:{api}"),
+        "--metrics-listen".into(),
+        "off".into(),
     ];
     // No CHORUS_REDIS_URL, no Redis: the binary must not need one.
     let process = Process::spawn(env!("CARGO_BIN_EXE_chorus"), &args, &[("RUST_LOG", "warn")])

@@ -20,6 +20,18 @@ pub struct GatewayConfig {
     )]
     pub listen: SocketAddr,
 
+    /// Address of the Prometheus endpoint (`GET /metrics`), apart from the client port so
+    /// that clients cannot scrape it: loopback by default (a scraper on the same host or in
+    /// the same pod); `0.0.0.0:9464` to let a cluster's Prometheus reach it; `off` for none.
+    /// (Embedding the gateway as a library, `GatewayConfig::default()`, serves none.)
+    #[arg(
+        long = "metrics-listen",
+        value_name = "ADDR|off",
+        env = "CHORUS_METRICS_LISTEN",
+        default_value = "127.0.0.1:9464"
+    )]
+    pub metrics_listen: ListenAddr,
+
     /// Length of the listening socket's accept queue (the kernel caps it at
     /// `net.core.somaxconn`). Bursts of connects beyond it are dropped by the kernel and
     /// retried by the client a second later.
@@ -254,6 +266,21 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// An address to listen on, or none (`off`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ListenAddr(pub Option<SocketAddr>);
+
+impl std::str::FromStr for ListenAddr {
+    type Err = std::net::AddrParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "" | "off" => Ok(Self(None)),
+            addr => addr.parse().map(|a| Self(Some(a))),
+        }
+    }
+}
+
 impl GatewayConfig {
     /// Binds the gateway's listening socket with its accept queue length (the standard
     /// library's and tokio's `bind` use 128, which a burst of reconnecting clients overflows).
@@ -272,6 +299,7 @@ impl Default for GatewayConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 8000)),
+            metrics_listen: ListenAddr(None),
             listen_backlog: 4096,
             node_id: None,
             advertise_address: None,
@@ -321,6 +349,14 @@ mod tests {
         let parsed = Cli::parse_from(["chorus-gateway"]).gateway;
         let default = GatewayConfig::default();
         assert_eq!(parsed.listen, default.listen);
+        assert_eq!(
+            parsed.metrics_listen,
+            "127.0.0.1:9464".parse().unwrap(),
+            "the binary serves metrics on loopback; the library default serves none"
+        );
+        assert_eq!(default.metrics_listen, ListenAddr(None));
+        let off = Cli::parse_from(["chorus-gateway", "--metrics-listen", "off"]).gateway;
+        assert_eq!(off.metrics_listen, ListenAddr(None));
         assert_eq!(parsed.ping_interval, default.ping_interval);
         assert_eq!(parsed.idle_timeout, default.idle_timeout);
         assert_eq!(parsed.max_message_size, default.max_message_size);

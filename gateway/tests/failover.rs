@@ -28,6 +28,8 @@ fn gateway_process(redis_url: &str, port: u16) -> Process {
         &[
             "--gateway-listen".into(),
             format!("127.0.0.1:{port}"),
+            "--metrics-listen".into(),
+            "off".into(),
             "--redis-url".into(),
             redis_url.into(),
             "--drain-window".into(),
@@ -296,7 +298,7 @@ async fn redis_restarted_without_persistence_reports_recovered_false_with_the_ne
     assert_eq!(dups, 0);
     let mut lost = 0.0;
     for i in 0..2 {
-        let text = reqwest::get(cluster.gateway_url(i, "/metrics"))
+        let text = reqwest::get(cluster.metrics_url(i))
             .await
             .unwrap()
             .text()

@@ -106,7 +106,7 @@ async fn pubsub_connections_killed_under_load_lose_nothing() {
     assert!(killed >= 4, "pub/sub connections were killed ({killed})");
     let counts = settle_and_count(tallies, &acked).await;
     report("pubsub killed", &acked, counts);
-    let scrape = reqwest::get(cluster.gateway_url(0, "/metrics"))
+    let scrape = reqwest::get(cluster.metrics_url(0))
         .await
         .unwrap()
         .text()
@@ -213,6 +213,8 @@ async fn a_client_that_stops_reading_is_cut_off_and_the_rest_lose_nothing() {
         &[
             "--gateway-listen".into(),
             format!("127.0.0.1:{port}"),
+            "--metrics-listen".into(),
+            "off".into(),
             "--redis-url".into(),
             cluster.redis.url(),
             "--queue-max-bytes".into(),

@@ -15,6 +15,8 @@ fn gateway_process(redis_url: &str, id: &str, port: u16) -> Process {
     let args = [
         "--gateway-listen".to_string(),
         format!("127.0.0.1:{port}"),
+        "--metrics-listen".into(),
+        "off".into(),
         "--node-id".into(),
         id.into(),
         "--node-lease".into(),
