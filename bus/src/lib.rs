@@ -301,27 +301,22 @@ impl Bus {
         }
     }
 
-    /// Publishes one message to many channels; one result per channel, in order.
+    /// Publishes one message to many channels; one result per channel, in order. A
+    /// broadcast is a batch of publishes of the same data, checked and sent like one.
     pub async fn broadcast(
         &self,
         channels: &[String],
         data: Bytes,
     ) -> Vec<Result<Published, BusError>> {
-        match &self.inner {
-            Inner::Redis(b) => b.broadcast(channels, data, &self.namespaces).await,
-            Inner::Memory(b) => channels
-                .iter()
-                .map(|channel| {
-                    chorus_protocol::channel::validate(channel)?;
-                    let msg = Publish {
-                        channel: channel.clone(),
-                        data: data.clone(),
-                        ..Publish::default()
-                    };
-                    Ok(b.publish(msg, self.namespaces.rules(channel)))
-                })
-                .collect(),
-        }
+        let msgs = channels
+            .iter()
+            .map(|channel| Publish {
+                channel: channel.clone(),
+                data: data.clone(),
+                ..Publish::default()
+            })
+            .collect();
+        self.publish_many(msgs).await
     }
 
     /// A channel's current position.

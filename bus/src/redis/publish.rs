@@ -208,26 +208,6 @@ impl RedisBus {
         .await
     }
 
-    pub(crate) async fn broadcast(
-        &self,
-        channels: &[String],
-        data: Bytes,
-        namespaces: &Namespaces,
-    ) -> Vec<Result<Published, BusError>> {
-        let msgs = channels
-            .iter()
-            .map(|channel| {
-                chorus_protocol::channel::validate(channel)?;
-                Ok(Publish {
-                    channel: channel.clone(),
-                    data: data.clone(),
-                    ..Publish::default()
-                })
-            })
-            .collect();
-        self.publish_many(msgs, namespaces).await
-    }
-
     /// Publishes every valid message in one pipeline; invalid ones keep their error.
     pub(crate) async fn publish_many(
         &self,
@@ -471,7 +451,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn broadcast_loads_the_script_when_redis_has_none() {
+    async fn a_pipeline_of_publishes_loads_the_script_when_redis_has_none() {
         let server = RedisServer::start().unwrap();
         let bus = RedisBus::new(&BusConfig {
             redis_url: server.url(),
@@ -479,13 +459,16 @@ mod tests {
         })
         .unwrap();
         server.cli(&["SCRIPT", "FLUSH"]).unwrap();
-        let results = bus
-            .broadcast(
-                &["a".into(), "b".into()],
-                Bytes::from_static(b"x"),
-                &Namespaces::default(),
-            )
-            .await;
+        let msgs = ["a", "b"]
+            .map(|channel| {
+                Ok(Publish {
+                    channel: channel.into(),
+                    data: Bytes::from_static(b"x"),
+                    ..Publish::default()
+                })
+            })
+            .into();
+        let results = bus.publish_many(msgs, &Namespaces::default()).await;
         assert_eq!(results.len(), 2);
         for r in results {
             assert_eq!(r.unwrap().offset, 1);
