@@ -609,29 +609,18 @@ async fn history_is_read_in_pages_bounded_in_bytes_that_add_up_to_all_of_it() {
     assert_eq!(all, (1..=50).collect::<Vec<_>>());
 
     // Newest first, the same bound; an entry larger than the bound still comes, alone.
-    let newest = bus
-        .history(
-            "p",
-            &chorus_bus::HistoryQuery::page(None, 0, true, page_bytes),
-        )
-        .await
-        .unwrap();
+    let read = async |limit, reverse, bytes| {
+        let query = chorus_bus::HistoryQuery::page(None, limit, reverse, bytes);
+        bus.history("p", &query).await.unwrap()
+    };
+    let newest = read(0, true, page_bytes).await;
     assert!(newest.more);
     assert_eq!(newest.publications.first().map(|e| e.offset), Some(50));
-    let tiny = bus
-        .history("p", &chorus_bus::HistoryQuery::page(None, 0, false, 1))
-        .await
-        .unwrap();
+    let tiny = read(0, false, 1).await;
     assert_eq!(tiny.publications.len(), 1);
     assert!(tiny.more);
     // A count limit reached inside the bound is not "more".
-    let counted = bus
-        .history(
-            "p",
-            &chorus_bus::HistoryQuery::page(None, 3, false, page_bytes),
-        )
-        .await
-        .unwrap();
+    let counted = read(3, false, page_bytes).await;
     assert_eq!(counted.publications.len(), 3);
     assert!(!counted.more);
 

@@ -54,14 +54,7 @@ pub(crate) async fn run(node: Arc<Node>, socket: TcpStream, already: Bytes, form
         queue,
         config.ping_interval,
     ))));
-    let mut session = Session {
-        node: node.clone(),
-        conn: conn.clone(),
-        connected: false,
-        channels: HashSet::new(),
-        sec: node.security.session(),
-        close_after_reply: None,
-    };
+    let mut session = Session::new(&node, &conn);
     let span = tracing::debug_span!("session", client = %conn.client, ?format);
     session.read_loop(&mut reader, &read).instrument(span).await;
     drop(session);
@@ -102,6 +95,17 @@ struct Session {
 }
 
 impl Session {
+    fn new(node: &Arc<Node>, conn: &Arc<Conn>) -> Self {
+        Self {
+            node: node.clone(),
+            conn: conn.clone(),
+            connected: false,
+            channels: HashSet::new(),
+            sec: node.security.session(),
+            close_after_reply: None,
+        }
+    }
+
     async fn read_loop(&mut self, reader: &mut MessageReader, socket: &OwnedReadHalf) {
         let idle_timeout = self.node.config.idle_timeout;
         // This session's moment in the drain window, fixed once so that re-entering the
@@ -707,14 +711,7 @@ mod tests {
             Security::from_config(&config).unwrap(),
         );
         let (conn, _queue) = Conn::new(node.next_client_id(), Format::Json, 8, 1 << 16);
-        let mut session = Session {
-            node: node.clone(),
-            conn: conn.clone(),
-            connected: false,
-            channels: HashSet::new(),
-            sec: node.security.session(),
-            close_after_reply: None,
-        };
+        let mut session = Session::new(&node, &conn);
         session.connect(client::ConnectRequest::default()).unwrap();
         let subscribe = client::SubscribeRequest {
             channel: "news".into(),

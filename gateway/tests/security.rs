@@ -566,15 +566,21 @@ async fn client_publish_follows_the_namespace_and_the_publish_claim() {
 
 // ---- limits ----
 
-#[tokio::test]
-async fn commands_over_the_rate_get_114_and_a_client_that_keeps_going_is_closed_with_3007() {
+/// A gateway with this command rate and burst, and a connection to it.
+async fn rate_limited(rate: u32, burst: u32) -> (MemoryGateway, WsClient) {
     let gw = MemoryGateway::start(GatewayConfig {
-        command_rate: 1,
-        command_burst: 3,
+        command_rate: rate,
+        command_burst: burst,
         ..GatewayConfig::default()
     })
     .await;
-    let mut c = open(&gw).await;
+    let c = open(&gw).await;
+    (gw, c)
+}
+
+#[tokio::test]
+async fn commands_over_the_rate_get_114_and_a_client_that_keeps_going_is_closed_with_3007() {
+    let (_gw, mut c) = rate_limited(1, 3).await;
     c.ok(command::Body::Connect(client::ConnectRequest::default()))
         .await
         .unwrap();
@@ -600,13 +606,7 @@ async fn commands_over_the_rate_get_114_and_a_client_that_keeps_going_is_closed_
 /// like commands, and a client that keeps sending them is closed.
 #[tokio::test]
 async fn frames_of_the_wrong_type_count_against_the_command_rate() {
-    let gw = MemoryGateway::start(GatewayConfig {
-        command_rate: 1,
-        command_burst: 3,
-        ..GatewayConfig::default()
-    })
-    .await;
-    let mut c = open(&gw).await;
+    let (_gw, mut c) = rate_limited(1, 3).await;
     let mut wrong = async || {
         c.send_message(tungstenite::Message::Binary(vec![1, 2, 3].into()))
             .await

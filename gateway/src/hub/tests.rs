@@ -56,6 +56,21 @@ fn live(hub: &Hub, link: &NodeLink, ch: &str, c: &Arc<Conn>, at: u64) {
 }
 
 /// The catch-up target for `channel` from `offset`, in the generation `targets` carry.
+/// A history read of channel "ch": publications `offsets`, the channel at `top`.
+fn recovery(
+    offsets: std::ops::RangeInclusive<u64>,
+    top: u64,
+    recovered: bool,
+    more: bool,
+) -> Recovery {
+    Recovery {
+        publications: offsets.map(|o| envelope("ch", o, "")).collect(),
+        position: pos(top),
+        recovered,
+        more,
+    }
+}
+
 fn target(channel: &str, offset: u64, targets: &[CatchUpTarget]) -> CatchUpTarget {
     CatchUpTarget {
         channel: channel.into(),
@@ -286,12 +301,7 @@ fn a_gap_waits_for_history_then_delivers_in_order_exactly_once() {
     assert_eq!(offsets(&mut qa), vec![0, 2]);
     let targets = hub.catch_up_targets();
     assert_eq!(targets, vec![target("ch", 2, &targets)]);
-    let recovery = Recovery {
-        publications: (3..=5).map(|o| envelope("ch", o, "")).collect(),
-        position: pos(5),
-        recovered: true,
-        more: false,
-    };
+    let recovery = recovery(3..=5, 5, true, false);
     hub.finish_catch_up(&targets[0], Some(recovery));
     hub.publication(envelope("ch", 7, ""));
     assert_eq!(offsets(&mut qa), vec![3, 4, 5, 6, 7]);
@@ -314,12 +324,7 @@ fn a_lost_link_waits_for_resubscription_and_a_failed_read_is_retried() {
     hub.finish_catch_up(&targets[0], None);
     let targets = hub.catch_up_targets();
     assert_eq!(targets, vec![target("ch", 1, &targets)]);
-    let recovery = Recovery {
-        publications: (2..=3).map(|o| envelope("ch", o, "")).collect(),
-        position: pos(3),
-        recovered: true,
-        more: false,
-    };
+    let recovery = recovery(2..=3, 3, true, false);
     hub.finish_catch_up(&targets[0], Some(recovery));
     assert_eq!(offsets(&mut qa), vec![0, 2, 3, 4]);
 }
@@ -370,12 +375,7 @@ fn a_catch_up_read_made_before_the_link_broke_is_ignored_and_a_newer_one_runs() 
     // during the outage (5) is in no read made before.
     hub.link_lost();
     hub.resubscribed(&["ch".into()]);
-    let before_outage = Recovery {
-        publications: (2..=4).map(|o| envelope("ch", o, "")).collect(),
-        position: pos(4),
-        recovered: true,
-        more: false,
-    };
+    let before_outage = recovery(2..=4, 4, true, false);
     hub.finish_catch_up(&stale[0], Some(before_outage));
     assert_eq!(
         offsets(&mut qa),
@@ -392,12 +392,7 @@ fn a_catch_up_read_made_before_the_link_broke_is_ignored_and_a_newer_one_runs() 
         "the newer request still stands"
     );
     assert_ne!(fresh[0].generation, stale[0].generation);
-    let after_outage = Recovery {
-        publications: (2..=5).map(|o| envelope("ch", o, "")).collect(),
-        position: pos(5),
-        recovered: true,
-        more: false,
-    };
+    let after_outage = recovery(2..=5, 5, true, false);
     hub.finish_catch_up(&fresh[0], Some(after_outage));
     hub.publication(envelope("ch", 6, ""));
     assert_eq!(offsets(&mut qa), vec![2, 3, 4, 5, 6]);
@@ -448,30 +443,14 @@ fn a_catch_up_larger_than_one_page_reads_on_until_the_channel_is_whole() {
     hub.resubscribed(&["ch".into()]);
     let first = hub.catch_up_targets();
     assert_eq!(first.len(), 1);
-    hub.finish_catch_up(
-        &first[0],
-        Some(Recovery {
-            publications: (2..=3).map(|o| envelope("ch", o, "")).collect(),
-            position: pos(5),
-            recovered: true,
-            more: true,
-        }),
-    );
+    hub.finish_catch_up(&first[0], Some(recovery(2..=3, 5, true, true)));
     let second = hub.catch_up_targets();
     assert_eq!(
         second.iter().map(|t| t.since.offset).collect::<Vec<_>>(),
         vec![3],
         "a page that said more asks for the next from its end, though nothing new arrived"
     );
-    hub.finish_catch_up(
-        &second[0],
-        Some(Recovery {
-            publications: (4..=5).map(|o| envelope("ch", o, "")).collect(),
-            position: pos(5),
-            recovered: true,
-            more: false,
-        }),
-    );
+    hub.finish_catch_up(&second[0], Some(recovery(4..=5, 5, true, false)));
     assert!(hub.catch_up_targets().is_empty());
     hub.publication(envelope("ch", 6, ""));
     assert_eq!(offsets(&mut qa), vec![0, 2, 3, 4, 5, 6]);
