@@ -354,8 +354,12 @@ async fn readyz(State(broker): State<Broker>) -> Response {
 
 /// The process's metrics in the Prometheus text format.
 async fn metrics() -> Response {
-    match chorus_bus::metrics::render() {
-        Some(body) => ([(CONTENT_TYPE, chorus_bus::metrics::CONTENT_TYPE)], body).into_response(),
+    match chorus_runtime::metrics::render() {
+        Some(body) => (
+            [(CONTENT_TYPE, chorus_runtime::metrics::CONTENT_TYPE)],
+            body,
+        )
+            .into_response(),
         None => (StatusCode::NOT_FOUND, "metrics are not enabled\n").into_response(),
     }
 }

@@ -4,7 +4,7 @@
 use anyhow::Context as _;
 use chorus_broker_api::Cli;
 use chorus_bus::Bus;
-use chorus_bus::logging;
+use chorus_runtime::logging;
 use clap::Parser;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -27,7 +27,7 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", broker.listen))?;
 
     let shutdown = CancellationToken::new();
-    tokio::spawn(chorus_bus::shutdown::on_signal(shutdown.clone()));
+    tokio::spawn(chorus_runtime::shutdown::on_signal(shutdown.clone()));
     chorus_broker_api::serve(listener, bus, broker, shutdown).await?;
     Ok(())
 }

@@ -17,12 +17,10 @@
 pub mod config;
 pub mod error;
 pub mod keys;
-pub mod logging;
 pub mod memory;
 pub mod metrics;
 pub mod namespaces;
 pub mod redis;
-pub mod shutdown;
 mod wanted;
 
 use std::sync::Arc;

@@ -8,9 +8,9 @@ use std::time::Duration;
 use anyhow::Context;
 use chorus_broker_api::BrokerConfig;
 use chorus_bus::Bus;
-use chorus_bus::logging::{self, LogConfig};
 use chorus_bus::namespaces::NamespacesConfig;
 use chorus_gateway::GatewayConfig;
+use chorus_runtime::logging::{self, LogConfig};
 
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser};
@@ -84,7 +84,7 @@ async fn main() -> anyhow::Result<()> {
         reachable(api)
     );
 
-    tokio::spawn(chorus_bus::shutdown::on_signal(shutdown.clone()));
+    tokio::spawn(chorus_runtime::shutdown::on_signal(shutdown.clone()));
     let gateway = chorus_gateway::serve(
         gateway_listener,
         bus.clone(),

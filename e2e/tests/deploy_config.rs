@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use chorus_bus::config::parse_duration;
+use chorus_runtime::units::parse_duration;
 use clap::{Arg, ArgAction, Command, CommandFactory};
 use serde::Deserialize as _;
 use serde_norway::Value;

@@ -2,8 +2,8 @@
 //! deployment files (compose, Kubernetes) against the flags and variables it really accepts.
 
 use chorus_bus::BusConfig;
-use chorus_bus::logging::LogConfig;
 use chorus_bus::namespaces::NamespacesConfig;
+use chorus_runtime::logging::LogConfig;
 
 use crate::GatewayConfig;
 

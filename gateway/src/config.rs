@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use chorus_bus::config::{parse_duration, parse_size};
+use chorus_runtime::units::{parse_duration, parse_size};
 
 use crate::auth::KeySources;
 

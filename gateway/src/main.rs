@@ -2,8 +2,8 @@
 
 use anyhow::Context;
 use chorus_bus::Bus;
-use chorus_bus::logging;
 use chorus_gateway::Cli;
+use chorus_runtime::logging;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
@@ -23,7 +23,7 @@ async fn main() -> anyhow::Result<()> {
         .bind()
         .with_context(|| format!("binding {}", cli.gateway.listen))?;
     let shutdown = CancellationToken::new();
-    tokio::spawn(chorus_bus::shutdown::on_signal(shutdown.clone()));
+    tokio::spawn(chorus_runtime::shutdown::on_signal(shutdown.clone()));
     chorus_gateway::serve(listener, bus, cli.gateway, cli.bus.redis_timeout, shutdown).await?;
     Ok(())
 }

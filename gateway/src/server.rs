@@ -138,7 +138,7 @@ fn metrics_page() -> Response<Body> {
             let mut resp = text(StatusCode::OK, &body);
             resp.headers_mut().insert(
                 CONTENT_TYPE,
-                HeaderValue::from_static(chorus_bus::metrics::CONTENT_TYPE),
+                HeaderValue::from_static(chorus_runtime::metrics::CONTENT_TYPE),
             );
             resp
         }
