@@ -23,25 +23,18 @@ fn channels() -> Vec<String> {
 }
 
 fn gateway_process(redis_url: &str, port: u16) -> Process {
-    Process::spawn(
-        env!("CARGO_BIN_EXE_chorus-gateway"),
+    support::gateway_process(
+        redis_url,
+        port,
         &[
-            "--gateway-listen".into(),
-            format!("127.0.0.1:{port}"),
-            "--metrics-listen".into(),
-            "off".into(),
-            "--redis-url".into(),
-            redis_url.into(),
-            "--drain-window".into(),
-            "1s".into(),
-            "--redis-timeout".into(),
-            "1s".into(),
-            "--canary-interval".into(),
-            "200ms".into(),
+            "--drain-window",
+            "1s",
+            "--redis-timeout",
+            "1s",
+            "--canary-interval",
+            "200ms",
         ],
-        &[("RUST_LOG", "warn")],
     )
-    .expect("gateway starts")
 }
 
 async fn ready(port: u16) {

@@ -12,24 +12,7 @@ use serde_json::Value;
 use support::{API_KEY, authed};
 
 fn gateway_process(redis_url: &str, id: &str, port: u16) -> Process {
-    let args = [
-        "--gateway-listen".to_string(),
-        format!("127.0.0.1:{port}"),
-        "--metrics-listen".into(),
-        "off".into(),
-        "--node-id".into(),
-        id.into(),
-        "--node-lease".into(),
-        "1s".into(),
-        "--redis-url".into(),
-        redis_url.into(),
-    ];
-    Process::spawn(
-        env!("CARGO_BIN_EXE_chorus-gateway"),
-        &args,
-        &[("RUST_LOG", "warn")],
-    )
-    .expect("gateway starts")
+    support::gateway_process(redis_url, port, &["--node-id", id, "--node-lease", "1s"])
 }
 
 async fn http_nodes(client: &reqwest::Client, api: &str) -> Vec<(String, u64)> {

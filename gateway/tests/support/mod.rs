@@ -185,6 +185,26 @@ pub fn authed<T>(msg: T) -> tonic::Request<T> {
     req
 }
 
+/// A `chorus-gateway` process on loopback `port` with Redis at `redis_url` (no metrics
+/// listener: several run on one host), plus `extra` flags.
+pub fn gateway_process(redis_url: &str, port: u16, extra: &[&str]) -> chorus_testkit::Process {
+    let mut args = vec![
+        "--gateway-listen".to_string(),
+        format!("127.0.0.1:{port}"),
+        "--metrics-listen".into(),
+        "off".into(),
+        "--redis-url".into(),
+        redis_url.into(),
+    ];
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
+    chorus_testkit::Process::spawn(
+        env!("CARGO_BIN_EXE_chorus-gateway"),
+        &args,
+        &[("RUST_LOG", "warn")],
+    )
+    .expect("gateway starts")
+}
+
 /// One gateway on the in-memory bus, for tests of a single connection's behaviour.
 pub struct MemoryGateway {
     pub addr: SocketAddr,
