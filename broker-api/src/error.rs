@@ -226,6 +226,9 @@ pub enum BrokerError {
     /// The listener or the server failed.
     #[error("broker-api server failed: {0}")]
     Io(#[from] std::io::Error),
+    /// The gRPC reflection service could not be built from the embedded descriptors.
+    #[error("gRPC reflection: {0}")]
+    Reflection(String),
 }
 
 #[cfg(test)]
