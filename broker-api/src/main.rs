@@ -5,13 +5,16 @@ use anyhow::Context as _;
 use chorus_broker_api::Cli;
 use chorus_bus::Bus;
 use chorus_runtime::logging;
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(tool) = &cli.tool {
+        return Ok(tool.run(Cli::command())?);
+    }
     logging::init(&cli.log);
 
     let broker = cli.broker.with_bus_timeout(&cli.bus);

@@ -37,12 +37,18 @@ struct Cli {
     /// Do not serve the demo page at `/`.
     #[arg(long = "no-demo-page", env = "CHORUS_NO_DEMO_PAGE")]
     no_demo_page: bool,
+    /// Instead of running: print shell completions or the man page.
+    #[command(subcommand)]
+    tool: Option<chorus_runtime::tools::Tool>,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let matches = Cli::command().get_matches();
     let mut cli = Cli::from_arg_matches(&matches)?;
+    if let Some(tool) = &cli.tool {
+        return Ok(tool.run(Cli::command())?);
+    }
     logging::init(&cli.log);
     cli.gateway.demo_page = !cli.no_demo_page;
     match use_dev_key(&mut cli, &matches) {

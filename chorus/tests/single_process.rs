@@ -96,3 +96,8 @@ async fn demo_page_is_served_at_the_root() {
         "the page connects to the gateway's WebSocket"
     );
 }
+
+#[test]
+fn completions_and_man_page_describe_the_flags() {
+    chorus_testkit::check_tools(env!("CARGO_BIN_EXE_chorus"), "--no-demo-page");
+}

@@ -19,4 +19,7 @@ pub struct Cli {
     pub namespaces: NamespacesConfig,
     #[command(flatten)]
     pub log: LogConfig,
+    /// Instead of running: print shell completions or the man page.
+    #[command(subcommand)]
+    pub tool: Option<chorus_runtime::tools::Tool>,
 }

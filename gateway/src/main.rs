@@ -4,12 +4,15 @@ use anyhow::Context;
 use chorus_bus::Bus;
 use chorus_gateway::Cli;
 use chorus_runtime::logging;
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(tool) = &cli.tool {
+        return Ok(tool.run(Cli::command())?);
+    }
     logging::init(&cli.log);
     let namespaces = cli
         .namespaces

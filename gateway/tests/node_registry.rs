@@ -105,3 +105,8 @@ async fn nodes_list_counts_connections_and_forgets_a_killed_gateway_within_the_l
         killed_at.elapsed()
     );
 }
+
+#[test]
+fn completions_and_man_page_describe_the_flags() {
+    chorus_testkit::check_tools(env!("CARGO_BIN_EXE_chorus-gateway"), "--metrics-listen");
+}
