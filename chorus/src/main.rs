@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chorus_broker_api::BrokerConfig;
-use chorus_bus::Bus;
 use chorus_bus::logging::{self, LogConfig};
 use chorus_bus::namespaces::NamespacesConfig;
+use chorus_bus::{Bus, MemoryBusConfig};
 use chorus_gateway::GatewayConfig;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
@@ -29,6 +29,8 @@ struct Cli {
     api: BrokerConfig,
     #[command(flatten)]
     namespaces: NamespacesConfig,
+    #[command(flatten)]
+    bus: MemoryBusConfig,
     #[command(flatten)]
     log: LogConfig,
     /// Do not serve the demo page at `/`.
@@ -53,7 +55,7 @@ async fn main() -> anyhow::Result<()> {
         .namespaces
         .load()
         .context("loading the namespaces file")?;
-    let bus = Bus::memory().with_namespaces(namespaces);
+    let bus = Bus::memory_with(cli.bus).with_namespaces(namespaces);
     let shutdown = CancellationToken::new();
     let gateway_listener = cli
         .gateway
@@ -106,5 +108,23 @@ mod tests {
     #[test]
     fn flags_of_gateway_and_broker_api_do_not_clash() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn memory_bus_limits_have_their_defaults_and_can_be_set() {
+        let cli = Cli::try_parse_from(["chorus"]).expect("no flags parse");
+        assert_eq!(
+            cli.bus.max_channels,
+            chorus_bus::config::DEFAULT_MAX_CHANNELS
+        );
+        let cli = Cli::try_parse_from([
+            "chorus",
+            "--max-channels",
+            "5",
+            "--max-idempotency-keys",
+            "7",
+        ])
+        .expect("limits parse");
+        assert_eq!((cli.bus.max_channels, cli.bus.max_idempotency_keys), (5, 7));
     }
 }
