@@ -173,10 +173,12 @@ pub(crate) fn memory_refused(limit: &'static str) {
 
 fn sample_memory_buses() {
     let mut buses = MEMORY_BUSES.lock();
-    buses.retain(|b| b.strong_count() > 0);
     if buses.is_empty() {
+        // No memory bus was ever built here (a gateway on Redis): export neither gauge.
         return;
     }
+    // Buses dropped since count as empty, so the gauges fall to 0 with the last one.
+    buses.retain(|b| b.strong_count() > 0);
     let (channels, keys) = buses
         .iter()
         .filter_map(Weak::upgrade)
