@@ -114,7 +114,15 @@ impl Channels {
             .retain(|name, state| state.keep(now, wanted(name)));
         self.forget_expired_keys(now, window);
         self.last_sweep = Some(now);
-        before - self.by_name.len()
+        let removed = before - self.by_name.len();
+        if removed > 0 {
+            tracing::debug!(
+                removed,
+                held = self.by_name.len(),
+                "expired channels swept from the in-memory bus"
+            );
+        }
+        removed
     }
 
     /// Whether the last sweep is at least `every` old (or there was none).
