@@ -55,3 +55,48 @@ impl Default for BusConfig {
         }
     }
 }
+
+/// The limits of the in-memory bus of the single-process `chorus`, which keeps every channel's
+/// position and history, and every idempotency key, in the process's memory.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MemoryBusConfig {
+    /// Most channels the in-memory bus holds at once. A publish to a new channel past it is
+    /// refused (`limit_exceeded`); channels it already holds keep working. A channel without
+    /// subscribers is forgotten once its position expires (the namespace's `history_meta_ttl`).
+    #[arg(
+        long = "max-channels",
+        env = "CHORUS_MAX_CHANNELS",
+        default_value_t = DEFAULT_MAX_CHANNELS
+    )]
+    pub max_channels: usize,
+
+    /// Most idempotency keys the in-memory bus remembers at once. A key is never forgotten
+    /// within its window: past this, a publish with a new key is refused (`limit_exceeded`)
+    /// until older keys expire. Publishes without a key are not affected.
+    #[arg(
+        long = "max-idempotency-keys",
+        env = "CHORUS_MAX_IDEMPOTENCY_KEYS",
+        default_value_t = DEFAULT_MAX_IDEMPOTENCY_KEYS
+    )]
+    pub max_idempotency_keys: usize,
+
+    /// How long a publish's idempotency key is remembered: a retry with the same key within
+    /// this window publishes nothing and returns the first offset.
+    #[arg(long = "idempotency-window", env = "CHORUS_IDEMPOTENCY_WINDOW", default_value = "5m", value_parser = parse_duration)]
+    pub idempotency_window: Duration,
+}
+
+/// Built-in most channels of the in-memory bus.
+pub const DEFAULT_MAX_CHANNELS: usize = 100_000;
+/// Built-in most idempotency keys of the in-memory bus.
+pub const DEFAULT_MAX_IDEMPOTENCY_KEYS: usize = 100_000;
+
+impl Default for MemoryBusConfig {
+    fn default() -> Self {
+        Self {
+            max_channels: DEFAULT_MAX_CHANNELS,
+            max_idempotency_keys: DEFAULT_MAX_IDEMPOTENCY_KEYS,
+            idempotency_window: Duration::from_secs(300),
+        }
+    }
+}

@@ -12,7 +12,8 @@
 //!   the envelope; each gateway holds one RESP3 pub/sub connection; nodes and their
 //!   connections are registered under short leases. Key names live in [`keys`].
 //! - [`memory`]: the single-process bus used by `chorus` with no Redis. Same contract, same
-//!   callers.
+//!   callers; its memory is bounded by [`MemoryBusConfig`] (channels and idempotency keys),
+//!   and a publish past a bound fails with [`BusError::LimitExceeded`].
 
 pub mod config;
 pub mod error;
@@ -29,7 +30,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 
 pub use chorus_protocol::bus::Envelope;
-pub use config::BusConfig;
+pub use config::{BusConfig, MemoryBusConfig};
 pub use error::BusError;
 pub use namespaces::{NamespaceRules, Namespaces};
 pub use wanted::ChannelReady;
@@ -239,10 +240,17 @@ enum Inner {
 }
 
 impl Bus {
-    /// The in-memory bus of the single-process mode.
+    /// The in-memory bus of the single-process mode, with the default limits.
     pub fn memory() -> Self {
+        Self::memory_with(MemoryBusConfig::default())
+    }
+
+    /// The in-memory bus of the single-process mode, bounded by `limits`.
+    pub fn memory_with(limits: MemoryBusConfig) -> Self {
+        let bus = Arc::new(memory::MemoryBus::new(limits));
+        metrics::watch_memory_bus(&bus);
         Self {
-            inner: Inner::Memory(Arc::new(memory::MemoryBus::default())),
+            inner: Inner::Memory(bus),
             namespaces: Arc::default(),
         }
     }
@@ -274,7 +282,7 @@ impl Bus {
         let rules = self.namespaces.rules(&msg.channel);
         match &self.inner {
             Inner::Redis(b) => b.publish(msg, rules).await,
-            Inner::Memory(b) => Ok(b.publish(msg, rules)),
+            Inner::Memory(b) => b.publish(msg, rules),
         }
     }
 
@@ -293,7 +301,7 @@ impl Bus {
                 .map(|msg| {
                     let msg = msg?;
                     let rules = self.namespaces.rules(&msg.channel);
-                    Ok(b.publish(msg, rules))
+                    b.publish(msg, rules)
                 })
                 .collect(),
         }
@@ -320,20 +328,18 @@ impl Bus {
     /// A channel's current position.
     pub async fn position(&self, channel: &str) -> Result<Position, BusError> {
         chorus_protocol::channel::validate(channel)?;
-        let rules = self.namespaces.rules(channel);
         match &self.inner {
             Inner::Redis(b) => b.position(channel).await,
-            Inner::Memory(b) => Ok(b.position(channel, rules)),
+            Inner::Memory(b) => Ok(b.position(channel)),
         }
     }
 
     /// Part of a channel's history, with its position, read in one atomic step.
     pub async fn history(&self, channel: &str, query: &HistoryQuery) -> Result<History, BusError> {
         chorus_protocol::channel::validate(channel)?;
-        let rules = self.namespaces.rules(channel);
         match &self.inner {
             Inner::Redis(b) => b.history(channel, query).await,
-            Inner::Memory(b) => Ok(b.history(channel, query, rules)),
+            Inner::Memory(b) => Ok(b.history(channel, query)),
         }
     }
 

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chorus_broker_api::BrokerConfig;
-use chorus_bus::Bus;
 use chorus_bus::namespaces::NamespacesConfig;
+use chorus_bus::{Bus, MemoryBusConfig};
 use chorus_gateway::GatewayConfig;
 use chorus_runtime::logging::{self, LogConfig};
 
@@ -32,6 +32,8 @@ struct Cli {
     api: BrokerConfig,
     #[command(flatten)]
     namespaces: NamespacesConfig,
+    #[command(flatten)]
+    bus: MemoryBusConfig,
     #[command(flatten)]
     log: LogConfig,
     /// Do not serve the demo page at `/`.
@@ -69,7 +71,7 @@ async fn main() -> anyhow::Result<()> {
         .namespaces
         .load()
         .context("loading the namespaces file")?;
-    let bus = Bus::memory().with_namespaces(namespaces);
+    let bus = Bus::memory_with(cli.bus).with_namespaces(namespaces);
     let shutdown = CancellationToken::new();
     let gateway_listener = cli
         .gateway
@@ -187,5 +189,23 @@ mod tests {
     fn loopback_keeps_the_port() {
         assert_eq!(loopback("0.0.0.0:8001"), "127.0.0.1:8001");
         assert_eq!(loopback("[::]:9"), "127.0.0.1:9");
+    }
+
+    #[test]
+    fn memory_bus_limits_have_their_defaults_and_can_be_set() {
+        let cli = Cli::try_parse_from(["chorus"]).expect("no flags parse");
+        assert_eq!(
+            cli.bus.max_channels,
+            chorus_bus::config::DEFAULT_MAX_CHANNELS
+        );
+        let cli = Cli::try_parse_from([
+            "chorus",
+            "--max-channels",
+            "5",
+            "--max-idempotency-keys",
+            "7",
+        ])
+        .expect("limits parse");
+        assert_eq!((cli.bus.max_channels, cli.bus.max_idempotency_keys), (5, 7));
     }
 }

@@ -444,6 +444,7 @@ fn bus_error(e: BusError) -> client::Error {
         BusError::BadChannel(e) => ErrorCode::BadChannel.with(e.to_string()),
         BusError::Unavailable(reason) => ErrorCode::Unavailable.with(reason),
         BusError::BadRequest(reason) => ErrorCode::BadRequest.with(reason),
+        BusError::LimitExceeded(reason) => ErrorCode::LimitExceeded.with(reason),
         other => {
             tracing::warn!(error = %other, "bus error");
             ErrorCode::Internal.with("internal error")
