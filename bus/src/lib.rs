@@ -15,6 +15,7 @@
 //!   callers; its memory is bounded by [`MemoryBusConfig`] (channels and idempotency keys),
 //!   and a publish past a bound fails with [`BusError::LimitExceeded`].
 
+mod backend;
 pub mod config;
 pub mod error;
 pub mod keys;
@@ -29,6 +30,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
+use backend::Backend;
 pub use chorus_protocol::bus::Envelope;
 pub use config::{BusConfig, MemoryBusConfig};
 pub use error::BusError;
@@ -239,6 +241,17 @@ enum Inner {
     Memory(Arc<memory::MemoryBus>),
 }
 
+/// Runs `$body` with `$b` bound to whichever backend the bus is: both answer to
+/// [`backend::Backend`], so the body is written once.
+macro_rules! on_backend {
+    ($bus:expr, $b:ident => $body:expr) => {
+        match &$bus.inner {
+            Inner::Redis($b) => $body,
+            Inner::Memory($b) => $body,
+        }
+    };
+}
+
 impl Bus {
     /// The in-memory bus of the single-process mode, with the default limits.
     pub fn memory() -> Self {
@@ -280,10 +293,7 @@ impl Bus {
     pub async fn publish(&self, msg: Publish) -> Result<Published, BusError> {
         check_publish(&msg)?;
         let rules = self.namespaces.rules(&msg.channel);
-        match &self.inner {
-            Inner::Redis(b) => b.publish(msg, rules).await,
-            Inner::Memory(b) => b.publish(msg, rules),
-        }
+        on_backend!(self, b => Backend::publish(&**b, msg, rules).await)
     }
 
     /// Publishes many messages in one pipeline (one round trip to Redis however many there
@@ -294,17 +304,7 @@ impl Bus {
             .into_iter()
             .map(|msg| check_publish(&msg).map(|()| msg))
             .collect();
-        match &self.inner {
-            Inner::Redis(b) => b.publish_many(checked, &self.namespaces).await,
-            Inner::Memory(b) => checked
-                .into_iter()
-                .map(|msg| {
-                    let msg = msg?;
-                    let rules = self.namespaces.rules(&msg.channel);
-                    b.publish(msg, rules)
-                })
-                .collect(),
-        }
+        on_backend!(self, b => Backend::publish_many(&**b, checked, &self.namespaces).await)
     }
 
     /// Publishes one message to many channels; one result per channel, in order. A
@@ -328,19 +328,13 @@ impl Bus {
     /// A channel's current position.
     pub async fn position(&self, channel: &str) -> Result<Position, BusError> {
         chorus_protocol::channel::validate(channel)?;
-        match &self.inner {
-            Inner::Redis(b) => b.position(channel).await,
-            Inner::Memory(b) => Ok(b.position(channel)),
-        }
+        on_backend!(self, b => Backend::position(&**b, channel).await)
     }
 
     /// Part of a channel's history, with its position, read in one atomic step.
     pub async fn history(&self, channel: &str, query: &HistoryQuery) -> Result<History, BusError> {
         chorus_protocol::channel::validate(channel)?;
-        match &self.inner {
-            Inner::Redis(b) => b.history(channel, query).await,
-            Inner::Memory(b) => Ok(b.history(channel, query)),
-        }
+        on_backend!(self, b => Backend::history(&**b, channel, query).await)
     }
 
     /// What was published on `channel` after `since`, if history still holds all of it: as
@@ -363,18 +357,12 @@ impl Bus {
 
     /// The live gateway nodes.
     pub async fn nodes(&self) -> Result<Vec<NodeInfo>, BusError> {
-        match &self.inner {
-            Inner::Redis(b) => b.nodes().await,
-            Inner::Memory(b) => Ok(b.nodes()),
-        }
+        on_backend!(self, b => Backend::nodes(&**b).await)
     }
 
     /// Whether the bus can currently publish (Redis reachable).
     pub async fn check(&self) -> Result<(), BusError> {
-        match &self.inner {
-            Inner::Redis(b) => b.check().await,
-            Inner::Memory(_) => Ok(()),
-        }
+        on_backend!(self, b => Backend::check(&**b).await)
     }
 
     /// Attaches a gateway node: registers it and starts delivering wanted channels to `sink`.
