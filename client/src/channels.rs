@@ -112,6 +112,14 @@ pub(crate) struct Subscribed {
     pub(crate) held: Vec<Publication>,
 }
 
+/// Subscribes refused with a retryable error, seen from the timer.
+pub(crate) struct Retries {
+    /// Channels to subscribe again now.
+    pub(crate) due: Vec<String>,
+    /// When the next retry after those is due.
+    pub(crate) next: Option<Instant>,
+}
+
 /// Every channel the application wants, whatever the connection's state.
 #[derive(Default)]
 pub(crate) struct Channels {
@@ -192,7 +200,7 @@ impl Channels {
     }
 
     /// The channels whose subscribe retry is due at `now`, and when the next one is.
-    pub(crate) fn due_retries(&self, now: Instant) -> (Vec<String>, Option<Instant>) {
+    pub(crate) fn retries(&self, now: Instant) -> Retries {
         let mut due = Vec::new();
         let mut next: Option<Instant> = None;
         for (name, ch) in &self.channels {
@@ -204,7 +212,7 @@ impl Channels {
                 }
             }
         }
-        (due, next)
+        Retries { due, next }
     }
 
     /// The connection ended: the gateway forgot every subscription with it.

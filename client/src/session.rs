@@ -134,11 +134,11 @@ impl Task {
             Deadlines::Next(at) => conn.wake_by(at),
             Deadlines::Clear => {}
         }
-        let (due, next) = self.channels.due_retries(now);
-        if let Some(at) = next {
+        let retries = self.channels.retries(now);
+        if let Some(at) = retries.next {
             conn.wake_by(at);
         }
-        for channel in due {
+        for channel in retries.due {
             self.subscribe(conn, channel, true).await?;
         }
         Ok(())
