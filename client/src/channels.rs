@@ -5,32 +5,33 @@
 //! in between; only its [`State`] on the current connection changes:
 //!
 //! ```text
-//!            subscribe sent                 reply: ok
-//!   Idle ───────────────────▶ Subscribing ────────────▶ Live
-//!    ▲                          │     ▲                  │
-//!    │ connection lost          │     │ retry due        │ gap: resubscribe
-//!    │ (from any state)         ▼     │                  ▼
-//!    └──────────────────────  Retry ──┘             Subscribing
-//!                   reply: refused, retryable
+//!   Idle ──subscribe sent──▶ Subscribing ──reply: ok──▶ Live
+//!                              │    ▲                     │
+//!          reply: refused,     │    │ retry due           │ gap: unsubscribe,
+//!          worth retrying      ▼    │                     │ subscribe again
+//!                             Retry ┘     Subscribing ◀───┘
+//!
+//!   connection lost: every state → Idle.   Refused for good: the channel is dropped.
 //! ```
 //!
 //! **Positions.** Each channel keeps the position (epoch, offset) of the last publication it
 //! delivered; [`track`](crate::track) judges each arrival against it: the next one is
 //! delivered, an earlier one is a duplicate and dropped, anything else is a gap, answered by
-//! resubscribing with recovery from the last position. Every (re)subscribe asks the gateway
-//! to recover from that position, so one mechanism serves reconnects and gaps alike.
+//! resubscribing with recovery from the last position. A resubscribe after a reconnect asks
+//! for the same recovery, so one mechanism serves reconnects and gaps alike.
 //!
-//! **Holding back.** While a subscribe is in flight, the channel's publications may already
-//! arrive (the gateway sends live ones as soon as the subscription exists). They are held
-//! and judged after the reply, once the position is known, so the application always sees
-//! `Subscribed` before the channel's publications and recovered ones before live ones.
+//! **Holding back.** While a subscribe is in flight, publications of the channel may still
+//! arrive (sent before the gateway handled it, e.g. by the subscription that a resubscribe
+//! after a gap replaces). They are held and judged after the reply, once the position is
+//! known, so the application always sees `Subscribed` before the channel's publications and
+//! recovered ones before the others.
 //!
 //! **Own publications.** A publish without echo is not sent back to its publisher, yet it
 //! takes an offset. The publish reply says which; the channel notes it and steps over it
 //! when it comes next, instead of taking the missing offset for a gap.
 //!
-//! [`Channels`] is only state and rules; the task does the I/O (sending subscribes,
-//! emitting events) with what its methods return.
+//! [`Channels`] is only state and rules; the [`session`](crate::session) does the I/O
+//! (sending subscribes, emitting events) with what its methods return.
 
 use std::collections::HashMap;
 
