@@ -89,9 +89,13 @@
 //! publications carry the JSON text of `data` (or the decoded bytes of `b64data`).
 
 mod backoff;
+mod channels;
 mod client;
+mod connection;
 mod error;
 mod event;
+mod pending;
+mod session;
 mod task;
 mod track;
 
