@@ -23,3 +23,13 @@ pub struct Cli {
     #[command(subcommand)]
     pub tool: Option<chorus_runtime::tools::Tool>,
 }
+
+impl chorus_runtime::tools::ServiceCli for Cli {
+    fn log(&self) -> &LogConfig {
+        &self.log
+    }
+
+    fn tool(&self) -> Option<&chorus_runtime::tools::Tool> {
+        self.tool.as_ref()
+    }
+}

@@ -277,6 +277,18 @@ impl Bus {
         })
     }
 
+    /// The Redis bus a service's flags describe: `config`, with the namespace rules of the
+    /// file `namespaces` names (or the built-in ones).
+    pub fn configured(
+        config: &BusConfig,
+        namespaces: &namespaces::NamespacesConfig,
+    ) -> Result<Self, BusError> {
+        let rules = namespaces
+            .load()
+            .map_err(|e| BusError::Config(format!("loading the namespaces file: {e}")))?;
+        Ok(Self::redis(config)?.with_namespaces(rules))
+    }
+
     /// The same bus applying `namespaces` (history size and TTLs per namespace) instead of
     /// the built-in defaults.
     pub fn with_namespaces(mut self, namespaces: Namespaces) -> Self {

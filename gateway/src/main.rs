@@ -3,24 +3,14 @@
 use anyhow::Context;
 use chorus_bus::Bus;
 use chorus_gateway::Cli;
-use chorus_runtime::logging;
-use clap::{CommandFactory, Parser};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    if let Some(tool) = &cli.tool {
-        return Ok(tool.run(Cli::command())?);
-    }
-    logging::init(&cli.log);
-    let namespaces = cli
-        .namespaces
-        .load()
-        .context("loading the namespaces file")?;
-    let bus = Bus::redis(&cli.bus)
-        .context("configuring the Redis bus")?
-        .with_namespaces(namespaces);
+    let Some(cli) = chorus_runtime::tools::start::<Cli>()? else {
+        return Ok(());
+    };
+    let bus = Bus::configured(&cli.bus, &cli.namespaces).context("setting up the Redis bus")?;
     let listener = cli
         .gateway
         .bind()

@@ -8,6 +8,26 @@
 
 use std::io::Write;
 
+use crate::logging::{self, LogConfig};
+
+/// A binary's command line that has the common parts: log settings and the tools.
+pub trait ServiceCli: clap::Parser {
+    fn log(&self) -> &LogConfig;
+    fn tool(&self) -> Option<&Tool>;
+}
+
+/// Parses the command line. A tool subcommand runs and gives `None` (the binary exits);
+/// otherwise logging is set up and the parsed flags come back to run the service with.
+pub fn start<C: ServiceCli>() -> std::io::Result<Option<C>> {
+    let cli = C::parse();
+    if let Some(tool) = cli.tool() {
+        tool.run(C::command())?;
+        return Ok(None);
+    }
+    logging::init(cli.log());
+    Ok(Some(cli))
+}
+
 /// `completions SHELL` or `man`, next to a binary's own flags.
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum Tool {
