@@ -563,9 +563,9 @@ export class Client extends Emitter {
       const body = {};
       if (this._token) body.token = this._token;
       if (this._opts.name) body.name = this._opts.name;
-      this._send("connect", body, this._pendingFor(this._opts.timeout))
-        .then((r) => this._onConnected(generation, url, r))
-        .catch((e) => this._onConnectFailed(generation, e));
+      this._send("connect", body, this._pendingFor(this._opts.timeout), (r) =>
+        this._onConnected(generation, url, r),
+      ).catch((e) => this._onConnectFailed(generation, e));
     };
     /** @param {{data: unknown}} ev */
     ws.onmessage = (ev) => {
@@ -877,13 +877,18 @@ export class Client extends Emitter {
 
   /**
    * Sends a command on the open socket and resolves with its result.
+   *
+   * `onResult` runs synchronously when the reply is read, before any later frame: a
+   * subscribe's publications follow its reply in the same read, and must find the
+   * subscription live (a promise continuation would run only after them).
    * @private
    * @param {string} name
    * @param {object} body
    * @param {PendingCommand} pending
+   * @param {(result: any) => void} [onResult]
    * @returns {Promise<any>}
    */
-  _send(name, body, pending) {
+  _send(name, body, pending, onResult) {
     const promise = /** @type {Promise<any>} */ (/** @type {any} */ (pending).promise);
     const ws = this._ws;
     if (!ws) {
@@ -897,6 +902,7 @@ export class Client extends Emitter {
     const resolve = (v) => {
       clearTimeout(pending.timer);
       this._pending.delete(id);
+      onResult?.(v);
       pending.resolve(v);
     };
     /** @param {ChorusError} e */
@@ -984,8 +990,8 @@ export class Client extends Emitter {
       body.offset = from.offset;
       body.epoch = from.epoch;
     }
-    this._send("subscribe", body, this._pendingFor(this._opts.timeout)).then(
-      (r) => {
+    /** @param {any} r */
+    const onResult = (r) => {
         if (generation !== this._generation || this._subs.get(sub.channel) !== sub) return;
         sub._attempt = 0;
         const wasRecovering = Boolean(from);
@@ -1003,7 +1009,8 @@ export class Client extends Emitter {
           wasRecovering,
           recovered,
         });
-      },
+    };
+    this._send("subscribe", body, this._pendingFor(this._opts.timeout), onResult).catch(
       (e) => {
         if (generation !== this._generation || this._subs.get(sub.channel) !== sub) return;
         const err = e instanceof ChorusError ? e : new ChorusError(100, String(e));
