@@ -265,11 +265,14 @@ describe("tokens", () => {
 
   test("refresh before exp keeps the connection", async () => {
     let calls = 0;
+    let firstExp = 0;
     const a = new Client(cluster.ws(), {
       ...FAST,
       getToken: async () => {
         calls += 1;
-        return token(2);
+        const t = token(2);
+        if (!firstExp) firstExp = JSON.parse(Buffer.from(t.split(".")[1], "base64url").toString()).exp;
+        return t;
       },
     });
     const drops = [];
@@ -282,6 +285,8 @@ describe("tokens", () => {
       await a.connect();
       // Three tokens of 2 s each: the first one's exp has passed by the third.
       await until(() => calls >= 3, 10000, "two refreshes");
+      // Past the first token's exp (the gateway would have closed with 3004 at it).
+      await until(() => Date.now() > firstExp * 1000 + 500, 10000, "the first exp");
       await a.ping();
       assert.deepEqual(drops, [], "the connection never dropped");
       assert.deepEqual(errors, []);

@@ -10,7 +10,7 @@ import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
 export const API_KEY = "test-key";
-export const HMAC_SECRET = "sdk-test-secret";
+export const HMAC_SECRET = "sdk-test-secret-of-at-least-32-bytes";
 
 const repo = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
 
@@ -120,6 +120,16 @@ async function waitHttpOk(url, ms = 15000) {
   );
 }
 
+/** Resolves when `url` answers 200; rejects at once if the process exits first. */
+function readyOrExited(proc, url) {
+  return Promise.race([
+    waitHttpOk(url),
+    proc.exited.then(({ code, signal }) => {
+      throw new Error(`${proc.name} exited (${code ?? signal}) before it was ready:\n${proc.output}`);
+    }),
+  ]);
+}
+
 /**
  * A cluster: redis-server, broker-api and `gateways` gateways.
  * @param {{gateways?: number, gatewayArgs?: string[]}} [options]
@@ -154,12 +164,15 @@ export async function startCluster(options = {}) {
     ]);
     gateways[i] = p;
     procs.push(p);
-    return waitHttpOk(`http://127.0.0.1:${gatewayPorts[i]}/readyz`);
+    return readyOrExited(p, `http://127.0.0.1:${gatewayPorts[i]}/readyz`);
   };
   const n = options.gateways ?? 1;
   for (let i = 0; i < n; i++) gatewayPorts.push(await freePort());
   try {
-    await Promise.all([...gatewayPorts.map((_, i) => startGateway(i)), waitHttpOk(`http://127.0.0.1:${apiPort}/healthz`)]);
+    await Promise.all([
+      ...gatewayPorts.map((_, i) => startGateway(i)),
+      readyOrExited(api, `http://127.0.0.1:${apiPort}/healthz`),
+    ]);
   } catch (e) {
     for (const p of procs) await p.stop();
     throw new Error(`${e.message}\n${procs.map((p) => `--- ${p.name}\n${p.output}`).join("\n")}`);
