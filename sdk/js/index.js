@@ -644,7 +644,8 @@ export class Client extends Emitter {
         sub._emit("subscribing", { channel: sub.channel });
       }
     }
-    if (!reconnect) {
+    if (!reconnect || (code === codes.CLOSE_TOKEN_EXPIRED && !this._getToken)) {
+      // Without getToken an expired token cannot be replaced: reconnecting would be refused.
       this._stop(code, reason, false);
       return;
     }

@@ -3,11 +3,13 @@
 // reaches both, the gateway restarts and both pages recover with no gap, and the browser
 // console shows no errors.
 import assert from "node:assert/strict";
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { pathToFileURL } from "node:url";
 import { after, before, test } from "node:test";
 import { chromium } from "playwright-core";
 
-import { startCluster, tempDir, uniqueChannel } from "./harness.js";
+import { startCluster, tempDir, uniqueChannel, until } from "./harness.js";
 
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 
@@ -124,4 +126,27 @@ test("the SDK is served at /sdk/ as JavaScript, loadable cross-origin", async ()
   assert.ok(served === onDisk, "the gateway serves sdk/js/index.js as it is now (rebuild the gateway)");
   const types = await fetch(`${cluster.http()}/sdk/index.d.ts`);
   assert.equal(types.status, 200);
+});
+
+test("the README's browser snippet, opened from a file, receives a publication", async () => {
+  const readme = readFileSync(new URL("../README.md", import.meta.url), "utf8");
+  const m = readme.match(/<!-- snippet:browser[^>]*-->\s*```html\n([\s\S]*?)```/);
+  assert.ok(m, "README.md has the browser snippet");
+  const html = m[1].replaceAll("127.0.0.1:8000", `127.0.0.1:${cluster.gatewayPort()}`);
+  const file = join(profile.dir, "snippet.html");
+  writeFileSync(file, html);
+  const page = await context.newPage();
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(e.message));
+  page.on("console", (m) => m.type() === "error" && errors.push(m.text()));
+  await page.goto(pathToFileURL(file).href);
+  await page.waitForFunction(() => document.getElementById("out")?.textContent.includes("state: connected"), null, { timeout: 15000 });
+  // The subscribe goes out right after connect, and the page shows no sign of its answer:
+  // publish until one arrives (the first one normally does).
+  await until(async () => {
+    await cluster.publish("chat:lobby", { text: "hello from curl" });
+    return page.evaluate(() => document.getElementById("out").textContent.includes('"hello from curl"'));
+  }, 10000, "the snippet to show the publication");
+  assert.deepEqual(errors, []);
+  await page.close();
 });
