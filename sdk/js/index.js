@@ -652,7 +652,12 @@ export class Client extends Emitter {
     if (code === codes.CLOSE_TOKEN_EXPIRED) this._token = "";
     this._setState("connecting");
     this._emit("connecting", { code, reason });
-    if (this._offline) return; // `online` reconnects
+    if (this._offline) {
+      // `online` reconnects; an attempt now would only fail.
+      if (this._reconnectTimer) clearTimeout(this._reconnectTimer);
+      this._reconnectTimer = null;
+      return;
+    }
     this._scheduleReconnect(code, reason);
   }
 

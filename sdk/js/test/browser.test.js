@@ -150,3 +150,32 @@ test("the README's browser snippet, opened from a file, receives a publication",
   assert.deepEqual(errors, []);
   await page.close();
 });
+
+test("offline: the page drops the connection, waits for online, then recovers", async () => {
+  const channel = uniqueChannel("chat:offline");
+  const page = await context.newPage();
+  await page.goto(`${cluster.http()}/?channel=${encodeURIComponent(channel)}`);
+  await page.waitForSelector('#status[data-state="connected"]', { timeout: 15000 });
+  await page.waitForSelector(`#subs:text("${channel}")`, { timeout: 15000 });
+  await cluster.publish(channel, { text: "online", from: "backend" });
+  await waitOffsets(page, channel, 1);
+
+  await context.setOffline(true);
+  await page.waitForSelector('#status:text("4001")', { timeout: 5000 });
+  await cluster.publish(channel, { text: "while offline", from: "backend" });
+  // Offline, the client makes no attempt: it stays on the 4001 status until `online`.
+  const attempts = await page.evaluate(
+    () => new Promise((resolve) => {
+      let n = 0;
+      window.chorusDemo.client.on("connecting", () => n++);
+      setTimeout(() => resolve(n), 1500);
+    }),
+  );
+  assert.equal(attempts, 0, "no reconnect attempts while offline");
+
+  await context.setOffline(false);
+  await page.waitForSelector('#status[data-state="connected"]', { timeout: 15000 });
+  await waitOffsets(page, channel, 2);
+  assert.deepEqual(await shownOffsets(page, channel), [1, 2]);
+  await page.close();
+});
