@@ -320,6 +320,8 @@ export class Subscription extends Emitter {
  */
 
 const MAX_ID = 4294967295;
+/** How long a connection must have lasted for the reconnect backoff to start over. */
+const STABLE_CONNECTION_MS = 5000;
 
 /**
  * A connection to Chorus that stays up: it reconnects, resubscribes and recovers on its own
@@ -380,6 +382,8 @@ export class Client extends Emitter {
     this._urlIndex = 0;
     /** @private Consecutive failed connects, for the backoff. */
     this._attempt = 0;
+    /** @private When the current connection was established (ms), 0 when there is none. */
+    this._connectedAt = 0;
     /** @private @type {ReturnType<typeof setTimeout> | null} */
     this._reconnectTimer = null;
     /** @private @type {ReturnType<typeof setTimeout> | null} */
@@ -590,7 +594,7 @@ export class Client extends Emitter {
    */
   _onConnected(generation, url, r) {
     if (generation !== this._generation) return;
-    this._attempt = 0;
+    this._connectedAt = Date.now();
     this._setState("connected");
     this._emit("connected", {
       client: r.client ?? "",
@@ -637,6 +641,12 @@ export class Client extends Emitter {
    * @param {boolean} [reconnect]
    */
   _transportClosed(code, reason, reconnect = true) {
+    // The backoff starts over only after a connection that lasted: a gateway that accepts and
+    // then drops at once (rate limit, a crash loop) still meets a growing delay.
+    if (this._connectedAt && Date.now() - this._connectedAt >= STABLE_CONNECTION_MS) {
+      this._attempt = 0;
+    }
+    this._connectedAt = 0;
     this._dropSocket(code, reason);
     for (const sub of this._subs.values()) {
       if (sub.state === "subscribed") {
@@ -791,8 +801,14 @@ export class Client extends Emitter {
         this._pinging = false;
         this._armPing();
       },
-      () => {
+      (e) => {
         if (generation !== this._generation) return;
+        if (e instanceof ChorusError && typeof e.code === "number") {
+          // An error reply (say 114, rate limited) is an answer all the same: alive.
+          this._pinging = false;
+          this._armPing();
+          return;
+        }
         this._transportClosed(codes.NO_PING, "no answer to ping");
       },
     );
