@@ -1065,9 +1065,11 @@ export class Client extends Emitter {
     this._subs.delete(sub.channel);
     if (sub._retryTimer) clearTimeout(sub._retryTimer);
     sub._retryTimer = null;
-    const wasOnServer = sub.state === "subscribed";
     sub.state = "unsubscribed";
-    if (wasOnServer && this.state === "connected") {
+    // Also while a subscribe is in flight: the gateway runs commands in order, so this undoes
+    // it (unsubscribing from a channel not subscribed succeeds) and a later subscribe to the
+    // channel is not refused as a duplicate. A refused channel needs none.
+    if (this.state === "connected" && code === 0) {
       this._send("unsubscribe", { channel: sub.channel }, this._pendingFor(this._opts.timeout)).catch(
         () => {},
       );

@@ -398,3 +398,34 @@ describe("scripted gateway", () => {
     }
   });
 });
+
+describe("subscriptions on one connection", () => {
+  test("unsubscribe while the subscribe is in flight, then subscribe again", async () => {
+    const cluster = await startCluster({ gateways: 1 });
+    const a = new Client(cluster.ws(), FAST);
+    try {
+      const channel = uniqueChannel();
+      await a.connect();
+      const first = a.subscribe(channel);
+      const firstGot = collect(first);
+      // Unsubscribed before the gateway answered the subscribe (sent at the next microtask).
+      await Promise.resolve();
+      first.unsubscribe();
+      const second = a.subscribe(channel);
+      assert.notEqual(second, first);
+      const got = collect(second);
+      const errors = [];
+      second.on("error", (e) => errors.push(e.error));
+      await nextEvent(second, "subscribed");
+      await cluster.publish(channel, "once");
+      await until(() => got.length === 1, 5000, "the publication");
+      await a.ping();
+      assert.deepEqual(errors, [], "not refused as already subscribed");
+      assert.deepEqual(firstGot, [], "nothing for the dropped subscription");
+      assert.equal(second.state, "subscribed");
+    } finally {
+      a.disconnect();
+      await cluster.stop();
+    }
+  });
+});
