@@ -2,6 +2,7 @@
 // and against a scripted WebSocket server where a gateway cannot be made to do something
 // (a `disconnect` push with reconnect: false, duplicate publications).
 import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
 import { after, before, describe, test } from "node:test";
 import WebSocket, { WebSocketServer } from "ws";
 
@@ -89,6 +90,30 @@ describe("against one gateway", () => {
     // A refusal is a ChorusError with the gateway's code: clients may not publish to `news`.
     await assert.rejects(b.publish("news", 1), (e) => e instanceof ChorusError && e.code === 103);
     await b.ping();
+  });
+
+  test("Node's own WebSocket is used when no constructor is passed", async () => {
+    // Node 20 has a global WebSocket behind --experimental-websocket, later versions always.
+    const major = Number(process.versions.node.split(".")[0]);
+    const flags = major < 22 ? ["--experimental-websocket", "--no-warnings"] : [];
+    const channel = uniqueChannel();
+    const script = `
+      import { Client } from ${JSON.stringify(new URL("../index.js", import.meta.url).href)};
+      const client = new Client(${JSON.stringify(cluster.ws())}, { timeout: 3000 });
+      const sub = client.subscribe(${JSON.stringify(channel)});
+      sub.on("subscribed", () => console.log("subscribed"));
+      sub.on("publication", (p) => { console.log("got", p.offset, JSON.stringify(p.data)); client.disconnect(); });
+      await client.connect();
+    `;
+    const child = execFile(process.execPath, [...flags, "--input-type=module", "-e", script], { timeout: 10000 });
+    let out = "";
+    child.stdout.on("data", (d) => (out += d));
+    child.stderr.on("data", (d) => (out += d));
+    const exited = new Promise((resolve) => child.once("exit", resolve));
+    await until(() => out.includes("subscribed"), 10000, "the child to subscribe");
+    await cluster.publish(channel, { via: "global WebSocket" });
+    assert.equal(await exited, 0, out);
+    assert.match(out, /got 1 \{"via":"global WebSocket"\}/);
   });
 
   test("a refused subscription ends with unsubscribed and is not retried", async () => {
