@@ -1,7 +1,7 @@
 // Generated from index.js by scripts/build-types.mjs (npm run types); do not edit.
 /**
- * Chorus client for browsers and Node (>= 20): the JSON form of the Chorus client protocol
- * (docs/protocol.md) over a WebSocket, with reconnection, gapless recovery, duplicate
+ * Chorus client for browsers and Node (>= 20): the Chorus client protocol (docs/protocol.md),
+ * in JSON or protobuf, over a WebSocket, with reconnection, gapless recovery, duplicate
  * dropping, token refresh and dead-connection detection.
  *
  * Plain ES module, no dependencies, no build step: a browser loads it as it is
@@ -51,9 +51,13 @@ export type Publication = {
      */
     data?: unknown;
     /**
-     * The message in base64, when it is not JSON.
+     * The message in base64, when it is not JSON (JSON format).
      */
     b64data?: string;
+    /**
+     * The message's bytes (protobuf format).
+     */
+    bytes?: Uint8Array;
     /**
      * True when it came from recovery after a reconnect.
      */
@@ -182,6 +186,11 @@ export type ClientOptions = {
      */
     name?: string;
     /**
+     * Wire format, default "json". With "protobuf",
+     * publications carry `bytes` instead of `data`, and `publish` sends a Uint8Array as it is.
+     */
+    format?: "json" | "protobuf";
+    /**
      * WebSocket constructor; default the global
      * `WebSocket` (in Node 20 pass `WebSocket` of the `ws` package).
      */
@@ -235,7 +244,8 @@ export type ClientOptions = {
  * @property {number} offset  The publication's offset in its channel.
  * @property {string} epoch   The channel's epoch the offset belongs to.
  * @property {unknown} [data] The message, when it is JSON.
- * @property {string} [b64data] The message in base64, when it is not JSON.
+ * @property {string} [b64data] The message in base64, when it is not JSON (JSON format).
+ * @property {Uint8Array} [bytes] The message's bytes (protobuf format).
  * @property {boolean} recovered True when it came from recovery after a reconnect.
  *
  * @typedef {object} ConnectedContext
@@ -298,6 +308,8 @@ export type ClientOptions = {
  * @property {() => Promise<string>} [getToken] Called for a new token when there is none,
  *   when the gateway says the token expired (113, close 3004) and before `exp` to `refresh`.
  * @property {string} [name] Client name for the gateway's logs.
+ * @property {"json" | "protobuf"} [format] Wire format, default "json". With "protobuf",
+ *   publications carry `bytes` instead of `data`, and `publish` sends a Uint8Array as it is.
  * @property {WebSocketConstructor} [websocket] WebSocket constructor; default the global
  *   `WebSocket` (in Node 20 pass `WebSocket` of the `ws` package).
  * @property {number} [minReconnectDelay] ms, default 500.
@@ -504,6 +516,21 @@ export declare class Client extends Emitter<ClientEvents> {
      */
     ping(): Promise<void>;
 }
+/**
+ * Encodes a command, given as the JSON form's name and body.
+ * @param {number} id
+ * @param {string} name
+ * @param {any} body
+ * @returns {Uint8Array}
+ */
+export declare function encodeCommand(id: number, name: string, body: any): Uint8Array;
+/**
+ * Decodes a `ServerFrame` into the JSON form's shape: `{id, error}` or `{id, <name>: result}`,
+ * `{pub}` or `{disconnect}`.
+ * @param {Uint8Array} buf
+ * @returns {any}
+ */
+export declare function decodeServerFrame(buf: Uint8Array): any;
 /**
  * The `exp` claim of a JWT (seconds since the epoch), or 0. Read without verifying: it only
  * times the refresh; the gateway verifies.

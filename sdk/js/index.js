@@ -1,7 +1,7 @@
 // @ts-check
 /**
- * Chorus client for browsers and Node (>= 20): the JSON form of the Chorus client protocol
- * (docs/protocol.md) over a WebSocket, with reconnection, gapless recovery, duplicate
+ * Chorus client for browsers and Node (>= 20): the Chorus client protocol (docs/protocol.md),
+ * in JSON or protobuf, over a WebSocket, with reconnection, gapless recovery, duplicate
  * dropping, token refresh and dead-connection detection.
  *
  * Plain ES module, no dependencies, no build step: a browser loads it as it is
@@ -48,7 +48,8 @@ export const codes = Object.freeze({
  * @property {number} offset  The publication's offset in its channel.
  * @property {string} epoch   The channel's epoch the offset belongs to.
  * @property {unknown} [data] The message, when it is JSON.
- * @property {string} [b64data] The message in base64, when it is not JSON.
+ * @property {string} [b64data] The message in base64, when it is not JSON (JSON format).
+ * @property {Uint8Array} [bytes] The message's bytes (protobuf format).
  * @property {boolean} recovered True when it came from recovery after a reconnect.
  *
  * @typedef {object} ConnectedContext
@@ -111,6 +112,8 @@ export const codes = Object.freeze({
  * @property {() => Promise<string>} [getToken] Called for a new token when there is none,
  *   when the gateway says the token expired (113, close 3004) and before `exp` to `refresh`.
  * @property {string} [name] Client name for the gateway's logs.
+ * @property {"json" | "protobuf"} [format] Wire format, default "json". With "protobuf",
+ *   publications carry `bytes` instead of `data`, and `publish` sends a Uint8Array as it is.
  * @property {WebSocketConstructor} [websocket] WebSocket constructor; default the global
  *   `WebSocket` (in Node 20 pass `WebSocket` of the `ws` package).
  * @property {number} [minReconnectDelay] ms, default 500.
@@ -349,7 +352,13 @@ export class Client extends Emitter {
     /** @private @type {WebSocketConstructor} */
     this._WebSocket = WS;
     /** @private */
+    const format = options.format ?? "json";
+    if (format !== "json" && format !== "protobuf") {
+      throw new TypeError('format must be "json" or "protobuf"');
+    }
+    /** @private */
     this._opts = {
+      format,
       name: options.name ?? "",
       minReconnectDelay: options.minReconnectDelay ?? 500,
       maxReconnectDelay: options.maxReconnectDelay ?? 20000,
@@ -482,6 +491,12 @@ export class Client extends Emitter {
   async publish(channel, data, options = {}) {
     /** @type {Record<string, unknown>} */
     const body = { channel, data };
+    if (this._opts.format === "protobuf") {
+      // Bytes as they are; any other value as its JSON text, as a JSON client would publish it.
+      body.data = data instanceof Uint8Array ? data : utf8.encode(JSON.stringify(data));
+    } else if (data instanceof Uint8Array) {
+      throw new ChorusError(107, 'binary data needs format: "protobuf"');
+    }
     if (options.echo) body.echo = true;
     const r = await this._command("publish", body);
     return { offset: r.offset ?? 0, epoch: r.epoch ?? "" };
@@ -548,7 +563,9 @@ export class Client extends Emitter {
     this._urlIndex = (this._urlIndex + 1) % this.urls.length;
     let ws;
     try {
-      ws = new this._WebSocket(url, "chorus-json");
+      ws = new this._WebSocket(url, this._opts.format === "protobuf" ? "chorus-protobuf" : "chorus-json");
+      // Binary frames as ArrayBuffer in browsers and in ws (not Blob, not Buffer).
+      ws.binaryType = "arraybuffer";
     } catch (e) {
       this._emit("error", { type: "transport", error: asError(e) });
       this._scheduleReconnect(0, "cannot open WebSocket");
@@ -937,7 +954,11 @@ export class Client extends Emitter {
     promise.catch(() => this._pending.delete(id));
     this._pending.set(id, { resolve, reject, timer: pending.timer });
     try {
-      ws.send(JSON.stringify({ id, [name]: body }));
+      ws.send(
+        this._opts.format === "protobuf"
+          ? encodeCommand(id, name, body)
+          : JSON.stringify({ id, [name]: body }),
+      );
     } catch (e) {
       reject(new ChorusError("disconnected", "send failed: " + asError(e).message));
     }
@@ -950,17 +971,19 @@ export class Client extends Emitter {
    */
   _onMessage(data) {
     this._lastReceived = Date.now();
-    if (typeof data !== "string") {
-      this._emit("error", {
-        type: "transport",
-        error: new ChorusError(111, "binary frame on a JSON connection"),
-      });
-      return;
-    }
+    const protobuf = this._opts.format === "protobuf";
     /** @type {any} */
     let frame;
     try {
-      frame = JSON.parse(data);
+      if (protobuf && data instanceof ArrayBuffer) {
+        frame = decodeServerFrame(new Uint8Array(data));
+      } else if (protobuf && ArrayBuffer.isView(data)) {
+        frame = decodeServerFrame(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+      } else if (!protobuf && typeof data === "string") {
+        frame = JSON.parse(data);
+      } else {
+        throw new ChorusError(111, "a frame of the wrong type for the " + this._opts.format + " format");
+      }
     } catch (e) {
       this._emit("error", { type: "transport", error: asError(e) });
       return;
@@ -1117,6 +1140,254 @@ export class Client extends Emitter {
   }
 }
 
+// ------------------------------------------------------------------ protobuf
+
+// The protobuf form of the protocol (protocol/proto/chorus/client.proto), as far as a client
+// needs it: encoding `Command`s and decoding `ServerFrame`s into the same objects the JSON
+// form parses to, so the client's logic is one for both. Offsets are uint64 on the wire and
+// JavaScript numbers here (exact up to 2^53).
+
+/** Field numbers of `Command.body` and of `Reply.result`, by command name. */
+const COMMAND_FIELDS = /** @type {Record<string, number>} */ ({
+  connect: 2, subscribe: 3, unsubscribe: 4, publish: 5, ping: 6, history: 7, refresh: 8,
+});
+const RESULT_NAMES = ["", "", "", "connect", "subscribe", "unsubscribe", "publish", "ping", "history", "refresh"];
+
+const utf8 = new TextEncoder();
+const fromUtf8 = new TextDecoder();
+
+class PbWriter {
+  constructor() {
+    /** @type {number[]} */
+    this.bytes = [];
+  }
+
+  /** @param {number} v a non-negative integer up to 2^53 */
+  varint(v) {
+    while (v > 127) {
+      this.bytes.push((v % 128) | 128);
+      v = Math.floor(v / 128);
+    }
+    this.bytes.push(v);
+  }
+
+  /** @param {number} field @param {number} v */
+  uint(field, v) {
+    if (!v) return;
+    this.varint(field * 8);
+    this.varint(v);
+  }
+
+  /** @param {number} field @param {boolean | undefined} v */
+  bool(field, v) {
+    if (v) this.uint(field, 1);
+  }
+
+  /** @param {number} field @param {Uint8Array} v @param {boolean} [always] */
+  bytesField(field, v, always = false) {
+    if (!v.length && !always) return;
+    this.varint(field * 8 + 2);
+    this.varint(v.length);
+    for (const b of v) this.bytes.push(b);
+  }
+
+  /** @param {number} field @param {string | undefined} v */
+  string(field, v) {
+    if (v) this.bytesField(field, utf8.encode(v));
+  }
+
+  /** @param {number} field @param {PbWriter} msg */
+  message(field, msg) {
+    this.bytesField(field, Uint8Array.from(msg.bytes), true);
+  }
+}
+
+/**
+ * Encodes a command, given as the JSON form's name and body.
+ * @param {number} id
+ * @param {string} name
+ * @param {any} body
+ * @returns {Uint8Array}
+ */
+export function encodeCommand(id, name, body) {
+  const b = new PbWriter();
+  switch (name) {
+    case "connect":
+      b.string(1, body.token);
+      b.string(2, body.name);
+      break;
+    case "subscribe":
+      b.string(1, body.channel);
+      b.bool(2, body.recover);
+      b.uint(3, body.offset ?? 0);
+      b.string(4, body.epoch);
+      break;
+    case "unsubscribe":
+      b.string(1, body.channel);
+      break;
+    case "publish":
+      b.string(1, body.channel);
+      b.bytesField(2, body.data);
+      b.bool(3, body.echo);
+      break;
+    case "refresh":
+      b.string(1, body.token);
+      break;
+    case "history":
+      b.string(1, body.channel);
+      if (body.since) {
+        const since = new PbWriter();
+        since.uint(1, body.since.offset);
+        since.string(2, body.since.epoch);
+        b.message(2, since);
+      }
+      b.uint(3, body.limit ?? 0);
+      b.bool(4, body.reverse);
+      break;
+    case "ping":
+      break;
+    default:
+      throw new TypeError("unknown command " + name);
+  }
+  const cmd = new PbWriter();
+  cmd.uint(1, id);
+  cmd.message(COMMAND_FIELDS[name], b);
+  return Uint8Array.from(cmd.bytes);
+}
+
+/**
+ * The fields of one message: field number → values in order (numbers for varints,
+ * Uint8Arrays for length-delimited).
+ * @param {Uint8Array} buf
+ * @returns {Map<number, (number | Uint8Array)[]>}
+ */
+function pbFields(buf) {
+  /** @type {Map<number, (number | Uint8Array)[]>} */
+  const fields = new Map();
+  let pos = 0;
+  const varint = () => {
+    let v = 0;
+    let mul = 1;
+    for (;;) {
+      if (pos >= buf.length) throw new Error("truncated varint");
+      const b = buf[pos++];
+      v += (b & 127) * mul;
+      if (b < 128) return v;
+      mul *= 128;
+    }
+  };
+  while (pos < buf.length) {
+    const key = varint();
+    const field = Math.floor(key / 8);
+    const wire = key % 8;
+    /** @type {number | Uint8Array} */
+    let value;
+    if (wire === 0) value = varint();
+    else if (wire === 2) {
+      const len = varint();
+      if (pos + len > buf.length) throw new Error("truncated field");
+      value = buf.subarray(pos, pos + len);
+      pos += len;
+    } else if (wire === 1) {
+      pos += 8;
+      continue;
+    } else if (wire === 5) {
+      pos += 4;
+      continue;
+    } else throw new Error("unsupported wire type " + wire);
+    const list = fields.get(field);
+    if (list) list.push(value);
+    else fields.set(field, [value]);
+  }
+  return fields;
+}
+
+/**
+ * Readers of one decoded message's fields (the last value wins, as protobuf says).
+ * @param {Uint8Array} buf
+ */
+function pbMessage(buf) {
+  const f = pbFields(buf);
+  /** @param {number} n */
+  const last = (n) => f.get(n)?.at(-1);
+  return {
+    /** @param {number} n */
+    num: (n) => (typeof last(n) === "number" ? /** @type {number} */ (last(n)) : 0),
+    /** @param {number} n */
+    str: (n) => {
+      const v = last(n);
+      return v instanceof Uint8Array ? fromUtf8.decode(v) : "";
+    },
+    /** @param {number} n */
+    bytes: (n) => {
+      const v = last(n);
+      return v instanceof Uint8Array ? v : undefined;
+    },
+    /** @param {number} n */
+    all: (n) => /** @type {Uint8Array[]} */ ((f.get(n) ?? []).filter((v) => v instanceof Uint8Array)),
+  };
+}
+
+/** @param {Uint8Array} buf */
+function decodePublication(buf) {
+  const m = pbMessage(buf);
+  return { channel: m.str(1), offset: m.num(2), epoch: m.str(3), bytes: m.bytes(4) ?? new Uint8Array(0) };
+}
+
+/**
+ * Decodes a `ServerFrame` into the JSON form's shape: `{id, error}` or `{id, <name>: result}`,
+ * `{pub}` or `{disconnect}`.
+ * @param {Uint8Array} buf
+ * @returns {any}
+ */
+export function decodeServerFrame(buf) {
+  const frame = pbMessage(buf);
+  const push = frame.bytes(2);
+  if (push) {
+    const p = pbMessage(push);
+    const publication = p.bytes(1);
+    if (publication) return { pub: decodePublication(publication) };
+    const disconnect = p.bytes(2);
+    if (disconnect) {
+      const d = pbMessage(disconnect);
+      return { disconnect: { code: d.num(1), reason: d.str(2), reconnect: d.num(3) === 1 } };
+    }
+    return {};
+  }
+  const replyBytes = frame.bytes(1);
+  if (!replyBytes) return {};
+  const fields = pbFields(replyBytes);
+  const reply = pbMessage(replyBytes);
+  const id = reply.num(1);
+  const error = reply.bytes(2);
+  if (error) {
+    const e = pbMessage(error);
+    return { id, error: { code: e.num(1), message: e.str(2) } };
+  }
+  for (let field = 3; field < RESULT_NAMES.length; field++) {
+    const body = fields.get(field)?.at(-1);
+    if (!(body instanceof Uint8Array)) continue;
+    const r = pbMessage(body);
+    const name = RESULT_NAMES[field];
+    /** @type {any} */
+    let result = {};
+    if (name === "connect") {
+      result = { client: r.str(1), node: r.str(2), version: r.str(3), ping_interval: r.num(4) };
+    } else if (name === "subscribe") {
+      result = { epoch: r.str(1), offset: r.num(2), publications: r.all(4).map(decodePublication) };
+      if (r.num(5) === 1) result.recovered = r.num(3) === 1;
+    } else if (name === "history") {
+      result = { publications: r.all(1).map(decodePublication), offset: r.num(2), epoch: r.str(3) };
+    } else if (name === "publish") {
+      result = { offset: r.num(1), epoch: r.str(2) };
+    } else if (name === "refresh") {
+      result = { expires_at: r.num(1) };
+    }
+    return { id, [name]: result };
+  }
+  return { id };
+}
+
 /**
  * @param {any} p a publication object of the protocol
  * @param {boolean} recovered
@@ -1127,6 +1398,7 @@ function toPublication(p, recovered) {
   const pub = { channel: p.channel, offset: p.offset, epoch: p.epoch, recovered };
   if ("data" in p) pub.data = p.data;
   if ("b64data" in p) pub.b64data = p.b64data;
+  if ("bytes" in p) pub.bytes = p.bytes;
   return pub;
 }
 
