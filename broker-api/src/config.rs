@@ -8,7 +8,7 @@ use std::fmt;
 use std::time::Duration;
 
 use chorus_bus::BusConfig;
-use chorus_bus::config::{parse_duration, parse_size};
+use chorus_runtime::units::{parse_duration, parse_size};
 
 /// How much longer than one bus operation a whole API request may take, when
 /// `--api-request-timeout` is not given: the bus answers "unavailable" first, and the request

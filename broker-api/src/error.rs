@@ -39,10 +39,15 @@ pub enum ErrorCode {
     /// Too many publications in flight: broker-api pushes back rather than queue (HTTP 429
     /// with `Retry-After`, gRPC RESOURCE_EXHAUSTED). Retry after a short pause.
     Overloaded,
+    /// The bus is at one of its bounds (the single-process in-memory bus's channels or
+    /// idempotency keys): nothing was published (HTTP 429, gRPC RESOURCE_EXHAUSTED). Unlike
+    /// `Overloaded` this is not a momentary queue: retry once old channels or keys expired,
+    /// or raise the bound.
+    LimitExceeded,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 10] = [
+    pub const ALL: [ErrorCode; 11] = [
         ErrorCode::BadRequest,
         ErrorCode::BadChannel,
         ErrorCode::TooLarge,
@@ -53,6 +58,7 @@ impl ErrorCode {
         ErrorCode::PositionLost,
         ErrorCode::Internal,
         ErrorCode::Overloaded,
+        ErrorCode::LimitExceeded,
     ];
 
     /// The code of a [`ErrorCode::name`].
@@ -73,6 +79,7 @@ impl ErrorCode {
             ErrorCode::PositionLost => "position_lost",
             ErrorCode::Internal => "internal",
             ErrorCode::Overloaded => "overloaded",
+            ErrorCode::LimitExceeded => "limit_exceeded",
         }
     }
 
@@ -86,7 +93,10 @@ impl ErrorCode {
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::PositionLost => StatusCode::CONFLICT,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-            ErrorCode::Overloaded => StatusCode::TOO_MANY_REQUESTS,
+            // A bound of the server's resources is used up. Not 503: that is `unavailable`
+            // (the bus unreachable), which load balancers and readiness read as "down"; the
+            // server is up and serves every channel it holds.
+            ErrorCode::Overloaded | ErrorCode::LimitExceeded => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -101,7 +111,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => tonic::Code::Unavailable,
             ErrorCode::PositionLost => tonic::Code::FailedPrecondition,
             ErrorCode::Internal => tonic::Code::Internal,
-            ErrorCode::Overloaded => tonic::Code::ResourceExhausted,
+            ErrorCode::Overloaded | ErrorCode::LimitExceeded => tonic::Code::ResourceExhausted,
         }
     }
 }
@@ -164,6 +174,7 @@ impl From<BusError> for ApiError {
             BusError::BadChannel(_) => ErrorCode::BadChannel,
             BusError::BadRequest(_) => ErrorCode::BadRequest,
             BusError::Unavailable(_) => ErrorCode::Unavailable,
+            BusError::LimitExceeded(_) => ErrorCode::LimitExceeded,
             BusError::Config(_) | BusError::Protocol(_) => ErrorCode::Internal,
         };
         ApiError::new(code, e.to_string())
@@ -226,6 +237,9 @@ pub enum BrokerError {
     /// The listener or the server failed.
     #[error("broker-api server failed: {0}")]
     Io(#[from] std::io::Error),
+    /// The gRPC reflection service could not be built from the embedded descriptors.
+    #[error("gRPC reflection: {0}")]
+    Reflection(String),
 }
 
 #[cfg(test)]
@@ -247,6 +261,12 @@ mod tests {
                 StatusCode::SERVICE_UNAVAILABLE,
                 tonic::Code::Unavailable,
                 "unavailable",
+            ),
+            (
+                BusError::LimitExceeded("at most 2 channels".into()),
+                StatusCode::TOO_MANY_REQUESTS,
+                tonic::Code::ResourceExhausted,
+                "limit_exceeded",
             ),
             (
                 BusError::Protocol("odd".into()),

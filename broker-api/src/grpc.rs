@@ -230,6 +230,7 @@ impl ChorusApi for GrpcApi {
                 .collect(),
             offset: history.position.offset,
             epoch: history.position.epoch,
+            more: history.more,
         }))
     }
 }

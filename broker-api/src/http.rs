@@ -188,6 +188,7 @@ struct HistoryResponse<'a> {
     publications: Vec<HistoryPublication<'a>>,
     offset: u64,
     epoch: &'a str,
+    more: bool,
 }
 
 async fn history(
@@ -220,6 +221,7 @@ async fn history(
         publications,
         offset: history.position.offset,
         epoch: &history.position.epoch,
+        more: history.more,
     };
     Ok(Json(body).into_response())
 }
@@ -352,8 +354,12 @@ async fn readyz(State(broker): State<Broker>) -> Response {
 
 /// The process's metrics in the Prometheus text format.
 async fn metrics() -> Response {
-    match chorus_bus::metrics::render() {
-        Some(body) => ([(CONTENT_TYPE, chorus_bus::metrics::CONTENT_TYPE)], body).into_response(),
+    match chorus_runtime::metrics::render() {
+        Some(body) => (
+            [(CONTENT_TYPE, chorus_runtime::metrics::CONTENT_TYPE)],
+            body,
+        )
+            .into_response(),
         None => (StatusCode::NOT_FOUND, "metrics are not enabled\n").into_response(),
     }
 }

@@ -68,6 +68,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod grpc;
+mod health;
 pub mod http;
 pub mod metrics;
 pub mod server;

@@ -4,14 +4,17 @@
 use anyhow::Context as _;
 use chorus_broker_api::Cli;
 use chorus_bus::Bus;
-use chorus_bus::logging;
-use clap::Parser;
+use chorus_runtime::logging;
+use clap::{CommandFactory, Parser};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(tool) = &cli.tool {
+        return Ok(tool.run(Cli::command())?);
+    }
     logging::init(&cli.log);
 
     let broker = cli.broker.with_bus_timeout(&cli.bus);
@@ -27,7 +30,7 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", broker.listen))?;
 
     let shutdown = CancellationToken::new();
-    tokio::spawn(chorus_bus::shutdown::on_signal(shutdown.clone()));
+    tokio::spawn(chorus_runtime::shutdown::on_signal(shutdown.clone()));
     chorus_broker_api::serve(listener, bus, broker, shutdown).await?;
     Ok(())
 }

@@ -23,7 +23,7 @@ static INIT: Once = Once::new();
 /// Installs the process's recorder if needed and describes broker-api's metrics. Idempotent.
 pub fn init() {
     INIT.call_once(|| {
-        if !chorus_bus::metrics::install() {
+        if !chorus_bus::metrics::init() {
             return;
         }
         metrics::describe_histogram!(

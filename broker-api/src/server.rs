@@ -33,10 +33,16 @@ const DRAIN_MARGIN: Duration = Duration::from_secs(5);
 const HTTP2_KEEPALIVE: Duration = Duration::from_secs(20);
 
 /// The whole API as one router: `/api/...` (API key, body limit), `/healthz`, `/readyz`,
-/// and the gRPC `ChorusApi` service (API key, decoding limit) under its gRPC path.
+/// and under their gRPC paths the `ChorusApi` service (API key, decoding limit), the standard
+/// `grpc.health.v1.Health` (no key, like `/readyz`: SERVING only while the bus can publish,
+/// kept by a task that ends with `shutdown`) and server reflection (API key).
 ///
 /// Fails with [`BrokerError::NoApiKey`] when no usable key is configured.
-pub fn router(bus: Bus, config: &BrokerConfig) -> Result<Router, BrokerError> {
+pub fn router(
+    bus: Bus,
+    config: &BrokerConfig,
+    shutdown: &CancellationToken,
+) -> Result<Router, BrokerError> {
     crate::metrics::init();
     let keys = ApiKeys::new(config.usable_keys());
     if keys.is_empty() {
@@ -55,11 +61,20 @@ pub fn router(bus: Bus, config: &BrokerConfig) -> Result<Router, BrokerError> {
         .method_not_allowed_fallback(http::method_not_allowed)
         .with_state(broker.clone());
 
+    let health = crate::health::serve(broker.clone(), shutdown.clone());
     let grpc_service = InterceptedService::new(
         ChorusApiServer::new(GrpcApi::new(broker)).max_decoding_message_size(config.max_body),
-        GrpcAuth(keys),
+        GrpcAuth(keys.clone()),
     );
-    let grpc = Routes::new(grpc_service).into_axum_router();
+    let (reflection_v1, reflection_v1alpha) = crate::health::reflection()?;
+    let grpc = Routes::new(grpc_service)
+        .add_service(health)
+        .add_service(InterceptedService::new(
+            reflection_v1,
+            GrpcAuth(keys.clone()),
+        ))
+        .add_service(InterceptedService::new(reflection_v1alpha, GrpcAuth(keys)))
+        .into_axum_router();
 
     // tonic's router brings a gRPC "unimplemented" fallback; the last fallback set wins, and
     // ours answers gRPC callers in gRPC and everyone else in JSON.
@@ -79,7 +94,7 @@ pub async fn serve(
     config: BrokerConfig,
     shutdown: CancellationToken,
 ) -> Result<(), BrokerError> {
-    let app = router(bus, &config)?;
+    let app = router(bus, &config, &shutdown)?;
     let addr = listener.local_addr()?;
     if config.max_data.saturating_mul(4) / 3 > config.max_body {
         warn!(
@@ -91,7 +106,7 @@ pub async fn serve(
     info!(
         %addr,
         request_timeout = ?config.effective_request_timeout(),
-        "broker-api listening: HTTP/JSON under /api/, gRPC chorus.api.v1.ChorusApi, same port"
+        "broker-api listening: HTTP/JSON under /api/, gRPC chorus.api.v1.ChorusApi with health and reflection, same port"
     );
 
     let mut builder = auto::Builder::new(TokioExecutor::new());

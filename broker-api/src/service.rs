@@ -6,7 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use chorus_bus::{Bus, BusError, History, HistoryQuery, NodeInfo, Position, Publish, Published};
+use chorus_bus::{
+    Bus, BusError, DEFAULT_HISTORY_PAGE_BYTES, History, HistoryQuery, NodeInfo, Position, Publish,
+    Published,
+};
 use tokio::sync::Semaphore;
 use tracing::warn;
 
@@ -286,7 +289,12 @@ impl Broker {
         limit: usize,
         reverse: bool,
     ) -> Result<History, ApiError> {
-        let query = HistoryQuery::page(since.as_ref().map(|p| p.offset), limit, reverse);
+        let query = HistoryQuery::page(
+            since.as_ref().map(|p| p.offset),
+            limit,
+            reverse,
+            DEFAULT_HISTORY_PAGE_BYTES,
+        );
         let history = self
             .within_deadline(self.inner.bus.history(channel, &query))
             .await?

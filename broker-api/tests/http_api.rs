@@ -472,3 +472,43 @@ async fn unknown_routes_and_methods_answer_in_the_error_shape() {
     assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
     assert_error_shape(&resp.json().await.unwrap(), "method_not_allowed");
 }
+
+#[tokio::test]
+async fn publish_past_the_memory_bus_channel_cap_is_refused_as_limit_exceeded() {
+    let bus = Bus::memory_with(chorus_bus::MemoryBusConfig {
+        max_channels: 2,
+        ..chorus_bus::MemoryBusConfig::default()
+    });
+    let server = TestServer::start(bus, config()).await;
+    for channel in ["chat:a", "chat:b"] {
+        let (status, body) = post(
+            &server,
+            "/api/publish",
+            KEY,
+            json!({"channel": channel, "data": 1}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let (status, body) = post(
+        &server,
+        "/api/publish",
+        KEY,
+        json!({"channel": "chat:c", "data": 1}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_error_shape(&body, "limit_exceeded");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("at most 2 channels"), "{body}");
+    // The channels the bus already holds keep working.
+    let (status, body) = post(
+        &server,
+        "/api/publish",
+        KEY,
+        json!({"channel": "chat:a", "data": 2}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["offset"], 2, "{body}");
+}

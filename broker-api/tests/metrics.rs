@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use chorus_broker_api::metrics as m;
-use chorus_bus::{Bus, BusConfig};
+use chorus_bus::metrics as bus_m;
+use chorus_bus::{Bus, BusConfig, MemoryBusConfig};
 use chorus_protocol::api::{BroadcastRequest, PublishRequest};
 use chorus_testkit::{Scrape, free_port};
 use common::{KEY, TestServer, authed, config, http};
@@ -99,6 +100,38 @@ async fn every_broker_api_metric_moves_when_its_event_happens() {
         errors(&before, "bad_channel") + 1.0
     );
 
+    // The in-memory bus's size: news, a and b. A second, capped memory bus refuses a second
+    // channel: counted as a `limit_exceeded` error and a refusal at the channel bound, and its
+    // one channel adds to the gauge (the gauges sum over the process's memory buses).
+    assert_eq!(s.kind(bus_m::MEMORY_CHANNELS), Some("gauge"));
+    assert_eq!(s.value(bus_m::MEMORY_CHANNELS, &[]), 3.0);
+    assert_eq!(s.value(bus_m::MEMORY_IDEMPOTENCY_KEYS, &[]), 0.0);
+    let capped = Bus::memory_with(MemoryBusConfig {
+        max_channels: 1,
+        ..MemoryBusConfig::default()
+    });
+    let capped = TestServer::start(capped, config()).await;
+    for (channel, status) in [("x", 200), ("y", 429)] {
+        let resp = http()
+            .post(capped.url("/api/publish"))
+            .bearer_auth(KEY)
+            .json(&json!({"channel": channel, "data": 1, "idempotency_key": channel}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), status, "{channel}");
+    }
+    let refused = |s: &Scrape| s.value(bus_m::MEMORY_REFUSED, &[("limit", "channels")]);
+    let c = Scrape::fetch(&url).await.unwrap();
+    assert_eq!(
+        errors(&c, "limit_exceeded"),
+        errors(&s, "limit_exceeded") + 1.0
+    );
+    assert_eq!(refused(&c), refused(&s) + 1.0);
+    assert_eq!(c.value(bus_m::MEMORY_CHANNELS, &[]), 4.0);
+    assert_eq!(c.value(bus_m::MEMORY_IDEMPOTENCY_KEYS, &[]), 1.0);
+    drop(capped);
+
     // Building an error and converting it, even twice, answers no call: nothing is counted.
     let e = chorus_broker_api::error::ApiError::new(
         chorus_broker_api::error::ErrorCode::BadChannel,
@@ -136,18 +169,18 @@ async fn every_broker_api_metric_moves_when_its_event_happens() {
         errors(&s, "unavailable"),
         errors(&before, "unavailable") + 1.0
     );
-    // Timed: the two that succeeded, the bad channel and the unavailable one.
+    // Timed: the three that succeeded, the bad channel, the refused one and the unavailable one.
     assert_eq!(
         publish_count(&s, "publish"),
-        publish_count(&before, "publish") + 4.0
+        publish_count(&before, "publish") + 6.0
     );
     assert_eq!(
         s.value(m::MESSAGES_PUBLISHED, &[]),
-        before.value(m::MESSAGES_PUBLISHED, &[]) + 4.0,
+        before.value(m::MESSAGES_PUBLISHED, &[]) + 5.0,
         "a failed publish is not a published message"
     );
 
-    for name in m::ALL {
+    for name in m::ALL.iter().chain(bus_m::ALL) {
         assert!(s.has(name), "{name} is exported");
     }
 }

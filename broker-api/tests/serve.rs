@@ -95,3 +95,8 @@ async fn slow_or_silent_clients_are_dropped_at_the_header_timeout() {
     let resp = http().get(server.url("/healthz")).send().await.unwrap();
     assert_eq!(resp.status(), reqwest::StatusCode::OK);
 }
+
+#[test]
+fn completions_and_man_page_describe_the_flags() {
+    chorus_testkit::check_tools(env!("CARGO_BIN_EXE_chorus-broker-api"), "--api-listen");
+}

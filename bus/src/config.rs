@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use chorus_runtime::units::parse_duration;
+
 /// How to reach Redis and how patient to be with it.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BusConfig {
@@ -54,75 +56,47 @@ impl Default for BusConfig {
     }
 }
 
-/// Parses durations like `500ms`, `2s`, `1m`, `7d` (a bare number means seconds).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .map_or((s, "s"), |i| (&s[..i], &s[i..]));
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 500ms, 2s, 1m"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        "d" => n * 86400.0,
-        _ => {
-            return Err(format!(
-                "invalid duration unit in {s:?}: use ms, s, m, h or d"
-            ));
-        }
-    };
-    Duration::try_from_secs_f64(secs).map_err(|e| format!("invalid duration {s:?}: {e}"))
+/// The limits of the in-memory bus of the single-process `chorus`, which keeps every channel's
+/// position and history, and every idempotency key, in the process's memory.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MemoryBusConfig {
+    /// Most channels the in-memory bus holds at once. A publish to a new channel past it is
+    /// refused (`limit_exceeded`); channels it already holds keep working. A channel without
+    /// subscribers is forgotten once its position expires (the namespace's `history_meta_ttl`).
+    #[arg(
+        long = "max-channels",
+        env = "CHORUS_MAX_CHANNELS",
+        default_value_t = DEFAULT_MAX_CHANNELS
+    )]
+    pub max_channels: usize,
+
+    /// Most idempotency keys the in-memory bus remembers at once. A key is never forgotten
+    /// within its window: past this, a publish with a new key is refused (`limit_exceeded`)
+    /// until older keys expire. Publishes without a key are not affected.
+    #[arg(
+        long = "max-idempotency-keys",
+        env = "CHORUS_MAX_IDEMPOTENCY_KEYS",
+        default_value_t = DEFAULT_MAX_IDEMPOTENCY_KEYS
+    )]
+    pub max_idempotency_keys: usize,
+
+    /// How long a publish's idempotency key is remembered: a retry with the same key within
+    /// this window publishes nothing and returns the first offset.
+    #[arg(long = "idempotency-window", env = "CHORUS_IDEMPOTENCY_WINDOW", default_value = "5m", value_parser = parse_duration)]
+    pub idempotency_window: Duration,
 }
 
-/// Parses sizes like `65536`, `64KiB`, `1MiB` (also `B`, `K`/`KB`, `M`/`MB`, all binary).
-pub fn parse_size(s: &str) -> Result<usize, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = (&s[..split], s[split..].trim());
-    let n: usize = num
-        .parse()
-        .map_err(|_| format!("invalid size {s:?}: expected e.g. 65536, 64KiB, 1MiB"))?;
-    let factor: usize = match unit.to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1024,
-        "m" | "mb" | "mib" => 1024 * 1024,
-        "g" | "gb" | "gib" => 1024 * 1024 * 1024,
-        _ => {
-            return Err(format!(
-                "invalid size unit in {s:?}: use B, KiB, MiB or GiB"
-            ));
+/// Built-in most channels of the in-memory bus.
+pub const DEFAULT_MAX_CHANNELS: usize = 100_000;
+/// Built-in most idempotency keys of the in-memory bus.
+pub const DEFAULT_MAX_IDEMPOTENCY_KEYS: usize = 100_000;
+
+impl Default for MemoryBusConfig {
+    fn default() -> Self {
+        Self {
+            max_channels: DEFAULT_MAX_CHANNELS,
+            max_idempotency_keys: DEFAULT_MAX_IDEMPOTENCY_KEYS,
+            idempotency_window: Duration::from_secs(300),
         }
-    };
-    n.checked_mul(factor)
-        .ok_or_else(|| format!("size {s:?} is too large"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_parse_with_units() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
-        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
-        assert!(parse_duration("fast").is_err());
-        assert!(parse_duration("2 weeks").is_err());
-    }
-
-    #[test]
-    fn sizes_parse_with_binary_units() {
-        assert_eq!(parse_size("65536"), Ok(65536));
-        assert_eq!(parse_size("64KiB"), Ok(64 * 1024));
-        assert_eq!(parse_size("1MiB"), Ok(1024 * 1024));
-        assert_eq!(parse_size("2 mb"), Ok(2 * 1024 * 1024));
-        assert!(parse_size("lots").is_err());
-        assert!(parse_size("1TB").is_err());
-        assert!(parse_size("-1").is_err());
     }
 }

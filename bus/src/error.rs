@@ -18,6 +18,11 @@ pub enum BusError {
     /// The configuration is unusable (e.g. a malformed Redis URL).
     #[error("bus misconfigured: {0}")]
     Config(String),
+    /// A bound of the bus was reached (the in-memory bus's channels or idempotency keys):
+    /// this publish is refused, nothing was published. Retrying later may succeed once old
+    /// channels or keys expire.
+    #[error("limit exceeded: {0}")]
+    LimitExceeded(String),
     /// Redis answered something the bus did not expect.
     #[error("unexpected reply from the bus: {0}")]
     Protocol(String),

@@ -12,17 +12,16 @@
 //!   the envelope; each gateway holds one RESP3 pub/sub connection; nodes and their
 //!   connections are registered under short leases. Key names live in [`keys`].
 //! - [`memory`]: the single-process bus used by `chorus` with no Redis. Same contract, same
-//!   callers.
+//!   callers; its memory is bounded by [`MemoryBusConfig`] (channels and idempotency keys),
+//!   and a publish past a bound fails with [`BusError::LimitExceeded`].
 
 pub mod config;
 pub mod error;
 pub mod keys;
-pub mod logging;
 pub mod memory;
 pub mod metrics;
 pub mod namespaces;
 pub mod redis;
-pub mod shutdown;
 mod wanted;
 
 use std::sync::Arc;
@@ -31,7 +30,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 
 pub use chorus_protocol::bus::Envelope;
-pub use config::BusConfig;
+pub use config::{BusConfig, MemoryBusConfig};
 pub use error::BusError;
 pub use namespaces::{NamespaceRules, Namespaces};
 pub use wanted::ChannelReady;
@@ -61,24 +60,47 @@ pub struct Published {
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
 
 /// What part of a channel's history to read.
-#[derive(Debug, Clone, Default)]
+///
+/// Every read is bounded in bytes as well as in count: history is read in small chunks that
+/// stop at `max_bytes`, so a channel keeping thousands of large publications costs Redis (and
+/// the reader) no more than one page, and the rest is read page by page (see
+/// [`History::more`]).
+#[derive(Debug, Clone)]
 pub struct HistoryQuery {
     /// Only publications after this offset (the epoch is the caller's to compare with the
     /// returned position's).
     pub since: Option<u64>,
-    /// At most this many publications; 0 means all that are kept.
+    /// At most this many publications; 0 means no bound but the bytes.
     pub limit: usize,
     /// Newest first.
     pub reverse: bool,
+    /// At most this many bytes of publication data — but always at least one publication, so
+    /// that paging makes progress whatever the sizes.
+    pub max_bytes: usize,
 }
+
+impl Default for HistoryQuery {
+    fn default() -> Self {
+        Self {
+            since: None,
+            limit: 0,
+            reverse: false,
+            max_bytes: DEFAULT_HISTORY_PAGE_BYTES,
+        }
+    }
+}
+
+/// The byte bound of a history read that names none: 4 MiB.
+pub const DEFAULT_HISTORY_PAGE_BYTES: usize = 4 << 20;
 
 /// Most publications one page of history holds (what clients and the server API may ask for).
 pub const MAX_HISTORY_PAGE: usize = 1000;
 
 impl HistoryQuery {
     /// A page of history for a client or the server API: after `since`, at most `limit`
-    /// publications, where 0 (or anything above [`MAX_HISTORY_PAGE`]) means the maximum.
-    pub fn page(since: Option<u64>, limit: usize, reverse: bool) -> Self {
+    /// publications, where 0 (or anything above [`MAX_HISTORY_PAGE`]) means the maximum, and
+    /// at most `max_bytes` of them.
+    pub fn page(since: Option<u64>, limit: usize, reverse: bool, max_bytes: usize) -> Self {
         Self {
             since,
             limit: match limit {
@@ -86,6 +108,7 @@ impl HistoryQuery {
                 n => n.min(MAX_HISTORY_PAGE),
             },
             reverse,
+            max_bytes,
         }
     }
 }
@@ -95,28 +118,37 @@ impl HistoryQuery {
 pub struct History {
     pub publications: Vec<Envelope>,
     pub position: Position,
+    /// The read stopped at its byte bound with more publications left that the query asked
+    /// for: read on after the last one returned.
+    pub more: bool,
 }
 
-/// The answer to "what did I miss since this position?".
+/// The answer to "what did I miss since this position?", one page at a time.
 #[derive(Debug, Clone, Default)]
 pub struct Recovery {
-    /// Every publication after the position, in offset order (empty unless `recovered`).
+    /// The publications after the position, in offset order, as far as the read's byte bound
+    /// reached (empty unless `recovered`).
     pub publications: Vec<Envelope>,
-    /// The channel's position: the offset of the last publication in `publications` (or the
-    /// requested one, when nothing was missed), or, when not recovered, the current one.
+    /// The channel's current position (its top), read with the publications.
     pub position: Position,
-    /// True when `publications` are exactly everything after the requested position.
+    /// True when `publications` are exactly what follows the requested position: every one
+    /// up to the channel's top, or, with `more`, a first page of them without a hole.
     pub recovered: bool,
+    /// Recovered, but the page stopped at its byte bound: recover again from the last
+    /// publication returned for the next page.
+    pub more: bool,
 }
 
 impl Recovery {
     /// Judges a history read since `since`: recovered only when the epoch is the same and the
-    /// publications run without a hole from `since.offset + 1` to the channel's top. A position
-    /// with no epoch and offset 0 (a client that never saw the channel) matches any epoch.
+    /// publications run without a hole from `since.offset + 1` to the channel's top — or, for
+    /// a page cut at its byte bound, as far as the page goes. A position with no epoch and
+    /// offset 0 (a client that never saw the channel) matches any epoch.
     pub fn judge(since: &Position, history: History) -> Recovery {
         let History {
             publications,
             position,
+            more,
         } = history;
         let same_epoch = since.same_epoch_as(&position);
         let contiguous = publications
@@ -124,17 +156,20 @@ impl Recovery {
             .enumerate()
             .all(|(i, p)| p.offset == since.offset + 1 + i as u64);
         let reaches_top = since.offset + publications.len() as u64 == position.offset;
-        if same_epoch && contiguous && reaches_top {
+        let page = more && !publications.is_empty();
+        if same_epoch && contiguous && (reaches_top || page) {
             Recovery {
                 publications,
                 position,
                 recovered: true,
+                more: page && !reaches_top,
             }
         } else {
             Recovery {
                 publications: Vec::new(),
                 position,
                 recovered: false,
+                more: false,
             }
         }
     }
@@ -205,10 +240,17 @@ enum Inner {
 }
 
 impl Bus {
-    /// The in-memory bus of the single-process mode.
+    /// The in-memory bus of the single-process mode, with the default limits.
     pub fn memory() -> Self {
+        Self::memory_with(MemoryBusConfig::default())
+    }
+
+    /// The in-memory bus of the single-process mode, bounded by `limits`.
+    pub fn memory_with(limits: MemoryBusConfig) -> Self {
+        let bus = Arc::new(memory::MemoryBus::new(limits));
+        metrics::watch_memory_bus(&bus);
         Self {
-            inner: Inner::Memory(Arc::new(memory::MemoryBus::default())),
+            inner: Inner::Memory(bus),
             namespaces: Arc::default(),
         }
     }
@@ -240,7 +282,7 @@ impl Bus {
         let rules = self.namespaces.rules(&msg.channel);
         match &self.inner {
             Inner::Redis(b) => b.publish(msg, rules).await,
-            Inner::Memory(b) => Ok(b.publish(msg, rules)),
+            Inner::Memory(b) => b.publish(msg, rules),
         }
     }
 
@@ -259,61 +301,61 @@ impl Bus {
                 .map(|msg| {
                     let msg = msg?;
                     let rules = self.namespaces.rules(&msg.channel);
-                    Ok(b.publish(msg, rules))
+                    b.publish(msg, rules)
                 })
                 .collect(),
         }
     }
 
-    /// Publishes one message to many channels; one result per channel, in order.
+    /// Publishes one message to many channels; one result per channel, in order. A
+    /// broadcast is a batch of publishes of the same data, checked and sent like one.
     pub async fn broadcast(
         &self,
         channels: &[String],
         data: Bytes,
     ) -> Vec<Result<Published, BusError>> {
-        match &self.inner {
-            Inner::Redis(b) => b.broadcast(channels, data, &self.namespaces).await,
-            Inner::Memory(b) => channels
-                .iter()
-                .map(|channel| {
-                    chorus_protocol::channel::validate(channel)?;
-                    let msg = Publish {
-                        channel: channel.clone(),
-                        data: data.clone(),
-                        ..Publish::default()
-                    };
-                    Ok(b.publish(msg, self.namespaces.rules(channel)))
-                })
-                .collect(),
-        }
+        let msgs = channels
+            .iter()
+            .map(|channel| Publish {
+                channel: channel.clone(),
+                data: data.clone(),
+                ..Publish::default()
+            })
+            .collect();
+        self.publish_many(msgs).await
     }
 
     /// A channel's current position.
     pub async fn position(&self, channel: &str) -> Result<Position, BusError> {
         chorus_protocol::channel::validate(channel)?;
-        let rules = self.namespaces.rules(channel);
         match &self.inner {
             Inner::Redis(b) => b.position(channel).await,
-            Inner::Memory(b) => Ok(b.position(channel, rules)),
+            Inner::Memory(b) => Ok(b.position(channel)),
         }
     }
 
     /// Part of a channel's history, with its position, read in one atomic step.
     pub async fn history(&self, channel: &str, query: &HistoryQuery) -> Result<History, BusError> {
         chorus_protocol::channel::validate(channel)?;
-        let rules = self.namespaces.rules(channel);
         match &self.inner {
             Inner::Redis(b) => b.history(channel, query).await,
-            Inner::Memory(b) => Ok(b.history(channel, query, rules)),
+            Inner::Memory(b) => Ok(b.history(channel, query)),
         }
     }
 
-    /// Everything published on `channel` after `since`, if history still holds all of it.
-    pub async fn recover(&self, channel: &str, since: &Position) -> Result<Recovery, BusError> {
+    /// What was published on `channel` after `since`, if history still holds all of it: as
+    /// much as `max_bytes` allows, with [`Recovery::more`] when the rest needs another read.
+    pub async fn recover(
+        &self,
+        channel: &str,
+        since: &Position,
+        max_bytes: usize,
+    ) -> Result<Recovery, BusError> {
         let query = HistoryQuery {
             since: Some(since.offset),
             limit: 0,
             reverse: false,
+            max_bytes,
         };
         let history = self.history(channel, &query).await?;
         Ok(Recovery::judge(since, history))
@@ -456,19 +498,46 @@ mod tests {
         }
     }
 
-    fn judge(since: (u64, &str), offsets: &[u64], top: u64) -> bool {
+    fn judge_page(since: (u64, &str), offsets: &[u64], top: u64, more: bool) -> Recovery {
         let history = History {
             publications: offsets.iter().map(|o| env(*o)).collect(),
             position: Position {
                 offset: top,
                 epoch: "e".into(),
             },
+            more,
         };
         let since = Position {
             offset: since.0,
             epoch: since.1.into(),
         };
-        Recovery::judge(&since, history).recovered
+        Recovery::judge(&since, history)
+    }
+
+    fn judge(since: (u64, &str), offsets: &[u64], top: u64) -> bool {
+        judge_page(since, offsets, top, false).recovered
+    }
+
+    #[test]
+    fn a_page_cut_at_its_byte_bound_is_recovered_so_far_and_says_more() {
+        let first = judge_page((2, "e"), &[3, 4], 9, true);
+        assert!(first.recovered && first.more);
+        let last = judge_page((4, "e"), &[5, 6, 7, 8, 9], 9, false);
+        assert!(last.recovered && !last.more);
+        let cut_at_the_top = judge_page((4, "e"), &[5, 6, 7, 8, 9], 9, true);
+        assert!(cut_at_the_top.recovered && !cut_at_the_top.more);
+        assert!(
+            !judge_page((2, "e"), &[4, 5], 9, true).recovered,
+            "a page must still start right after the position"
+        );
+        assert!(
+            !judge_page((2, "other"), &[3, 4], 9, true).recovered,
+            "and be of its epoch"
+        );
+        assert!(
+            !judge_page((2, "e"), &[], 9, true).recovered,
+            "an empty page recovers nothing"
+        );
     }
 
     #[test]

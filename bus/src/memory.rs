@@ -1,30 +1,60 @@
 //! The in-memory bus of the single-process mode: offsets, epochs, delivery and the node
 //! registry kept in this process, behind the same contract as the Redis bus.
+//!
+//! Redis forgets a channel by itself when its keys expire; here nothing would, so the bus
+//! bounds its own memory:
+//! - A channel is forgotten once its position expired (the namespace's `history_meta_ttl`
+//!   since its last publish) and no node wants it; its history is emptied at `history_ttl`.
+//!   A channel that a node subscribes to keeps its position (and so its epoch) for as long as
+//!   it is subscribed, so its subscribers never see it start over under them.
+//! - At most `max_channels` channels: past it, a publish to a new channel is refused with
+//!   [`BusError::LimitExceeded`], while channels already held keep working.
+//! - Idempotency keys are forgotten only once older than their window. At most
+//!   `max_idempotency_keys` are remembered: past it, a publish with a new key is refused
+//!   rather than forgetting a live key (which could publish a retry twice).
+//!
+//! Expired channels are removed by a sweep amortised into publish ([`SWEEP_EVERY`]) rather
+//! than by a background task: only a publish adds a channel, so sweeping on publish bounds
+//! the map just as well, and the bus needs no runtime to be built in, no task to own, stop or
+//! leak when the last clone of the bus is dropped. A channel touched between sweeps is also
+//! expired on the spot, so no reader ever sees a position that should be gone.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use prost::Message;
 
+use crate::config::MemoryBusConfig;
 use crate::namespaces::NamespaceRules;
 use crate::wanted::Wanted;
 use crate::{
-    BusSink, ChannelReady, ConnectionInfo, Envelope, History, HistoryQuery, NodeInfo, Position,
-    Publish, Published, new_epoch, now_ms,
+    BusError, BusSink, ChannelReady, ConnectionInfo, Envelope, History, HistoryQuery, NodeInfo,
+    Position, Publish, Published, new_epoch, now_ms,
 };
 
-/// How long idempotency keys are remembered in the single-process mode.
-const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(300);
-/// Most idempotency keys remembered at once; the oldest are forgotten first.
-const MAX_IDEMPOTENCY_KEYS: usize = 100_000;
+/// How often a publish sweeps expired channels out. A sweep walks every channel under the
+/// bus's lock (about a millisecond per 100,000 channels), so it runs rarely; expiry itself is
+/// exact, since a channel touched between sweeps is expired when touched.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(10);
+/// At the channel cap, a publish to a new channel sweeps first, so that channels expired since
+/// the last sweep make room — but at most this often, so that a flood of refused publishes
+/// does not walk every channel each time.
+const SWEEP_AT_CAP_EVERY: Duration = Duration::from_secs(1);
 
-#[derive(Default)]
 pub struct MemoryBus {
     /// Per-channel position and history. Delivery happens under this lock so that every node
-    /// sees a channel's publications in offset order.
+    /// sees a channel's publications in offset order. Lock order: `channels`, then `nodes`.
     channels: Mutex<Channels>,
     nodes: Mutex<Vec<Arc<NodeState>>>,
+    limits: MemoryBusConfig,
+}
+
+impl Default for MemoryBus {
+    fn default() -> Self {
+        Self::new(MemoryBusConfig::default())
+    }
 }
 
 #[derive(Default)]
@@ -34,32 +64,78 @@ struct Channels {
     /// is expiry order).
     idempotency: HashMap<(String, String), Published>,
     idempotency_order: VecDeque<((String, String), Instant)>,
+    last_sweep: Option<Instant>,
 }
 
 struct ChannelState {
     position: Position,
     history: VecDeque<Envelope>,
     last_publish: Instant,
+    /// The channel's namespace TTLs, kept with it so that a sweep needs no namespace rules.
+    history_ttl: Duration,
+    meta_ttl: Duration,
+}
+
+impl ChannelState {
+    /// Applies the TTLs at `now`: false when the whole channel has expired (its position too,
+    /// and no node wants it); its history is emptied once `history_ttl` passed.
+    fn keep(&mut self, now: Instant, wanted: bool) -> bool {
+        let idle = now.saturating_duration_since(self.last_publish);
+        if idle >= self.meta_ttl && !wanted {
+            return false;
+        }
+        if idle >= self.history_ttl && !self.history.is_empty() {
+            self.history = VecDeque::new();
+        }
+        true
+    }
 }
 
 impl Channels {
     /// The channel's state, with what its TTLs have expired since its last publish removed.
-    fn live(&mut self, channel: &str, rules: &NamespaceRules) -> Option<&mut ChannelState> {
-        let idle = self.by_name.get(channel)?.last_publish.elapsed();
-        if idle >= rules.history_meta_ttl {
+    fn live(
+        &mut self,
+        channel: &str,
+        now: Instant,
+        wanted: impl Fn(&str) -> bool,
+    ) -> Option<&mut ChannelState> {
+        let state = self.by_name.get_mut(channel)?;
+        if !state.keep(now, wanted(channel)) {
             self.by_name.remove(channel);
             return None;
         }
-        let state = self.by_name.get_mut(channel)?;
-        if idle >= rules.history_ttl {
-            state.history.clear();
-        }
-        Some(state)
+        self.by_name.get_mut(channel)
     }
 
-    fn forget_expired_keys(&mut self) {
+    /// Removes every expired channel and idempotency key; returns how many channels went.
+    fn sweep(&mut self, now: Instant, window: Duration, wanted: impl Fn(&str) -> bool) -> usize {
+        let before = self.by_name.len();
+        self.by_name
+            .retain(|name, state| state.keep(now, wanted(name)));
+        self.forget_expired_keys(now, window);
+        self.last_sweep = Some(now);
+        let removed = before - self.by_name.len();
+        if removed > 0 {
+            tracing::debug!(
+                removed,
+                held = self.by_name.len(),
+                "expired channels swept from the in-memory bus"
+            );
+        }
+        removed
+    }
+
+    /// Whether the last sweep is at least `every` old (or there was none).
+    fn sweep_due(&self, now: Instant, every: Duration) -> bool {
+        self.last_sweep
+            .is_none_or(|last| now.saturating_duration_since(last) >= every)
+    }
+
+    /// Forgets the keys older than the window — and only those: a younger key still guards
+    /// its publish against a retry.
+    fn forget_expired_keys(&mut self, now: Instant, window: Duration) {
         while let Some((key, at)) = self.idempotency_order.front() {
-            if at.elapsed() < IDEMPOTENCY_WINDOW && self.idempotency.len() < MAX_IDEMPOTENCY_KEYS {
+            if now.saturating_duration_since(*at) < window {
                 break;
             }
             self.idempotency.remove(key);
@@ -75,21 +151,76 @@ struct NodeState {
     connections: Mutex<HashMap<String, ConnectionInfo>>,
 }
 
+/// Whether any node wants `channel` (has a subscriber on it).
+fn wanted_by(nodes: &[Arc<NodeState>], channel: &str) -> bool {
+    nodes.iter().any(|n| n.wanted.contains(channel))
+}
+
 impl MemoryBus {
-    pub(crate) fn publish(&self, msg: Publish, rules: &NamespaceRules) -> Published {
+    pub(crate) fn new(limits: MemoryBusConfig) -> Self {
+        Self {
+            channels: Mutex::default(),
+            nodes: Mutex::default(),
+            limits,
+        }
+    }
+
+    pub(crate) fn publish(
+        &self,
+        msg: Publish,
+        rules: &NamespaceRules,
+    ) -> Result<Published, BusError> {
+        self.publish_at(msg, rules, Instant::now())
+    }
+
+    /// [`MemoryBus::publish`] at the instant `now` (tests pass their own clock).
+    fn publish_at(
+        &self,
+        msg: Publish,
+        rules: &NamespaceRules,
+        now: Instant,
+    ) -> Result<Published, BusError> {
         let mut channels = self.channels.lock();
-        channels.forget_expired_keys();
+        let nodes = self.nodes.lock();
+        let wanted = |channel: &str| wanted_by(&nodes, channel);
+        channels.forget_expired_keys(now, self.limits.idempotency_window);
         let idem = msg
             .idempotency_key
             .as_ref()
             .map(|key| (msg.channel.clone(), key.clone()));
-        if let Some(first) = idem.as_ref().and_then(|k| channels.idempotency.get(k)) {
-            return Published {
-                duplicate: true,
-                ..first.clone()
-            };
+        if let Some(key) = &idem {
+            if let Some(first) = channels.idempotency.get(key) {
+                return Ok(Published {
+                    duplicate: true,
+                    ..first.clone()
+                });
+            }
+            if channels.idempotency.len() >= self.limits.max_idempotency_keys {
+                crate::metrics::memory_refused("idempotency_keys");
+                return Err(BusError::LimitExceeded(format!(
+                    "the in-memory bus remembers at most {} idempotency keys, and none is older \
+                     than the {:?} idempotency window yet; retry later",
+                    self.limits.max_idempotency_keys, self.limits.idempotency_window
+                )));
+            }
         }
-        if channels.live(&msg.channel, rules).is_none() {
+        if channels.sweep_due(now, SWEEP_EVERY) {
+            channels.sweep(now, self.limits.idempotency_window, wanted);
+        }
+        if channels.live(&msg.channel, now, wanted).is_none() {
+            if channels.by_name.len() >= self.limits.max_channels
+                && channels.sweep_due(now, SWEEP_AT_CAP_EVERY)
+            {
+                channels.sweep(now, self.limits.idempotency_window, wanted);
+            }
+            if channels.by_name.len() >= self.limits.max_channels {
+                crate::metrics::memory_refused("channels");
+                return Err(BusError::LimitExceeded(format!(
+                    "the in-memory bus holds at most {} channels; a channel without \
+                     subscribers is forgotten once its position expires (history_meta_ttl)",
+                    self.limits.max_channels
+                )));
+            }
             channels.by_name.insert(
                 msg.channel.clone(),
                 ChannelState {
@@ -98,7 +229,9 @@ impl MemoryBus {
                         epoch: new_epoch(),
                     },
                     history: VecDeque::new(),
-                    last_publish: Instant::now(),
+                    last_publish: now,
+                    history_ttl: rules.history_ttl,
+                    meta_ttl: rules.history_meta_ttl,
                 },
             );
         }
@@ -106,7 +239,7 @@ impl MemoryBus {
             unreachable!("inserted above");
         };
         state.position.offset += 1;
-        state.last_publish = Instant::now();
+        state.last_publish = now;
         let published = Published {
             offset: state.position.offset,
             epoch: state.position.epoch.clone(),
@@ -128,32 +261,45 @@ impl MemoryBus {
         }
         if let Some(key) = idem {
             channels.idempotency.insert(key.clone(), published.clone());
-            channels.idempotency_order.push_back((key, Instant::now()));
+            channels.idempotency_order.push_back((key, now));
         }
-        for node in self.nodes.lock().iter() {
+        for node in nodes.iter() {
             if node.wanted.contains(&envelope.channel) {
                 node.sink.publication(envelope.clone());
             }
         }
-        published
+        Ok(published)
     }
 
-    pub(crate) fn position(&self, channel: &str, rules: &NamespaceRules) -> Position {
-        self.channels
-            .lock()
-            .live(channel, rules)
+    /// Removes every channel and idempotency key that expired by `now`; returns how many
+    /// channels went. Publishes call it every [`SWEEP_EVERY`].
+    pub fn sweep(&self, now: Instant) -> usize {
+        let mut channels = self.channels.lock();
+        let nodes = self.nodes.lock();
+        channels.sweep(now, self.limits.idempotency_window, |channel| {
+            wanted_by(&nodes, channel)
+        })
+    }
+
+    /// How many channels and idempotency keys the bus holds (for the metrics).
+    pub fn sizes(&self) -> (usize, usize) {
+        let channels = self.channels.lock();
+        (channels.by_name.len(), channels.idempotency.len())
+    }
+
+    pub(crate) fn position(&self, channel: &str) -> Position {
+        let mut channels = self.channels.lock();
+        let nodes = self.nodes.lock();
+        channels
+            .live(channel, Instant::now(), |c| wanted_by(&nodes, c))
             .map(|s| s.position.clone())
             .unwrap_or_default()
     }
 
-    pub(crate) fn history(
-        &self,
-        channel: &str,
-        query: &HistoryQuery,
-        rules: &NamespaceRules,
-    ) -> History {
+    pub(crate) fn history(&self, channel: &str, query: &HistoryQuery) -> History {
         let mut channels = self.channels.lock();
-        let Some(state) = channels.live(channel, rules) else {
+        let nodes = self.nodes.lock();
+        let Some(state) = channels.live(channel, Instant::now(), |c| wanted_by(&nodes, c)) else {
             return History::default();
         };
         let after = query.since.unwrap_or(0);
@@ -163,14 +309,29 @@ impl MemoryBus {
             query.limit
         };
         let matching = state.history.iter().filter(|e| e.offset > after);
-        let publications = if query.reverse {
-            matching.rev().take(limit).cloned().collect()
+        let in_order: Box<dyn Iterator<Item = &Envelope>> = if query.reverse {
+            Box::new(matching.rev())
         } else {
-            matching.take(limit).cloned().collect()
+            Box::new(matching)
         };
+        // The same bound as the Redis script's: stop before the entry that would pass the
+        // byte bound (but keep at least one), and say whether one was left.
+        let mut publications = Vec::new();
+        let mut bytes = 0;
+        let mut more = false;
+        for envelope in in_order.take(limit) {
+            let size = envelope.encoded_len();
+            if !publications.is_empty() && bytes + size > query.max_bytes {
+                more = true;
+                break;
+            }
+            bytes += size;
+            publications.push(envelope.clone());
+        }
         History {
             publications,
             position: state.position.clone(),
+            more,
         }
     }
 
@@ -236,6 +397,7 @@ impl MemoryLink {
 mod tests {
     use super::*;
     use crate::Bus;
+    use crate::config::MemoryBusConfig;
     use bytes::Bytes;
 
     #[derive(Default)]
@@ -335,7 +497,171 @@ mod tests {
             offset,
             epoch: first.epoch.clone(),
         };
-        assert!(bus.recover("m", &since(2)).await.unwrap().recovered);
-        assert!(!bus.recover("m", &since(1)).await.unwrap().recovered);
+        assert!(
+            bus.recover("m", &since(2), 1 << 20)
+                .await
+                .unwrap()
+                .recovered
+        );
+        assert!(
+            !bus.recover("m", &since(1), 1 << 20)
+                .await
+                .unwrap()
+                .recovered
+        );
+    }
+
+    fn rules(history_ttl: u64, meta_ttl: u64) -> NamespaceRules {
+        NamespaceRules {
+            history_ttl: Duration::from_secs(history_ttl),
+            history_meta_ttl: Duration::from_secs(meta_ttl),
+            ..NamespaceRules::default()
+        }
+    }
+
+    fn msg(channel: &str, key: Option<&str>) -> Publish {
+        Publish {
+            channel: channel.into(),
+            data: Bytes::from_static(b"1"),
+            idempotency_key: key.map(Into::into),
+            ..Publish::default()
+        }
+    }
+
+    fn limits(max_channels: usize, max_idempotency_keys: usize) -> MemoryBusConfig {
+        MemoryBusConfig {
+            max_channels,
+            max_idempotency_keys,
+            idempotency_window: Duration::from_secs(60),
+        }
+    }
+
+    fn held(bus: &MemoryBus) -> Vec<String> {
+        let mut names: Vec<String> = bus.channels.lock().by_name.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    #[test]
+    fn sweep_forgets_idle_channels_and_keeps_subscribed_and_young_ones() {
+        let bus = Arc::new(MemoryBus::new(MemoryBusConfig::default()));
+        let rules = rules(5, 60);
+        let t0 = Instant::now();
+        let link = bus.attach(node("n1"), Arc::new(Collect::default()));
+        drop(link.want("subscribed"));
+        for channel in ["idle", "subscribed"] {
+            bus.publish_at(msg(channel, None), &rules, t0).unwrap();
+        }
+        bus.publish_at(msg("young", None), &rules, t0 + secs(58))
+            .unwrap();
+
+        assert_eq!(bus.sweep(t0 + secs(59)), 0, "no position expired yet");
+        assert_eq!(bus.sweep(t0 + secs(61)), 1);
+        assert_eq!(held(&bus), ["subscribed", "young"]);
+        {
+            let channels = bus.channels.lock();
+            let subscribed = &channels.by_name["subscribed"];
+            assert_eq!(
+                subscribed.position.offset, 1,
+                "a subscribed channel keeps its position"
+            );
+            assert!(subscribed.history.is_empty(), "but its history expired");
+            assert_eq!(channels.by_name["young"].history.len(), 1);
+        }
+
+        link.unwant("subscribed");
+        assert_eq!(bus.sweep(t0 + secs(61)), 1, "unsubscribed, it expires");
+        assert_eq!(held(&bus), ["young"]);
+        assert_eq!(bus.sweep(t0 + secs(118)), 1);
+        assert!(held(&bus).is_empty());
+        assert_eq!(bus.sizes(), (0, 0));
+    }
+
+    #[test]
+    fn publishing_sweeps_expired_channels_every_sweep_interval() {
+        let bus = MemoryBus::new(MemoryBusConfig::default());
+        let rules = rules(5, 60);
+        let t0 = Instant::now();
+        for i in 0..100 {
+            bus.publish_at(msg(&format!("chat:{i}"), None), &rules, t0)
+                .unwrap();
+        }
+        bus.publish_at(msg("chat:late", None), &rules, t0 + secs(61))
+            .unwrap();
+        assert_eq!(held(&bus), ["chat:late"], "random channels do not pile up");
+    }
+
+    #[test]
+    fn past_the_channel_cap_a_new_channel_is_refused_and_held_ones_still_publish() {
+        let bus = MemoryBus::new(limits(2, 10));
+        let rules = rules(5, 60);
+        let t0 = Instant::now();
+        bus.publish_at(msg("a", None), &rules, t0).unwrap();
+        bus.publish_at(msg("b", None), &rules, t0).unwrap();
+        let refused = bus.publish_at(msg("c", None), &rules, t0 + secs(1));
+        match refused {
+            Err(BusError::LimitExceeded(message)) => {
+                assert!(message.contains("at most 2 channels"), "{message}")
+            }
+            other => panic!("expected LimitExceeded, got {other:?}"),
+        }
+        assert_eq!(
+            held(&bus),
+            ["a", "b"],
+            "nothing of the refused publish is kept"
+        );
+        let again = bus
+            .publish_at(msg("a", None), &rules, t0 + secs(2))
+            .unwrap();
+        assert_eq!(again.offset, 2, "a channel the bus holds keeps working");
+
+        // Once b's position expired, the sweep at the cap makes room for a new channel.
+        let later = t0 + secs(61);
+        assert_eq!(
+            bus.publish_at(msg("c", None), &rules, later)
+                .unwrap()
+                .offset,
+            1
+        );
+        assert_eq!(held(&bus), ["a", "c"]);
+    }
+
+    #[test]
+    fn idempotency_never_forgets_a_key_younger_than_its_window() {
+        let bus = MemoryBus::new(limits(10, 3));
+        let rules = NamespaceRules::default();
+        let t0 = Instant::now();
+        for (i, key) in ["k1", "k2", "k3"].into_iter().enumerate() {
+            bus.publish_at(msg("m", Some(key)), &rules, t0 + secs(i as u64))
+                .unwrap();
+        }
+        // The table is full of live keys: a new key is refused rather than one forgotten...
+        let refused = bus.publish_at(msg("m", Some("k4")), &rules, t0 + secs(3));
+        assert!(
+            matches!(refused, Err(BusError::LimitExceeded(_))),
+            "{refused:?}"
+        );
+        // ...so a retry of the oldest key still publishes nothing.
+        let retry = bus
+            .publish_at(msg("m", Some("k1")), &rules, t0 + secs(4))
+            .unwrap();
+        assert_eq!((retry.offset, retry.duplicate), (1, true));
+        // Publishes without a key are not held back by the key table.
+        let plain = bus
+            .publish_at(msg("m", None), &rules, t0 + secs(4))
+            .unwrap();
+        assert_eq!(plain.offset, 4);
+
+        // Past k1's window (and only k1's) there is room again.
+        let later = t0 + secs(60);
+        let k4 = bus.publish_at(msg("m", Some("k4")), &rules, later).unwrap();
+        assert_eq!((k4.offset, k4.duplicate), (5, false));
+        let k2 = bus.publish_at(msg("m", Some("k2")), &rules, later).unwrap();
+        assert_eq!((k2.offset, k2.duplicate), (2, true), "k2 is 59 s old");
+        assert_eq!(bus.sizes().1, 3);
     }
 }

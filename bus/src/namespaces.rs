@@ -32,7 +32,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::config::parse_duration;
+use chorus_runtime::units::parse_duration;
 
 /// Built-in number of publications kept per channel.
 pub const DEFAULT_HISTORY_SIZE: u32 = 100;

@@ -547,6 +547,7 @@ async fn history_keeps_exactly_its_size_with_ttls_and_reads_atomically_with_the_
         since: Some(3),
         limit: 1,
         reverse: true,
+        ..Default::default()
     };
     let newest = bus.history("h", &reverse).await.unwrap();
     assert_eq!(
@@ -563,10 +564,74 @@ async fn history_keeps_exactly_its_size_with_ttls_and_reads_atomically_with_the_
         offset,
         epoch: all.position.epoch.clone(),
     };
-    assert!(!bus.recover("h", &judge(1)).await.unwrap().recovered);
-    let from_two = bus.recover("h", &judge(2)).await.unwrap();
+    assert!(
+        !bus.recover("h", &judge(1), 1 << 20)
+            .await
+            .unwrap()
+            .recovered
+    );
+    let from_two = bus.recover("h", &judge(2), 1 << 20).await.unwrap();
     assert!(from_two.recovered);
     assert_eq!(from_two.publications.len(), 3);
+}
+
+/// A history read stops at its byte bound inside Redis (not after reading everything) and
+/// says so; page after page, the reads add up to the whole history, once each, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_is_read_in_pages_bounded_in_bytes_that_add_up_to_all_of_it() {
+    let server = RedisServer::start().unwrap();
+    let bus = Bus::redis(&config(&server)).unwrap();
+    for _ in 0..50 {
+        bus.publish(publish("p", &[b'x'; 1000])).await.unwrap();
+    }
+    let page_bytes = 10_500; // ten envelopes of ~1,050 bytes
+    let mut pages = Vec::new();
+    let mut since = 0;
+    loop {
+        let query = chorus_bus::HistoryQuery::page(Some(since), 0, false, page_bytes);
+        let page = bus.history("p", &query).await.unwrap();
+        assert!(!page.publications.is_empty());
+        since = page.publications.last().unwrap().offset;
+        pages.push(
+            page.publications
+                .iter()
+                .map(|e| e.offset)
+                .collect::<Vec<_>>(),
+        );
+        if !page.more {
+            break;
+        }
+        assert!(pages.len() < 50, "paging must make progress");
+    }
+    assert!(pages.len() >= 5, "pages of at most ~10 entries: {pages:?}");
+    assert!(pages.iter().all(|p| p.len() <= 10), "{pages:?}");
+    let all: Vec<u64> = pages.concat();
+    assert_eq!(all, (1..=50).collect::<Vec<_>>());
+
+    // Newest first, the same bound; an entry larger than the bound still comes, alone.
+    let read = async |limit, reverse, bytes| {
+        let query = chorus_bus::HistoryQuery::page(None, limit, reverse, bytes);
+        bus.history("p", &query).await.unwrap()
+    };
+    let newest = read(0, true, page_bytes).await;
+    assert!(newest.more);
+    assert_eq!(newest.publications.first().map(|e| e.offset), Some(50));
+    let tiny = read(0, false, 1).await;
+    assert_eq!(tiny.publications.len(), 1);
+    assert!(tiny.more);
+    // A count limit reached inside the bound is not "more".
+    let counted = read(3, false, page_bytes).await;
+    assert_eq!(counted.publications.len(), 3);
+    assert!(!counted.more);
+
+    // Recovery pages the same way: recovered at every page, more until the top.
+    let epoch = newest.position.epoch.clone();
+    let first = bus
+        .recover("p", &chorus_bus::Position { offset: 0, epoch }, page_bytes)
+        .await
+        .unwrap();
+    assert!(first.recovered && first.more);
+    assert_eq!(first.publications.first().map(|e| e.offset), Some(1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -589,7 +654,7 @@ async fn a_channel_whose_position_was_lost_starts_a_new_epoch_without_the_old_hi
         offset: 2,
         epoch: first.epoch,
     };
-    let recovery = bus.recover("e", &old).await.unwrap();
+    let recovery = bus.recover("e", &old, 1 << 20).await.unwrap();
     assert!(!recovery.recovered);
     assert_eq!(recovery.position.epoch, reborn.epoch);
 }

@@ -2,15 +2,18 @@
 //! bus — with the demo page at `/`. Needs no Redis. It runs the same gateway and broker-api
 //! code as a cluster; only the bus differs.
 
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use anyhow::Context;
 use chorus_broker_api::BrokerConfig;
-use chorus_bus::Bus;
-use chorus_bus::logging::{self, LogConfig};
 use chorus_bus::namespaces::NamespacesConfig;
+use chorus_bus::{Bus, MemoryBusConfig};
 use chorus_gateway::GatewayConfig;
-use clap::Parser;
+use chorus_runtime::logging::{self, LogConfig};
+
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use tokio_util::sync::CancellationToken;
 
 /// The API key used when none is configured, so a first run works out of the box.
@@ -30,30 +33,45 @@ struct Cli {
     #[command(flatten)]
     namespaces: NamespacesConfig,
     #[command(flatten)]
+    bus: MemoryBusConfig,
+    #[command(flatten)]
     log: LogConfig,
     /// Do not serve the demo page at `/`.
     #[arg(long = "no-demo-page", env = "CHORUS_NO_DEMO_PAGE")]
     no_demo_page: bool,
+    /// Instead of running: print shell completions or the man page.
+    #[command(subcommand)]
+    tool: Option<chorus_runtime::tools::Tool>,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let mut cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches)?;
+    if let Some(tool) = &cli.tool {
+        return Ok(tool.run(Cli::command())?);
+    }
     logging::init(&cli.log);
     cli.gateway.demo_page = !cli.no_demo_page;
-    if cli.api.api_keys.iter().all(|k| k.trim().is_empty()) {
-        tracing::warn!(
+    match use_dev_key(&mut cli, &matches) {
+        DevKey::NotUsed => {}
+        DevKey::OnLoopback => tracing::warn!(
             key = DEV_API_KEY,
-            "no --api-key given; using the development key"
-        );
-        cli.api.api_keys = vec![DEV_API_KEY.into()];
+            "no --api-key given: using the development key and listening on 127.0.0.1 only \
+             (give --api-key, or --gateway-listen/--api-listen, to listen elsewhere)"
+        ),
+        DevKey::WhereAsked => tracing::warn!(
+            key = DEV_API_KEY,
+            "no --api-key given: using the development key on the addresses given; \
+             anyone who can reach the API can publish"
+        ),
     }
 
     let namespaces = cli
         .namespaces
         .load()
         .context("loading the namespaces file")?;
-    let bus = Bus::memory().with_namespaces(namespaces);
+    let bus = Bus::memory_with(cli.bus).with_namespaces(namespaces);
     let shutdown = CancellationToken::new();
     let gateway_listener = cli
         .gateway
@@ -74,7 +92,7 @@ async fn main() -> anyhow::Result<()> {
         reachable(api)
     );
 
-    tokio::spawn(chorus_bus::shutdown::on_signal(shutdown.clone()));
+    tokio::spawn(chorus_runtime::shutdown::on_signal(shutdown.clone()));
     let gateway = chorus_gateway::serve(
         gateway_listener,
         bus.clone(),
@@ -87,6 +105,40 @@ async fn main() -> anyhow::Result<()> {
     gateway.context("gateway")?;
     broker.context("broker API")?;
     Ok(())
+}
+
+/// Whether the development API key is in use, and where Chorus then listens.
+#[derive(Debug, PartialEq, Eq)]
+enum DevKey {
+    NotUsed,
+    /// No address was given either: both ports moved to loopback.
+    OnLoopback,
+    /// The operator chose the addresses: they stand.
+    WhereAsked,
+}
+
+/// With no API key, uses the development key — which anyone can read in this file — and keeps
+/// both ports to this machine unless the operator chose where to listen.
+fn use_dev_key(cli: &mut Cli, matches: &clap::ArgMatches) -> DevKey {
+    if !cli.api.api_keys.iter().all(|k| k.trim().is_empty()) {
+        return DevKey::NotUsed;
+    }
+    cli.api.api_keys = vec![DEV_API_KEY.into()];
+    let chosen = |id: &str| matches.value_source(id) != Some(ValueSource::DefaultValue);
+    if chosen("gateway_listen") || chosen("api_listen") {
+        return DevKey::WhereAsked;
+    }
+    cli.gateway.listen.set_ip(Ipv4Addr::LOCALHOST.into());
+    cli.api.listen = loopback(&cli.api.listen);
+    DevKey::OnLoopback
+}
+
+/// `host:port` with the host replaced by 127.0.0.1 (unchanged if it does not parse).
+fn loopback(listen: &str) -> String {
+    match listen.parse::<std::net::SocketAddr>() {
+        Ok(addr) => std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, addr.port())).to_string(),
+        Err(_) => listen.to_owned(),
+    }
 }
 
 /// A listen address as a person would type it in a browser: `0.0.0.0` becomes `127.0.0.1`.
@@ -106,5 +158,54 @@ mod tests {
     #[test]
     fn flags_of_gateway_and_broker_api_do_not_clash() {
         Cli::command().debug_assert();
+    }
+
+    fn settled(args: &[&str]) -> (Cli, DevKey) {
+        let matches = Cli::command().try_get_matches_from(args).unwrap();
+        let mut cli = Cli::from_arg_matches(&matches).unwrap();
+        let dev = use_dev_key(&mut cli, &matches);
+        (cli, dev)
+    }
+
+    #[test]
+    fn the_development_key_keeps_chorus_on_loopback_unless_told_otherwise() {
+        let (cli, dev) = settled(&["chorus"]);
+        assert_eq!(dev, DevKey::OnLoopback);
+        assert_eq!(cli.gateway.listen.to_string(), "127.0.0.1:8000");
+        assert_eq!(cli.api.listen, "127.0.0.1:8001");
+        assert_eq!(cli.api.api_keys, [DEV_API_KEY]);
+
+        let (cli, dev) = settled(&["chorus", "--api-key", "a-real-key"]);
+        assert_eq!(dev, DevKey::NotUsed);
+        assert_eq!(cli.gateway.listen.to_string(), "0.0.0.0:8000");
+
+        let (cli, dev) = settled(&["chorus", "--gateway-listen", "0.0.0.0:9000"]);
+        assert_eq!(dev, DevKey::WhereAsked);
+        assert_eq!(cli.gateway.listen.to_string(), "0.0.0.0:9000");
+        assert_eq!(cli.api.listen, "0.0.0.0:8001");
+    }
+
+    #[test]
+    fn loopback_keeps_the_port() {
+        assert_eq!(loopback("0.0.0.0:8001"), "127.0.0.1:8001");
+        assert_eq!(loopback("[::]:9"), "127.0.0.1:9");
+    }
+
+    #[test]
+    fn memory_bus_limits_have_their_defaults_and_can_be_set() {
+        let cli = Cli::try_parse_from(["chorus"]).expect("no flags parse");
+        assert_eq!(
+            cli.bus.max_channels,
+            chorus_bus::config::DEFAULT_MAX_CHANNELS
+        );
+        let cli = Cli::try_parse_from([
+            "chorus",
+            "--max-channels",
+            "5",
+            "--max-idempotency-keys",
+            "7",
+        ])
+        .expect("limits parse");
+        assert_eq!((cli.bus.max_channels, cli.bus.max_idempotency_keys), (5, 7));
     }
 }

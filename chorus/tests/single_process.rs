@@ -21,6 +21,8 @@ async fn start_chorus() -> Chorus {
         format!("127.0.0.1:{gw}"),
         "--api-listen".into(),
         format!("127.0.0.1:{api}"),
+        "--metrics-listen".into(),
+        "off".into(),
     ];
     // No CHORUS_REDIS_URL, no Redis: the binary must not need one.
     let process = Process::spawn(env!("CARGO_BIN_EXE_chorus"), &args, &[("RUST_LOG", "warn")])
@@ -93,4 +95,9 @@ async fn demo_page_is_served_at_the_root() {
         page.contains("/ws"),
         "the page connects to the gateway's WebSocket"
     );
+}
+
+#[test]
+fn completions_and_man_page_describe_the_flags() {
+    chorus_testkit::check_tools(env!("CARGO_BIN_EXE_chorus"), "--no-demo-page");
 }

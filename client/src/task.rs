@@ -900,10 +900,15 @@ impl Task {
         let position = Position::new(result.offset, result.epoch);
         let recovered = result.was_recovering.then_some(result.recovered);
         let from = ch.last.take();
-        // Publications are judged against the position recovered from; otherwise (nothing to
-        // recover, or recovery failed) the channel continues from the reply's position.
-        ch.last = Some(match (recovered, &from) {
-            (Some(true), Some(from)) => from.clone(),
+        // Publications are judged against the position recovered from. Not recovered but with
+        // publications: the channel's new epoch from its start (its old one was lost), which
+        // continues from just before the first of them. Otherwise (nothing to recover, or
+        // nothing recoverable) the channel continues from the reply's position.
+        ch.last = Some(match (recovered, &from, result.publications.first()) {
+            (Some(true), Some(from), _) => from.clone(),
+            (Some(false), _, Some(first)) => {
+                Position::new(first.offset.saturating_sub(1), first.epoch.clone())
+            }
             _ => position.clone(),
         });
         let info = SubscribeInfo {

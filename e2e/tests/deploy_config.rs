@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use chorus_bus::config::parse_duration;
+use chorus_runtime::units::parse_duration;
 use clap::{Arg, ArgAction, Command, CommandFactory};
 use serde::Deserialize as _;
 use serde_norway::Value;
@@ -274,6 +274,12 @@ fn compose_ports_health_and_load_balancer_agree_with_the_code() {
 
     let gw_env = merged(&file, &compose_env(&services["gateway"]));
     let gw_port = port_of(get(&gw_env, "CHORUS_GATEWAY_LISTEN").expect("gateway listen set"));
+    let gw_metrics_port =
+        port_of(get(&gw_env, "CHORUS_METRICS_LISTEN").expect("gateway metrics listen set"));
+    assert!(
+        get(&gw_env, "CHORUS_METRICS_LISTEN").is_some_and(|a| a.starts_with("0.0.0.0:")),
+        "Prometheus reaches the gateways' metrics over the compose network"
+    );
     let gateway = &services["gateway"];
     assert!(
         gateway["ports"].is_null(),
@@ -285,7 +291,7 @@ fn compose_ports_health_and_load_balancer_agree_with_the_code() {
         .iter()
         .map(|p| s(p, "expose").to_owned())
         .collect();
-    assert_eq!(expose, [gw_port.to_string()]);
+    assert_eq!(expose, [gw_port.to_string(), gw_metrics_port.to_string()]);
     let grace = parse_duration(s(&gateway["stop_grace_period"], "stop_grace_period")).unwrap();
     assert!(
         grace >= Duration::from_secs(30),
@@ -375,7 +381,7 @@ fn compose_ports_health_and_load_balancer_agree_with_the_code() {
     );
     assert_eq!(
         gw_job["dns_sd_configs"][0]["port"].as_u64(),
-        Some(u64::from(gw_port))
+        Some(u64::from(gw_metrics_port))
     );
     let api_job = job("chorus-broker-api");
     assert_eq!(s(&api_job["metrics_path"], "path"), "/metrics");
@@ -478,6 +484,8 @@ fn stage<'a>(stages: &'a mut BTreeMap<String, Stage>, name: &Option<String>) -> 
 #[derive(Default)]
 struct Probes {
     gateway: BTreeSet<String>,
+    /// Paths on the gateway's metrics listener.
+    gateway_metrics: BTreeSet<String>,
     broker_api: BTreeSet<String>,
 }
 
@@ -616,17 +624,33 @@ fn kubernetes_manifests_agree_with_the_binaries() {
             assert_eq!(s(&get["port"], "probe port"), port_name);
         }
         let annotations = &pod["metadata"]["annotations"];
+        // The gateway serves metrics on a listener of their own; broker-api on its port.
+        let metrics_port = match get(&env, "CHORUS_METRICS_LISTEN") {
+            Some(addr) if name == "gateway" => {
+                let metrics_port = port_of(addr);
+                assert!(
+                    ports
+                        .iter()
+                        .any(|p| p["containerPort"].as_u64() == Some(u64::from(metrics_port))),
+                    "the gateway's pod declares its metrics port"
+                );
+                metrics_port
+            }
+            _ => port,
+        };
         assert_eq!(
             s(&annotations["prometheus.io/port"], "scrape port"),
-            port.to_string()
+            metrics_port.to_string()
         );
         let metrics_path = s(&annotations["prometheus.io/path"], "scrape path");
-        let paths = if name == "gateway" {
-            &mut probes.gateway
+        if name == "gateway" {
+            probes.gateway.extend(["/readyz".into(), "/healthz".into()]);
+            probes.gateway_metrics.insert(metrics_path.into());
         } else {
-            &mut probes.broker_api
-        };
-        paths.extend(["/readyz".into(), "/healthz".into(), metrics_path.into()]);
+            probes
+                .broker_api
+                .extend(["/readyz".into(), "/healthz".into(), metrics_path.into()]);
+        }
 
         let service = find(&docs, "Service", name);
         let labels = &pod["metadata"]["labels"];
@@ -707,11 +731,15 @@ async fn answer_200(probes: Probes) {
     let gw = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (gw_addr, api_addr) = (gw.local_addr().unwrap(), api.local_addr().unwrap());
+    let metrics_addr = std::net::SocketAddr::from(([127, 0, 0, 1], chorus_testkit::free_port()));
     let bus = Bus::memory();
     tokio::spawn(chorus_gateway::serve(
         gw,
         bus.clone(),
-        chorus_gateway::GatewayConfig::default(),
+        chorus_gateway::GatewayConfig {
+            metrics_listen: chorus_gateway::ListenAddr(Some(metrics_addr)),
+            ..chorus_gateway::GatewayConfig::default()
+        },
         Duration::from_secs(2),
         shutdown.clone(),
     ));
@@ -720,8 +748,13 @@ async fn answer_200(probes: Probes) {
         ..chorus_broker_api::BrokerConfig::default()
     };
     tokio::spawn(chorus_broker_api::serve(api, bus, config, shutdown.clone()));
-    for (addr, paths) in [(gw_addr, &probes.gateway), (api_addr, &probes.broker_api)] {
-        assert!(paths.len() >= 3, "probes found: {paths:?}");
+    assert_eq!(probes.gateway_metrics.len(), 1);
+    for (addr, paths) in [
+        (gw_addr, &probes.gateway),
+        (metrics_addr, &probes.gateway_metrics),
+        (api_addr, &probes.broker_api),
+    ] {
+        assert!(!paths.is_empty(), "probes found: {paths:?}");
         for path in paths {
             let url = format!("http://{addr}{path}");
             chorus_testkit::wait_http_ok(&url, Duration::from_secs(5))
@@ -738,10 +771,7 @@ fn exported_metrics() -> BTreeSet<String> {
     let base = chorus_gateway::metrics::ALL
         .iter()
         .chain(chorus_broker_api::metrics::ALL)
-        .chain(&[
-            chorus_bus::metrics::REDIS_LINK_UP,
-            chorus_bus::metrics::REDIS_RECONNECTS,
-        ]);
+        .chain(chorus_bus::metrics::ALL);
     for name in base {
         names.insert((*name).to_owned());
         if name.ends_with("_seconds") {
@@ -792,10 +822,7 @@ fn dashboard_and_alerts_use_only_exported_metrics() {
     for name in chorus_gateway::metrics::ALL
         .iter()
         .chain(chorus_broker_api::metrics::ALL)
-        .chain(&[
-            chorus_bus::metrics::REDIS_LINK_UP,
-            chorus_bus::metrics::REDIS_RECONNECTS,
-        ])
+        .chain(chorus_bus::metrics::ALL)
     {
         assert!(
             used.iter().any(|u| u.starts_with(name)),

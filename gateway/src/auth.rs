@@ -20,6 +20,8 @@
 
 use std::path::{Path, PathBuf};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
@@ -119,6 +121,8 @@ pub struct TokenVerifier {
     issuer: Option<String>,
 }
 
+/// Fewest bytes of an HMAC secret, from a flag or a JWKS: 256 bits.
+const MIN_HMAC_SECRET: usize = 32;
 const HMAC: [Algorithm; 3] = [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512];
 const RSA: [Algorithm; 3] = [Algorithm::RS256, Algorithm::RS384, Algorithm::RS512];
 const ECDSA: [Algorithm; 2] = [Algorithm::ES256, Algorithm::ES384];
@@ -128,7 +132,7 @@ impl TokenVerifier {
     pub fn load(sources: &KeySources) -> Result<Option<Self>, KeyConfigError> {
         let mut keys = Vec::new();
         if let Some(secret) = &sources.hmac_secret {
-            if secret.len() < 32 {
+            if secret.len() < MIN_HMAC_SECRET {
                 return Err(KeyConfigError::Invalid {
                     what: "--token-hmac-secret".into(),
                     message: "use at least 32 bytes (256 bits) of secret".into(),
@@ -165,7 +169,24 @@ impl TokenVerifier {
                 let family = match &jwk.algorithm {
                     AlgorithmParameters::RSA(_) => &RSA[..],
                     AlgorithmParameters::EllipticCurve(_) => &ECDSA[..],
-                    AlgorithmParameters::OctetKey(_) => &HMAC[..],
+                    AlgorithmParameters::OctetKey(octets) => {
+                        // The same floor as --token-hmac-secret: a short shared secret can be
+                        // guessed offline from any token signed with it.
+                        let len = URL_SAFE_NO_PAD
+                            .decode(octets.value.trim_end_matches('='))
+                            .map_err(|e| invalid(path, e))?
+                            .len();
+                        if len < MIN_HMAC_SECRET {
+                            return Err(KeyConfigError::Invalid {
+                                what: path.display().to_string(),
+                                message: format!(
+                                    "the oct key {:?} has {len} bytes: use at least {MIN_HMAC_SECRET} (256 bits)",
+                                    jwk.common.key_id.as_deref().unwrap_or("")
+                                ),
+                            });
+                        }
+                        &HMAC[..]
+                    }
                     // Ed25519 and unknown key types: not among the supported algorithms.
                     _ => continue,
                 };
@@ -280,7 +301,7 @@ fn invalid(path: &Path, e: impl std::fmt::Display) -> KeyConfigError {
 struct Claims {
     #[serde(default)]
     sub: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "numeric_date")]
     exp: Option<u64>,
     #[serde(default)]
     channels: Vec<String>,
@@ -288,6 +309,24 @@ struct Claims {
     publish: Vec<String>,
     #[serde(default)]
     info: Option<Box<RawValue>>,
+}
+
+/// An RFC 7519 NumericDate: seconds since the Unix epoch, which may have a fraction (some
+/// issuers write `1767225600.5`). Kept in whole seconds, rounded down: the connection closes
+/// at most a second early, never late. Values past `u64` (as a float) are refused.
+fn numeric_date<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let Some(value) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    if let Some(whole) = value.as_u64() {
+        return Ok(Some(whole));
+    }
+    match value.as_f64() {
+        Some(f) if f.is_finite() && f >= 0.0 && f < u64::MAX as f64 => Ok(Some(f.floor() as u64)),
+        _ => Err(serde::de::Error::custom(
+            "exp must be a non-negative number of seconds",
+        )),
+    }
 }
 
 impl Claims {
@@ -380,6 +419,30 @@ mod tests {
             TokenVerifier::load(&sources),
             Err(KeyConfigError::Invalid { .. })
         ));
+    }
+
+    #[test]
+    fn a_short_oct_key_in_a_jwks_is_refused_and_a_long_one_loads() {
+        let dir = std::env::temp_dir().join(format!("chorus-oct-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let load = |bytes: usize| {
+            let path = dir.join(format!("jwks-{bytes}.json"));
+            let k = URL_SAFE_NO_PAD.encode(vec![7u8; bytes]);
+            let set = format!(r#"{{"keys":[{{"kty":"oct","kid":"k{bytes}","k":"{k}"}}]}}"#);
+            std::fs::write(&path, set).unwrap();
+            TokenVerifier::load(&KeySources {
+                jwks: Some(path),
+                ..KeySources::default()
+            })
+        };
+        match load(16) {
+            Err(KeyConfigError::Invalid { message, .. }) => {
+                assert!(message.contains("16 bytes"), "{message}");
+            }
+            other => panic!("a 16-byte oct key must be refused, got {:?}", other.is_ok()),
+        }
+        assert!(load(32).unwrap().is_some());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -48,7 +48,7 @@ impl Fanout {
                 epoch: "e".into(),
             };
             if hub
-                .activate("bench", &conn, &position, Bytes::from_static(b"R"))
+                .activate("bench", &conn, &position, Some(Bytes::from_static(b"R")))
                 .is_err()
             {
                 continue;

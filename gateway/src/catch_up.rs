@@ -47,6 +47,10 @@ impl CatchUpQueue {
 
 /// History reads in flight at once.
 const PARALLEL_READS: usize = 16;
+/// Most bytes of publications one catch-up read takes from history: a channel that missed
+/// more is caught up page by page (each page delivered before the next is read), so the
+/// reads in flight hold at most `PARALLEL_READS` pages.
+const PAGE_BYTES: usize = 1 << 20;
 /// Pause before retrying after a failed read.
 const RETRY_PAUSE: Duration = Duration::from_millis(250);
 
@@ -67,7 +71,7 @@ pub(crate) async fn run(hub: Arc<Hub>, bus: Bus, timeout: Duration, shutdown: Ca
                     async move {
                         let read = tokio::time::timeout(
                             timeout,
-                            bus.recover(&target.channel, &target.since),
+                            bus.recover(&target.channel, &target.since, PAGE_BYTES),
                         )
                         .await;
                         (target, read)

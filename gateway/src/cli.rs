@@ -2,8 +2,8 @@
 //! deployment files (compose, Kubernetes) against the flags and variables it really accepts.
 
 use chorus_bus::BusConfig;
-use chorus_bus::logging::LogConfig;
 use chorus_bus::namespaces::NamespacesConfig;
+use chorus_runtime::logging::LogConfig;
 
 use crate::GatewayConfig;
 
@@ -19,4 +19,7 @@ pub struct Cli {
     pub namespaces: NamespacesConfig,
     #[command(flatten)]
     pub log: LogConfig,
+    /// Instead of running: print shell completions or the man page.
+    #[command(subcommand)]
+    pub tool: Option<chorus_runtime::tools::Tool>,
 }

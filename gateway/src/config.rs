@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use chorus_bus::config::{parse_duration, parse_size};
+use chorus_runtime::units::{parse_duration, parse_size};
 
 use crate::auth::KeySources;
 
@@ -19,6 +19,18 @@ pub struct GatewayConfig {
         default_value = "0.0.0.0:8000"
     )]
     pub listen: SocketAddr,
+
+    /// Address of the Prometheus endpoint (`GET /metrics`), apart from the client port so
+    /// that clients cannot scrape it: loopback by default (a scraper on the same host or in
+    /// the same pod); `0.0.0.0:9464` to let a cluster's Prometheus reach it; `off` for none.
+    /// (Embedding the gateway as a library, `GatewayConfig::default()`, serves none.)
+    #[arg(
+        long = "metrics-listen",
+        value_name = "ADDR|off",
+        env = "CHORUS_METRICS_LISTEN",
+        default_value = "127.0.0.1:9464"
+    )]
+    pub metrics_listen: ListenAddr,
 
     /// Length of the listening socket's accept queue (the kernel caps it at
     /// `net.core.somaxconn`). Bursts of connects beyond it are dropped by the kernel and
@@ -132,6 +144,25 @@ pub struct GatewayConfig {
     )]
     pub command_burst: u32,
 
+    /// History reads per second one connection may make on average — `history` commands and
+    /// recovering subscribes, each of which reads from the bus — inside the command rate; 0
+    /// turns this limit off. Reads over it get error 114 (the connection stays open).
+    #[arg(
+        long = "history-rate",
+        env = "CHORUS_HISTORY_RATE",
+        default_value_t = 10
+    )]
+    pub history_rate: u32,
+
+    /// History reads one connection may make at once before the history rate applies (a
+    /// client resubscribing many channels with recovery after a reconnect).
+    #[arg(
+        long = "history-burst",
+        env = "CHORUS_HISTORY_BURST",
+        default_value_t = 50
+    )]
+    pub history_burst: u32,
+
     /// Browser origins allowed to open WebSockets, comma-separated, `*` wildcards allowed
     /// (`https://app.example.com,https://*.example.org`). Empty: any origin. Requests without
     /// an Origin header (not from a browser) are always allowed. Others get HTTP 403.
@@ -235,6 +266,21 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// An address to listen on, or none (`off`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ListenAddr(pub Option<SocketAddr>);
+
+impl std::str::FromStr for ListenAddr {
+    type Err = std::net::AddrParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "" | "off" => Ok(Self(None)),
+            addr => addr.parse().map(|a| Self(Some(a))),
+        }
+    }
+}
+
 impl GatewayConfig {
     /// Binds the gateway's listening socket with its accept queue length (the standard
     /// library's and tokio's `bind` use 128, which a burst of reconnecting clients overflows).
@@ -253,6 +299,7 @@ impl Default for GatewayConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 8000)),
+            metrics_listen: ListenAddr(None),
             listen_backlog: 4096,
             node_id: None,
             advertise_address: None,
@@ -269,6 +316,8 @@ impl Default for GatewayConfig {
             header_timeout: Duration::from_secs(10),
             command_rate: 100,
             command_burst: 200,
+            history_rate: 10,
+            history_burst: 50,
             allowed_origins: Vec::new(),
             token_hmac_secret: None,
             token_rsa_public_key: None,
@@ -300,6 +349,14 @@ mod tests {
         let parsed = Cli::parse_from(["chorus-gateway"]).gateway;
         let default = GatewayConfig::default();
         assert_eq!(parsed.listen, default.listen);
+        assert_eq!(
+            parsed.metrics_listen,
+            "127.0.0.1:9464".parse().unwrap(),
+            "the binary serves metrics on loopback; the library default serves none"
+        );
+        assert_eq!(default.metrics_listen, ListenAddr(None));
+        let off = Cli::parse_from(["chorus-gateway", "--metrics-listen", "off"]).gateway;
+        assert_eq!(off.metrics_listen, ListenAddr(None));
         assert_eq!(parsed.ping_interval, default.ping_interval);
         assert_eq!(parsed.idle_timeout, default.idle_timeout);
         assert_eq!(parsed.max_message_size, default.max_message_size);
@@ -314,6 +371,8 @@ mod tests {
         assert_eq!(parsed.header_timeout, default.header_timeout);
         assert_eq!(parsed.command_rate, default.command_rate);
         assert_eq!(parsed.command_burst, default.command_burst);
+        assert_eq!(parsed.history_rate, default.history_rate);
+        assert_eq!(parsed.history_burst, default.history_burst);
         assert_eq!(parsed.allowed_origins, default.allowed_origins);
         assert_eq!(parsed.allow_anonymous, default.allow_anonymous);
         assert_eq!(parsed.token_hmac_secret, None);

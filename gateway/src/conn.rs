@@ -75,6 +75,10 @@ pub(crate) struct Conn {
     /// The same, for the writer: a flag it checks each time it wakes, cheaper than the
     /// token's future on a path taken once per delivery.
     ending: AtomicBool,
+    /// Someone waits in [`Conn::room_for`]: the writer wakes it when it takes items off the
+    /// queue. A flag, so that the writer's common path pays one relaxed load, not a notify.
+    room_wanted: AtomicBool,
+    room: Notify,
 }
 
 #[derive(Default)]
@@ -110,6 +114,8 @@ impl Conn {
             close_frame: Mutex::new(None),
             closing: CancellationToken::new(),
             ending: AtomicBool::new(false),
+            room_wanted: AtomicBool::new(false),
+            room: Notify::new(),
         });
         let queue = ConnQueue { conn: conn.clone() };
         (conn, queue)
@@ -214,6 +220,33 @@ impl Conn {
         if bytes > 0 {
             self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
             crate::metrics::queued(-(bytes as i64));
+            if self.room_wanted.load(Ordering::Relaxed) {
+                self.room.notify_waiters();
+            }
+        }
+    }
+
+    /// Waits until `bytes` more fit in the queue's byte bound — or the queue is empty, so that
+    /// one item larger than the bound still goes — and says whether they do (false: the
+    /// connection is ending). For sending a large answer in parts at the client's pace.
+    pub(crate) async fn room_for(&self, bytes: usize) -> bool {
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            self.room_wanted.store(true, Ordering::Relaxed);
+            let queued = self.queued_bytes.load(Ordering::Relaxed);
+            if self.is_ending() {
+                return false;
+            }
+            if queued == 0 || queued + bytes <= self.max_bytes {
+                self.room_wanted.store(false, Ordering::Relaxed);
+                return true;
+            }
+            tokio::select! {
+                () = &mut room => {}
+                () = self.closing.cancelled() => return false,
+            }
         }
     }
 
@@ -381,6 +414,31 @@ mod tests {
         );
         conn.send(data(b"live"));
         assert!(writer_woken(&conn).await, "uncorked pushes wake at once");
+    }
+
+    #[tokio::test]
+    async fn room_for_waits_until_the_writer_takes_enough_off_the_queue() {
+        let (conn, q) = Conn::new("c".into(), Format::Json, 8, 10);
+        conn.send(data(b"123456"));
+        let waiting = tokio::spawn({
+            let conn = conn.clone();
+            async move { conn.room_for(6).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "6 + 6 bytes do not fit in 10");
+        let item = q.try_recv().unwrap();
+        conn.dequeued(&item);
+        assert!(
+            waiting.await.unwrap(),
+            "room once the writer took the first"
+        );
+        conn.send(data(b"123456"));
+        let ending = tokio::spawn({
+            let conn = conn.clone();
+            async move { conn.room_for(6).await }
+        });
+        conn.close(close::SHUTDOWN, "bye");
+        assert!(!ending.await.unwrap(), "a closing connection has no room");
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod auth;
 pub mod bench_support;
 mod catch_up;
 pub mod cli;
+mod clock;
 pub mod config;
 mod conn;
 mod frame_reader;
@@ -37,7 +38,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use cli::Cli;
-pub use config::GatewayConfig;
+pub use config::{GatewayConfig, ListenAddr};
 
 /// Runs a gateway node on `listener` until `shutdown` is cancelled, then closes every client
 /// connection (close code 3000, after a `disconnect` push with `reconnect: true`) and leaves
@@ -56,6 +57,12 @@ pub async fn serve(
     let security = security::Security::from_config(&config)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     metrics::init();
+    let metrics_listener = match config.metrics_listen.0 {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+            std::io::Error::new(e.kind(), format!("binding --metrics-listen {addr}: {e}"))
+        })?),
+        None => None,
+    };
     let node = node::Node::start(
         bus,
         config,
@@ -65,6 +72,10 @@ pub async fn serve(
         security,
     );
     tracing::info!(node = %node.id, address = %local, "gateway listening");
+    if let Some(listener) = metrics_listener {
+        tracing::info!(address = %listener.local_addr()?, "metrics at /metrics");
+        tokio::spawn(server::metrics_loop(listener, node.shutdown.clone()));
+    }
     server::accept_loop(listener, node.clone()).await;
     tracing::info!(node = %node.id, connections = node.connection_count(), channels = node.hub.channel_count(), subscriptions = node.hub.subscription_count(), "gateway stopped");
     node.link.detach().await;

@@ -142,13 +142,14 @@ impl ConnectionSlots {
             return Some(None);
         }
         let mut map = self.per_user.lock();
-        let n = map.entry(user.to_owned()).or_insert(0);
-        if *n >= self.max_per_user {
+        // Refused before any entry is made: the map holds only users with a connection, so a
+        // stream of distinct refused users (with a limit of 0, every user) leaves nothing.
+        if map.get(user).copied().unwrap_or(0) >= self.max_per_user {
             drop(map);
             self.refused.fetch_add(1, Ordering::Relaxed);
             return None;
         }
-        *n += 1;
+        *map.entry(user.to_owned()).or_insert(0) += 1;
         Some(Some(UserSlot {
             slots: self.clone(),
             user: user.to_owned(),
@@ -218,6 +219,23 @@ mod tests {
         drop(u);
         assert!(slots.user("alice").is_some());
         assert_eq!(slots.refused.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn refused_users_leave_no_entry_behind() {
+        let slots = ConnectionSlots::new(10, 0);
+        for i in 0..1000 {
+            assert!(slots.user(&format!("user-{i}")).is_none());
+        }
+        assert!(slots.per_user.lock().is_empty());
+        let slots = ConnectionSlots::new(10, 1);
+        let held = slots.user("alice").unwrap();
+        assert_eq!(slots.per_user.lock().len(), 1);
+        drop(held);
+        assert!(
+            slots.per_user.lock().is_empty(),
+            "the last connection's entry goes"
+        );
     }
 
     #[test]

@@ -2,14 +2,17 @@
 
 use anyhow::Context;
 use chorus_bus::Bus;
-use chorus_bus::logging;
 use chorus_gateway::Cli;
-use clap::Parser;
+use chorus_runtime::logging;
+use clap::{CommandFactory, Parser};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(tool) = &cli.tool {
+        return Ok(tool.run(Cli::command())?);
+    }
     logging::init(&cli.log);
     let namespaces = cli
         .namespaces
@@ -23,7 +26,7 @@ async fn main() -> anyhow::Result<()> {
         .bind()
         .with_context(|| format!("binding {}", cli.gateway.listen))?;
     let shutdown = CancellationToken::new();
-    tokio::spawn(chorus_bus::shutdown::on_signal(shutdown.clone()));
+    tokio::spawn(chorus_runtime::shutdown::on_signal(shutdown.clone()));
     chorus_gateway::serve(listener, bus, cli.gateway, cli.bus.redis_timeout, shutdown).await?;
     Ok(())
 }

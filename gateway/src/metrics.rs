@@ -80,17 +80,17 @@ static BACKLOG: AtomicI64 = AtomicI64::new(0);
 /// process).
 pub(crate) fn init() {
     INIT.call_once(|| {
-        if !chorus_bus::metrics::install() {
+        if !chorus_bus::metrics::init() {
             return;
         }
         describe();
-        chorus_bus::metrics::add_sampler(sample);
+        chorus_runtime::metrics::add_sampler(sample);
     });
 }
 
 /// The `/metrics` body, or `None` when metrics are not Chorus's to render.
 pub(crate) fn render() -> Option<String> {
-    chorus_bus::metrics::render()
+    chorus_runtime::metrics::render()
 }
 
 fn describe() {

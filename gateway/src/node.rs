@@ -95,7 +95,8 @@ impl Node {
     /// reconnect. Call only after `shutdown` fired.
     pub(crate) fn drain_turn(&self, fraction: f64) -> Instant {
         let started = *self.drain_started.get_or_init(Instant::now);
-        started + self.config.drain_window.mul_f64(fraction.clamp(0.0, 1.0))
+        let turn = self.config.drain_window.mul_f64(fraction.clamp(0.0, 1.0));
+        started.checked_add(turn).unwrap_or(started)
     }
 
     /// When the drain window ends. Call only after `shutdown` fired.

@@ -11,8 +11,13 @@
 //! 5. an anonymous connection needs `anonymous_subscribe` (103 otherwise);
 //! 6. allowed.
 //!
-//! Publish: allowed to a channel the token's `publish` claim grants; otherwise only in a
-//! namespace with `client_publish`, and only to a channel the connection may subscribe to.
+//! Publish, in this order:
+//! 1. a user-limited channel takes publications only from the users it names, whatever the
+//!    token's `publish` claim grants (a `publish: ["chat:*"]` grant does not reach into
+//!    `chat:dm#alice,bob`): others get 103;
+//! 2. a channel the token's `publish` claim grants is allowed;
+//! 3. otherwise only in a namespace with `client_publish`, and only to a channel the
+//!    connection may subscribe to.
 
 use chorus_bus::namespaces::Namespaces;
 use chorus_protocol::channel;
@@ -53,6 +58,10 @@ pub(crate) fn may_publish(ns: &Namespaces, id: &Identity, ch: &str) -> Result<()
     let rules = ns
         .lookup(ch)
         .map_err(|e| ErrorCode::BadChannel.with(e.to_string()))?;
+    if limited_to(ch).is_some() {
+        // The users' own channel: their grants may open it to them, nobody else's can.
+        may_subscribe(ns, id, ch)?;
+    }
     if id.grants_publish(ch) {
         return Ok(());
     }
@@ -104,6 +113,32 @@ mod tests {
 
     fn code(r: Result<(), client::Error>) -> u32 {
         r.err().map_or(0, |e| e.code)
+    }
+
+    #[test]
+    fn a_publish_grant_does_not_reach_into_another_users_channel() {
+        let ns = file();
+        let granted = |name: &str| Identity {
+            publish: vec!["chat:*".into()],
+            ..user(name)
+        };
+        assert_eq!(
+            code(may_publish(&ns, &granted("mallory"), "chat:dm#alice,bob")),
+            ErrorCode::PermissionDenied.code()
+        );
+        assert_eq!(
+            code(may_publish(&ns, &granted("alice"), "chat:dm#alice,bob")),
+            0
+        );
+        assert_eq!(code(may_publish(&ns, &granted("mallory"), "chat:room")), 0);
+        let anonymous = Identity {
+            publish: vec!["*".into()],
+            ..Identity::default()
+        };
+        assert_eq!(
+            code(may_publish(&ns, &anonymous, "chat:dm#alice,bob")),
+            ErrorCode::PermissionDenied.code()
+        );
     }
 
     #[test]

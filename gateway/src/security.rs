@@ -12,6 +12,7 @@ use chorus_protocol::codes::{ErrorCode, close};
 use tokio::time::Instant;
 
 use crate::auth::{Identity, KeyConfigError, TokenError, TokenVerifier};
+use crate::clock::after;
 use crate::config::GatewayConfig;
 use crate::limits::{ConnectionSlots, RateLimiter, UserSlot, Verdict};
 use crate::permissions;
@@ -25,6 +26,8 @@ pub(crate) struct Security {
     connect_timeout: Duration,
     command_rate: u32,
     command_burst: u32,
+    history_rate: u32,
+    history_burst: u32,
 }
 
 impl Security {
@@ -44,6 +47,8 @@ impl Security {
             connect_timeout: config.connect_timeout,
             command_rate: config.command_rate,
             command_burst: config.command_burst,
+            history_rate: config.history_rate,
+            history_burst: config.history_burst,
         })
     }
 
@@ -74,7 +79,8 @@ impl Security {
             identity: Identity::anonymous(),
             user_slot: None,
             limiter: RateLimiter::new(self.command_rate, self.command_burst),
-            connect_deadline: Instant::now() + self.connect_timeout,
+            history_reads: RateLimiter::new(self.history_rate, self.history_burst),
+            connect_deadline: after(self.connect_timeout),
             expires: None,
         }
     }
@@ -85,6 +91,9 @@ pub(crate) struct SessionSecurity {
     pub(crate) identity: Identity,
     user_slot: Option<UserSlot>,
     limiter: RateLimiter,
+    /// History reads (history commands, recovering subscribes): the costly commands, with a
+    /// rate of their own inside the command rate.
+    history_reads: RateLimiter,
     connect_deadline: Instant,
     expires: Option<Instant>,
 }
@@ -100,6 +109,16 @@ impl SessionSecurity {
     /// Checks one command against the rate limit.
     pub(crate) fn rate(&mut self) -> Verdict {
         self.limiter.check()
+    }
+
+    /// Checks one history read against its rate: refused reads get error 114, and the
+    /// connection stays (a client that keeps going is closed by the command rate).
+    pub(crate) fn may_read_history(&mut self) -> Result<(), client::Error> {
+        match self.history_reads.check() {
+            Verdict::Allow => Ok(()),
+            Verdict::Refuse | Verdict::Close => Err(ErrorCode::RateLimited
+                .with("too many history reads (history, recovering subscribes): slow down")),
+        }
     }
 
     /// The next deadline: `connect` not sent in time, or the token expiring.
@@ -166,10 +185,23 @@ impl SessionSecurity {
 }
 
 /// The moment a token with `exp` (seconds since the Unix epoch) expires, on the tokio clock.
+/// Saturating: issuers write `exp = u64::MAX` for "never", which no clock can add.
 fn expiry_instant(exp: u64) -> Instant {
     let now_unix = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or(Duration::ZERO);
-    let exp = Duration::from_secs(exp);
-    Instant::now() + exp.saturating_sub(now_unix)
+    after(Duration::from_secs(exp).saturating_sub(now_unix))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_expiry_too_far_for_the_clock_is_a_century_away_not_a_panic() {
+        let never = expiry_instant(u64::MAX);
+        assert!(never > Instant::now() + Duration::from_secs(50 * 365 * 24 * 3600));
+        let past = expiry_instant(1);
+        assert!(past <= Instant::now());
+    }
 }

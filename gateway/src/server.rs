@@ -1,6 +1,7 @@
 //! The HTTP side of the gateway: accepting TCP connections, routing `/ws`, `/healthz`,
-//! `/readyz`, `/metrics`, the JavaScript client at `/sdk/` and the demo page, and handing
-//! upgraded WebSockets to sessions.
+//! `/readyz`, the JavaScript client at `/sdk/` and the demo page, and handing upgraded
+//! WebSockets to sessions; and, on a listener of its own (loopback by default), `/metrics`, so
+//! that the client port never serves the node's internals.
 //!
 //! Connections are served by hyper's HTTP/1 server with upgrades enabled and a timer, so the
 //! header-read timeout applies (a client that never finishes its request is dropped). Upgraded
@@ -21,6 +22,7 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::node::Node;
@@ -104,21 +106,55 @@ async fn serve_http(stream: TcpStream, node: Arc<Node>, tracker: TaskTracker) {
     }
 }
 
+/// Serves `GET /metrics` on its own listener until `shutdown`.
+pub(crate) async fn metrics_loop(listener: TcpListener, shutdown: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let Ok((stream, _peer)) = accepted else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        tokio::spawn(async move {
+            let service = service_fn(|req: Request<Incoming>| {
+                let response = match (req.method(), req.uri().path()) {
+                    (&Method::GET, "/metrics") => metrics_page(),
+                    _ => text(StatusCode::NOT_FOUND, "not found\n"),
+                };
+                std::future::ready(Ok::<_, Infallible>(response))
+            });
+            let served = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            if let Err(e) = served {
+                tracing::debug!(error = %e, "metrics connection ended with an error");
+            }
+        });
+    }
+}
+
+fn metrics_page() -> Response<Body> {
+    match crate::metrics::render() {
+        Some(body) => {
+            let mut resp = text(StatusCode::OK, &body);
+            resp.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static(chorus_runtime::metrics::CONTENT_TYPE),
+            );
+            resp
+        }
+        None => text(StatusCode::NOT_FOUND, "metrics are not enabled\n"),
+    }
+}
+
 fn route(req: Request<Incoming>, node: &Arc<Node>, tracker: &TaskTracker) -> Response<Body> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/ws") => upgrade(req, node, tracker),
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
-        (&Method::GET, "/metrics") => match crate::metrics::render() {
-            Some(body) => {
-                let mut resp = text(StatusCode::OK, &body);
-                resp.headers_mut().insert(
-                    CONTENT_TYPE,
-                    HeaderValue::from_static(chorus_bus::metrics::CONTENT_TYPE),
-                );
-                resp
-            }
-            None => text(StatusCode::NOT_FOUND, "metrics are not enabled\n"),
-        },
         (&Method::GET, "/readyz") => {
             if node.is_ready() {
                 text(StatusCode::OK, "ready\n")

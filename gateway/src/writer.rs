@@ -129,8 +129,7 @@ pub(crate) async fn run<W>(mut ws: W, conn: Arc<Conn>, queue: ConnQueue, ping_in
 where
     W: AsyncWrite + Unpin,
 {
-    let mut ping =
-        tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
+    let mut ping = tokio::time::interval_at(crate::clock::after(ping_interval), ping_interval);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     // Grown on demand (an idle connection keeps little of it: memory per connection matters).
     let mut batch = VecDeque::new();

@@ -11,7 +11,7 @@ use chorus_bus::Namespaces;
 use chorus_gateway::GatewayConfig;
 use chorus_protocol::codes::close;
 use chorus_protocol::wire::Format;
-use chorus_testkit::{Process, WsClient, eventually, free_port, wait_http_ok};
+use chorus_testkit::{WsClient, eventually, free_port, wait_http_ok};
 use support::Cluster;
 use support::load::{Acked, Counts, Publisher, Tally, count, quantile, summary};
 
@@ -106,7 +106,7 @@ async fn pubsub_connections_killed_under_load_lose_nothing() {
     assert!(killed >= 4, "pub/sub connections were killed ({killed})");
     let counts = settle_and_count(tallies, &acked).await;
     report("pubsub killed", &acked, counts);
-    let scrape = reqwest::get(cluster.gateway_url(0, "/metrics"))
+    let scrape = reqwest::get(cluster.metrics_url(0))
         .await
         .unwrap()
         .text()
@@ -208,19 +208,8 @@ async fn canary_turns_the_gateway_not_ready_while_delivery_is_broken() {
 async fn a_client_that_stops_reading_is_cut_off_and_the_rest_lose_nothing() {
     let cluster = Cluster::start(0).await;
     let port = free_port();
-    let gateway = Process::spawn(
-        env!("CARGO_BIN_EXE_chorus-gateway"),
-        &[
-            "--gateway-listen".into(),
-            format!("127.0.0.1:{port}"),
-            "--redis-url".into(),
-            cluster.redis.url(),
-            "--queue-max-bytes".into(),
-            "256KiB".into(),
-        ],
-        &[("RUST_LOG", "warn")],
-    )
-    .unwrap();
+    let gateway =
+        support::gateway_process(&cluster.redis.url(), port, &["--queue-max-bytes", "256KiB"]);
     let ws = format!("ws://127.0.0.1:{port}/ws");
     wait_http_ok(
         &format!("http://127.0.0.1:{port}/readyz"),

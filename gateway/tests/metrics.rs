@@ -48,7 +48,15 @@ async fn every_gateway_metric_moves_when_its_event_happens() {
         },
     )
     .await;
-    let url = cluster.gateway_url(0, "/metrics");
+    let url = cluster.metrics_url(0);
+    let on_client_port = reqwest::get(cluster.gateway_url(0, "/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(
+        on_client_port.status(),
+        404,
+        "metrics are not served where clients connect"
+    );
     let before = Scrape::fetch(&url).await.unwrap();
     assert_eq!(
         before.kind(m::CONNECTIONS_ACCEPTED),

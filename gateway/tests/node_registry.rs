@@ -12,22 +12,7 @@ use serde_json::Value;
 use support::{API_KEY, authed};
 
 fn gateway_process(redis_url: &str, id: &str, port: u16) -> Process {
-    let args = [
-        "--gateway-listen".to_string(),
-        format!("127.0.0.1:{port}"),
-        "--node-id".into(),
-        id.into(),
-        "--node-lease".into(),
-        "1s".into(),
-        "--redis-url".into(),
-        redis_url.into(),
-    ];
-    Process::spawn(
-        env!("CARGO_BIN_EXE_chorus-gateway"),
-        &args,
-        &[("RUST_LOG", "warn")],
-    )
-    .expect("gateway starts")
+    support::gateway_process(redis_url, port, &["--node-id", id, "--node-lease", "1s"])
 }
 
 async fn http_nodes(client: &reqwest::Client, api: &str) -> Vec<(String, u64)> {
@@ -119,4 +104,9 @@ async fn nodes_list_counts_connections_and_forgets_a_killed_gateway_within_the_l
         "gone after {:?}",
         killed_at.elapsed()
     );
+}
+
+#[test]
+fn completions_and_man_page_describe_the_flags() {
+    chorus_testkit::check_tools(env!("CARGO_BIN_EXE_chorus-gateway"), "--metrics-listen");
 }

@@ -386,3 +386,121 @@ async fn drain_fails_readiness_refuses_new_clients_and_spreads_reconnects_over_t
         "reconnects are spread over the window: {first:?}..{last:?}"
     );
 }
+
+fn history_namespaces(size: u32) -> Namespaces {
+    Namespaces {
+        default: NamespaceRules {
+            history_size: size,
+            anonymous_subscribe: true,
+            ..NamespaceRules::default()
+        },
+        ..Namespaces::default()
+    }
+}
+
+/// A recovery bigger than one reply (half the client's queue) is still recovered: the reply
+/// carries a first page and says where it ends, the rest follows as publications, then the
+/// live ones — each offset once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recovery_larger_than_one_reply_is_paged_and_still_recovered() {
+    let config = GatewayConfig {
+        queue_max_bytes: 16 << 10,
+        ..GatewayConfig::default()
+    };
+    let cluster = Cluster::start_full(1, config, history_namespaces(1000), false).await;
+    let pad = "x".repeat(1000);
+    for i in 1..=60 {
+        let resp = cluster
+            .http_publish("big", json!({ "n": i, "pad": pad }))
+            .await;
+        assert_eq!(resp.status(), 200);
+    }
+    let mut c = connected(&cluster.ws(0)).await;
+    let result = subscribe_result(c.ok(subscribe_from("big", 0, "")).await.unwrap());
+    assert!(result.was_recovering && result.recovered, "{result:?}");
+    let first_page = offsets(&result.publications);
+    assert!(
+        !first_page.is_empty() && first_page.len() < 60,
+        "one reply holds part of it: {first_page:?}"
+    );
+    assert_eq!(
+        first_page,
+        (1..=first_page.len() as u64).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        result.offset,
+        first_page.len() as u64,
+        "the reply ends at its last"
+    );
+
+    let mut next = result.offset + 1;
+    while next <= 60 {
+        let p = c.next_publication().await.unwrap();
+        assert_eq!(p.offset, next, "the rest in order, once each");
+        next += 1;
+    }
+    let resp = cluster.http_publish("big", json!({ "n": 61 })).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(c.next_publication().await.unwrap().offset, 61);
+
+    // The history command is bounded the same way and says there is more.
+    let page = history_result(c.ok(history("big", None, 0, false)).await.unwrap());
+    assert!(
+        page.more && page.publications.len() < 61,
+        "{}",
+        page.publications.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_reads_over_their_rate_get_114_and_the_connection_stays_usable() {
+    let config = GatewayConfig {
+        history_rate: 1,
+        history_burst: 2,
+        ..GatewayConfig::default()
+    };
+    let cluster = Cluster::start_full(1, config, history_namespaces(10), false).await;
+    publish_n(&cluster, "h", 2).await;
+    let mut c = connected(&cluster.ws(0)).await;
+    c.ok(history("h", None, 0, false)).await.unwrap();
+    c.ok(subscribe_from("h", 0, "")).await.unwrap();
+    let refused = c.request(history("h", None, 0, false)).await.unwrap();
+    assert_eq!(
+        refused.error.map(|e| e.code),
+        Some(ErrorCode::RateLimited.code()),
+        "a recovering subscribe counts as a history read"
+    );
+    c.unsubscribe("h").await.unwrap();
+    let refused = c.request(subscribe_from("h", 0, "")).await.unwrap();
+    assert_eq!(
+        refused.error.map(|e| e.code),
+        Some(ErrorCode::RateLimited.code())
+    );
+    // Other commands are not held back, and a plain subscribe reads no history.
+    c.ok(command::Body::Ping(client::PingRequest {}))
+        .await
+        .unwrap();
+    c.subscribe("h").await.unwrap();
+}
+
+/// Redis lost the channel (restarted empty): its new epoch starts at offset 1. A client
+/// recovering from the old epoch is told `recovered: false` — the old epoch's tail is gone —
+/// and still receives the new epoch from its start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovering_across_a_lost_epoch_delivers_the_new_epoch_from_its_start() {
+    let cluster =
+        Cluster::start_full(1, GatewayConfig::default(), history_namespaces(100), false).await;
+    let old = publish_n(&cluster, "lost", 3).await;
+    cluster.redis.cli(&["FLUSHALL"]).unwrap();
+    let new = publish_n(&cluster, "lost", 2).await;
+    assert_ne!(old, new);
+
+    let mut c = connected(&cluster.ws(0)).await;
+    let result = subscribe_result(c.ok(subscribe_from("lost", 3, &old)).await.unwrap());
+    assert!(result.was_recovering && !result.recovered, "{result:?}");
+    assert_eq!(offsets(&result.publications), [1, 2]);
+    assert_eq!((result.offset, result.epoch.as_str()), (2, new.as_str()));
+    publish_n(&cluster, "lost", 1).await;
+    let live = c.next_publication().await.unwrap();
+    assert_eq!((live.offset, live.epoch.as_str()), (3, new.as_str()));
+}

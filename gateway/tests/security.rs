@@ -346,6 +346,44 @@ async fn the_connection_closes_with_3004_when_its_token_expires() {
     assert_eq!(c.closed().await.unwrap().code, close::TOKEN_EXPIRED);
 }
 
+/// `exp` at the end of time (what some issuers write for "never") and fractional NumericDates
+/// are tokens like any other: the session keeps answering, through a refresh too.
+#[tokio::test]
+async fn a_token_that_never_expires_or_has_fractional_dates_keeps_its_session() {
+    let gw = MemoryGateway::start(hmac_config()).await;
+    let never = hmac_token(
+        Algorithm::HS256,
+        &json!({"sub": "a", "exp": u64::MAX, "channels": ["x:*"]}),
+    );
+    let mut c = connected(&gw, &never).await;
+    assert_eq!(code(&subscribe(&mut c, "x:1").await), 0);
+    let reply = refresh(&mut c, &never).await;
+    assert_eq!(code(&reply), 0, "{reply:?}");
+    c.ok(command::Body::Ping(client::PingRequest {}))
+        .await
+        .expect("the session still answers after refresh");
+
+    let fractional = hmac_token(
+        Algorithm::HS256,
+        &json!({"sub": "b", "exp": now() as f64 + 600.5, "nbf": now() as f64 - 0.5}),
+    );
+    let mut c = connected(&gw, &fractional).await;
+    c.ok(command::Body::Ping(client::PingRequest {}))
+        .await
+        .expect("answers");
+    let not_yet = hmac_token(
+        Algorithm::HS256,
+        &json!({"sub": "b", "nbf": now() as f64 + 600.5}),
+    );
+    let mut c = open(&gw).await;
+    let refused = connect_with(&mut c, &not_yet).await;
+    assert_eq!(
+        code(&refused),
+        ErrorCode::Unauthorized.code(),
+        "{refused:?}"
+    );
+}
+
 #[tokio::test]
 async fn refresh_with_a_new_token_keeps_the_connection_open() {
     let gw = MemoryGateway::start(hmac_config()).await;
@@ -528,15 +566,21 @@ async fn client_publish_follows_the_namespace_and_the_publish_claim() {
 
 // ---- limits ----
 
-#[tokio::test]
-async fn commands_over_the_rate_get_114_and_a_client_that_keeps_going_is_closed_with_3007() {
+/// A gateway with this command rate and burst, and a connection to it.
+async fn rate_limited(rate: u32, burst: u32) -> (MemoryGateway, WsClient) {
     let gw = MemoryGateway::start(GatewayConfig {
-        command_rate: 1,
-        command_burst: 3,
+        command_rate: rate,
+        command_burst: burst,
         ..GatewayConfig::default()
     })
     .await;
-    let mut c = open(&gw).await;
+    let c = open(&gw).await;
+    (gw, c)
+}
+
+#[tokio::test]
+async fn commands_over_the_rate_get_114_and_a_client_that_keeps_going_is_closed_with_3007() {
+    let (_gw, mut c) = rate_limited(1, 3).await;
     c.ok(command::Body::Connect(client::ConnectRequest::default()))
         .await
         .unwrap();
@@ -553,6 +597,40 @@ async fn commands_over_the_rate_get_114_and_a_client_that_keeps_going_is_closed_
         assert_eq!(code(&reply), ErrorCode::RateLimited.code());
     }
     c.send_raw(bytes::Bytes::from_static(br#"{"id":99,"ping":{}}"#))
+        .await
+        .unwrap();
+    assert_eq!(c.closed().await.unwrap().code, close::RATE_LIMITED);
+}
+
+/// Frames of the wrong type cost an error reply each: they count against the command rate
+/// like commands, and a client that keeps sending them is closed.
+#[tokio::test]
+async fn frames_of_the_wrong_type_count_against_the_command_rate() {
+    let (_gw, mut c) = rate_limited(1, 3).await;
+    let mut wrong = async || {
+        c.send_message(tungstenite::Message::Binary(vec![1, 2, 3].into()))
+            .await
+            .unwrap();
+        match c.next_frame().await {
+            Ok(client::ServerFrame {
+                frame: Some(server_frame::Frame::Reply(r)),
+            }) => Some(code(&r)),
+            _ => None,
+        }
+    };
+    let mut codes = Vec::new();
+    for _ in 0..6 {
+        codes.push(wrong().await);
+    }
+    let wrong_type = Some(ErrorCode::WrongFrameType.code());
+    let limited = Some(ErrorCode::RateLimited.code());
+    assert_eq!(
+        codes,
+        [
+            wrong_type, wrong_type, wrong_type, limited, limited, limited
+        ]
+    );
+    c.send_message(tungstenite::Message::Binary(vec![1].into()))
         .await
         .unwrap();
     assert_eq!(c.closed().await.unwrap().code, close::RATE_LIMITED);

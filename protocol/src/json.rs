@@ -296,7 +296,7 @@ fn reply_value(r: &client::Reply) -> Value {
         }
         Some(reply::Result::History(h)) => Some((
             "history",
-            json!({"publications": [], "offset": h.offset, "epoch": h.epoch}),
+            json!({"publications": [], "offset": h.offset, "epoch": h.epoch, "more": h.more}),
         )),
         Some(reply::Result::Unsubscribe(_)) => Some(("unsubscribe", json!({}))),
         Some(reply::Result::Publish(p)) => {
@@ -377,6 +377,8 @@ fn reply_with_publications(r: &client::Reply) -> Option<Bytes> {
         publications: Vec<Pub<'a>>,
         offset: u64,
         epoch: &'a str,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        more: bool,
     }
     #[derive(Serialize)]
     struct Reply<T> {
@@ -407,6 +409,7 @@ fn reply_with_publications(r: &client::Reply) -> Option<Bytes> {
                 publications: h.publications.iter().map(Pub::of).collect(),
                 offset: h.offset,
                 epoch: &h.epoch,
+                more: h.more,
             }),
         }),
         _ => return None,
@@ -492,6 +495,7 @@ pub fn decode_frame(bytes: &[u8]) -> Result<client::ServerFrame, serde_json::Err
             publications: publications_of(h)?,
             offset: u64_of(h, "offset"),
             epoch: str_of(h, "epoch"),
+            more: h.get("more").and_then(Value::as_bool).unwrap_or(false),
         }))
     } else {
         None

@@ -35,5 +35,9 @@ pub mod api {
     include!(concat!(env!("OUT_DIR"), "/chorus.api.v1.rs"));
 }
 
+/// The encoded `FileDescriptorSet` of every Chorus `.proto` file, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/chorus_descriptor.bin"));
+
 /// The Chorus version, reported to clients on connect.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

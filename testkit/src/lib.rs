@@ -21,6 +21,31 @@ pub use ws_client::{Closed, WAIT, WsClient};
 
 use std::net::{SocketAddr, TcpListener};
 
+/// Runs a Chorus binary's `completions bash` and `man` subcommands (a real process each) and
+/// checks that both describe `flag`, one of its flags; panics otherwise.
+pub fn check_tools(binary: &str, flag: &str) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(binary)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{binary} {args:?}: {e}"));
+        assert!(out.status.success(), "{binary} {args:?}: {out:?}");
+        String::from_utf8(out.stdout).expect("UTF-8 output")
+    };
+    let bash = run(&["completions", "bash"]);
+    assert!(
+        bash.contains(flag),
+        "bash completions of {binary} lack {flag}"
+    );
+    assert!(bash.contains("complete -F"), "a bash completion script");
+    let man = run(&["man"]);
+    assert!(man.contains(".TH"), "a roff man page");
+    assert!(
+        man.contains(&flag.replace('-', "\\-")) || man.contains(flag),
+        "the man page of {binary} lacks {flag}"
+    );
+}
+
 /// One WebSocket frame as bytes: `first` is the first byte (FIN, RSV bits, opcode) as given,
 /// the length is encoded in its shortest form, and the payload is masked with `mask` when one
 /// is given (a client frame) or sent as is (which a server must refuse from a client).

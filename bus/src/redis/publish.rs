@@ -47,82 +47,15 @@ use crate::{
 /// without offset and epoch, ARGV[4] = history size, ARGV[5] = history TTL (ms), ARGV[6] =
 /// position TTL (ms), ARGV[7] = idempotency window (ms; 0 when there is no key).
 /// Returns `{offset, epoch, duplicate}`.
-pub(crate) const PUBLISH_LUA: &str = r#"
-local function varint(n)
-  local out = {}
-  while n >= 128 do
-    out[#out + 1] = string.char(n % 128 + 128)
-    n = math.floor(n / 128)
-  end
-  out[#out + 1] = string.char(n)
-  return table.concat(out)
-end
-
-if ARGV[7] ~= '0' then
-  local seen = redis.call('GET', KEYS[3])
-  if seen then
-    local sep = string.find(seen, ':', 1, true)
-    return {tonumber(string.sub(seen, 1, sep - 1)), string.sub(seen, sep + 1), 1}
-  end
-end
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if not epoch then
-  redis.call('HSET', KEYS[1], 'epoch', ARGV[2])
-  epoch = ARGV[2]
-  -- A new epoch starts a new history: nothing of an older life may be replayed in it.
-  redis.call('DEL', KEYS[2])
-end
-local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
--- field 1, wire type 0 (varint): tag 0x08; field 2, wire type 2 (bytes): tag 0x12.
-local envelope = ARGV[3] .. '\8' .. varint(offset) .. '\18' .. varint(#epoch) .. epoch
-local size = tonumber(ARGV[4])
-if size > 0 then
-  local id = string.format('%d-0', offset)
-  local added = redis.pcall('XADD', KEYS[2], 'MAXLEN', size, id, 'e', envelope)
-  if type(added) == 'table' and added.err then
-    -- History ahead of the position (edited or restored out of step): it cannot be trusted.
-    redis.call('DEL', KEYS[2])
-    redis.call('XADD', KEYS[2], 'MAXLEN', size, id, 'e', envelope)
-  end
-  redis.call('PEXPIRE', KEYS[2], ARGV[5])
-end
-redis.call('PEXPIRE', KEYS[1], ARGV[6])
-redis.call('PUBLISH', ARGV[1], envelope)
-if ARGV[7] ~= '0' then
-  redis.call('SET', KEYS[3], string.format('%d', offset) .. ':' .. epoch, 'PX', ARGV[7])
-end
-return {offset, epoch, 0}
-"#;
+pub(crate) const PUBLISH_LUA: &str = include_str!("lua/publish.lua");
 
 /// KEYS[1] = the channel's meta hash, KEYS[2] = its history stream.
 /// ARGV[1] = read after this offset ('' = from the oldest), ARGV[2] = at most this many (0 =
-/// all), ARGV[3] = '1' for newest first.
-/// Returns `{epoch, offset, envelope...}`, position and entries from one atomic step.
-pub(crate) const HISTORY_LUA: &str = r#"
-local meta = redis.call('HMGET', KEYS[1], 'epoch', 'offset')
-local out = {meta[1] or '', meta[2] or '0'}
-if not meta[1] then
-  return out
-end
-local low = '-'
-if ARGV[1] ~= '' then
-  low = string.format('%d-0', tonumber(ARGV[1]) + 1)
-end
-local args
-if ARGV[3] == '1' then
-  args = {'XREVRANGE', KEYS[2], '+', low}
-else
-  args = {'XRANGE', KEYS[2], low, '+'}
-end
-if ARGV[2] ~= '0' then
-  args[#args + 1] = 'COUNT'
-  args[#args + 1] = ARGV[2]
-end
-for _, entry in ipairs(redis.call(unpack(args))) do
-  out[#out + 1] = entry[2][2]
-end
-return out
-"#;
+/// no bound but the bytes), ARGV[3] = '1' for newest first, ARGV[4] = at most this many bytes
+/// of entries (but always one).
+/// Returns `{epoch, offset, more, envelope...}`, position and entries from one atomic step;
+/// `more` is '1' when the byte bound stopped the read before the count did.
+pub(crate) const HISTORY_LUA: &str = include_str!("lua/history.lua");
 
 pub(crate) fn publish_script() -> Script {
     Script::new(PUBLISH_LUA)
@@ -200,6 +133,7 @@ fn history_from(value: Value) -> Result<History, BusError> {
     let mut items = items.into_iter();
     let epoch: String = optional_field(items.next()).map_err(|e| bad(e.to_string()))?;
     let offset: u64 = optional_field(items.next()).map_err(|e| bad(e.to_string()))?;
+    let more: String = optional_field(items.next()).map_err(|e| bad(e.to_string()))?;
     let publications = items
         .map(|item| {
             let bytes: Vec<u8> = redis::from_redis_value(item).map_err(|e| bad(e.to_string()))?;
@@ -210,6 +144,7 @@ fn history_from(value: Value) -> Result<History, BusError> {
     Ok(History {
         publications,
         position: Position { offset, epoch },
+        more: more == "1",
     })
 }
 
@@ -264,32 +199,13 @@ impl RedisBus {
                 .arg(query.since.map_or_else(String::new, |o| o.to_string()))
                 .arg(query.limit)
                 .arg(if query.reverse { "1" } else { "0" })
+                .arg(query.max_bytes)
                 .invoke_async(conn)
                 .await
                 .map_err(|e| redis_error(&e))?;
             history_from(value)
         })
         .await
-    }
-
-    pub(crate) async fn broadcast(
-        &self,
-        channels: &[String],
-        data: Bytes,
-        namespaces: &Namespaces,
-    ) -> Vec<Result<Published, BusError>> {
-        let msgs = channels
-            .iter()
-            .map(|channel| {
-                chorus_protocol::channel::validate(channel)?;
-                Ok(Publish {
-                    channel: channel.clone(),
-                    data: data.clone(),
-                    ..Publish::default()
-                })
-            })
-            .collect();
-        self.publish_many(msgs, namespaces).await
     }
 
     /// Publishes every valid message in one pipeline; invalid ones keep their error.
@@ -535,7 +451,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn broadcast_loads_the_script_when_redis_has_none() {
+    async fn a_pipeline_of_publishes_loads_the_script_when_redis_has_none() {
         let server = RedisServer::start().unwrap();
         let bus = RedisBus::new(&BusConfig {
             redis_url: server.url(),
@@ -543,13 +459,16 @@ mod tests {
         })
         .unwrap();
         server.cli(&["SCRIPT", "FLUSH"]).unwrap();
-        let results = bus
-            .broadcast(
-                &["a".into(), "b".into()],
-                Bytes::from_static(b"x"),
-                &Namespaces::default(),
-            )
-            .await;
+        let msgs = ["a", "b"]
+            .map(|channel| {
+                Ok(Publish {
+                    channel: channel.into(),
+                    data: Bytes::from_static(b"x"),
+                    ..Publish::default()
+                })
+            })
+            .into();
+        let results = bus.publish_many(msgs, &Namespaces::default()).await;
         assert_eq!(results.len(), 2);
         for r in results {
             assert_eq!(r.unwrap().offset, 1);

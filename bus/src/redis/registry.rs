@@ -40,19 +40,10 @@ const RESYNC_CHUNK: usize = 1000;
 
 /// KEYS[1] = the nodes sorted set; ARGV[1] = node id, ARGV[2] = lease in ms.
 /// Scores the node with Redis's now + lease; returns 1 if the node was not registered.
-const LEASE_LUA: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-return redis.call('ZADD', KEYS[1], string.format('%d', now + tonumber(ARGV[2])), ARGV[1])
-"#;
+const LEASE_LUA: &str = include_str!("lua/lease.lua");
 
 /// KEYS[1] = the nodes sorted set. Drops expired nodes, returns the live ones.
-const LIVE_NODES_LUA: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%d', now))
-return redis.call('ZRANGEBYSCORE', KEYS[1], string.format('(%d', now), '+inf')
-"#;
+const LIVE_NODES_LUA: &str = include_str!("lua/live_nodes.lua");
 
 pub(crate) fn lease_script() -> Script {
     Script::new(LEASE_LUA)

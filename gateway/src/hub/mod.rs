@@ -144,13 +144,14 @@ impl Hub {
     }
 
     /// Makes a held subscriber live at `position`: queues `reply` (which covers everything up
-    /// to `position.offset`), then the held publications after it.
+    /// to `position.offset`; `None` when the session queued its reply and everything up to
+    /// the position itself, as a paged recovery does), then the held publications after it.
     pub(crate) fn activate(
         &self,
         channel: &str,
         conn: &Arc<Conn>,
         position: &Position,
-        reply: Bytes,
+        reply: Option<Bytes>,
     ) -> Result<(), ActivateError> {
         let mut shard = self.shard(channel).lock();
         let ch = shard.get_mut(channel).ok_or(ActivateError::Gone)?;
@@ -174,7 +175,7 @@ impl Hub {
             return Err(ActivateError::Behind);
         }
         sub.from = position.offset;
-        let mut queued = sub.conn.push(Outgoing::Data(reply));
+        let mut queued = reply.map_or(0, |reply| sub.conn.push(Outgoing::Data(reply)));
         for held in sub.held.take().unwrap_or_default() {
             if held.offset > position.offset {
                 queued += sub
@@ -298,6 +299,15 @@ impl Hub {
                     if ch.seq.state != State::Live {
                         break;
                     }
+                }
+                if ch.seq.state == State::Live && r.more {
+                    // A page of what was missed: read the next from where it ended (the
+                    // backlog waits; on a quiet channel nothing else would reveal the rest).
+                    ch.seq.start_catch_up();
+                    drop(shard);
+                    self.request_catch_up(channel);
+                    tracing::debug!(channel, recovered = count, "caught up one page; reading on");
+                    return;
                 }
                 if ch.seq.state == State::Live {
                     ch.drain(self);

@@ -51,11 +51,26 @@ fn conn(name: &str, format: Format) -> (Arc<Conn>, ConnQueue) {
 /// Subscribes and activates at `at` with a reply frame `R`.
 fn live(hub: &Hub, link: &NodeLink, ch: &str, c: &Arc<Conn>, at: u64) {
     drop(hub.hold(link, ch, c));
-    hub.activate(ch, c, &pos(at), Bytes::from_static(b"R"))
+    hub.activate(ch, c, &pos(at), Some(Bytes::from_static(b"R")))
         .unwrap();
 }
 
 /// The catch-up target for `channel` from `offset`, in the generation `targets` carry.
+/// A history read of channel "ch": publications `offsets`, the channel at `top`.
+fn recovery(
+    offsets: std::ops::RangeInclusive<u64>,
+    top: u64,
+    recovered: bool,
+    more: bool,
+) -> Recovery {
+    Recovery {
+        publications: offsets.map(|o| envelope("ch", o, "")).collect(),
+        position: pos(top),
+        recovered,
+        more,
+    }
+}
+
 fn target(channel: &str, offset: u64, targets: &[CatchUpTarget]) -> CatchUpTarget {
     CatchUpTarget {
         channel: channel.into(),
@@ -146,7 +161,7 @@ fn unsubscribing_from_the_middle_keeps_every_other_subscriber_reachable() {
     hub.unsubscribe(&link, "ch", &conns[1].0); // twice: nothing more happens
     assert_eq!(hub.subscription_count(), 4);
     hub.publication(envelope("ch", 1, ""));
-    hub.activate("ch", &conns[5].0, &pos(0), Bytes::from_static(b"R"))
+    hub.activate("ch", &conns[5].0, &pos(0), Some(Bytes::from_static(b"R")))
         .unwrap();
     hub.publication(envelope("ch", 2, ""));
     let got: Vec<_> = conns.iter_mut().map(|(_, q)| offsets(q)).collect();
@@ -157,7 +172,7 @@ fn unsubscribing_from_the_middle_keeps_every_other_subscriber_reachable() {
     }
     assert_eq!(got[5], vec![0, 1, 2], "held, then activated at 0");
     assert_eq!(
-        hub.activate("ch", &conns[0].0, &pos(0), Bytes::new()),
+        hub.activate("ch", &conns[0].0, &pos(0), Some(Bytes::new())),
         Err(ActivateError::Gone)
     );
 }
@@ -175,7 +190,7 @@ fn subscribing_to_a_live_channel_is_local_and_seamless() {
     assert!(!hub.subscribe_live("ch", &b, reply), "no channel here yet");
     drop(hub.hold(&link, "ch", &a));
     assert!(!hub.subscribe_live("ch", &b, reply), "not synced yet");
-    hub.activate("ch", &a, &pos(0), Bytes::from_static(b"R"))
+    hub.activate("ch", &a, &pos(0), Some(Bytes::from_static(b"R")))
         .unwrap();
     hub.publication(envelope("ch", 1, ""));
     hub.publication(envelope("ch", 2, ""));
@@ -204,9 +219,9 @@ fn held_subscribers_behind_the_first_activation_still_get_what_lies_between() {
     drop(hub.hold(&link, "ch", &b));
     hub.publication(envelope("ch", 2, ""));
     hub.publication(envelope("ch", 3, ""));
-    hub.activate("ch", &b, &pos(2), Bytes::from_static(b"R"))
+    hub.activate("ch", &b, &pos(2), Some(Bytes::from_static(b"R")))
         .unwrap();
-    hub.activate("ch", &a, &pos(1), Bytes::from_static(b"R"))
+    hub.activate("ch", &a, &pos(1), Some(Bytes::from_static(b"R")))
         .unwrap();
     hub.publication(envelope("ch", 4, ""));
     assert_eq!(offsets(&mut qb), vec![0, 3, 4]);
@@ -226,16 +241,16 @@ fn a_held_subscriber_behind_a_hole_it_cannot_fill_is_told_to_read_again() {
     let (b, mut qb) = conn("b", Format::Json);
     drop(hub.hold(&link, "ch", &a));
     drop(hub.hold(&link, "ch", &b));
-    hub.activate("ch", &b, &pos(5), Bytes::from_static(b"R"))
+    hub.activate("ch", &b, &pos(5), Some(Bytes::from_static(b"R")))
         .unwrap();
     assert_eq!(
-        hub.activate("ch", &a, &pos(1), Bytes::from_static(b"R")),
+        hub.activate("ch", &a, &pos(1), Some(Bytes::from_static(b"R"))),
         Err(ActivateError::Behind)
     );
     assert!(qa.try_recv().is_none(), "nothing queued for A yet");
     hub.publication(envelope("ch", 6, ""));
     // A's second read is at least as far as what the channel delivered.
-    hub.activate("ch", &a, &pos(5), Bytes::from_static(b"R"))
+    hub.activate("ch", &a, &pos(5), Some(Bytes::from_static(b"R")))
         .unwrap();
     hub.publication(envelope("ch", 7, ""));
     assert_eq!(offsets(&mut qa), vec![0, 6, 7]);
@@ -253,7 +268,7 @@ fn a_held_subscriber_gets_its_reply_first_then_only_newer_publications() {
         hub.publication(envelope("ch", offset, ""));
     }
     // b's position read saw offset 2: it gets the reply, then 3, then live ones.
-    hub.activate("ch", &b, &pos(2), Bytes::from_static(b"R"))
+    hub.activate("ch", &b, &pos(2), Some(Bytes::from_static(b"R")))
         .unwrap();
     hub.publication(envelope("ch", 4, ""));
     assert_eq!(offsets(&mut qb), vec![0, 3, 4]);
@@ -268,7 +283,7 @@ fn the_first_subscriber_syncs_the_channel_and_the_backlog_is_deduplicated() {
     hub.publication(envelope("ch", 5, ""));
     hub.publication(envelope("ch", 6, ""));
     // The position read happened after 5 and before 6 was published.
-    hub.activate("ch", &a, &pos(5), Bytes::from_static(b"R"))
+    hub.activate("ch", &a, &pos(5), Some(Bytes::from_static(b"R")))
         .unwrap();
     hub.publication(envelope("ch", 6, "")); // a duplicate from the bus
     hub.publication(envelope("ch", 7, ""));
@@ -286,11 +301,7 @@ fn a_gap_waits_for_history_then_delivers_in_order_exactly_once() {
     assert_eq!(offsets(&mut qa), vec![0, 2]);
     let targets = hub.catch_up_targets();
     assert_eq!(targets, vec![target("ch", 2, &targets)]);
-    let recovery = Recovery {
-        publications: (3..=5).map(|o| envelope("ch", o, "")).collect(),
-        position: pos(5),
-        recovered: true,
-    };
+    let recovery = recovery(3..=5, 5, true, false);
     hub.finish_catch_up(&targets[0], Some(recovery));
     hub.publication(envelope("ch", 7, ""));
     assert_eq!(offsets(&mut qa), vec![3, 4, 5, 6, 7]);
@@ -313,11 +324,7 @@ fn a_lost_link_waits_for_resubscription_and_a_failed_read_is_retried() {
     hub.finish_catch_up(&targets[0], None);
     let targets = hub.catch_up_targets();
     assert_eq!(targets, vec![target("ch", 1, &targets)]);
-    let recovery = Recovery {
-        publications: (2..=3).map(|o| envelope("ch", o, "")).collect(),
-        position: pos(3),
-        recovered: true,
-    };
+    let recovery = recovery(2..=3, 3, true, false);
     hub.finish_catch_up(&targets[0], Some(recovery));
     assert_eq!(offsets(&mut qa), vec![0, 2, 3, 4]);
 }
@@ -333,6 +340,7 @@ fn an_unfillable_gap_or_a_new_epoch_disconnects_subscribers_with_insufficient_st
         publications: Vec::new(),
         position: pos(9),
         recovered: false,
+        more: false,
     };
     hub.finish_catch_up(&targets[0], Some(lost));
     assert_eq!(
@@ -367,11 +375,7 @@ fn a_catch_up_read_made_before_the_link_broke_is_ignored_and_a_newer_one_runs() 
     // during the outage (5) is in no read made before.
     hub.link_lost();
     hub.resubscribed(&["ch".into()]);
-    let before_outage = Recovery {
-        publications: (2..=4).map(|o| envelope("ch", o, "")).collect(),
-        position: pos(4),
-        recovered: true,
-    };
+    let before_outage = recovery(2..=4, 4, true, false);
     hub.finish_catch_up(&stale[0], Some(before_outage));
     assert_eq!(
         offsets(&mut qa),
@@ -388,11 +392,7 @@ fn a_catch_up_read_made_before_the_link_broke_is_ignored_and_a_newer_one_runs() 
         "the newer request still stands"
     );
     assert_ne!(fresh[0].generation, stale[0].generation);
-    let after_outage = Recovery {
-        publications: (2..=5).map(|o| envelope("ch", o, "")).collect(),
-        position: pos(5),
-        recovered: true,
-    };
+    let after_outage = recovery(2..=5, 5, true, false);
     hub.finish_catch_up(&fresh[0], Some(after_outage));
     hub.publication(envelope("ch", 6, ""));
     assert_eq!(offsets(&mut qa), vec![2, 3, 4, 5, 6]);
@@ -432,4 +432,26 @@ fn a_channel_that_cannot_buffer_within_the_node_budget_sends_its_subscribers_to_
         0,
         "a channel that goes away gives its bytes back"
     );
+}
+
+#[test]
+fn a_catch_up_larger_than_one_page_reads_on_until_the_channel_is_whole() {
+    let (_bus, hub, link) = setup();
+    let (a, mut qa) = conn("a", Format::Json);
+    live(&hub, &link, "ch", &a, 1);
+    hub.link_lost();
+    hub.resubscribed(&["ch".into()]);
+    let first = hub.catch_up_targets();
+    assert_eq!(first.len(), 1);
+    hub.finish_catch_up(&first[0], Some(recovery(2..=3, 5, true, true)));
+    let second = hub.catch_up_targets();
+    assert_eq!(
+        second.iter().map(|t| t.since.offset).collect::<Vec<_>>(),
+        vec![3],
+        "a page that said more asks for the next from its end, though nothing new arrived"
+    );
+    hub.finish_catch_up(&second[0], Some(recovery(4..=5, 5, true, false)));
+    assert!(hub.catch_up_targets().is_empty());
+    hub.publication(envelope("ch", 6, ""));
+    assert_eq!(offsets(&mut qa), vec![0, 2, 3, 4, 5, 6]);
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use chorus_broker_api::BrokerConfig;
 use chorus_bus::{Bus, BusConfig, Namespaces};
-use chorus_gateway::GatewayConfig;
+use chorus_gateway::{GatewayConfig, ListenAddr};
 use chorus_protocol::api::chorus_api_client::ChorusApiClient;
 use chorus_testkit::RedisServer;
 use serde_json::{Value, json};
@@ -25,6 +25,8 @@ pub struct Cluster {
     pub redis: RedisServer,
     pub api: SocketAddr,
     pub gateways: Vec<SocketAddr>,
+    /// Each gateway's metrics listener (loopback, a port of its own).
+    pub metrics: Vec<SocketAddr>,
     shutdown: CancellationToken,
     http: reqwest::Client,
 }
@@ -83,11 +85,15 @@ impl Cluster {
         ));
 
         let mut addrs = Vec::new();
+        let mut metrics = Vec::new();
         for i in 0..gateways {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             addrs.push(listener.local_addr().unwrap());
+            let metrics_addr = SocketAddr::from(([127, 0, 0, 1], chorus_testkit::free_port()));
+            metrics.push(metrics_addr);
             let config = GatewayConfig {
                 node_id: Some(format!("gw-{}", i + 1)),
+                metrics_listen: ListenAddr(Some(metrics_addr)),
                 ..gateway_config.clone()
             };
             let bus = Bus::redis(&bus_cfg)
@@ -105,6 +111,7 @@ impl Cluster {
             redis,
             api,
             gateways: addrs,
+            metrics,
             shutdown,
             http: reqwest::Client::new(),
         };
@@ -121,6 +128,11 @@ impl Cluster {
 
     pub fn ws(&self, gateway: usize) -> String {
         format!("ws://{}/ws", self.gateways[gateway])
+    }
+
+    /// A gateway's `/metrics`, on its metrics listener.
+    pub fn metrics_url(&self, gateway: usize) -> String {
+        format!("http://{}/metrics", self.metrics[gateway])
     }
 
     pub fn gateway_url(&self, gateway: usize, path: &str) -> String {
@@ -171,6 +183,26 @@ pub fn authed<T>(msg: T) -> tonic::Request<T> {
         format!("Bearer {API_KEY}").parse().unwrap(),
     );
     req
+}
+
+/// A `chorus-gateway` process on loopback `port` with Redis at `redis_url` (no metrics
+/// listener: several run on one host), plus `extra` flags.
+pub fn gateway_process(redis_url: &str, port: u16, extra: &[&str]) -> chorus_testkit::Process {
+    let mut args = vec![
+        "--gateway-listen".to_string(),
+        format!("127.0.0.1:{port}"),
+        "--metrics-listen".into(),
+        "off".into(),
+        "--redis-url".into(),
+        redis_url.into(),
+    ];
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
+    chorus_testkit::Process::spawn(
+        env!("CARGO_BIN_EXE_chorus-gateway"),
+        &args,
+        &[("RUST_LOG", "warn")],
+    )
+    .expect("gateway starts")
 }
 
 /// One gateway on the in-memory bus, for tests of a single connection's behaviour.

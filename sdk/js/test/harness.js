@@ -156,6 +156,8 @@ export async function startCluster(options = {}) {
   const startGateway = (i) => {
     const p = new Proc(`gateway ${i}`, join(dir, "chorus-gateway"), [
       "--gateway-listen", `127.0.0.1:${gatewayPorts[i]}`,
+      // No metrics listener: its fixed default port would clash between gateways.
+      "--metrics-listen", "off",
       "--redis-url", redisUrl,
       "--node-id", `gw-${i + 1}`,
       "--demo-page",

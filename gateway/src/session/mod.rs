@@ -3,17 +3,17 @@
 //! The session is the connection's only reader. It takes whole messages from the
 //! `message_reader` (which checks frames, reassembles fragments and validates close frames),
 //! answers pings and close frames, turns protocol violations into their RFC 6455 close codes,
-//! decodes commands in the connection's format and answers each with a reply carrying its id. Commands run one after another, so replies come in command order.
-//! When the session ends, for any reason, it removes the connection from the hub (releasing
+//! decodes commands in the connection's format and answers each with a reply carrying its id.
+//! Commands run one after another, so replies come in command order; `subscribe` (holding,
+//! recovering, paging) has its own file. When the session ends, for any reason — a panic
+//! included, since it happens in `Drop` — it removes the connection from the hub (releasing
 //! the node's bus subscriptions it was the last user of) and from the node registry.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use chorus_bus::{
-    BusError, ConnectionInfo, Envelope, HistoryQuery, Position, Publish, Recovery, now_ms,
-};
+use chorus_bus::{BusError, ConnectionInfo, Envelope, HistoryQuery, Position, Publish, now_ms};
 use chorus_protocol::client::{self, command, reply};
 use chorus_protocol::codes::{ErrorCode, close};
 use chorus_protocol::wire::{self, Format};
@@ -24,16 +24,13 @@ use tracing::Instrument;
 
 use crate::conn::{Conn, Outgoing};
 use crate::frame_reader::ReadError;
-use crate::hub::ActivateError;
 use crate::limits::Verdict;
 use crate::message_reader::{Message, MessageReader};
 use crate::node::Node;
 use crate::security::SessionSecurity;
 use crate::writer;
 
-/// Reads of a subscriber's position (or recovery) before its subscribe gives up, when the
-/// channel keeps moving past it with holes (see `ActivateError::Behind`).
-const MAX_POSITION_READS: u32 = 3;
+mod subscribe;
 
 /// Runs a WebSocket connection from the completed upgrade to the end: `socket` is the
 /// upgraded TCP connection, `already` the bytes of it that arrived with the upgrade request.
@@ -48,32 +45,38 @@ pub(crate) async fn run(node: Arc<Node>, socket: TcpStream, already: Bytes, form
     );
     let (read, write) = socket.into_split();
     let mut reader = MessageReader::new(config.max_message_size, already);
-    let mut writer = tokio::spawn(writer::run(
+    let mut writer = WriterTask(Some(tokio::spawn(writer::run(
         write,
         conn.clone(),
         queue,
         config.ping_interval,
-    ));
-    let mut session = Session {
-        node: node.clone(),
-        conn: conn.clone(),
-        connected: false,
-        channels: HashSet::new(),
-        sec: node.security.session(),
-        close_after_reply: None,
-    };
+    ))));
+    let mut session = Session::new(&node, &conn);
     let span = tracing::debug_span!("session", client = %conn.client, ?format);
     session.read_loop(&mut reader, &read).instrument(span).await;
-    session.end();
+    drop(session);
     // The writer sends the close frame (if any) and stops. A client that stopped reading can
     // leave it blocked on a full socket for ever: after a short grace it is aborted, which
     // drops the socket.
-    if tokio::time::timeout(std::time::Duration::from_secs(5), &mut writer)
-        .await
-        .is_err()
+    if let Some(mut task) = writer.0.take()
+        && tokio::time::timeout(std::time::Duration::from_secs(5), &mut task)
+            .await
+            .is_err()
     {
-        writer.abort();
+        task.abort();
         tracing::debug!(client = %conn.client, "writer did not finish; dropped the socket");
+    }
+}
+
+/// The connection's writer task, aborted if the session ends without waiting for it — a
+/// panic in the session, say — so that no socket outlives its session.
+struct WriterTask(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for WriterTask {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
     }
 }
 
@@ -89,6 +92,17 @@ struct Session {
 }
 
 impl Session {
+    fn new(node: &Arc<Node>, conn: &Arc<Conn>) -> Self {
+        Self {
+            node: node.clone(),
+            conn: conn.clone(),
+            connected: false,
+            channels: HashSet::new(),
+            sec: node.security.session(),
+            close_after_reply: None,
+        }
+    }
+
     async fn read_loop(&mut self, reader: &mut MessageReader, socket: &OwnedReadHalf) {
         let idle_timeout = self.node.config.idle_timeout;
         // This session's moment in the drain window, fixed once so that re-entering the
@@ -174,20 +188,25 @@ impl Session {
             return;
         }
         let format = self.conn.format;
-        if text != format.is_text() {
+        // Every message counts against the rate, frames of the wrong type included: they
+        // cost an error reply each.
+        let verdict = self.sec.rate();
+        if text != format.is_text() && verdict != Verdict::Close {
             let expected = if format.is_text() {
                 "text (JSON)"
             } else {
                 "binary (protobuf)"
             };
-            self.reply_error(
-                0,
-                ErrorCode::WrongFrameType.with(format!("this connection takes {expected} frames")),
-            );
+            let error = match verdict {
+                Verdict::Allow => ErrorCode::WrongFrameType
+                    .with(format!("this connection takes {expected} frames")),
+                _ => ErrorCode::RateLimited.with("too many commands: slow down"),
+            };
+            self.reply_error(0, error);
             return;
         }
         let decoded = wire::decode_command(format, payload);
-        match self.sec.rate() {
+        match verdict {
             Verdict::Allow => {}
             Verdict::Refuse => {
                 let id = decoded.as_ref().map_or_else(|e| e.id, |c| c.id);
@@ -278,129 +297,9 @@ impl Session {
         self.sec.refresh(identity).map(reply::Result::Refresh)
     }
 
-    /// Subscribes, answering through the hub so that the reply comes before any publication
-    /// after it (see the hub's "subscribing without a seam"). Returns `Ok(None)` once replied.
-    async fn subscribe(
-        &mut self,
-        id: u32,
-        req: client::SubscribeRequest,
-    ) -> Result<Option<reply::Result>, client::Error> {
-        let ch = req.channel;
-        valid_channel(&ch)?;
-        self.sec.may_subscribe(self.node.bus.namespaces(), &ch)?;
-        if self.channels.contains(&ch) {
-            return Err(ErrorCode::AlreadySubscribed.with(format!("already subscribed to {ch}")));
-        }
-        let limit = self.node.config.max_channels_per_connection;
-        if self.channels.len() >= limit {
-            return Err(
-                ErrorCode::LimitExceeded.with(format!("at most {limit} channels per connection"))
-            );
-        }
-        let node = &self.node;
-        let since = req.recover.then_some(Position {
-            offset: req.offset,
-            epoch: req.epoch,
-        });
-        let format = self.conn.format;
-        if since.is_none()
-            && node.hub.subscribe_live(&ch, &self.conn, |pos| {
-                subscribe_reply(format, id, position_result(pos))
-            })
-        {
-            self.channels.insert(ch);
-            return Ok(None);
-        }
-        let ready = node.hub.hold(&node.link, &ch, &self.conn);
-        self.channels.insert(ch.clone());
-        if let Err(e) = ready.wait(node.bus_timeout).await {
-            self.leave(&ch);
-            return Err(bus_error(e));
-        }
-        let mut reads = 0;
-        loop {
-            reads += 1;
-            let confirmed = async {
-                match &since {
-                    Some(since) => {
-                        let recovery =
-                            bounded(node.bus_timeout, node.bus.recover(&ch, since)).await?;
-                        Ok(self.recovered_result(recovery))
-                    }
-                    None => {
-                        let pos = bounded(node.bus_timeout, node.bus.position(&ch)).await?;
-                        Ok(position_result(pos))
-                    }
-                }
-            };
-            let result = match confirmed.await {
-                Ok(result) => result,
-                Err(e) => {
-                    self.leave(&ch);
-                    return Err(bus_error(e));
-                }
-            };
-            let position = Position {
-                offset: result.offset,
-                epoch: result.epoch.clone(),
-            };
-            let reply = subscribe_reply(self.conn.format, id, result);
-            let error = match node.hub.activate(&ch, &self.conn, &position, reply) {
-                Ok(()) => return Ok(None),
-                // The channel moved past this position with a hole this subscriber's held
-                // publications do not fill: read again, now at least as far as the channel.
-                Err(ActivateError::Behind) if reads < MAX_POSITION_READS => continue,
-                Err(ActivateError::Behind) => ErrorCode::Unavailable
-                    .with("the channel moved on while subscribing; subscribe again"),
-                Err(ActivateError::EpochChanged) => ErrorCode::Unavailable
-                    .with("the channel started a new epoch meanwhile; subscribe again"),
-                Err(ActivateError::Gone) => ErrorCode::Internal.with("subscription vanished"),
-            };
-            self.leave(&ch);
-            return Err(error);
-        }
-    }
-
-    /// Undoes a subscribe that failed half-way.
-    fn leave(&mut self, ch: &str) {
-        self.channels.remove(ch);
-        self.node.hub.unsubscribe(&self.node.link, ch, &self.conn);
-    }
-
-    /// The subscribe result of a recovery. Recovered publications travel in the reply, so a
-    /// recovery bigger than half the client's queue is refused (`recovered: false`) rather
-    /// than allowed to overflow the queue on every reconnect.
-    fn recovered_result(&self, recovery: Recovery) -> client::SubscribeResult {
-        let size: usize = recovery.publications.iter().map(|p| p.data.len()).sum();
-        let fits = size <= self.node.config.queue_max_bytes / 2;
-        let recovered = recovery.recovered && fits;
-        if recovery.recovered && !fits {
-            tracing::info!(client = %self.conn.client, bytes = size,
-                "recovery larger than half the queue; answering recovered: false");
-        }
-        let (offset, epoch, publications) = match recovery.publications.last() {
-            Some(last) if recovered => (
-                last.offset,
-                last.epoch.clone(),
-                recovery.publications.into_iter().map(publication).collect(),
-            ),
-            _ => (
-                recovery.position.offset,
-                recovery.position.epoch,
-                Vec::new(),
-            ),
-        };
-        client::SubscribeResult {
-            epoch,
-            offset,
-            recovered,
-            publications,
-            was_recovering: true,
-        }
-    }
-
     /// Reads a channel's history: the publications after `since` (whose epoch must be the
-    /// channel's), or the oldest/newest kept, trimmed to fit half the client's queue.
+    /// channel's), or the oldest/newest kept, as many as fit in one reply (`more` says when
+    /// the limit was not reached for that reason).
     async fn history(
         &mut self,
         req: client::HistoryRequest,
@@ -408,6 +307,7 @@ impl Session {
         valid_channel(&req.channel)?;
         self.sec
             .may_subscribe(self.node.bus.namespaces(), &req.channel)?;
+        self.sec.may_read_history()?;
         let since = req.since.map(|p| Position {
             offset: p.offset,
             epoch: p.epoch,
@@ -416,6 +316,7 @@ impl Session {
             since.as_ref().map(|p| p.offset),
             req.limit as usize,
             req.reverse,
+            self.reply_budget(),
         );
         let node = &self.node;
         let history = bounded(node.bus_timeout, node.bus.history(&req.channel, &query))
@@ -429,21 +330,11 @@ impl Session {
                 since.epoch, history.position.epoch
             )));
         }
-        let budget = self.node.config.queue_max_bytes / 2;
-        let mut used = 0;
-        let publications = history
-            .publications
-            .into_iter()
-            .take_while(|p| {
-                used += p.data.len();
-                used <= budget
-            })
-            .map(publication)
-            .collect();
         Ok(reply::Result::History(client::HistoryResult {
-            publications,
+            publications: history.publications.into_iter().map(publication).collect(),
             offset: history.position.offset,
             epoch: history.position.epoch,
+            more: history.more,
         }))
     }
 
@@ -503,13 +394,17 @@ impl Session {
         self.conn
             .send(Outgoing::Data(wire::encode_frame(self.conn.format, &frame)));
     }
+}
 
-    /// Releases everything the session holds in the hub and the registry.
-    fn end(&mut self) {
+/// Whatever ends a session — its read loop returning, or a panic unwinding through it — the
+/// connection leaves the hub and the registry and its queue closes: teardown lives in `Drop`,
+/// so no path can skip it.
+impl Drop for Session {
+    fn drop(&mut self) {
         for ch in self.channels.drain() {
             self.node.hub.unsubscribe(&self.node.link, &ch, &self.conn);
         }
-        if self.connected {
+        if std::mem::take(&mut self.connected) {
             self.node.link.connection_closed(&self.conn.client);
         }
         self.conn.abandon();
@@ -528,27 +423,6 @@ async fn bounded<T>(
                 "no answer from the bus within {timeout:?}"
             )))
         })
-}
-
-/// A subscribe reply, encoded for the connection.
-fn subscribe_reply(format: Format, id: u32, result: client::SubscribeResult) -> Bytes {
-    wire::encode_frame(
-        format,
-        &wire::reply(client::Reply {
-            id,
-            error: None,
-            result: Some(reply::Result::Subscribe(result)),
-        }),
-    )
-}
-
-/// The result of a plain subscribe (no recovery) at `position`.
-fn position_result(position: Position) -> client::SubscribeResult {
-    client::SubscribeResult {
-        epoch: position.epoch,
-        offset: position.offset,
-        ..Default::default()
-    }
 }
 
 /// A channel name a command names, checked by the protocol's one set of channel rules.
@@ -570,9 +444,63 @@ fn bus_error(e: BusError) -> client::Error {
         BusError::BadChannel(e) => ErrorCode::BadChannel.with(e.to_string()),
         BusError::Unavailable(reason) => ErrorCode::Unavailable.with(reason),
         BusError::BadRequest(reason) => ErrorCode::BadRequest.with(reason),
+        BusError::LimitExceeded(reason) => ErrorCode::LimitExceeded.with(reason),
         other => {
             tracing::warn!(error = %other, "bus error");
             ErrorCode::Internal.with("internal error")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use chorus_bus::{Bus, NamespaceRules, Namespaces};
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::config::GatewayConfig;
+    use crate::security::Security;
+
+    #[tokio::test]
+    async fn a_session_that_panics_still_leaves_the_hub_and_the_registry() {
+        let config = GatewayConfig::default();
+        let bus = Bus::memory().with_namespaces(Namespaces {
+            default: NamespaceRules {
+                anonymous_subscribe: true,
+                ..NamespaceRules::default()
+            },
+            ..Namespaces::default()
+        });
+        let node = Node::start(
+            bus.clone(),
+            config.clone(),
+            Duration::from_secs(1),
+            "127.0.0.1:0".into(),
+            CancellationToken::new(),
+            Security::from_config(&config).unwrap(),
+        );
+        let (conn, _queue) = Conn::new(node.next_client_id(), Format::Json, 8, 1 << 16);
+        let mut session = Session::new(&node, &conn);
+        session.connect(client::ConnectRequest::default()).unwrap();
+        let subscribe = client::SubscribeRequest {
+            channel: "news".into(),
+            ..Default::default()
+        };
+        session.subscribe(1, subscribe).await.unwrap();
+        let connections = async || bus.nodes().await.unwrap()[0].connections;
+        assert_eq!(node.hub.subscription_count(), 1);
+        assert_eq!(connections().await, 1);
+
+        let ended = tokio::spawn(async move {
+            let _session = session;
+            panic!("a bug while running a command");
+        })
+        .await;
+        assert!(ended.unwrap_err().is_panic());
+        assert_eq!(node.hub.subscription_count(), 0, "left the hub");
+        assert_eq!(connections().await, 0, "left the registry");
+        assert!(conn.is_ending(), "its queue and writer are done");
     }
 }

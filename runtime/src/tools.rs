@@ -1,0 +1,84 @@
+//! The subcommands every Chorus binary has besides running: shell completions and a man page,
+//! both generated from the binary's own clap definition, so they cannot drift from its flags.
+//!
+//! ```text
+//! chorus-gateway completions bash > /etc/bash_completion.d/chorus-gateway
+//! chorus-gateway man > /usr/local/share/man/man1/chorus-gateway.1
+//! ```
+
+use std::io::Write;
+
+/// `completions SHELL` or `man`, next to a binary's own flags.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Tool {
+    /// Print shell completions for this binary (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print this binary's man page (roff) to stdout.
+    Man,
+}
+
+impl Tool {
+    /// Writes the completions or the man page of `command` (the binary's `Cli::command()`).
+    pub fn write(&self, mut command: clap::Command, out: &mut impl Write) -> std::io::Result<()> {
+        match self {
+            Tool::Completions { shell } => {
+                let name = command.get_name().to_owned();
+                clap_complete::generate(*shell, &mut command, name, out);
+                Ok(())
+            }
+            Tool::Man => clap_mangen::Man::new(command).render(out),
+        }
+    }
+
+    /// Writes to stdout, for a binary's `main`.
+    pub fn run(&self, command: clap::Command) -> std::io::Result<()> {
+        self.write(command, &mut std::io::stdout().lock())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    /// A binary shaped like Chorus's: flags, an environment variable, the tools.
+    #[derive(Parser)]
+    #[command(name = "chorus-example", version, about = "An example service")]
+    struct Cli {
+        /// Where to listen.
+        #[arg(
+            long = "listen",
+            env = "CHORUS_EXAMPLE_LISTEN",
+            default_value = "0.0.0.0:1"
+        )]
+        listen: String,
+        #[command(subcommand)]
+        tool: Option<Tool>,
+    }
+
+    fn output(args: &[&str]) -> String {
+        let cli = Cli::try_parse_from(args).unwrap();
+        assert_eq!(cli.listen, "0.0.0.0:1");
+        let mut out = Vec::new();
+        cli.tool.unwrap().write(Cli::command(), &mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn completions_and_man_page_come_from_the_flags() {
+        let bash = output(&["chorus-example", "completions", "bash"]);
+        assert!(bash.contains("--listen"), "{bash}");
+        assert!(bash.contains("chorus-example"));
+        let zsh = output(&["chorus-example", "completions", "zsh"]);
+        assert!(zsh.contains("--listen"));
+        let man = output(&["chorus-example", "man"]);
+        assert!(man.starts_with(".ie") || man.contains(".TH"), "{man}");
+        assert!(
+            man.contains("listen") && man.contains("CHORUS_EXAMPLE_LISTEN"),
+            "{man}"
+        );
+    }
+}
