@@ -517,21 +517,6 @@ export declare class Client extends Emitter<ClientEvents> {
     ping(): Promise<void>;
 }
 /**
- * Encodes a command, given as the JSON form's name and body.
- * @param {number} id
- * @param {string} name
- * @param {any} body
- * @returns {Uint8Array}
- */
-export declare function encodeCommand(id: number, name: string, body: any): Uint8Array;
-/**
- * Decodes a `ServerFrame` into the JSON form's shape: `{id, error}` or `{id, <name>: result}`,
- * `{pub}` or `{disconnect}`.
- * @param {Uint8Array} buf
- * @returns {any}
- */
-export declare function decodeServerFrame(buf: Uint8Array): any;
-/**
  * The `exp` claim of a JWT (seconds since the epoch), or 0. Read without verifying: it only
  * times the refresh; the gateway verifies.
  * @param {string} token

@@ -1209,7 +1209,7 @@ class PbWriter {
  * @param {any} body
  * @returns {Uint8Array}
  */
-export function encodeCommand(id, name, body) {
+function encodeCommand(id, name, body) {
   const b = new PbWriter();
   switch (name) {
     case "connect":
@@ -1340,7 +1340,7 @@ function decodePublication(buf) {
  * @param {Uint8Array} buf
  * @returns {any}
  */
-export function decodeServerFrame(buf) {
+function decodeServerFrame(buf) {
   const frame = pbMessage(buf);
   const push = frame.bytes(2);
   if (push) {
