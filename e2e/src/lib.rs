@@ -7,7 +7,11 @@
 //!   exported by the code;
 //! - `local_cluster`: `scripts/local-cluster` runs the compose topology as local processes
 //!   (Redis, broker-api, two gateways, nginx) and a client goes through nginx.
+//! - `js_sdk`: the JavaScript client's suites (`node --test` in `sdk/js`): the client against
+//!   real redis-server, broker-api and gateway processes, and the demo page in headless
+//!   Chromium driven by playwright-core (`scripts/test` installs Node.js, Chromium and the
+//!   npm packages).
 //!
-//! Both use the `chorus-gateway` and `chorus-broker-api` binaries of the same build (the
+//! All use the `chorus-gateway` and `chorus-broker-api` binaries of the same build (the
 //! target directory holding the test executable), which `cargo nextest run --workspace` /
 //! `scripts/test` build. Run alone: `cargo build -p chorus-gateway -p chorus-broker-api` first.

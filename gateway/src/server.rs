@@ -1,7 +1,7 @@
 //! The HTTP side of the gateway: accepting TCP connections, routing `/ws`, `/healthz`,
-//! `/readyz` and the demo page, and handing upgraded WebSockets to sessions; and, on a
-//! listener of its own (loopback by default), `/metrics`, so that the client port never
-//! serves the node's internals.
+//! `/readyz`, the JavaScript client at `/sdk/` and the demo page, and handing upgraded
+//! WebSockets to sessions; and, on a listener of its own (loopback by default), `/metrics`, so
+//! that the client port never serves the node's internals.
 //!
 //! Connections are served by hyper's HTTP/1 server with upgrades enabled and a timer, so the
 //! header-read timeout applies (a client that never finishes its request is dropped). Upgraded
@@ -32,6 +32,11 @@ use crate::{limits, session};
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 const DEMO_PAGE: &str = include_str!("../assets/demo.html");
+
+/// The JavaScript client (`sdk/js`), served at `/sdk/` so that a page loads it with no build
+/// step: `import { Client } from "/sdk/index.js"`. Embedded, so the binary is all it takes.
+const SDK_JS: &str = include_str!("../../sdk/js/index.js");
+const SDK_TYPES: &str = include_str!("../../sdk/js/index.d.ts");
 
 type Body = Full<Bytes>;
 
@@ -162,6 +167,10 @@ fn route(req: Request<Incoming>, node: &Arc<Node>, tracker: &TaskTracker) -> Res
                 )
             }
         }
+        (&Method::GET, "/sdk/index.js") => sdk_file(SDK_JS, "text/javascript; charset=utf-8"),
+        (&Method::GET, "/sdk/index.d.ts") => {
+            sdk_file(SDK_TYPES, "application/typescript; charset=utf-8")
+        }
         (&Method::GET, "/") if node.config.demo_page => {
             let mut resp = Response::new(Body::from(DEMO_PAGE));
             resp.headers_mut().insert(
@@ -172,6 +181,26 @@ fn route(req: Request<Incoming>, node: &Arc<Node>, tracker: &TaskTracker) -> Res
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// A file of the JavaScript client. Any origin may load it (`Access-Control-Allow-Origin: *`):
+/// module scripts are fetched with CORS, and a page served from elsewhere (or a file opened
+/// from disk) imports the client from the gateway it talks to. It is public code, so sharing
+/// it exposes nothing. `no-cache` makes browsers revalidate, so a gateway upgrade brings the
+/// matching client.
+fn sdk_file(body: &'static str, content_type: &'static str) -> Response<Body> {
+    let mut resp = Response::new(Body::from(body));
+    let headers = resp.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(
+        hyper::header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    headers.insert(
+        hyper::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache"),
+    );
+    resp
 }
 
 fn upgrade(mut req: Request<Incoming>, node: &Arc<Node>, tracker: &TaskTracker) -> Response<Body> {
