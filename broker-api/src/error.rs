@@ -6,12 +6,28 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chorus_bus::BusError;
-use serde_json::json;
+use serde::Serialize;
 use thiserror::Error;
+use utoipa::ToSchema;
 
 /// The gRPC metadata key that carries the [`ErrorCode`] name of a failed call, so a gRPC
 /// client can tell e.g. `too_large` from `bad_channel` (both INVALID_ARGUMENT).
 pub const GRPC_ERROR_CODE_KEY: &str = "chorus-error-code";
+
+/// Every JSON error answer: `{"error":{"code":"…","message":"…"}}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// One of the error names (`bad_request`, `bad_channel`, `too_large`, `unauthorized`,
+    /// `not_found`, `method_not_allowed`, `unavailable`, `position_lost`, `overloaded`,
+    /// `limit_exceeded`, `internal`).
+    pub code: String,
+    pub message: String,
+}
 
 /// What went wrong with a request, as callers branch on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,7 +162,17 @@ impl ApiError {
 
     /// The JSON error body: `{"error":{"code":"…","message":"…"}}`.
     pub fn body(&self) -> serde_json::Value {
-        json!({"error": {"code": self.code.name(), "message": self.message}})
+        serde_json::to_value(self.to_body()).unwrap_or_default()
+    }
+
+    /// The error as the JSON API answers it.
+    pub fn to_body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                code: self.code.name().to_owned(),
+                message: self.message.clone(),
+            },
+        }
     }
 
     /// The gRPC status, with the code name in [`GRPC_ERROR_CODE_KEY`] metadata. Counted in

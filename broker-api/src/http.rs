@@ -17,10 +17,10 @@ use bytes::Bytes;
 use chorus_bus::Published;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
-use serde_json::json;
 use serde_json::value::RawValue;
+use utoipa::ToSchema;
 
-use crate::error::{ApiError, ErrorCode};
+use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::service::Broker;
 
 /// `/api/...` routes (authentication and the body limit are layered on by the caller).
@@ -31,6 +31,7 @@ pub fn api_routes() -> Router<Broker> {
         .route("/api/broadcast", post(broadcast))
         .route("/api/nodes", get(nodes))
         .route("/api/history", post(history))
+        .route("/api/openapi.json", get(crate::openapi::document))
 }
 
 /// `/healthz`, `/readyz` and `/metrics`: no API key, so load balancers, orchestrators and
@@ -123,19 +124,26 @@ impl DataFields {
     }
 }
 
-#[derive(Deserialize)]
-struct PublishRequest {
+/// One publication: `data` (any JSON value) or `b64data` (base64 bytes), exactly one.
+#[derive(Deserialize, ToSchema)]
+pub(crate) struct PublishRequest {
     channel: String,
+    /// Any JSON value, published as its exact JSON text.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<serde_json::Value>)]
     data: Option<Box<RawValue>>,
+    /// Base64 bytes, published as the decoded bytes.
     #[serde(default)]
     b64data: Option<String>,
+    /// A retry with the same key within the idempotency window publishes nothing and
+    /// answers the first offset with `duplicate: true`.
     #[serde(default)]
     idempotency_key: Option<String>,
 }
 
-#[derive(Serialize)]
-struct PublishResponse {
+/// Where the publication went: its offset in the channel's epoch.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct PublishResponse {
     offset: u64,
     epoch: String,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -152,9 +160,9 @@ impl From<Published> for PublishResponse {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct HistoryRequest {
+pub(crate) struct HistoryRequest {
     channel: String,
     #[serde(default)]
     since: Option<SinceBody>,
@@ -164,34 +172,48 @@ struct HistoryRequest {
     reverse: bool,
 }
 
-#[derive(Deserialize)]
+/// A position: an offset of an epoch.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct SinceBody {
+pub(crate) struct SinceBody {
     offset: u64,
     #[serde(default)]
     epoch: String,
 }
 
 /// One publication of a history answer: JSON data embedded as is, other data as base64.
-#[derive(Serialize)]
-struct HistoryPublication<'a> {
+#[derive(Serialize, ToSchema)]
+pub(crate) struct HistoryPublication<'a> {
     offset: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<serde_json::Value>)]
     data: Option<&'a RawValue>,
     #[serde(skip_serializing_if = "Option::is_none")]
     b64data: Option<String>,
     published_at_ms: i64,
 }
 
-#[derive(Serialize)]
-struct HistoryResponse<'a> {
+/// Publications and the channel's current position; `more` when the answer stopped at its
+/// byte bound before `limit`.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct HistoryResponse<'a> {
     publications: Vec<HistoryPublication<'a>>,
     offset: u64,
     epoch: &'a str,
     more: bool,
 }
 
-async fn history(
+/// A channel's history and current position.
+#[utoipa::path(post, path = "/api/history", request_body = HistoryRequest,
+    security(("api_key" = [])),
+    responses(
+        (status = 200, body = HistoryResponse),
+        (status = 400, body = ErrorBody, description = "bad_request, bad_channel"),
+        (status = 401, body = ErrorBody, description = "unauthorized"),
+        (status = 409, body = ErrorBody, description = "position_lost: `since` is of another epoch"),
+        (status = 503, body = ErrorBody, description = "unavailable"),
+    ))]
+pub(crate) async fn history(
     State(broker): State<Broker>,
     ApiJson(req): ApiJson<HistoryRequest>,
 ) -> Result<Response, ApiError> {
@@ -226,7 +248,18 @@ async fn history(
     Ok(Json(body).into_response())
 }
 
-async fn publish(
+/// Publishes one message to one channel.
+#[utoipa::path(post, path = "/api/publish", request_body = PublishRequest,
+    security(("api_key" = [])),
+    responses(
+        (status = 200, body = PublishResponse),
+        (status = 400, body = ErrorBody, description = "bad_request, bad_channel"),
+        (status = 401, body = ErrorBody, description = "unauthorized"),
+        (status = 413, body = ErrorBody, description = "too_large"),
+        (status = 429, body = ErrorBody, description = "overloaded (Retry-After), limit_exceeded"),
+        (status = 503, body = ErrorBody, description = "unavailable"),
+    ))]
+pub(crate) async fn publish(
     State(broker): State<Broker>,
     ApiJson(req): ApiJson<PublishRequest>,
 ) -> Result<Json<PublishResponse>, ApiError> {
@@ -241,15 +274,38 @@ async fn publish(
     Ok(Json(published.into()))
 }
 
-#[derive(Deserialize)]
-struct PublishBatchRequest {
+#[derive(Deserialize, ToSchema)]
+pub(crate) struct PublishBatchRequest {
     publications: Vec<PublishRequest>,
 }
 
-async fn publish_batch(
+/// One result per publication of a batch, in order: where it went, or why it failed.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct BatchResponse {
+    results: Vec<PublishOutcome>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub(crate) enum PublishOutcome {
+    Published(PublishResponse),
+    Failed(ErrorBody),
+}
+
+/// Publishes many messages in one pipeline; each fails or succeeds on its own.
+#[utoipa::path(post, path = "/api/publish_batch", request_body = PublishBatchRequest,
+    security(("api_key" = [])),
+    responses(
+        (status = 200, body = BatchResponse),
+        (status = 400, body = ErrorBody, description = "bad_request"),
+        (status = 401, body = ErrorBody, description = "unauthorized"),
+        (status = 413, body = ErrorBody, description = "too_large: too many publications"),
+        (status = 429, body = ErrorBody, description = "overloaded (Retry-After)"),
+    ))]
+pub(crate) async fn publish_batch(
     State(broker): State<Broker>,
     ApiJson(req): ApiJson<PublishBatchRequest>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<BatchResponse>, ApiError> {
     // Data that does not convert fails its own entry only.
     let mut items = Vec::with_capacity(req.publications.len());
     let mut bad: Vec<Option<ApiError>> = Vec::with_capacity(req.publications.len());
@@ -285,27 +341,53 @@ async fn publish_batch(
                     .unwrap_or_else(|| Err(ApiError::new(ErrorCode::Internal, "no result"))),
             };
             match result {
-                Ok(p) => serde_json::to_value(PublishResponse::from(p)).unwrap_or_default(),
-                Err(e) => e.body(),
+                Ok(p) => PublishOutcome::Published(p.into()),
+                Err(e) => PublishOutcome::Failed(e.to_body()),
             }
         })
         .collect();
-    Ok(Json(json!({ "results": results })))
+    Ok(Json(BatchResponse { results }))
 }
 
-#[derive(Deserialize)]
-struct BroadcastRequest {
+/// The same data to many channels.
+#[derive(Deserialize, ToSchema)]
+pub(crate) struct BroadcastRequest {
     channels: Vec<String>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<serde_json::Value>)]
     data: Option<Box<RawValue>>,
     #[serde(default)]
     b64data: Option<String>,
 }
 
-async fn broadcast(
+/// One result per channel, in order.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct BroadcastResponse {
+    results: Vec<ChannelOutcome>,
+}
+
+/// A channel's result: its offset and epoch, or its error.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct ChannelOutcome {
+    channel: String,
+    #[serde(flatten)]
+    outcome: PublishOutcome,
+}
+
+/// Publishes one message to many channels.
+#[utoipa::path(post, path = "/api/broadcast", request_body = BroadcastRequest,
+    security(("api_key" = [])),
+    responses(
+        (status = 200, body = BroadcastResponse),
+        (status = 400, body = ErrorBody, description = "bad_request"),
+        (status = 401, body = ErrorBody, description = "unauthorized"),
+        (status = 413, body = ErrorBody, description = "too_large"),
+        (status = 429, body = ErrorBody, description = "overloaded (Retry-After)"),
+    ))]
+pub(crate) async fn broadcast(
     State(broker): State<Broker>,
     ApiJson(req): ApiJson<BroadcastRequest>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<BroadcastResponse>, ApiError> {
     let data = DataFields {
         data: req.data,
         b64data: req.b64data,
@@ -314,38 +396,77 @@ async fn broadcast(
     let outcomes = broker.broadcast(req.channels, data).await?;
     let results: Vec<_> = outcomes
         .into_iter()
-        .map(|o| match o.result {
-            Ok(p) => json!({"channel": o.channel, "offset": p.offset, "epoch": p.epoch}),
-            Err(e) => json!({"channel": o.channel, "error": e.body()["error"]}),
+        .map(|o| ChannelOutcome {
+            channel: o.channel,
+            outcome: match o.result {
+                Ok(p) => PublishOutcome::Published(p.into()),
+                Err(e) => PublishOutcome::Failed(e.to_body()),
+            },
         })
         .collect();
-    Ok(Json(json!({ "results": results })))
+    Ok(Json(BroadcastResponse { results }))
 }
 
-async fn nodes(State(broker): State<Broker>) -> Result<Json<serde_json::Value>, ApiError> {
-    let nodes: Vec<_> = broker
+/// The live gateway nodes.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct NodesResponse {
+    nodes: Vec<NodeJson>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct NodeJson {
+    /// The node's id, as clients see it in `connect`'s `node`.
+    id: String,
+    /// Where clients reach it.
+    address: String,
+    /// Its open client connections.
+    connections: u64,
+    started_at_ms: i64,
+}
+
+/// The live gateway nodes and their connection counts.
+#[utoipa::path(get, path = "/api/nodes",
+    security(("api_key" = [])),
+    responses(
+        (status = 200, body = NodesResponse),
+        (status = 401, body = ErrorBody, description = "unauthorized"),
+        (status = 503, body = ErrorBody, description = "unavailable"),
+    ))]
+pub(crate) async fn nodes(State(broker): State<Broker>) -> Result<Json<NodesResponse>, ApiError> {
+    let nodes = broker
         .nodes()
         .await?
         .into_iter()
-        .map(|n| {
-            json!({
-                "id": n.id,
-                "address": n.address,
-                "connections": n.connections,
-                "started_at_ms": n.started_at_ms,
-            })
+        .map(|n| NodeJson {
+            id: n.id,
+            address: n.address,
+            connections: n.connections,
+            started_at_ms: n.started_at_ms,
         })
         .collect();
-    Ok(Json(json!({ "nodes": nodes })))
+    Ok(Json(NodesResponse { nodes }))
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok"}))
+/// A probe's answer.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct ProbeStatus {
+    status: &'static str,
 }
 
-async fn readyz(State(broker): State<Broker>) -> Response {
+/// Alive.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, body = ProbeStatus)))]
+pub(crate) async fn healthz() -> Json<ProbeStatus> {
+    Json(ProbeStatus { status: "ok" })
+}
+
+/// Ready: the bus can publish.
+#[utoipa::path(get, path = "/readyz", responses(
+    (status = 200, body = ProbeStatus),
+    (status = 503, body = ErrorBody, description = "unavailable"),
+))]
+pub(crate) async fn readyz(State(broker): State<Broker>) -> Response {
     match broker.ready().await {
-        Ok(()) => Json(json!({"status": "ready"})).into_response(),
+        Ok(()) => Json(ProbeStatus { status: "ready" }).into_response(),
         // Rendered here rather than as an `ApiError` response: a failing probe is not a failed
         // API request, and must not count in the error metric.
         Err(e) => (e.code.http_status(), Json(e.body())).into_response(),

@@ -71,6 +71,7 @@ pub mod grpc;
 mod health;
 pub mod http;
 pub mod metrics;
+pub mod openapi;
 pub mod server;
 pub mod service;
 
