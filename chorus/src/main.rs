@@ -39,14 +39,17 @@ struct Cli {
     /// Do not serve the demo page at `/`.
     #[arg(long = "no-demo-page", env = "CHORUS_NO_DEMO_PAGE")]
     no_demo_page: bool,
-    /// Instead of running: print shell completions or the man page.
+    #[command(flatten)]
+    config: chorus_runtime::config_file::ConfigArg,
+    /// Instead of running: print shell completions, the man page, or check/print a settings file.
     #[command(subcommand)]
     tool: Option<chorus_runtime::tools::Tool>,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let matches = Cli::command().get_matches();
+    let matches = Cli::command()
+        .get_matches_from(chorus_runtime::tools::args_with_config_file(&Cli::command()));
     let mut cli = Cli::from_arg_matches(&matches)?;
     if let Some(tool) = &cli.tool {
         return Ok(tool.run(Cli::command())?);

@@ -19,7 +19,9 @@ pub struct Cli {
     pub namespaces: NamespacesConfig,
     #[command(flatten)]
     pub log: LogConfig,
-    /// Instead of running: print shell completions or the man page.
+    #[command(flatten)]
+    pub config: chorus_runtime::config_file::ConfigArg,
+    /// Instead of running: print shell completions, the man page, or check/print a settings file.
     #[command(subcommand)]
     pub tool: Option<chorus_runtime::tools::Tool>,
 }

@@ -8,6 +8,7 @@
 //! service; each service installs the recorder with [`metrics::install`] on start and serves
 //! [`metrics::render`] at `/metrics`. Nothing here knows about channels, Redis or clients.
 
+pub mod config_file;
 pub mod logging;
 pub mod metrics;
 pub mod shutdown;

@@ -8,7 +8,20 @@
 
 use std::io::Write;
 
+use crate::config_file;
 use crate::logging::{self, LogConfig};
+
+/// This process's command line with its settings file applied; a bad file ends the process
+/// with its problems (exit code 2, as clap does for a bad flag).
+pub fn args_with_config_file(command: &clap::Command) -> Vec<std::ffi::OsString> {
+    match config_file::merged_args(command, std::env::args_os().collect()) {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    }
+}
 
 /// A binary's command line that has the common parts: log settings and the tools.
 pub trait ServiceCli: clap::Parser {
@@ -16,10 +29,13 @@ pub trait ServiceCli: clap::Parser {
     fn tool(&self) -> Option<&Tool>;
 }
 
-/// Parses the command line. A tool subcommand runs and gives `None` (the binary exits);
-/// otherwise logging is set up and the parsed flags come back to run the service with.
+/// Parses the command line, with the settings file's values where the command line and the
+/// environment give none (see [`config_file`]). A tool subcommand runs and gives `None` (the
+/// binary exits); otherwise logging is set up and the parsed flags come back to run the
+/// service with.
 pub fn start<C: ServiceCli>() -> std::io::Result<Option<C>> {
-    let cli = C::parse();
+    let args = args_with_config_file(&C::command());
+    let cli = C::try_parse_from(args).unwrap_or_else(|e| e.exit());
     if let Some(tool) = cli.tool() {
         tool.run(C::command())?;
         return Ok(None);
@@ -38,6 +54,19 @@ pub enum Tool {
     },
     /// Print this binary's man page (roff) to stdout.
     Man,
+    /// Work with settings files (`--config FILE`).
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum ConfigAction {
+    /// Check a settings file: every unknown name and invalid value, with its line.
+    Check { file: std::path::PathBuf },
+    /// Print a complete settings file, every setting commented out at its default.
+    Defaults,
 }
 
 impl Tool {
@@ -50,6 +79,26 @@ impl Tool {
                 Ok(())
             }
             Tool::Man => clap_mangen::Man::new(command).render(out),
+            Tool::Config {
+                action: ConfigAction::Defaults,
+            } => out.write_all(config_file::defaults(&command).as_bytes()),
+            Tool::Config {
+                action: ConfigAction::Check { file },
+            } => {
+                let problems = config_file::check(&command, file).map_err(std::io::Error::other)?;
+                if problems.is_empty() {
+                    return writeln!(out, "{}: ok", file.display());
+                }
+                writeln!(out, "{}:", file.display())?;
+                for p in &problems {
+                    writeln!(out, "{p}")?;
+                }
+                Err(std::io::Error::other(format!(
+                    "{} problem(s) in {}",
+                    problems.len(),
+                    file.display()
+                )))
+            }
         }
     }
 
