@@ -1041,9 +1041,10 @@ export class Client extends Emitter {
         sub._attempt = 0;
         const wasRecovering = Boolean(from);
         const recovered = wasRecovering ? r.recovered === true : false;
+        const publications = r.publications ?? [];
         sub.state = "subscribed";
         if (recovered) {
-          for (const p of r.publications ?? []) sub._deliver(p, true);
+          for (const p of publications) sub._deliver(p, true);
         }
         // The reply's position is where live publications continue from.
         sub.position = { offset: r.offset ?? 0, epoch: r.epoch ?? "" };
@@ -1054,6 +1055,13 @@ export class Client extends Emitter {
           wasRecovering,
           recovered,
         });
+        if (!recovered && publications.length > 0) {
+          // The channel's new epoch from its start (Redis lost the old one): after the app
+          // has heard `recovered: false` and reloaded, it gets everything since.
+          const first = publications[0];
+          sub.position = { offset: Math.max(0, first.offset - 1), epoch: first.epoch };
+          for (const p of publications) sub._deliver(p, true);
+        }
     };
     this._send("subscribe", body, this._pendingFor(this._opts.timeout), onResult).catch(
       (e) => {

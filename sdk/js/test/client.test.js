@@ -451,6 +451,32 @@ describe("scripted gateway", () => {
     }
   });
 
+  test("recovered: false with the new epoch from its start: subscribed first, then all of it", async () => {
+    const server = await scriptedServer((ws, cmd) => {
+      if (cmd.connect) ws.send(JSON.stringify({ id: cmd.id, connect: CONNECTED }));
+      if (cmd.subscribe) {
+        const publications = [1, 2].map((offset) => ({ channel: "c", offset, epoch: "e2", data: offset }));
+        ws.send(JSON.stringify({ id: cmd.id, subscribe: { offset: 2, epoch: "e2", recovered: false, publications } }));
+        ws.send(JSON.stringify({ pub: { channel: "c", offset: 3, epoch: "e2", data: 3 } }));
+      }
+      if (cmd.ping) ws.send(JSON.stringify({ id: cmd.id, ping: {} }));
+    });
+    const a = new Client(server.url, FAST);
+    try {
+      await a.connect();
+      const sub = a.subscribe("c", { since: { offset: 9, epoch: "e1" } });
+      const events = [];
+      sub.on("subscribed", (s) => events.push(`subscribed recovered=${s.recovered}`));
+      sub.on("publication", (p) => events.push(`${p.epoch}:${p.offset}`));
+      await nextEvent(sub, "subscribed");
+      await a.ping();
+      assert.deepEqual(events, ["subscribed recovered=false", "e2:1", "e2:2", "e2:3"]);
+    } finally {
+      a.disconnect();
+      await server.stop();
+    }
+  });
+
   test("bounded: commands wait for a connection in a bounded queue and time out", async () => {
     const port = await freePort(); // nothing listens: every attempt fails
     const a = new Client(`ws://127.0.0.1:${port}/ws`, { ...FAST, maxQueued: 2, timeout: 300 });
