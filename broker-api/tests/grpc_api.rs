@@ -3,10 +3,10 @@
 mod common;
 
 use bytes::Bytes;
-use chorus_bus::{Bus, ConnectionInfo, NodeInfo};
+use chorus_bus::Bus;
 use chorus_protocol::api::broadcast_result::Outcome;
 use chorus_protocol::api::{BroadcastRequest, NodesRequest, PublishRequest};
-use common::{Collect, KEY, OTHER_KEY, TestServer, authed, config, http};
+use common::{KEY, OTHER_KEY, TestServer, attach_node, authed, config, http};
 use serde_json::{Value, json};
 use tonic::Code;
 
@@ -87,14 +87,7 @@ async fn grpc_invalid_channel_is_invalid_argument() {
 
 #[tokio::test]
 async fn grpc_oversized_data_is_invalid_argument_naming_the_limit() {
-    let server = TestServer::start(
-        Bus::memory(),
-        chorus_broker_api::BrokerConfig {
-            max_data: 8,
-            ..config()
-        },
-    )
-    .await;
+    let server = TestServer::memory_with(|c| c.max_data = 8).await;
     let mut grpc = server.grpc().await;
     let status = grpc
         .publish(authed(publish_req("news", b"123456789"), KEY))
@@ -110,14 +103,7 @@ async fn grpc_oversized_data_is_invalid_argument_naming_the_limit() {
 
 #[tokio::test]
 async fn grpc_message_over_the_body_limit_is_refused() {
-    let server = TestServer::start(
-        Bus::memory(),
-        chorus_broker_api::BrokerConfig {
-            max_body: 1024,
-            ..config()
-        },
-    )
-    .await;
+    let server = TestServer::memory_with(|c| c.max_body = 1024).await;
     let mut grpc = server.grpc().await;
     let req = PublishRequest {
         channel: "news".into(),
@@ -159,20 +145,7 @@ async fn grpc_broadcast_reports_each_channel_with_the_same_error_codes() {
 #[tokio::test]
 async fn grpc_nodes_lists_an_attached_node_with_its_connection_count() {
     let bus = Bus::memory();
-    let link = bus.attach(
-        NodeInfo {
-            id: "gateway-1".into(),
-            address: "ws://127.0.0.1:9000/ws".into(),
-            connections: 0,
-            started_at_ms: 42,
-        },
-        Collect::new(),
-    );
-    link.connection_opened(ConnectionInfo {
-        client: "c1".into(),
-        user: "u".into(),
-        connected_at_ms: 0,
-    });
+    let _link = attach_node(&bus, 42, &["c1"]);
     let server = TestServer::start(bus, config()).await;
     let mut grpc = server.grpc().await;
     let nodes = grpc

@@ -10,7 +10,7 @@ use chorus_bus::{Bus, BusConfig};
 use chorus_protocol::api::publish_stream_result::Outcome;
 use chorus_protocol::api::{PublishBatchRequest, PublishRequest};
 use chorus_testkit::RedisServer;
-use common::{KEY, TestServer, authed, config, http};
+use common::{KEY, TestServer, authed, config, http, post_json};
 use serde_json::{Value, json};
 use tonic::Code;
 
@@ -68,16 +68,12 @@ async fn a_publish_stream_answers_every_publication_in_order_and_fails_only_bad_
     assert_eq!(failed, vec![(301, "bad_channel".to_owned())]);
     assert_eq!((even, odd), (300, 299));
     // Everything is in history too.
-    let hist: Value = http()
-        .post(server.url("/api/history"))
-        .bearer_auth(KEY)
-        .json(&json!({"channel": "even", "limit": 1, "reverse": true}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let hist = post_json(
+        &server,
+        "/api/history",
+        &json!({"channel": "even", "limit": 1, "reverse": true}),
+    )
+    .await;
     assert_eq!(hist["offset"], 300);
 }
 
@@ -104,21 +100,13 @@ async fn batches_over_grpc_and_http_publish_in_one_pipeline_with_a_result_each()
         .collect();
     assert_eq!(offsets, vec![Some(1), Some(2), None, Some(1)]);
 
-    let body: Value = http()
-        .post(server.url("/api/publish_batch"))
-        .bearer_auth(KEY)
-        .json(&json!({"publications": [
-            {"channel": "a", "data": {"n": 3}},
-            {"channel": "a", "b64data": "!!"},
-            {"channel": "b", "data": 5, "idempotency_key": "k1"},
-            {"channel": "b", "data": 5, "idempotency_key": "k1"},
-        ]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let batch = json!({"publications": [
+        {"channel": "a", "data": {"n": 3}},
+        {"channel": "a", "b64data": "!!"},
+        {"channel": "b", "data": 5, "idempotency_key": "k1"},
+        {"channel": "b", "data": 5, "idempotency_key": "k1"},
+    ]});
+    let body = post_json(&server, "/api/publish_batch", &batch).await;
     let results = body["results"].as_array().unwrap();
     assert_eq!(results[0]["offset"], 3);
     assert_eq!(results[1]["error"]["code"], "bad_request");

@@ -4,8 +4,8 @@ mod common;
 
 use std::time::Duration;
 
-use chorus_bus::{Bus, ConnectionInfo, NodeInfo};
-use common::{Collect, KEY, OTHER_KEY, TestServer, config, http};
+use chorus_bus::{Bus, NodeInfo};
+use common::{Collect, KEY, OTHER_KEY, TestServer, attach_node, config, http};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -171,14 +171,7 @@ async fn broadcast_with_no_channels_is_a_bad_request() {
 
 #[tokio::test]
 async fn broadcast_over_the_channel_limit_is_too_large() {
-    let server = TestServer::start(
-        Bus::memory(),
-        chorus_broker_api::BrokerConfig {
-            max_broadcast: 2,
-            ..config()
-        },
-    )
-    .await;
+    let server = TestServer::memory_with(|c| c.max_broadcast = 2).await;
     let (status, body) = post(
         &server,
         "/api/broadcast",
@@ -280,14 +273,7 @@ async fn bad_channel_name_is_a_400_bad_channel() {
 
 #[tokio::test]
 async fn oversized_data_is_413_too_large_naming_the_limit() {
-    let server = TestServer::start(
-        Bus::memory(),
-        chorus_broker_api::BrokerConfig {
-            max_data: 100,
-            ..config()
-        },
-    )
-    .await;
+    let server = TestServer::memory_with(|c| c.max_data = 100).await;
     let big = "x".repeat(200);
     let (status, body) = post(
         &server,
@@ -327,14 +313,7 @@ async fn oversized_data_is_413_too_large_naming_the_limit() {
 
 #[tokio::test]
 async fn body_over_the_body_limit_is_413_too_large() {
-    let server = TestServer::start(
-        Bus::memory(),
-        chorus_broker_api::BrokerConfig {
-            max_body: 1024,
-            ..config()
-        },
-    )
-    .await;
+    let server = TestServer::memory_with(|c| c.max_body = 1024).await;
     let (status, body) = post(
         &server,
         "/api/publish",
@@ -406,22 +385,7 @@ async fn any_of_several_configured_keys_is_accepted() {
 #[tokio::test]
 async fn nodes_lists_an_attached_node_with_its_connection_count() {
     let bus = Bus::memory();
-    let link = bus.attach(
-        NodeInfo {
-            id: "gateway-1".into(),
-            address: "ws://127.0.0.1:9000/ws".into(),
-            connections: 0,
-            started_at_ms: 1_700_000_000_000,
-        },
-        Collect::new(),
-    );
-    for client in ["c1", "c2"] {
-        link.connection_opened(ConnectionInfo {
-            client: client.into(),
-            user: "u".into(),
-            connected_at_ms: 0,
-        });
-    }
+    let _link = attach_node(&bus, 1_700_000_000_000, &["c1", "c2"]);
     let server = TestServer::start(bus, config()).await;
     let resp = http()
         .get(server.url("/api/nodes"))

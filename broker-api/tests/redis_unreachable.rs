@@ -27,6 +27,40 @@ async fn http_publish(server: &TestServer) -> (StatusCode, Value) {
     (status, resp.json().await.unwrap())
 }
 
+fn news_publish() -> PublishRequest {
+    PublishRequest {
+        channel: "news".into(),
+        data: Bytes::from_static(b"1"),
+        ..Default::default()
+    }
+}
+
+/// A gRPC publish, which must fail UNAVAILABLE; how long the answer took.
+async fn grpc_publish_unavailable(server: &TestServer) -> Duration {
+    let mut grpc = server.grpc().await;
+    let started = Instant::now();
+    let status = grpc.publish(authed(news_publish(), KEY)).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    started.elapsed()
+}
+
+/// Publishes until one succeeds, each failure being `unavailable`, before `deadline`.
+async fn publish_until_ok(server: &TestServer, deadline: Instant, when: &str) -> Value {
+    loop {
+        let (status, body) = http_publish(server).await;
+        if status == StatusCode::OK {
+            return body;
+        }
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert!(
+            Instant::now() < deadline,
+            "publish still failing {when}: {body}"
+        );
+        // Polling a service that comes back on its own schedule: there is no event to await.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A broker-api on a Redis bus with the short test timeout.
 async fn server_on(redis: &RedisServer) -> TestServer {
     let bus_config = BusConfig {
@@ -58,16 +92,7 @@ async fn redis_unreachable_answers_503_and_unavailable_then_recovers() {
     assert_eq!(body["error"]["code"], "unavailable", "{body}");
     assert!(took <= bound, "HTTP publish took {took:?} with Redis down");
 
-    let mut grpc = server.grpc().await;
-    let req = PublishRequest {
-        channel: "news".into(),
-        data: Bytes::from_static(b"1"),
-        ..Default::default()
-    };
-    let started = Instant::now();
-    let status = grpc.publish(authed(req.clone(), KEY)).await.unwrap_err();
-    let took = started.elapsed();
-    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let took = grpc_publish_unavailable(&server).await;
     assert!(took <= bound, "gRPC publish took {took:?} with Redis down");
 
     let started = Instant::now();
@@ -85,20 +110,14 @@ async fn redis_unreachable_answers_503_and_unavailable_then_recovers() {
 
     // The bus reconnects on its own; poll until a publish goes through again.
     let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let (status, body) = http_publish(&server).await;
-        if status == StatusCode::OK {
-            assert!(body["offset"].as_u64().is_some_and(|o| o >= 1), "{body}");
-            break;
-        }
-        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-        assert!(
-            Instant::now() < deadline,
-            "publish still failing after Redis restart: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    grpc.publish(authed(req, KEY)).await.unwrap();
+    let body = publish_until_ok(&server, deadline, "after Redis restart").await;
+    assert!(body["offset"].as_u64().is_some_and(|o| o >= 1), "{body}");
+    server
+        .grpc()
+        .await
+        .publish(authed(news_publish(), KEY))
+        .await
+        .unwrap();
     let ready = http().get(server.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), StatusCode::OK);
 }
@@ -126,16 +145,7 @@ async fn redis_that_stops_answering_gets_503_within_the_timeout_then_recovers() 
         "HTTP publish took {took:?} with Redis paused"
     );
 
-    let mut grpc = server.grpc().await;
-    let req = PublishRequest {
-        channel: "news".into(),
-        data: Bytes::from_static(b"1"),
-        ..Default::default()
-    };
-    let started = Instant::now();
-    let status = grpc.publish(authed(req, KEY)).await.unwrap_err();
-    let took = started.elapsed();
-    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let took = grpc_publish_unavailable(&server).await;
     assert!(
         took <= bound,
         "gRPC publish took {took:?} with Redis paused"
@@ -143,18 +153,7 @@ async fn redis_that_stops_answering_gets_503_within_the_timeout_then_recovers() 
 
     // Once the pause ends, publishing works again.
     let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let (status, body) = http_publish(&server).await;
-        if status == StatusCode::OK {
-            break;
-        }
-        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-        assert!(
-            Instant::now() < deadline,
-            "publish still failing after the pause: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    publish_until_ok(&server, deadline, "after the pause").await;
 }
 
 /// Shutdown lets a request that is waiting on the bus finish: a publish held up by a paused

@@ -72,14 +72,7 @@ async fn time_to_close(
 async fn slow_or_silent_clients_are_dropped_at_the_header_timeout() {
     use tokio::io::AsyncWriteExt;
     let timeout = Duration::from_millis(500);
-    let server = TestServer::start(
-        Bus::memory(),
-        BrokerConfig {
-            header_timeout: timeout,
-            ..config()
-        },
-    )
-    .await;
+    let server = TestServer::memory_with(|c| c.header_timeout = timeout).await;
     let started = std::time::Instant::now();
     let mut silent = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     let mut partial = tokio::net::TcpStream::connect(server.addr).await.unwrap();

@@ -26,6 +26,18 @@ async fn expect_connected(events: &mut chorus_client::Events) {
     }
 }
 
+/// A client with fast reconnects, connected to `url` and subscribed to `news`.
+async fn subscribed_to_news(url: String) -> (Client, chorus_client::Events) {
+    let (client, mut events) = Client::builder(url)
+        .backoff(fast_backoff())
+        .connect()
+        .unwrap();
+    expect_connected(&mut events).await;
+    client.subscribe("news").await.unwrap();
+    assert!(matches!(next(&mut events).await, Event::Subscribed { .. }));
+    (client, events)
+}
+
 #[tokio::test]
 async fn connects_subscribes_and_receives_in_both_formats() {
     let chorus = Chorus::start(GatewayConfig::default()).await;
@@ -172,13 +184,7 @@ async fn unsubscribed_channels_deliver_nothing_more() {
 #[tokio::test]
 async fn gateway_shutdown_leads_to_reconnect_and_resubscribe() {
     let mut chorus = Chorus::start(GatewayConfig::default()).await;
-    let (client, mut events) = Client::builder(chorus.ws())
-        .backoff(fast_backoff())
-        .connect()
-        .unwrap();
-    expect_connected(&mut events).await;
-    client.subscribe("news").await.unwrap();
-    assert!(matches!(next(&mut events).await, Event::Subscribed { .. }));
+    let (client, mut events) = subscribed_to_news(chorus.ws()).await;
     let first = chorus.publish("news", json!("one")).await;
     assert_eq!(next_publication(&mut events).await.1, 1);
 
@@ -224,13 +230,7 @@ async fn gateway_shutdown_leads_to_reconnect_and_resubscribe() {
 async fn a_cut_connection_is_replaced() {
     let chorus = Chorus::start(GatewayConfig::default()).await;
     let proxy = Proxy::start(chorus.gateway_addr).await;
-    let (client, mut events) = Client::builder(proxy.ws())
-        .backoff(fast_backoff())
-        .connect()
-        .unwrap();
-    expect_connected(&mut events).await;
-    client.subscribe("news").await.unwrap();
-    assert!(matches!(next(&mut events).await, Event::Subscribed { .. }));
+    let (_client, mut events) = subscribed_to_news(proxy.ws()).await;
     proxy.cut();
     match next(&mut events).await {
         Event::Disconnected {

@@ -5,35 +5,10 @@
 //! `chromium` when missing); here a missing piece fails the test with what to do.
 
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
-
-/// The directory of this build's binaries: the test executable lives in its `deps/`.
-fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps/<test>")
-        .to_path_buf();
-    for bin in ["chorus-gateway", "chorus-broker-api"] {
-        assert!(
-            dir.join(bin).is_file(),
-            "{bin} is not built in {}: run scripts/test, or cargo build -p chorus-gateway \
-             -p chorus-broker-api --bins before running this test alone",
-            dir.display()
-        );
-    }
-    dir
-}
+use chorus_e2e::{bin_dir, root};
 
 /// Kills the node process group (node and everything it started) if the test ends early.
 struct Group(Child);

@@ -6,7 +6,6 @@
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -15,31 +14,7 @@ use chorus_protocol::wire::Format;
 use chorus_testkit::{WsClient, free_port};
 use serde_json::json;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
-
-/// The directory of this build's binaries: the test executable lives in its `deps/`.
-fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps/<test>")
-        .to_path_buf();
-    for bin in ["chorus-gateway", "chorus-broker-api"] {
-        assert!(
-            dir.join(bin).is_file(),
-            "{bin} is not built in {}: run scripts/test, or cargo build -p chorus-gateway \
-             -p chorus-broker-api before running this test alone",
-            dir.display()
-        );
-    }
-    dir
-}
+use chorus_e2e::{bin_dir, root};
 
 /// The first API key of the shared env file.
 fn api_key() -> String {

@@ -26,12 +26,4 @@ pub struct Cli {
     pub tool: Option<chorus_runtime::tools::Tool>,
 }
 
-impl chorus_runtime::tools::ServiceCli for Cli {
-    fn log(&self) -> &LogConfig {
-        &self.log
-    }
-
-    fn tool(&self) -> Option<&chorus_runtime::tools::Tool> {
-        self.tool.as_ref()
-    }
-}
+chorus_runtime::service_cli!(Cli);

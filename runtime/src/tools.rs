@@ -29,6 +29,23 @@ pub trait ServiceCli: clap::Parser {
     fn tool(&self) -> Option<&Tool>;
 }
 
+/// Implements [`ServiceCli`] for a command line with `log: LogConfig` and
+/// `tool: Option<Tool>` fields.
+#[macro_export]
+macro_rules! service_cli {
+    ($cli:ty) => {
+        impl $crate::tools::ServiceCli for $cli {
+            fn log(&self) -> &$crate::logging::LogConfig {
+                &self.log
+            }
+
+            fn tool(&self) -> Option<&$crate::tools::Tool> {
+                self.tool.as_ref()
+            }
+        }
+    };
+}
+
 /// Parses the command line, with the settings file's values where the command line and the
 /// environment give none (see [`config_file`]). A tool subcommand runs and gives `None` (the
 /// binary exits); otherwise logging is set up and the parsed flags come back to run the

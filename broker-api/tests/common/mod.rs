@@ -51,6 +51,13 @@ impl TestServer {
         }
     }
 
+    /// Serves an in-memory bus with the test configuration as `edit` changes it.
+    pub async fn memory_with(edit: impl FnOnce(&mut BrokerConfig)) -> Self {
+        let mut config = config();
+        edit(&mut config);
+        Self::start(Bus::memory(), config).await
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
@@ -80,6 +87,46 @@ pub fn authed<T>(message: T, key: &str) -> tonic::Request<T> {
     req.metadata_mut()
         .insert("authorization", format!("Bearer {key}").parse().unwrap());
     req
+}
+
+/// POSTs `body` to `path` on `server` with the API key and returns the answer's JSON.
+pub async fn post_json(
+    server: &TestServer,
+    path: &str,
+    body: &serde_json::Value,
+) -> serde_json::Value {
+    http()
+        .post(server.url(path))
+        .bearer_auth(KEY)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Attaches a node `gateway-1` (at `ws://127.0.0.1:9000/ws`, started at `started_at_ms`) to
+/// `bus` with one open connection per name in `clients`, as a gateway would.
+pub fn attach_node(bus: &Bus, started_at_ms: i64, clients: &[&str]) -> chorus_bus::NodeLink {
+    let link = bus.attach(
+        chorus_bus::NodeInfo {
+            id: "gateway-1".into(),
+            address: "ws://127.0.0.1:9000/ws".into(),
+            connections: 0,
+            started_at_ms,
+        },
+        Collect::new(),
+    );
+    for client in clients {
+        link.connection_opened(chorus_bus::ConnectionInfo {
+            client: (*client).into(),
+            user: "u".into(),
+            connected_at_ms: 0,
+        });
+    }
+    link
 }
 
 pub fn http() -> reqwest::Client {

@@ -36,6 +36,15 @@ describe("against one gateway", () => {
     clients.push(c);
     return c;
   };
+  /** A connected client subscribed to `channel`, with the publications it collects. */
+  const subscribed = async (channel) => {
+    const a = client(cluster.ws());
+    await a.connect();
+    const sub = a.subscribe(channel);
+    const got = collect(sub);
+    await nextEvent(sub, "subscribed");
+    return { a, sub, got };
+  };
   before(async () => {
     cluster = await startCluster({ gateways: 1 });
   });
@@ -128,11 +137,7 @@ describe("against one gateway", () => {
 
   test("unsubscribe stops delivery", async () => {
     const channel = uniqueChannel();
-    const a = client(cluster.ws());
-    await a.connect();
-    const sub = a.subscribe(channel);
-    const got = collect(sub);
-    await nextEvent(sub, "subscribed");
+    const { a, sub, got } = await subscribed(channel);
     await cluster.publish(channel, 1);
     await until(() => got.length === 1);
     const gone = nextEvent(sub, "unsubscribed");
@@ -146,11 +151,7 @@ describe("against one gateway", () => {
 
   test("a gateway restart: reconnect, resubscribe with recover, nothing missed", async () => {
     const channel = uniqueChannel();
-    const a = client(cluster.ws());
-    await a.connect();
-    const sub = a.subscribe(channel);
-    const got = collect(sub);
-    await nextEvent(sub, "subscribed");
+    const { a, sub, got } = await subscribed(channel);
     await cluster.publish(channel, "before");
     await until(() => got.length === 1);
 
@@ -399,6 +400,26 @@ async function scriptedServer(onCommand) {
 
 const CONNECTED = { client: "c1", node: "scripted", version: "0", ping_interval: 25 };
 
+/**
+ * A scripted gateway that answers connect and ping, and subscribes with `onSubscribe`; then
+ * a connected client, handed to `body`; both are stopped after it.
+ */
+async function withScriptedSubscribe(onSubscribe, body) {
+  const server = await scriptedServer((ws, cmd) => {
+    if (cmd.connect) ws.send(JSON.stringify({ id: cmd.id, connect: CONNECTED }));
+    if (cmd.subscribe) onSubscribe((frame) => ws.send(JSON.stringify(frame)), cmd.id);
+    if (cmd.ping) ws.send(JSON.stringify({ id: cmd.id, ping: {} }));
+  });
+  const a = new Client(server.url, FAST);
+  try {
+    await a.connect();
+    await body(a);
+  } finally {
+    a.disconnect();
+    await server.stop();
+  }
+}
+
 describe("scripted gateway", () => {
   test("disconnect with reconnect: false stays down", async () => {
     const server = await scriptedServer((ws, cmd) => {
@@ -427,43 +448,28 @@ describe("scripted gateway", () => {
   });
 
   test("duplicates and stale offsets are dropped", async () => {
-    const server = await scriptedServer((ws, cmd) => {
-      if (cmd.connect) ws.send(JSON.stringify({ id: cmd.id, connect: CONNECTED }));
-      if (cmd.subscribe) {
-        ws.send(JSON.stringify({ id: cmd.id, subscribe: { offset: 0, epoch: "e1" } }));
-        for (const offset of [1, 2, 2, 1, 3]) {
-          ws.send(JSON.stringify({ pub: { channel: "c", offset, epoch: "e1", data: offset } }));
-        }
+    const onSubscribe = (send, id) => {
+      send({ id, subscribe: { offset: 0, epoch: "e1" } });
+      for (const offset of [1, 2, 2, 1, 3]) {
+        send({ pub: { channel: "c", offset, epoch: "e1", data: offset } });
       }
-      if (cmd.ping) ws.send(JSON.stringify({ id: cmd.id, ping: {} }));
-    });
-    const a = new Client(server.url, FAST);
-    try {
-      await a.connect();
+    };
+    await withScriptedSubscribe(onSubscribe, async (a) => {
       const sub = a.subscribe("c");
       const got = collect(sub);
       await nextEvent(sub, "subscribed");
       await a.ping();
       assert.deepEqual(got.map((p) => p.offset), [1, 2, 3]);
-    } finally {
-      a.disconnect();
-      await server.stop();
-    }
+    });
   });
 
   test("recovered: false with the new epoch from its start: subscribed first, then all of it", async () => {
-    const server = await scriptedServer((ws, cmd) => {
-      if (cmd.connect) ws.send(JSON.stringify({ id: cmd.id, connect: CONNECTED }));
-      if (cmd.subscribe) {
-        const publications = [1, 2].map((offset) => ({ channel: "c", offset, epoch: "e2", data: offset }));
-        ws.send(JSON.stringify({ id: cmd.id, subscribe: { offset: 2, epoch: "e2", recovered: false, publications } }));
-        ws.send(JSON.stringify({ pub: { channel: "c", offset: 3, epoch: "e2", data: 3 } }));
-      }
-      if (cmd.ping) ws.send(JSON.stringify({ id: cmd.id, ping: {} }));
-    });
-    const a = new Client(server.url, FAST);
-    try {
-      await a.connect();
+    const onSubscribe = (send, id) => {
+      const publications = [1, 2].map((offset) => ({ channel: "c", offset, epoch: "e2", data: offset }));
+      send({ id, subscribe: { offset: 2, epoch: "e2", recovered: false, publications } });
+      send({ pub: { channel: "c", offset: 3, epoch: "e2", data: 3 } });
+    };
+    await withScriptedSubscribe(onSubscribe, async (a) => {
       const sub = a.subscribe("c", { since: { offset: 9, epoch: "e1" } });
       const events = [];
       sub.on("subscribed", (s) => events.push(`subscribed recovered=${s.recovered}`));
@@ -471,10 +477,7 @@ describe("scripted gateway", () => {
       await nextEvent(sub, "subscribed");
       await a.ping();
       assert.deepEqual(events, ["subscribed recovered=false", "e2:1", "e2:2", "e2:3"]);
-    } finally {
-      a.disconnect();
-      await server.stop();
-    }
+    });
   });
 
   test("bounded: commands wait for a connection in a bounded queue and time out", async () => {
