@@ -29,6 +29,10 @@ pub enum Error {
     /// Data a JSON connection cannot carry: JSON clients publish JSON text.
     #[error("a JSON connection publishes JSON values; this data is not valid JSON")]
     NotJson,
+    /// Too many requests (1,024) wait for a connection already; retry once
+    /// connected.
+    #[error("{0} requests already wait for a connection")]
+    TooManyWaiting(usize),
     /// The URL is not a `ws://` or `wss://` URL.
     #[error("invalid URL {url}: {reason}")]
     InvalidUrl { url: String, reason: String },

@@ -13,7 +13,8 @@
 //! **Deferred.** A publish, history or ping issued while disconnected is not failed at once:
 //! it waits in [`Deferred`] for the next connection, up to the deadline the handle gave it
 //! (the command timeout), and is sent after `connect` succeeds, in the order issued. One
-//! that outlives its deadline fails with [`Error::Timeout`].
+//! that outlives its deadline fails with [`Error::Timeout`]; past [`MAX_DEFERRED`] waiting,
+//! a new one fails at once with [`Error::TooManyWaiting`].
 //!
 //! When a connection ends, what was in flight fails with [`Error::Disconnected`] and is not
 //! resent: a publish may have been stored, and only the application can decide whether to
@@ -136,6 +137,11 @@ pub(crate) struct DeferredRequest {
     pub(crate) reply: Reply<reply::Result>,
 }
 
+/// Most requests that wait for a connection at once: an application that keeps publishing
+/// while the gateway is unreachable is told at once (`Error::TooManyWaiting`) rather than
+/// growing the client's memory until each request's timeout.
+pub(crate) const MAX_DEFERRED: usize = 1024;
+
 /// Requests waiting for the next connection, in the order issued.
 #[derive(Default)]
 pub(crate) struct Deferred {
@@ -143,7 +149,12 @@ pub(crate) struct Deferred {
 }
 
 impl Deferred {
+    /// Queues a request, or fails it with [`Error::TooManyWaiting`] past [`MAX_DEFERRED`].
     pub(crate) fn push(&mut self, request: DeferredRequest) {
+        if self.requests.len() >= MAX_DEFERRED {
+            let _ = request.reply.send(Err(Error::TooManyWaiting(MAX_DEFERRED)));
+            return;
+        }
         self.requests.push_back(request);
     }
 
@@ -174,5 +185,49 @@ impl Deferred {
         for r in self.requests.drain(..) {
             let _ = r.reply.send(Err(Error::Closed));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chorus_protocol::client::PingRequest;
+
+    fn request() -> (
+        DeferredRequest,
+        oneshot::Receiver<Result<reply::Result, Error>>,
+    ) {
+        let (reply, answer) = oneshot::channel();
+        let request = DeferredRequest {
+            body: command::Body::Ping(PingRequest {}),
+            deadline: Instant::now() + Duration::from_secs(60),
+            reply,
+        };
+        (request, answer)
+    }
+
+    #[test]
+    fn requests_past_the_bound_are_refused_at_once() {
+        let mut deferred = Deferred::default();
+        let mut waiting = Vec::new();
+        for _ in 0..MAX_DEFERRED {
+            let (r, answer) = request();
+            deferred.push(r);
+            waiting.push(answer);
+        }
+        let (r, mut refused) = request();
+        deferred.push(r);
+        assert!(matches!(
+            refused.try_recv(),
+            Ok(Err(Error::TooManyWaiting(MAX_DEFERRED)))
+        ));
+        assert!(
+            waiting[0].try_recv().is_err(),
+            "the waiting ones still wait"
+        );
+        deferred.pop();
+        let (r, mut admitted) = request();
+        deferred.push(r);
+        assert!(admitted.try_recv().is_err(), "room again once one is sent");
     }
 }
