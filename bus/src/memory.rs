@@ -78,10 +78,11 @@ struct ChannelState {
 
 impl ChannelState {
     /// Applies the TTLs at `now`: false when the whole channel has expired (its position too,
-    /// and no node wants it); its history is emptied once `history_ttl` passed.
-    fn keep(&mut self, now: Instant, wanted: bool) -> bool {
+    /// and no node wants it); its history is emptied once `history_ttl` passed. Whether a node
+    /// wants it is asked only of a channel whose position expired, not on every publish.
+    fn keep(&mut self, now: Instant, wanted: impl FnOnce() -> bool) -> bool {
         let idle = now.saturating_duration_since(self.last_publish);
-        if idle >= self.meta_ttl && !wanted {
+        if idle >= self.meta_ttl && !wanted() {
             return false;
         }
         if idle >= self.history_ttl && !self.history.is_empty() {
@@ -100,7 +101,7 @@ impl Channels {
         wanted: impl Fn(&str) -> bool,
     ) -> Option<&mut ChannelState> {
         let state = self.by_name.get_mut(channel)?;
-        if !state.keep(now, wanted(channel)) {
+        if !state.keep(now, || wanted(channel)) {
             self.by_name.remove(channel);
             return None;
         }
@@ -111,7 +112,7 @@ impl Channels {
     fn sweep(&mut self, now: Instant, window: Duration, wanted: impl Fn(&str) -> bool) -> usize {
         let before = self.by_name.len();
         self.by_name
-            .retain(|name, state| state.keep(now, wanted(name)));
+            .retain(|name, state| state.keep(now, || wanted(name)));
         self.forget_expired_keys(now, window);
         self.last_sweep = Some(now);
         let removed = before - self.by_name.len();

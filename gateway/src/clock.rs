@@ -12,8 +12,12 @@ const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// `Instant::now() + d`, saturating at a century from now.
 pub(crate) fn after(d: Duration) -> Instant {
-    let now = Instant::now();
-    now.checked_add(d.min(CENTURY)).unwrap_or(now)
+    at(Instant::now(), d)
+}
+
+/// `from + d`, saturating at a century from `from`.
+pub(crate) fn at(from: Instant, d: Duration) -> Instant {
+    from.checked_add(d.min(CENTURY)).unwrap_or(from)
 }
 
 #[cfg(test)]

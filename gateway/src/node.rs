@@ -95,8 +95,10 @@ impl Node {
     /// reconnect. Call only after `shutdown` fired.
     pub(crate) fn drain_turn(&self, fraction: f64) -> Instant {
         let started = *self.drain_started.get_or_init(Instant::now);
-        let turn = self.config.drain_window.mul_f64(fraction.clamp(0.0, 1.0));
-        started.checked_add(turn).unwrap_or(started)
+        crate::clock::at(
+            started,
+            self.config.drain_window.mul_f64(fraction.clamp(0.0, 1.0)),
+        )
     }
 
     /// When the drain window ends. Call only after `shutdown` fired.

@@ -188,28 +188,18 @@ impl Session {
             return;
         }
         let format = self.conn.format;
+        let right_type = text == format.is_text();
         // Every message counts against the rate, frames of the wrong type included: they
         // cost an error reply each.
-        let verdict = self.sec.rate();
-        if text != format.is_text() && verdict != Verdict::Close {
-            let expected = if format.is_text() {
-                "text (JSON)"
-            } else {
-                "binary (protobuf)"
-            };
-            let error = match verdict {
-                Verdict::Allow => ErrorCode::WrongFrameType
-                    .with(format!("this connection takes {expected} frames")),
-                _ => ErrorCode::RateLimited.with("too many commands: slow down"),
-            };
-            self.reply_error(0, error);
-            return;
-        }
-        let decoded = wire::decode_command(format, payload);
-        match verdict {
+        match self.sec.rate() {
             Verdict::Allow => {}
             Verdict::Refuse => {
-                let id = decoded.as_ref().map_or_else(|e| e.id, |c| c.id);
+                // The command's id when it can be read; a frame of the wrong type has none.
+                let id = if right_type {
+                    wire::decode_command(format, payload).map_or_else(|e| e.id, |c| c.id)
+                } else {
+                    0
+                };
                 self.reply_error(
                     id,
                     ErrorCode::RateLimited.with("too many commands: slow down"),
@@ -225,7 +215,19 @@ impl Session {
                 return;
             }
         }
-        match decoded {
+        if !right_type {
+            let expected = if format.is_text() {
+                "text (JSON)"
+            } else {
+                "binary (protobuf)"
+            };
+            self.reply_error(
+                0,
+                ErrorCode::WrongFrameType.with(format!("this connection takes {expected} frames")),
+            );
+            return;
+        }
+        match wire::decode_command(format, payload) {
             // Boxed: a command's future (with the bus's Redis futures inside) is many KiB. Inline,
             // it would size every idle connection's task for its largest command; boxed, it
             // takes memory only while a command runs.

@@ -139,7 +139,9 @@ impl Session {
         };
         let from_start =
             bounded(node.bus_timeout, node.bus.recover(ch, &epoch_start, budget)).await?;
-        if from_start.recovered && from_start.position.epoch == recovery.position.epoch {
+        // Judged against the new epoch: a channel that changed epoch again meanwhile is not
+        // recovered here.
+        if from_start.recovered {
             let more = from_start.more;
             tracing::debug!(client = %self.conn.client, channel = ch,
                 "epoch changed; delivering the new epoch from its start");
