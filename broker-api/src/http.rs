@@ -292,6 +292,15 @@ pub(crate) enum PublishOutcome {
     Failed(ErrorBody),
 }
 
+impl From<Result<Published, ApiError>> for PublishOutcome {
+    fn from(result: Result<Published, ApiError>) -> Self {
+        match result {
+            Ok(p) => Self::Published(p.into()),
+            Err(e) => Self::Failed(e.to_body()),
+        }
+    }
+}
+
 /// Publishes many messages in one pipeline; each fails or succeeds on its own.
 #[utoipa::path(post, path = "/api/publish_batch", request_body = PublishBatchRequest,
     security(("api_key" = [])),
@@ -340,10 +349,7 @@ pub(crate) async fn publish_batch(
                     .next()
                     .unwrap_or_else(|| Err(ApiError::new(ErrorCode::Internal, "no result"))),
             };
-            match result {
-                Ok(p) => PublishOutcome::Published(p.into()),
-                Err(e) => PublishOutcome::Failed(e.to_body()),
-            }
+            PublishOutcome::from(result)
         })
         .collect();
     Ok(Json(BatchResponse { results }))
@@ -398,10 +404,7 @@ pub(crate) async fn broadcast(
         .into_iter()
         .map(|o| ChannelOutcome {
             channel: o.channel,
-            outcome: match o.result {
-                Ok(p) => PublishOutcome::Published(p.into()),
-                Err(e) => PublishOutcome::Failed(e.to_body()),
-            },
+            outcome: o.result.into(),
         })
         .collect();
     Ok(Json(BroadcastResponse { results }))
