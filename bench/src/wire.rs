@@ -106,6 +106,7 @@ pub fn subscribe_command(id: u32, channel: &str, recover: Option<(u64, &[u8])>) 
             recover: recover.is_some(),
             offset,
             epoch: String::from_utf8_lossy(epoch).into_owned(),
+            no_join_leave: false,
         })),
     }
     .encode_to_vec()

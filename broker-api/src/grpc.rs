@@ -205,6 +205,20 @@ impl ChorusApi for GrpcApi {
         Ok(Response::new(api::NodesResponse { nodes }))
     }
 
+    async fn presence(
+        &self,
+        _request: Request<api::PresenceRequest>,
+    ) -> Result<Response<api::PresenceResponse>, Status> {
+        Err(Status::unimplemented("presence"))
+    }
+
+    async fn presence_stats(
+        &self,
+        _request: Request<api::PresenceStatsRequest>,
+    ) -> Result<Response<api::PresenceStatsResponse>, Status> {
+        Err(Status::unimplemented("presence"))
+    }
+
     async fn history(
         &self,
         request: Request<api::HistoryRequest>,

@@ -253,6 +253,7 @@ impl MemoryBus {
             data: msg.data,
             published_at_ms: now_ms(),
             exclude_client: msg.exclude_client,
+            presence: None,
         };
         if rules.history_size > 0 {
             state.history.push_back(envelope.clone());

@@ -197,6 +197,7 @@ impl Channels {
             recover,
             offset,
             epoch,
+            no_join_leave: false,
         })
     }
 

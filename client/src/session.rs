@@ -156,7 +156,8 @@ impl Task {
                     conn.announced(d);
                     Ok(())
                 }
-                None => Ok(()),
+                // Presence events and server-side subscriptions are not surfaced yet.
+                Some(_) | None => Ok(()),
             },
             Some(server_frame::Frame::Reply(r)) => self.on_reply(conn, r).await,
             None => Ok(()),

@@ -76,6 +76,7 @@ impl Fanout {
             data,
             published_at_ms: 0,
             exclude_client: String::new(),
+            presence: None,
         });
         self.next += 1;
     }

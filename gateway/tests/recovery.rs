@@ -37,6 +37,7 @@ fn subscribe_from(channel: &str, offset: u64, epoch: &str) -> command::Body {
         recover: true,
         offset,
         epoch: epoch.into(),
+        no_join_leave: false,
     })
 }
 

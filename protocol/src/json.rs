@@ -40,6 +40,10 @@ struct RawCommand<'a> {
     history: Option<HistoryBody>,
     #[serde(default)]
     refresh: Option<RefreshBody>,
+    #[serde(default)]
+    presence: Option<ChannelBody>,
+    #[serde(default)]
+    presence_stats: Option<ChannelBody>,
 }
 
 #[derive(Deserialize)]
@@ -57,6 +61,12 @@ struct SubscribeBody {
     offset: u64,
     #[serde(default)]
     epoch: String,
+    #[serde(default = "yes")]
+    join_leave: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Deserialize)]
@@ -139,6 +149,7 @@ pub fn decode_command(bytes: &[u8]) -> Result<client::Command, DecodeError> {
             recover: s.recover,
             offset: s.offset,
             epoch: s.epoch,
+            no_join_leave: !s.join_leave,
         }));
     }
     if let Some(u) = raw.unsubscribe {
@@ -172,6 +183,16 @@ pub fn decode_command(bytes: &[u8]) -> Result<client::Command, DecodeError> {
             token: r.token,
         }));
     }
+    if let Some(p) = raw.presence {
+        bodies.push(command::Body::Presence(client::PresenceRequest {
+            channel: p.channel,
+        }));
+    }
+    if let Some(p) = raw.presence_stats {
+        bodies.push(command::Body::PresenceStats(client::PresenceStatsRequest {
+            channel: p.channel,
+        }));
+    }
     match bodies.len() {
         1 => Ok(client::Command {
             id,
@@ -180,7 +201,7 @@ pub fn decode_command(bytes: &[u8]) -> Result<client::Command, DecodeError> {
         0 => Err(DecodeError {
             id,
             error: ErrorCode::UnknownCommand.with(
-                "unknown command: expected one of connect, subscribe, unsubscribe, publish, ping, history, refresh",
+                "unknown command: expected one of connect, subscribe, unsubscribe, publish, ping, history, refresh, presence, presence_stats",
             ),
         }),
         _ => Err(DecodeError {
@@ -204,11 +225,20 @@ pub fn encode_command(cmd: &client::Command) -> Bytes {
     obj.insert("id".into(), json!(cmd.id));
     let (key, body) = match &cmd.body {
         Some(command::Body::Connect(c)) => ("connect", json!({"token": c.token, "name": c.name})),
-        Some(command::Body::Subscribe(s)) if s.recover => (
-            "subscribe",
-            json!({"channel": s.channel, "recover": true, "offset": s.offset, "epoch": s.epoch}),
-        ),
-        Some(command::Body::Subscribe(s)) => ("subscribe", json!({"channel": s.channel})),
+        Some(command::Body::Subscribe(s)) => {
+            let mut body = json!({"channel": s.channel});
+            if s.recover {
+                body["recover"] = json!(true);
+                body["offset"] = json!(s.offset);
+                body["epoch"] = json!(s.epoch);
+            }
+            if s.no_join_leave {
+                body["join_leave"] = json!(false);
+            }
+            ("subscribe", body)
+        }
+        Some(command::Body::Presence(p)) => ("presence", json!({"channel": p.channel})),
+        Some(command::Body::PresenceStats(p)) => ("presence_stats", json!({"channel": p.channel})),
         Some(command::Body::History(h)) => {
             let mut body = json!({"channel": h.channel, "limit": h.limit, "reverse": h.reverse});
             if let Some(p) = &h.since {
@@ -270,6 +300,14 @@ pub fn encode_frame(frame: &client::ServerFrame) -> Bytes {
         Some(server_frame::Frame::Push(p)) => match &p.body {
             Some(push::Body::Publication(p)) => return encode_publication(p),
             Some(push::Body::Disconnect(d)) => disconnect_value(d),
+            Some(push::Body::Join(j)) => json!({"join": member_value(&j.channel, j.info.as_ref())}),
+            Some(push::Body::Leave(l)) => {
+                json!({"leave": member_value(&l.channel, l.info.as_ref())})
+            }
+            Some(push::Body::Subscribe(s)) => json!({"subscribe": {
+                "channel": s.channel, "offset": s.offset, "epoch": s.epoch}}),
+            Some(push::Body::Unsubscribe(u)) => json!({"unsubscribe": {
+                "channel": u.channel, "reason": u.reason}}),
             None => json!({}),
         },
         None => json!({}),
@@ -304,12 +342,39 @@ fn reply_value(r: &client::Reply) -> Value {
         }
         Some(reply::Result::Ping(_)) => Some(("ping", json!({}))),
         Some(reply::Result::Refresh(r)) => Some(("refresh", json!({"expires_at": r.expires_at}))),
+        Some(reply::Result::Presence(p)) => Some((
+            "presence",
+            json!({"clients": p.clients.iter().map(client_info_value).collect::<Vec<_>>()}),
+        )),
+        Some(reply::Result::PresenceStats(s)) => Some((
+            "presence_stats",
+            json!({"num_clients": s.num_clients, "num_users": s.num_users}),
+        )),
         None => None,
     };
     if let Some((key, v)) = result {
         obj.insert(key.into(), v);
     }
     Value::Object(obj)
+}
+
+/// A presence entry as JSON: the token's `info` embedded as the JSON it is, left out when the
+/// token has none.
+fn client_info_value(c: &client::ClientInfo) -> Value {
+    let mut obj = Map::new();
+    obj.insert("client".into(), json!(c.client));
+    obj.insert("user".into(), json!(c.user));
+    if let Ok(info) = serde_json::from_slice::<Value>(&c.info) {
+        obj.insert("info".into(), info);
+    }
+    Value::Object(obj)
+}
+
+/// A join or leave push's body: the channel and the entry's fields side by side.
+fn member_value(channel: &str, info: Option<&client::ClientInfo>) -> Value {
+    let mut v = info.map_or_else(|| json!({}), client_info_value);
+    v["channel"] = json!(channel);
+    v
 }
 
 fn disconnect_value(d: &client::Disconnect) -> Value {
@@ -456,6 +521,40 @@ pub fn decode_frame(bytes: &[u8]) -> Result<client::ServerFrame, serde_json::Err
         };
         return Ok(push_frame(push::Body::Disconnect(disconnect)));
     }
+    let client_info_of = |c: &Value| client::ClientInfo {
+        client: str_of(c, "client"),
+        user: str_of(c, "user"),
+        info: c
+            .get("info")
+            .map_or_else(Bytes::new, |i| Bytes::from(i.to_string())),
+    };
+    if let Some(j) = v.get("join") {
+        return Ok(push_frame(push::Body::Join(client::Join {
+            channel: str_of(j, "channel"),
+            info: Some(client_info_of(j)),
+        })));
+    }
+    if let Some(l) = v.get("leave") {
+        return Ok(push_frame(push::Body::Leave(client::Leave {
+            channel: str_of(l, "channel"),
+            info: Some(client_info_of(l)),
+        })));
+    }
+    if v.get("id").is_none() {
+        if let Some(s) = v.get("subscribe") {
+            return Ok(push_frame(push::Body::Subscribe(client::Subscribed {
+                channel: str_of(s, "channel"),
+                offset: u64_of(s, "offset"),
+                epoch: str_of(s, "epoch"),
+            })));
+        }
+        if let Some(u) = v.get("unsubscribe") {
+            return Ok(push_frame(push::Body::Unsubscribe(client::Unsubscribed {
+                channel: str_of(u, "channel"),
+                reason: str_of(u, "reason"),
+            })));
+        }
+    }
     let id = u32::try_from(u64_of(&v, "id")).map_err(|_| bad("bad id"))?;
     let error = v.get("error").map(|e| client::Error {
         code: u32::try_from(u64_of(e, "code")).unwrap_or(0),
@@ -489,6 +588,21 @@ pub fn decode_frame(bytes: &[u8]) -> Result<client::ServerFrame, serde_json::Err
     } else if let Some(r) = v.get("refresh") {
         Some(reply::Result::Refresh(client::RefreshResult {
             expires_at: u64_of(r, "expires_at"),
+        }))
+    } else if let Some(p) = v.get("presence") {
+        Some(reply::Result::Presence(client::PresenceResult {
+            clients: p
+                .get("clients")
+                .and_then(Value::as_array)
+                .map_or(&[][..], Vec::as_slice)
+                .iter()
+                .map(client_info_of)
+                .collect(),
+        }))
+    } else if let Some(s) = v.get("presence_stats") {
+        Some(reply::Result::PresenceStats(client::PresenceStatsResult {
+            num_clients: u32::try_from(u64_of(s, "num_clients")).unwrap_or(u32::MAX),
+            num_users: u32::try_from(u64_of(s, "num_users")).unwrap_or(u32::MAX),
         }))
     } else if let Some(h) = v.get("history") {
         Some(reply::Result::History(client::HistoryResult {

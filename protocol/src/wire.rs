@@ -253,4 +253,91 @@ mod tests {
             br#"{"id":2,"error":{"code":102,"message":"nope"}}"#
         );
     }
+
+    #[test]
+    fn presence_frames_round_trip_in_both_formats() {
+        let member = client::ClientInfo {
+            client: "gw-1-7".into(),
+            user: "alice".into(),
+            info: Bytes::from_static(br#"{"name":"Alice"}"#),
+        };
+        let frames = [
+            push(push::Body::Join(client::Join {
+                channel: "chat:room".into(),
+                info: Some(member.clone()),
+            })),
+            push(push::Body::Leave(client::Leave {
+                channel: "chat:room".into(),
+                info: Some(member.clone()),
+            })),
+            push(push::Body::Subscribe(client::Subscribed {
+                channel: "news".into(),
+                offset: 4,
+                epoch: "e".into(),
+            })),
+            push(push::Body::Unsubscribe(client::Unsubscribed {
+                channel: "news".into(),
+                reason: "server".into(),
+            })),
+            reply(client::Reply {
+                id: 3,
+                error: None,
+                result: Some(reply::Result::Presence(client::PresenceResult {
+                    clients: vec![member.clone()],
+                })),
+            }),
+            reply(client::Reply {
+                id: 4,
+                error: None,
+                result: Some(reply::Result::PresenceStats(client::PresenceStatsResult {
+                    num_clients: 2,
+                    num_users: 1,
+                })),
+            }),
+        ];
+        for frame in frames {
+            for format in Format::ALL {
+                let bytes = encode_frame(format, &frame);
+                assert_eq!(
+                    decode_frame(format, &bytes).as_ref(),
+                    Ok(&frame),
+                    "{format:?}"
+                );
+            }
+        }
+        let join = encode_frame(
+            Format::Json,
+            &push(push::Body::Join(client::Join {
+                channel: "chat:room".into(),
+                info: Some(member),
+            })),
+        );
+        let join: serde_json::Value = serde_json::from_slice(&join).unwrap();
+        assert_eq!(
+            join,
+            serde_json::json!({"join": {"channel": "chat:room", "client": "gw-1-7",
+                "user": "alice", "info": {"name": "Alice"}}})
+        );
+    }
+
+    #[test]
+    fn presence_commands_and_the_join_leave_option_round_trip() {
+        for text in [
+            &br#"{"id":1,"presence":{"channel":"chat:a"}}"#[..],
+            br#"{"id":2,"presence_stats":{"channel":"chat:a"}}"#,
+            br#"{"id":3,"subscribe":{"channel":"chat:a","join_leave":false}}"#,
+        ] {
+            let cmd = decode_command(Format::Json, text).expect("valid");
+            let again = decode_command(Format::Json, &encode_command(Format::Json, &cmd));
+            assert_eq!(again, Ok(cmd));
+        }
+        let Ok(client::Command {
+            body: Some(command::Body::Subscribe(s)),
+            ..
+        }) = decode_command(Format::Json, br#"{"id":3,"subscribe":{"channel":"a"}}"#)
+        else {
+            panic!("not a subscribe")
+        };
+        assert!(!s.no_join_leave, "join/leave pushes are on unless refused");
+    }
 }

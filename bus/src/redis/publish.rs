@@ -74,6 +74,7 @@ fn envelope_without_position(channel: &str, data: Bytes, exclude_client: String)
         data,
         published_at_ms: now_ms(),
         exclude_client,
+        presence: None,
     }
     .encode_to_vec()
 }

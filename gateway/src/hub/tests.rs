@@ -33,6 +33,7 @@ fn envelope(channel: &str, offset: u64, exclude: &str) -> Envelope {
         data: Bytes::from_static(b"{}"),
         published_at_ms: 0,
         exclude_client: exclude.into(),
+        presence: None,
     }
 }
 

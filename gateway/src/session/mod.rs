@@ -251,6 +251,9 @@ impl Session {
             command::Body::Ping(_) => Ok(Some(reply::Result::Ping(client::PingResult {}))),
             command::Body::History(req) => self.history(req).await.map(Some),
             command::Body::Refresh(req) => self.refresh(req).map(Some),
+            command::Body::Presence(_) | command::Body::PresenceStats(_) => {
+                Err(ErrorCode::UnknownCommand.with("presence is not available yet"))
+            }
         };
         match result {
             Ok(Some(result)) => self.reply(client::Reply {

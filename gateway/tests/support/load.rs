@@ -145,6 +145,7 @@ impl Tally {
                                 .push((p.epoch, p.offset));
                         }
                         push::Body::Disconnect(d) => return u16::try_from(d.code).ok(),
+                        _ => {}
                     },
                     Ok(_) => {}
                     // No frame within the wait while idle is fine; a closed socket ends it.
