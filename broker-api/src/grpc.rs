@@ -207,16 +207,32 @@ impl ChorusApi for GrpcApi {
 
     async fn presence(
         &self,
-        _request: Request<api::PresenceRequest>,
+        request: Request<api::PresenceRequest>,
     ) -> Result<Response<api::PresenceResponse>, Status> {
-        Err(Status::unimplemented("presence"))
+        let members = self.broker.presence(&request.into_inner().channel).await?;
+        let clients = members
+            .into_iter()
+            .map(|m| api::PresenceClient {
+                client: m.client,
+                user: m.user,
+                info: m.info,
+            })
+            .collect();
+        Ok(Response::new(api::PresenceResponse { clients }))
     }
 
     async fn presence_stats(
         &self,
-        _request: Request<api::PresenceStatsRequest>,
+        request: Request<api::PresenceStatsRequest>,
     ) -> Result<Response<api::PresenceStatsResponse>, Status> {
-        Err(Status::unimplemented("presence"))
+        let stats = self
+            .broker
+            .presence_stats(&request.into_inner().channel)
+            .await?;
+        Ok(Response::new(api::PresenceStatsResponse {
+            num_clients: stats.clients,
+            num_users: stats.users,
+        }))
     }
 
     async fn history(

@@ -31,6 +31,8 @@ pub fn api_routes() -> Router<Broker> {
         .route("/api/broadcast", post(broadcast))
         .route("/api/nodes", get(nodes))
         .route("/api/history", post(history))
+        .route("/api/presence", post(presence))
+        .route("/api/presence_stats", post(presence_stats))
         .route("/api/openapi.json", get(crate::openapi::document))
 }
 
@@ -246,6 +248,85 @@ pub(crate) async fn history(
         more: history.more,
     };
     Ok(Json(body).into_response())
+}
+
+/// Names the channel a query is about.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ChannelRequest {
+    channel: String,
+}
+
+/// One subscribed connection.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct PresenceClient<'a> {
+    client: &'a str,
+    user: &'a str,
+    /// The connection token's `info` claim, as it was given; absent when the token has none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<serde_json::Value>)]
+    info: Option<&'a RawValue>,
+}
+
+/// Every connection subscribed to the channel, across all gateways, in no particular order.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct PresenceResponse<'a> {
+    clients: Vec<PresenceClient<'a>>,
+}
+
+/// Who is subscribed to a channel whose namespace keeps presence: one entry per connection,
+/// at most the namespace's `presence_max_clients`.
+#[utoipa::path(post, path = "/api/presence", request_body = ChannelRequest,
+    security(("api_key" = [])),
+    responses(
+        (status = 200, body = PresenceResponse),
+        (status = 400, body = ErrorBody, description = "bad_request (presence is not kept for the channel's namespace, unknown namespace), bad_channel"),
+        (status = 401, body = ErrorBody, description = "unauthorized"),
+        (status = 503, body = ErrorBody, description = "unavailable"),
+    ))]
+pub(crate) async fn presence(
+    State(broker): State<Broker>,
+    ApiJson(req): ApiJson<ChannelRequest>,
+) -> Result<Response, ApiError> {
+    let members = broker.presence(&req.channel).await?;
+    let clients = members
+        .iter()
+        .map(|m| PresenceClient {
+            client: &m.client,
+            user: &m.user,
+            info: std::str::from_utf8(&m.info)
+                .ok()
+                .and_then(|text| serde_json::from_str::<&RawValue>(text).ok()),
+        })
+        .collect();
+    Ok(Json(PresenceResponse { clients }).into_response())
+}
+
+/// How many connections, and distinct users among them, are subscribed.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct PresenceStatsResponse {
+    num_clients: u32,
+    num_users: u32,
+}
+
+/// How many connections and distinct users are subscribed to a presence channel.
+#[utoipa::path(post, path = "/api/presence_stats", request_body = ChannelRequest,
+    security(("api_key" = [])),
+    responses(
+        (status = 200, body = PresenceStatsResponse),
+        (status = 400, body = ErrorBody, description = "bad_request (presence is not kept for the channel's namespace, unknown namespace), bad_channel"),
+        (status = 401, body = ErrorBody, description = "unauthorized"),
+        (status = 503, body = ErrorBody, description = "unavailable"),
+    ))]
+pub(crate) async fn presence_stats(
+    State(broker): State<Broker>,
+    ApiJson(req): ApiJson<ChannelRequest>,
+) -> Result<Json<PresenceStatsResponse>, ApiError> {
+    let stats = broker.presence_stats(&req.channel).await?;
+    Ok(Json(PresenceStatsResponse {
+        num_clients: stats.clients,
+        num_users: stats.users,
+    }))
 }
 
 /// Publishes one message to one channel.

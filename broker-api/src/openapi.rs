@@ -21,6 +21,8 @@ use crate::http;
         http::publish_batch,
         http::broadcast,
         http::history,
+        http::presence,
+        http::presence_stats,
         http::nodes,
         http::healthz,
         http::readyz

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chorus_bus::{
-    Bus, BusError, DEFAULT_HISTORY_PAGE_BYTES, History, HistoryQuery, NodeInfo, Position, Publish,
-    Published,
+    Bus, BusError, DEFAULT_HISTORY_PAGE_BYTES, History, HistoryQuery, Member, NodeInfo, Position,
+    PresenceStats, Publish, Published,
 };
 use tokio::sync::Semaphore;
 use tracing::warn;
@@ -311,6 +311,19 @@ impl Broker {
             ));
         }
         Ok(history)
+    }
+
+    /// Who is subscribed to a presence channel, across every gateway.
+    pub async fn presence(&self, channel: &str) -> Result<Vec<Member>, ApiError> {
+        let members = self
+            .within_deadline(self.inner.bus.presence(channel))
+            .await?;
+        members.map_err(|e| logged(e.into()))
+    }
+
+    /// How many connections and distinct users are subscribed to a presence channel.
+    pub async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, ApiError> {
+        Ok(PresenceStats::of(&self.presence(channel).await?))
     }
 
     /// The live gateway nodes with their connection counts.

@@ -50,6 +50,22 @@ fn samples() -> Vec<(&'static str, &'static str, Option<Value>)> {
             "/api/history",
             Some(json!({"channel": "news", "since": {"offset": 1, "epoch": "not-it"}})),
         ),
+        (
+            "post",
+            "/api/presence",
+            Some(json!({"channel": "chat:room"})),
+        ),
+        ("post", "/api/presence", Some(json!({"channel": "news"}))),
+        (
+            "post",
+            "/api/presence_stats",
+            Some(json!({"channel": "chat:room"})),
+        ),
+        (
+            "post",
+            "/api/presence_stats",
+            Some(json!({"channel": "bad channel"})),
+        ),
         ("get", "/api/nodes", None),
         ("get", "/healthz", None),
         ("get", "/readyz", None),

@@ -8,7 +8,7 @@ use std::future::Future;
 use crate::memory::MemoryBus;
 use crate::namespaces::{NamespaceRules, Namespaces};
 use crate::redis::RedisBus;
-use crate::{BusError, History, HistoryQuery, NodeInfo, Position, Publish, Published};
+use crate::{BusError, History, HistoryQuery, Member, NodeInfo, Position, Publish, Published};
 
 pub(crate) trait Backend: Send + Sync {
     /// Publishes one checked message under its channel's rules.
@@ -40,6 +40,10 @@ pub(crate) trait Backend: Send + Sync {
     /// The live gateway nodes.
     fn nodes(&self) -> impl Future<Output = Result<Vec<NodeInfo>, BusError>> + Send;
 
+    /// A channel's presence entries on live nodes.
+    fn presence(&self, channel: &str)
+    -> impl Future<Output = Result<Vec<Member>, BusError>> + Send;
+
     /// Whether publishing works now.
     fn check(&self) -> impl Future<Output = Result<(), BusError>> + Send;
 }
@@ -67,6 +71,10 @@ impl Backend for RedisBus {
 
     async fn nodes(&self) -> Result<Vec<NodeInfo>, BusError> {
         RedisBus::nodes(self).await
+    }
+
+    async fn presence(&self, channel: &str) -> Result<Vec<Member>, BusError> {
+        RedisBus::presence(self, channel).await
     }
 
     async fn check(&self) -> Result<(), BusError> {
@@ -103,6 +111,10 @@ impl Backend for MemoryBus {
 
     async fn nodes(&self) -> Result<Vec<NodeInfo>, BusError> {
         Ok(MemoryBus::nodes(self))
+    }
+
+    async fn presence(&self, channel: &str) -> Result<Vec<Member>, BusError> {
+        Ok(MemoryBus::presence(self, channel))
     }
 
     async fn check(&self) -> Result<(), BusError> {

@@ -57,6 +57,22 @@ pub fn node_connections(id: &str) -> String {
     format!("{PREFIX}:node:{{{id}}}:conns")
 }
 
+/// A channel's presence: client id → entry (see `presence.rs`).
+pub fn presence(channel: &str) -> String {
+    format!("{PREFIX}:presence:{{{channel}}}")
+}
+
+/// A node's presence index: `channel\nclient` → entry, for every presence entry the node
+/// holds, so that a survivor can remove them all when the node dies.
+pub fn node_presence(id: &str) -> String {
+    format!("{PREFIX}:node:{{{id}}}:presence")
+}
+
+/// Who is reaping a dead node (set with NX and a lease, so one survivor does it at a time).
+pub fn node_reaper(id: &str) -> String {
+    format!("{PREFIX}:node:{{{id}}}:reaper")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,6 +22,7 @@ pub mod keys;
 pub mod memory;
 pub mod metrics;
 pub mod namespaces;
+pub mod presence;
 pub mod redis;
 mod wanted;
 
@@ -35,6 +36,7 @@ pub use chorus_protocol::bus::Envelope;
 pub use config::{BusConfig, MemoryBusConfig};
 pub use error::BusError;
 pub use namespaces::{NamespaceRules, Namespaces};
+pub use presence::{Member, PresenceStats};
 pub use wanted::ChannelReady;
 
 /// A message to publish on one channel.
@@ -367,6 +369,34 @@ impl Bus {
         Ok(Recovery::judge(since, history))
     }
 
+    /// Who is subscribed to `channel`, across every gateway: one entry per connection, at
+    /// most the namespace's `presence_max_clients`. Refused for a channel whose namespace
+    /// keeps no presence.
+    pub async fn presence(&self, channel: &str) -> Result<Vec<Member>, BusError> {
+        self.presence_rules(channel)?;
+        on_backend!(self, b => Backend::presence(&**b, channel).await)
+    }
+
+    /// How many connections and distinct users are subscribed to `channel`.
+    pub async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, BusError> {
+        Ok(PresenceStats::of(&self.presence(channel).await?))
+    }
+
+    /// The rules of a channel that keeps presence, or why it does not.
+    pub fn presence_rules(&self, channel: &str) -> Result<&NamespaceRules, BusError> {
+        chorus_protocol::channel::validate(channel)?;
+        let rules = self
+            .namespaces
+            .lookup(channel)
+            .map_err(|e| BusError::BadRequest(e.to_string()))?;
+        if !rules.presence {
+            return Err(BusError::BadRequest(format!(
+                "presence is not kept for {channel}: its namespace does not set presence = true"
+            )));
+        }
+        Ok(rules)
+    }
+
     /// The live gateway nodes.
     pub async fn nodes(&self) -> Result<Vec<NodeInfo>, BusError> {
         on_backend!(self, b => Backend::nodes(&**b).await)
@@ -460,6 +490,42 @@ impl NodeLink {
         match self {
             NodeLink::Redis(l) => l.connection_closed(client),
             NodeLink::Memory(l) => l.connection_closed(client),
+        }
+    }
+
+    /// Adds `member` to `channel`'s presence (announcing the join when the namespace
+    /// announces joins and leaves). Returns once every gateway and broker-api can see it;
+    /// `LimitExceeded` when the channel holds its most entries.
+    pub async fn join(
+        &self,
+        channel: &str,
+        member: Member,
+        rules: &NamespaceRules,
+    ) -> Result<(), BusError> {
+        let (announce, max) = (rules.join_leave, rules.presence_max_clients);
+        match self {
+            NodeLink::Redis(l) => l.join(channel, member, announce, max).await,
+            NodeLink::Memory(l) => l.join(channel, member, announce, max),
+        }
+    }
+
+    /// Removes a connection from `channel`'s presence (announcing the leave where joins and
+    /// leaves are announced). Returns once it is gone for every reader.
+    pub async fn leave(&self, channel: &str, client: &str) -> Result<(), BusError> {
+        match self {
+            NodeLink::Redis(l) => l.leave(channel, client).await,
+            NodeLink::Memory(l) => {
+                l.leave(channel, client);
+                Ok(())
+            }
+        }
+    }
+
+    /// Removes a closed connection from `channel`'s presence in the background. Never waits.
+    pub fn left(&self, channel: &str, client: &str) {
+        match self {
+            NodeLink::Redis(l) => l.left(channel, client),
+            NodeLink::Memory(l) => l.leave(channel, client),
         }
     }
 

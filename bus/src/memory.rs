@@ -28,6 +28,7 @@ use prost::Message;
 
 use crate::config::MemoryBusConfig;
 use crate::namespaces::NamespaceRules;
+use crate::presence::{Member, announcement};
 use crate::wanted::Wanted;
 use crate::{
     BusError, BusSink, ChannelReady, ConnectionInfo, Envelope, History, HistoryQuery, NodeInfo,
@@ -48,6 +49,9 @@ pub struct MemoryBus {
     /// sees a channel's publications in offset order. Lock order: `channels`, then `nodes`.
     channels: Mutex<Channels>,
     nodes: Mutex<Vec<Arc<NodeState>>>,
+    /// Presence entries by channel, then client. Announcements are delivered under this lock
+    /// (then `nodes`), so they reach every node in the order the entries changed.
+    presence: Mutex<HashMap<String, HashMap<String, (Member, bool)>>>,
     limits: MemoryBusConfig,
 }
 
@@ -162,6 +166,7 @@ impl MemoryBus {
         Self {
             channels: Mutex::default(),
             nodes: Mutex::default(),
+            presence: Mutex::default(),
             limits,
         }
     }
@@ -348,6 +353,64 @@ impl MemoryBus {
             .collect()
     }
 
+    pub(crate) fn presence(&self, channel: &str) -> Vec<Member> {
+        self.presence
+            .lock()
+            .get(channel)
+            .map(|entries| entries.values().map(|(m, _)| m.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    fn join(
+        &self,
+        channel: &str,
+        member: Member,
+        announce: bool,
+        max: u32,
+    ) -> Result<(), BusError> {
+        let mut presence = self.presence.lock();
+        let entries = presence.entry(channel.to_owned()).or_default();
+        if !entries.contains_key(&member.client) && entries.len() >= max as usize {
+            if entries.is_empty() {
+                presence.remove(channel);
+            }
+            return Err(BusError::LimitExceeded(format!(
+                "{channel} has its most presence entries ({max})"
+            )));
+        }
+        let new = entries
+            .insert(member.client.clone(), (member.clone(), announce))
+            .is_none();
+        if new && announce {
+            self.announce(announcement(channel, &member, false));
+        }
+        Ok(())
+    }
+
+    fn leave(&self, channel: &str, client: &str) {
+        let mut presence = self.presence.lock();
+        let Some(entries) = presence.get_mut(channel) else {
+            return;
+        };
+        let removed = entries.remove(client);
+        if entries.is_empty() {
+            presence.remove(channel);
+        }
+        if let Some((member, true)) = removed {
+            self.announce(announcement(channel, &member, true));
+        }
+    }
+
+    /// Delivers a join or leave to every node that wants its channel (called under the
+    /// presence lock).
+    fn announce(&self, envelope: Envelope) {
+        for node in self.nodes.lock().iter() {
+            if node.wanted.contains(&envelope.channel) {
+                node.sink.publication(envelope.clone());
+            }
+        }
+    }
+
     pub(crate) fn attach(self: &Arc<Self>, info: NodeInfo, sink: Arc<dyn BusSink>) -> MemoryLink {
         let node = Arc::new(NodeState {
             info,
@@ -386,6 +449,25 @@ impl MemoryLink {
 
     pub(crate) fn connection_closed(&self, client: &str) {
         self.node.connections.lock().remove(client);
+    }
+
+    pub(crate) fn join(
+        &self,
+        channel: &str,
+        member: Member,
+        announce: bool,
+        max: u32,
+    ) -> Result<(), BusError> {
+        match self.bus.upgrade() {
+            Some(bus) => bus.join(channel, member, announce, max),
+            None => Err(BusError::Unavailable("the bus is gone".into())),
+        }
+    }
+
+    pub(crate) fn leave(&self, channel: &str, client: &str) {
+        if let Some(bus) = self.bus.upgrade() {
+            bus.leave(channel, client);
+        }
     }
 
     pub(crate) fn detach(&self) {

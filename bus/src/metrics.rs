@@ -26,10 +26,19 @@ pub const MEMORY_IDEMPOTENCY_KEYS: &str = "chorus_bus_memory_idempotency_keys";
 /// `idempotency_keys`).
 pub const MEMORY_REFUSED: &str = "chorus_bus_memory_refused_total";
 
+/// Dead gateway nodes this process reaped (removed their presence entries and registry
+/// keys after their lease ran out).
+pub const NODES_REAPED: &str = "chorus_bus_nodes_reaped_total";
+/// Presence entries removed by reaping dead nodes (each announced as one leave where the
+/// namespace announces them).
+pub const PRESENCE_REAPED: &str = "chorus_bus_presence_entries_reaped_total";
+
 /// Every metric of the bus, as it is exported.
 pub const ALL: &[&str] = &[
     REDIS_LINK_UP,
     REDIS_RECONNECTS,
+    NODES_REAPED,
+    PRESENCE_REAPED,
     MEMORY_CHANNELS,
     MEMORY_IDEMPOTENCY_KEYS,
     MEMORY_REFUSED,
@@ -59,6 +68,16 @@ fn describe() {
         "Times a gateway's pub/sub link to Redis failed and a reconnect was scheduled"
     );
     metrics::counter!(REDIS_RECONNECTS).increment(0);
+    metrics::describe_counter!(
+        NODES_REAPED,
+        "Dead gateway nodes this process reaped after their lease ran out"
+    );
+    metrics::describe_counter!(
+        PRESENCE_REAPED,
+        "Presence entries removed by reaping dead gateway nodes"
+    );
+    metrics::counter!(NODES_REAPED).increment(0);
+    metrics::counter!(PRESENCE_REAPED).increment(0);
     metrics::describe_gauge!(
         MEMORY_CHANNELS,
         "Channels the in-memory bus holds (single-process mode)"
@@ -125,4 +144,10 @@ fn sample_links() {
         .filter(|s| s.subscriber_ready.load(Ordering::Acquire))
         .count();
     metrics::gauge!(REDIS_LINK_UP).set(up as f64);
+}
+
+/// This process reaped a dead node holding `entries` presence entries.
+pub(crate) fn node_reaped(entries: usize) {
+    metrics::counter!(NODES_REAPED).increment(1);
+    metrics::counter!(PRESENCE_REAPED).increment(entries as u64);
 }

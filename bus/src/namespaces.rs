@@ -101,7 +101,18 @@ pub struct NamespaceRules {
     pub client_publish: bool,
     /// Whether presence (who is subscribed, with each token's `info`) is kept for the channels.
     pub presence: bool,
+    /// Whether subscribers receive `join` and `leave` pushes as connections come and go
+    /// (needs `presence`: joins and leaves are announced when presence entries change).
+    pub join_leave: bool,
+    /// Most presence entries (subscribed connections) one channel may hold; a subscribe past
+    /// it is refused with `limit_exceeded`. Bounds every presence answer too.
+    pub presence_max_clients: u32,
 }
+
+/// Built-in bound on presence entries per channel.
+pub const DEFAULT_PRESENCE_MAX_CLIENTS: u32 = 1000;
+/// Largest `presence_max_clients` a namespace may set.
+pub const MAX_PRESENCE_MAX_CLIENTS: u32 = 100_000;
 
 impl Default for NamespaceRules {
     fn default() -> Self {
@@ -113,6 +124,8 @@ impl Default for NamespaceRules {
             require_grant: false,
             client_publish: false,
             presence: false,
+            join_leave: false,
+            presence_max_clients: DEFAULT_PRESENCE_MAX_CLIENTS,
         }
     }
 }
@@ -167,6 +180,8 @@ impl Namespaces {
         };
         let chat = NamespaceRules {
             client_publish: true,
+            presence: true,
+            join_leave: true,
             ..open.clone()
         };
         Self {
@@ -217,6 +232,18 @@ impl Namespaces {
             if rules.history_size > 0 && rules.history_ttl < Duration::from_secs(1) {
                 return Err(format!(
                     "namespace {name:?}: history_ttl must be at least 1s when history is kept"
+                ));
+            }
+            if rules.join_leave && !rules.presence {
+                return Err(format!(
+                    "namespace {name:?}: join_leave needs presence = true (joins and leaves are announced as presence changes)"
+                ));
+            }
+            if rules.presence_max_clients == 0
+                || rules.presence_max_clients > MAX_PRESENCE_MAX_CLIENTS
+            {
+                return Err(format!(
+                    "namespace {name:?}: presence_max_clients is 1-{MAX_PRESENCE_MAX_CLIENTS}"
                 ));
             }
             if rules.history_meta_ttl < rules.history_ttl.max(Duration::from_secs(1)) {

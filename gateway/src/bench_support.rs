@@ -42,7 +42,7 @@ impl Fanout {
                 Format::Json
             };
             let (conn, queue) = Conn::new(format!("c{i}"), format, 4096, 1 << 20);
-            drop(hub.hold(&link, "bench", &conn));
+            drop(hub.hold(&link, "bench", &conn, true));
             let position = Position {
                 offset: 0,
                 epoch: "e".into(),

@@ -14,6 +14,7 @@
 //! cancels them too, and they clean up on their own.
 
 mod connect;
+mod presence;
 mod publish;
 mod registry;
 mod subscriber;
@@ -30,6 +31,7 @@ use connect::Pool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::presence::Member;
 use crate::wanted::Wanted;
 use crate::{BusConfig, BusError, BusSink, ChannelReady, ConnectionInfo, NodeInfo};
 
@@ -43,6 +45,7 @@ pub struct RedisBus {
     history_script: Script,
     lease_script: Script,
     live_nodes_script: Script,
+    presence_scripts: presence::Scripts,
 }
 
 impl RedisBus {
@@ -64,6 +67,7 @@ impl RedisBus {
             history_script: publish::history_script(),
             lease_script: registry::lease_script(),
             live_nodes_script: registry::live_nodes_script(),
+            presence_scripts: presence::Scripts::default(),
         })
     }
 
@@ -119,6 +123,7 @@ impl RedisBus {
             tokio::spawn(registry_task.run()),
         ];
         RedisLink {
+            bus: self.clone(),
             wanted,
             state,
             registry: registry_handle,
@@ -141,6 +146,7 @@ pub(crate) struct LinkState {
 }
 
 pub struct RedisLink {
+    bus: Arc<RedisBus>,
     wanted: Arc<Wanted>,
     state: Arc<LinkState>,
     registry: registry::RegistryHandle,
@@ -170,6 +176,69 @@ impl RedisLink {
 
     pub(crate) fn connection_closed(&self, client: &str) {
         self.registry.closed(client);
+    }
+
+    pub(crate) async fn join(
+        &self,
+        channel: &str,
+        member: Member,
+        announce: bool,
+        max: u32,
+    ) -> Result<(), BusError> {
+        let entry = registry::NodeEntry {
+            channel: channel.to_owned(),
+            member,
+            announce,
+        };
+        self.registry.presence_added(entry.clone());
+        let joined = self
+            .bus
+            .with_conn("a presence join", async |conn| {
+                let node = &self.node;
+                self.bus
+                    .join_in(conn, node, channel, &entry.member, announce, max)
+                    .await
+            })
+            .await;
+        match joined {
+            Ok(presence::Joined::Full) => {
+                self.registry
+                    .presence_removed(channel, &entry.member.client);
+                Err(BusError::LimitExceeded(format!(
+                    "{channel} has its most presence entries ({max})"
+                )))
+            }
+            Ok(_) => Ok(()),
+            Err(e) => {
+                // It may have been written all the same (a timeout): reconcile later.
+                self.registry
+                    .presence_removed(channel, &entry.member.client);
+                self.registry.presence_resync();
+                Err(e)
+            }
+        }
+    }
+
+    pub(crate) async fn leave(&self, channel: &str, client: &str) -> Result<(), BusError> {
+        let Some(entry) = self.registry.presence_removed(channel, client) else {
+            return Ok(());
+        };
+        let result = self
+            .bus
+            .with_conn("a presence leave", async |conn| {
+                self.bus
+                    .leave_node_entry(conn, &self.node, channel, &entry.member, entry.announce)
+                    .await
+            })
+            .await;
+        if result.is_err() {
+            self.registry.presence_resync();
+        }
+        result
+    }
+
+    pub(crate) fn left(&self, channel: &str, client: &str) {
+        self.registry.presence_left(channel, client);
     }
 
     pub(crate) async fn detach(&self) {

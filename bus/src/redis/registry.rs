@@ -28,7 +28,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::connect::redis_error;
+use super::presence::{Joined, REAP_EVERY};
 use super::{LinkState, RedisBus};
+use crate::presence::{Member, StoredEntry, index_field, split_index_field};
 use crate::{BusError, ConnectionInfo, NodeInfo, keys};
 
 /// Capacity of the queue of dirty client ids.
@@ -53,6 +55,15 @@ pub(crate) fn live_nodes_script() -> Script {
     Script::new(LIVE_NODES_LUA)
 }
 
+/// One presence entry this node holds.
+#[derive(Debug, Clone)]
+pub(crate) struct NodeEntry {
+    pub(crate) channel: String,
+    pub(crate) member: Member,
+    /// Whether its namespace announces joins and leaves.
+    pub(crate) announce: bool,
+}
+
 /// The registry state shared by the link (writers) and the task (reader).
 #[derive(Default)]
 struct Shared {
@@ -60,15 +71,50 @@ struct Shared {
     connections: Mutex<HashMap<String, ConnectionInfo>>,
     /// The Redis hash may differ from `connections`: rewrite it on the next refresh.
     resync: AtomicBool,
+    /// This node's presence entries by index field: the truth its presence index and the
+    /// channels' presence hashes are kept equal to.
+    presence: Mutex<HashMap<String, NodeEntry>>,
+    /// Redis's presence may differ from `presence`: reconcile on the next refresh.
+    presence_resync: AtomicBool,
 }
 
 /// The link's side: records connections without waiting.
 pub(crate) struct RegistryHandle {
     shared: Arc<Shared>,
     dirty: mpsc::Sender<String>,
+    /// Presence entries of closed connections, for the task to remove.
+    left: mpsc::Sender<NodeEntry>,
 }
 
 impl RegistryHandle {
+    /// Records a presence entry before it is written to Redis.
+    pub(crate) fn presence_added(&self, entry: NodeEntry) {
+        let field = index_field(&entry.channel, &entry.member.client);
+        self.shared.presence.lock().insert(field, entry);
+    }
+
+    /// Forgets a presence entry; returns it if the node held it.
+    pub(crate) fn presence_removed(&self, channel: &str, client: &str) -> Option<NodeEntry> {
+        self.shared
+            .presence
+            .lock()
+            .remove(&index_field(channel, client))
+    }
+
+    /// Forgets a presence entry and has the task remove it from Redis. Never waits.
+    pub(crate) fn presence_left(&self, channel: &str, client: &str) {
+        if let Some(entry) = self.presence_removed(channel, client)
+            && self.left.try_send(entry).is_err()
+        {
+            self.presence_resync();
+        }
+    }
+
+    /// Redis's presence may now differ from the node's: reconcile on the next refresh.
+    pub(crate) fn presence_resync(&self) {
+        self.shared.presence_resync.store(true, Ordering::Release);
+    }
+
     pub(crate) fn opened(&self, conn: ConnectionInfo) {
         let client = conn.client.clone();
         self.shared.connections.lock().insert(client.clone(), conn);
@@ -95,6 +141,7 @@ pub(crate) struct Registry {
     state: Arc<LinkState>,
     shared: Arc<Shared>,
     dirty: mpsc::Receiver<String>,
+    left: mpsc::Receiver<NodeEntry>,
     cancel: CancellationToken,
 }
 
@@ -107,9 +154,11 @@ impl Registry {
     ) -> (RegistryHandle, Registry) {
         let shared = Arc::new(Shared::default());
         let (tx, rx) = mpsc::channel(QUEUE);
+        let (left_tx, left_rx) = mpsc::channel(QUEUE);
         let handle = RegistryHandle {
             shared: shared.clone(),
             dirty: tx,
+            left: left_tx,
         };
         let task = Registry {
             bus,
@@ -117,6 +166,7 @@ impl Registry {
             state,
             shared,
             dirty: rx,
+            left: left_rx,
             cancel,
         };
         (handle, task)
@@ -132,7 +182,10 @@ impl Registry {
     pub(crate) async fn run(mut self) {
         let mut refresh = tokio::time::interval(self.lease() / 3);
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut reap = tokio::time::interval(REAP_EVERY.min(self.lease() / 3));
+        reap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut batch = Vec::with_capacity(WRITE_BATCH);
+        let mut left = Vec::with_capacity(WRITE_BATCH);
         loop {
             tokio::select! {
                 biased;
@@ -145,6 +198,14 @@ impl Registry {
                     self.write_dirty(&batch).await;
                     batch.clear();
                 }
+                n = self.left.recv_many(&mut left, WRITE_BATCH) => {
+                    if n == 0 {
+                        break;
+                    }
+                    self.write_left(&left).await;
+                    left.clear();
+                }
+                _ = reap.tick() => self.reap_dead().await,
             }
         }
         self.state.registry_ready.store(false, Ordering::Release);
@@ -198,6 +259,10 @@ impl Registry {
             .arg(keys::node_connections(&self.node.id))
             .arg(lease_ms)
             .ignore()
+            .cmd("PEXPIRE")
+            .arg(keys::node_presence(&self.node.id))
+            .arg(self.bus.reap_window().as_millis() as u64)
+            .ignore()
             .exec_async(conn)
             .await
             .map_err(|e| redis_error(&e))?;
@@ -220,7 +285,117 @@ impl Registry {
             }
             result?;
         }
+        if self.shared.presence_resync.swap(false, Ordering::AcqRel) || added == 1 {
+            let result = self.reconcile_presence(conn).await;
+            if result.is_err() {
+                self.shared.presence_resync.store(true, Ordering::Release);
+            }
+            result?;
+        }
         Ok(())
+    }
+
+    /// Makes Redis's presence for this node what the node holds: entries Redis has and the
+    /// node does not are removed (their leaves announced), and every entry the node holds is
+    /// written again (announced only if Redis had lost it: a reaper removed it while this node
+    /// could not renew its lease, or Redis restarted).
+    async fn reconcile_presence(
+        &self,
+        conn: &mut redis::aio::MultiplexedConnection,
+    ) -> Result<(), BusError> {
+        let node = &self.node.id;
+        let in_redis = self.bus.node_index(conn, node).await?;
+        let held: Vec<(String, NodeEntry)> = self
+            .shared
+            .presence
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut removed = 0;
+        for (field, text) in &in_redis {
+            if held.iter().any(|(k, _)| k == field) {
+                continue;
+            }
+            let (Some((channel, client)), Ok(entry)) =
+                (split_index_field(field), StoredEntry::decode(text))
+            else {
+                continue;
+            };
+            let member = entry.member(client);
+            self.bus
+                .leave_node_entry(conn, node, channel, &member, entry.announce)
+                .await?;
+            removed += 1;
+        }
+        let mut restored = 0;
+        for (_, e) in &held {
+            let joined = self
+                .bus
+                .join_in(conn, node, &e.channel, &e.member, e.announce, u32::MAX)
+                .await?;
+            restored += usize::from(joined == Joined::Added);
+        }
+        tracing::info!(node = %node, removed, restored, held = held.len(),
+            "node presence reconciled with redis");
+        Ok(())
+    }
+
+    /// Removes the presence entries of closed connections (announcing their leaves).
+    async fn write_left(&self, entries: &[NodeEntry]) {
+        let node = &self.node.id;
+        let result = self
+            .bus
+            .with_conn("presence leaves", async |conn| {
+                for e in entries {
+                    self.bus
+                        .leave_node_entry(conn, node, &e.channel, &e.member, e.announce)
+                        .await?;
+                }
+                Ok(())
+            })
+            .await;
+        if let Err(e) = result {
+            self.shared.presence_resync.store(true, Ordering::Release);
+            tracing::warn!(node = %node, entries = entries.len(), error = %e,
+                "removing presence entries failed; reconciled on the next refresh");
+        }
+    }
+
+    /// Looks for nodes whose lease ran out and reaps each one this node can claim: their
+    /// presence entries go, each leave announced once.
+    async fn reap_dead(&self) {
+        let me = &self.node.id;
+        let claimed = self
+            .bus
+            .with_conn("looking for dead nodes", async |conn| {
+                let mut claimed = Vec::new();
+                for dead in self.bus.dead_nodes(conn).await? {
+                    if dead != *me && self.bus.claim_reap(conn, &dead, me).await? {
+                        claimed.push(dead);
+                    }
+                }
+                Ok(claimed)
+            })
+            .await;
+        let claimed = match claimed {
+            Ok(claimed) => claimed,
+            Err(e) => {
+                tracing::debug!(node = %me, error = %e, "looking for dead nodes failed");
+                return;
+            }
+        };
+        for dead in claimed {
+            match self.bus.reap(&dead).await {
+                Ok(removed) => {
+                    crate::metrics::node_reaped(removed);
+                    tracing::info!(node = %me, dead = %dead, presence_entries = removed,
+                        "reaped a dead node");
+                }
+                Err(e) => tracing::warn!(node = %me, dead = %dead, error = %e,
+                    "reaping a dead node failed; it is retried once the claim expires"),
+            }
+        }
     }
 
     /// Replaces the connections hash with the in-memory map, atomically.
@@ -285,9 +460,14 @@ impl Registry {
         }
     }
 
-    /// Removes the node from the registry (on detach), within the timeout.
+    /// Removes the node from the registry (on detach), within the timeout: first its presence
+    /// entries (announcing their leaves), then its keys.
     async fn remove(&self) {
         let id = &self.node.id;
+        if let Err(e) = self.bus.clear_node_presence(id).await {
+            tracing::warn!(node = %id, error = %e,
+                "clearing the node's presence failed; a surviving node reaps it after its lease");
+        }
         let result = self
             .bus
             .with_conn("the node removal", async |conn| {
@@ -301,6 +481,9 @@ impl Registry {
                     .ignore()
                     .cmd("DEL")
                     .arg(keys::node_connections(id))
+                    .ignore()
+                    .cmd("DEL")
+                    .arg(keys::node_presence(id))
                     .ignore()
                     .exec_async(conn)
                     .await
@@ -332,6 +515,7 @@ impl RedisBus {
         let mut ids: Vec<String> = self
             .live_nodes_script
             .key(keys::nodes())
+            .arg(self.reap_window().as_millis() as u64)
             .invoke_async(conn)
             .await
             .map_err(|e| redis_error(&e))?;

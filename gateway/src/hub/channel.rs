@@ -56,24 +56,28 @@ pub(crate) struct Sub {
     pub(crate) held_bytes: usize,
     /// Offsets up to this one were covered by the subscribe reply.
     pub(crate) from: u64,
+    /// Whether it receives join and leave pushes (where the channel announces them).
+    pub(crate) join_leave: bool,
 }
 
 impl Sub {
-    pub(crate) fn held(conn: &Arc<Conn>) -> Self {
+    pub(crate) fn held(conn: &Arc<Conn>, join_leave: bool) -> Self {
         Self {
             conn: conn.clone(),
             held: Some(Vec::new()),
             held_bytes: 0,
             from: 0,
+            join_leave,
         }
     }
 
-    pub(crate) fn live(conn: &Arc<Conn>, from: u64) -> Self {
+    pub(crate) fn live(conn: &Arc<Conn>, from: u64, join_leave: bool) -> Self {
         Self {
             conn: conn.clone(),
             held: None,
             held_bytes: 0,
             from,
+            join_leave,
         }
     }
 }
@@ -188,6 +192,12 @@ impl Channel {
 
     /// A live channel's next envelope, from the bus or from history.
     pub(crate) fn step(&mut self, env: Envelope, hub: &Hub) {
+        if env.presence.is_some() {
+            // A join or leave has no offset: it goes out where it arrived among the
+            // publications (after a catch-up, where it waited in the backlog).
+            self.announce(env);
+            return;
+        }
         match self.seq.classify(&env) {
             Step::Next => {
                 self.seq.last = env.offset;
@@ -257,6 +267,44 @@ impl Channel {
             }
         }
         // One update of the process-wide gauge per publication, not per subscriber.
+        crate::metrics::queued(queued as i64);
+    }
+
+    /// Delivers a join or leave to the live subscribers that take them. Held subscribers do
+    /// not get it: their presence view starts when they are live (a `presence` call then sees
+    /// the entry, written before its announcement).
+    fn announce(&mut self, env: Envelope) {
+        let Envelope {
+            channel,
+            exclude_client,
+            presence: Some(event),
+            ..
+        } = env
+        else {
+            return;
+        };
+        let info = Some(client::ClientInfo {
+            client: event.client,
+            user: event.user,
+            info: event.info,
+        });
+        let body = if event.leave {
+            push::Body::Leave(client::Leave { channel, info })
+        } else {
+            push::Body::Join(client::Join { channel, info })
+        };
+        let frame = wire::push(body);
+        let mut cache: [Option<Bytes>; Format::ALL.len()] = Default::default();
+        let mut queued = 0;
+        for sub in &self.subs {
+            if !sub.join_leave || sub.held.is_some() || sub.conn.client == exclude_client {
+                continue;
+            }
+            let bytes = cache[sub.conn.format.index()]
+                .get_or_insert_with(|| wire::encode_frame(sub.conn.format, &frame))
+                .clone();
+            queued += sub.conn.push(Outgoing::Data(bytes));
+        }
         crate::metrics::queued(queued as i64);
     }
 

@@ -101,13 +101,19 @@ impl Hub {
 
     /// Adds `conn` to `channel`'s subscribers, *held* until [`Hub::activate`]; returns when the
     /// bus will confirm the channel.
-    pub(crate) fn hold(&self, link: &NodeLink, channel: &str, conn: &Arc<Conn>) -> ChannelReady {
+    pub(crate) fn hold(
+        &self,
+        link: &NodeLink,
+        channel: &str,
+        conn: &Arc<Conn>,
+        join_leave: bool,
+    ) -> ChannelReady {
         let mut shard = self.shard(channel).lock();
         let ch = shard.entry(channel.to_owned()).or_insert_with(|| {
             self.channels_changed(1);
             Channel::new(channel, Sequencer::new(self.backlog.clone()))
         });
-        if ch.add(Sub::held(conn)) {
+        if ch.add(Sub::held(conn, join_leave)) {
             self.subscriptions_added(1);
         }
         // `want` is idempotent: later subscribers wait on the same confirmation. Called under
@@ -125,6 +131,7 @@ impl Hub {
         &self,
         channel: &str,
         conn: &Arc<Conn>,
+        join_leave: bool,
         reply: impl FnOnce(Position) -> Bytes,
     ) -> bool {
         let mut shard = self.shard(channel).lock();
@@ -137,7 +144,7 @@ impl Hub {
         let position = ch.seq.position();
         let from = position.offset;
         conn.send(Outgoing::Data(reply(position)));
-        if ch.add(Sub::live(conn, from)) {
+        if ch.add(Sub::live(conn, from, join_leave)) {
             self.subscriptions_added(1);
         }
         true

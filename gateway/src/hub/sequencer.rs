@@ -235,7 +235,11 @@ impl Sequencer {
         self.backlog
             .items
             .iter()
-            .filter(|env| env.epoch == position.epoch && env.offset <= position.offset)
+            .filter(|env| {
+                env.presence.is_none()
+                    && env.epoch == position.epoch
+                    && env.offset <= position.offset
+            })
             .cloned()
             .collect()
     }

@@ -51,7 +51,7 @@ fn conn(name: &str, format: Format) -> (Arc<Conn>, ConnQueue) {
 
 /// Subscribes and activates at `at` with a reply frame `R`.
 fn live(hub: &Hub, link: &NodeLink, ch: &str, c: &Arc<Conn>, at: u64) {
-    drop(hub.hold(link, ch, c));
+    drop(hub.hold(link, ch, c, true));
     hub.activate(ch, c, &pos(at), Some(Bytes::from_static(b"R")))
         .unwrap();
 }
@@ -156,7 +156,7 @@ fn unsubscribing_from_the_middle_keeps_every_other_subscriber_reachable() {
         live(&hub, &link, "ch", c, 0);
     }
     // The last one stays held: activating it after others moved must find it.
-    drop(hub.hold(&link, "ch", &conns[5].0));
+    drop(hub.hold(&link, "ch", &conns[5].0, true));
     hub.unsubscribe(&link, "ch", &conns[1].0);
     hub.unsubscribe(&link, "ch", &conns[0].0);
     hub.unsubscribe(&link, "ch", &conns[1].0); // twice: nothing more happens
@@ -188,20 +188,23 @@ fn subscribing_to_a_live_channel_is_local_and_seamless() {
         assert_eq!(p, pos(2), "the position of the last publication delivered");
         Bytes::from_static(b"R")
     };
-    assert!(!hub.subscribe_live("ch", &b, reply), "no channel here yet");
-    drop(hub.hold(&link, "ch", &a));
-    assert!(!hub.subscribe_live("ch", &b, reply), "not synced yet");
+    assert!(
+        !hub.subscribe_live("ch", &b, true, reply),
+        "no channel here yet"
+    );
+    drop(hub.hold(&link, "ch", &a, true));
+    assert!(!hub.subscribe_live("ch", &b, true, reply), "not synced yet");
     hub.activate("ch", &a, &pos(0), Some(Bytes::from_static(b"R")))
         .unwrap();
     hub.publication(envelope("ch", 1, ""));
     hub.publication(envelope("ch", 2, ""));
-    assert!(hub.subscribe_live("ch", &b, reply));
+    assert!(hub.subscribe_live("ch", &b, true, reply));
     hub.publication(envelope("ch", 3, ""));
     assert_eq!(offsets(&mut qa), vec![0, 1, 2, 3]);
     assert_eq!(offsets(&mut qb), vec![0, 3]);
     hub.publication(envelope("ch", 5, "")); // a gap: catching up
     assert!(
-        !hub.subscribe_live("ch", &c, |_| Bytes::new()),
+        !hub.subscribe_live("ch", &c, true, |_| Bytes::new()),
         "a channel catching up takes the way through the bus"
     );
     hub.unsubscribe(&link, "ch", &b);
@@ -216,8 +219,8 @@ fn held_subscribers_behind_the_first_activation_still_get_what_lies_between() {
     let (_bus, hub, link) = setup();
     let (a, mut qa) = conn("a", Format::Json);
     let (b, mut qb) = conn("b", Format::Json);
-    drop(hub.hold(&link, "ch", &a));
-    drop(hub.hold(&link, "ch", &b));
+    drop(hub.hold(&link, "ch", &a, true));
+    drop(hub.hold(&link, "ch", &b, true));
     hub.publication(envelope("ch", 2, ""));
     hub.publication(envelope("ch", 3, ""));
     hub.activate("ch", &b, &pos(2), Some(Bytes::from_static(b"R")))
@@ -240,8 +243,8 @@ fn a_held_subscriber_behind_a_hole_it_cannot_fill_is_told_to_read_again() {
     let (_bus, hub, link) = setup();
     let (a, mut qa) = conn("a", Format::Json);
     let (b, mut qb) = conn("b", Format::Json);
-    drop(hub.hold(&link, "ch", &a));
-    drop(hub.hold(&link, "ch", &b));
+    drop(hub.hold(&link, "ch", &a, true));
+    drop(hub.hold(&link, "ch", &b, true));
     hub.activate("ch", &b, &pos(5), Some(Bytes::from_static(b"R")))
         .unwrap();
     assert_eq!(
@@ -264,7 +267,7 @@ fn a_held_subscriber_gets_its_reply_first_then_only_newer_publications() {
     let (a, mut qa) = conn("a", Format::Json);
     live(&hub, &link, "ch", &a, 0);
     let (b, mut qb) = conn("b", Format::Json);
-    drop(hub.hold(&link, "ch", &b));
+    drop(hub.hold(&link, "ch", &b, true));
     for offset in 1..=3 {
         hub.publication(envelope("ch", offset, ""));
     }
@@ -280,7 +283,7 @@ fn a_held_subscriber_gets_its_reply_first_then_only_newer_publications() {
 fn the_first_subscriber_syncs_the_channel_and_the_backlog_is_deduplicated() {
     let (_bus, hub, link) = setup();
     let (a, mut qa) = conn("a", Format::Json);
-    drop(hub.hold(&link, "ch", &a));
+    drop(hub.hold(&link, "ch", &a, true));
     hub.publication(envelope("ch", 5, ""));
     hub.publication(envelope("ch", 6, ""));
     // The position read happened after 5 and before 6 was published.

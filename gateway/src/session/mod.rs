@@ -85,6 +85,8 @@ struct Session {
     conn: Arc<Conn>,
     connected: bool,
     channels: HashSet<String>,
+    /// The channels where this connection has a presence entry.
+    presence: HashSet<String>,
     /// Identity, grants, command rate and deadlines (`security.rs`).
     sec: SessionSecurity,
     /// Close the connection once the current command's reply is queued.
@@ -98,6 +100,7 @@ impl Session {
             conn: conn.clone(),
             connected: false,
             channels: HashSet::new(),
+            presence: HashSet::new(),
             sec: node.security.session(),
             close_after_reply: None,
         }
@@ -246,14 +249,13 @@ impl Session {
             command::Body::Connect(req) => self.connect(req).map(Some),
             _ if !self.connected => Err(ErrorCode::NotConnected.with("send connect first")),
             command::Body::Subscribe(req) => self.subscribe(id, req).await,
-            command::Body::Unsubscribe(req) => self.unsubscribe(req).map(Some),
+            command::Body::Unsubscribe(req) => self.unsubscribe(req).await.map(Some),
             command::Body::Publish(req) => self.publish(req).await.map(Some),
             command::Body::Ping(_) => Ok(Some(reply::Result::Ping(client::PingResult {}))),
             command::Body::History(req) => self.history(req).await.map(Some),
             command::Body::Refresh(req) => self.refresh(req).map(Some),
-            command::Body::Presence(_) | command::Body::PresenceStats(_) => {
-                Err(ErrorCode::UnknownCommand.with("presence is not available yet"))
-            }
+            command::Body::Presence(req) => self.presence(req).await.map(Some),
+            command::Body::PresenceStats(req) => self.presence_stats(req).await.map(Some),
         };
         match result {
             Ok(Some(result)) => self.reply(client::Reply {
@@ -343,7 +345,10 @@ impl Session {
         }))
     }
 
-    fn unsubscribe(
+    /// Unsubscribes; answers once the connection's presence entry (if any) is gone for every
+    /// reader. The subscription itself ends at once, whatever Redis says: if the entry cannot
+    /// be removed now, the node removes it in the background and the error says so.
+    async fn unsubscribe(
         &mut self,
         req: client::UnsubscribeRequest,
     ) -> Result<reply::Result, client::Error> {
@@ -353,7 +358,75 @@ impl Session {
                 .hub
                 .unsubscribe(&self.node.link, &req.channel, &self.conn);
         }
+        if self.presence.remove(&req.channel) {
+            let node = &self.node;
+            if let Err(e) = bounded(
+                node.bus_timeout,
+                node.link.leave(&req.channel, &self.conn.client),
+            )
+            .await
+            {
+                node.link.left(&req.channel, &self.conn.client);
+                return Err(bus_error(e));
+            }
+        }
         Ok(reply::Result::Unsubscribe(client::UnsubscribeResult {}))
+    }
+
+    /// Who is subscribed to a channel, across the cluster; for a connection that may
+    /// subscribe to it. One reply holds the whole answer (at most the namespace's
+    /// `presence_max_clients` entries); an answer larger than half the connection's queue is
+    /// refused with `limit_exceeded` — `presence_stats` still answers.
+    async fn presence(
+        &mut self,
+        req: client::PresenceRequest,
+    ) -> Result<reply::Result, client::Error> {
+        let members = self.read_presence(&req.channel).await?;
+        let size: usize = members
+            .iter()
+            .map(|m| m.client.len() + m.user.len() + m.info.len() + 48)
+            .sum();
+        if size > self.reply_budget() {
+            return Err(ErrorCode::LimitExceeded.with(format!(
+                "the presence of {} ({} entries) does not fit in one reply; ask presence_stats",
+                req.channel,
+                members.len()
+            )));
+        }
+        Ok(reply::Result::Presence(client::PresenceResult {
+            clients: members
+                .into_iter()
+                .map(|m| client::ClientInfo {
+                    client: m.client,
+                    user: m.user,
+                    info: m.info,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn presence_stats(
+        &mut self,
+        req: client::PresenceStatsRequest,
+    ) -> Result<reply::Result, client::Error> {
+        let stats = chorus_bus::PresenceStats::of(&self.read_presence(&req.channel).await?);
+        Ok(reply::Result::PresenceStats(client::PresenceStatsResult {
+            num_clients: stats.clients,
+            num_users: stats.users,
+        }))
+    }
+
+    async fn read_presence(
+        &mut self,
+        channel: &str,
+    ) -> Result<Vec<chorus_bus::Member>, client::Error> {
+        valid_channel(channel)?;
+        self.sec
+            .may_subscribe(self.node.bus.namespaces(), channel)?;
+        let node = &self.node;
+        bounded(node.bus_timeout, node.bus.presence(channel))
+            .await
+            .map_err(bus_error)
     }
 
     async fn publish(
@@ -408,6 +481,9 @@ impl Drop for Session {
     fn drop(&mut self) {
         for ch in self.channels.drain() {
             self.node.hub.unsubscribe(&self.node.link, &ch, &self.conn);
+        }
+        for ch in self.presence.drain() {
+            self.node.link.left(&ch, &self.conn.client);
         }
         if std::mem::take(&mut self.connected) {
             self.node.link.connection_closed(&self.conn.client);

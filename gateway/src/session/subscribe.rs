@@ -4,7 +4,7 @@
 //! publications at the client's pace (`Conn::room_for`), then the live ones held meanwhile.
 
 use bytes::Bytes;
-use chorus_bus::{BusError, Position, Recovery};
+use chorus_bus::{BusError, Member, Position, Recovery};
 use chorus_protocol::client::{self, reply};
 use chorus_protocol::codes::{ErrorCode, close};
 use chorus_protocol::wire::{self, Format};
@@ -25,7 +25,7 @@ impl Session {
         id: u32,
         req: client::SubscribeRequest,
     ) -> Result<Option<reply::Result>, client::Error> {
-        let ch = req.channel;
+        let ch = req.channel.clone();
         valid_channel(&ch)?;
         self.sec.may_subscribe(self.node.bus.namespaces(), &ch)?;
         if self.channels.contains(&ch) {
@@ -40,6 +40,49 @@ impl Session {
         if req.recover {
             self.sec.may_read_history()?;
         }
+        self.join_presence(&ch).await?;
+        let result = self.subscribe_joined(id, ch.clone(), req).await;
+        if result.is_err() {
+            self.leave_presence(&ch);
+        }
+        result
+    }
+
+    /// Adds the connection to the channel's presence, where the namespace keeps it, before it
+    /// is subscribed: once the reply is out, every reader sees the entry.
+    async fn join_presence(&mut self, ch: &str) -> Result<(), client::Error> {
+        let node = self.node.clone();
+        let rules = node.bus.namespaces().rules(ch);
+        if !rules.presence {
+            return Ok(());
+        }
+        let identity = &self.sec.identity;
+        let member = Member {
+            client: self.conn.client.clone(),
+            user: identity.user.clone(),
+            info: identity.info.clone().unwrap_or_default(),
+        };
+        bounded(node.bus_timeout, node.link.join(ch, member, rules))
+            .await
+            .map_err(bus_error)?;
+        self.presence.insert(ch.to_owned());
+        Ok(())
+    }
+
+    /// Drops the connection's presence entry in the background (a subscribe that failed).
+    fn leave_presence(&mut self, ch: &str) {
+        if self.presence.remove(ch) {
+            self.node.link.left(ch, &self.conn.client);
+        }
+    }
+
+    async fn subscribe_joined(
+        &mut self,
+        id: u32,
+        ch: String,
+        req: client::SubscribeRequest,
+    ) -> Result<Option<reply::Result>, client::Error> {
+        let join_leave = !req.no_join_leave;
         let node = &self.node;
         let since = req.recover.then_some(Position {
             offset: req.offset,
@@ -47,14 +90,14 @@ impl Session {
         });
         let format = self.conn.format;
         if since.is_none()
-            && node.hub.subscribe_live(&ch, &self.conn, |pos| {
+            && node.hub.subscribe_live(&ch, &self.conn, join_leave, |pos| {
                 subscribe_reply(format, id, position_result(pos))
             })
         {
             self.channels.insert(ch);
             return Ok(None);
         }
-        let ready = node.hub.hold(&node.link, &ch, &self.conn);
+        let ready = node.hub.hold(&node.link, &ch, &self.conn, join_leave);
         self.channels.insert(ch.clone());
         if let Err(e) = ready.wait(node.bus_timeout).await {
             self.leave(&ch);
@@ -178,6 +221,7 @@ impl Session {
             let bytes = frames.iter().map(Bytes::len).sum();
             if !self.conn.room_for(bytes).await {
                 self.leave(ch);
+                self.leave_presence(ch);
                 return;
             }
             for frame in frames {
@@ -195,6 +239,7 @@ impl Session {
         tracing::info!(client = %self.conn.client, channel = ch, why = %failure,
             "paged recovery failed; closing for the client to recover again");
         self.leave(ch);
+        self.leave_presence(ch);
         self.conn.disconnect(close::INSUFFICIENT_STATE, &failure);
     }
 }
