@@ -18,11 +18,12 @@ pub enum EnvelopeError {
 }
 
 /// Decodes the envelope published on `channel`. An envelope without a channel takes `channel`;
-/// one that names another channel, or has no offset or epoch, is refused.
+/// one that names another channel, or has no offset or epoch, is refused — unless it is a join
+/// or leave announcement (`presence` set), which carries no position.
 pub fn decode_envelope(channel: &str, payload: &[u8]) -> Result<Envelope, EnvelopeError> {
     let mut envelope =
         Envelope::decode(payload).map_err(|e| EnvelopeError::Undecodable(e.to_string()))?;
-    if envelope.offset == 0 || envelope.epoch.is_empty() {
+    if envelope.presence.is_none() && (envelope.offset == 0 || envelope.epoch.is_empty()) {
         return Err(EnvelopeError::NoPosition);
     }
     if envelope.channel.is_empty() {
@@ -47,6 +48,20 @@ mod tests {
         let got = decode_envelope("news", &e.encode_to_vec()).unwrap();
         assert_eq!(got.channel, "news");
         assert_eq!(got.offset, 3);
+    }
+
+    #[test]
+    fn a_presence_announcement_needs_no_position() {
+        let e = Envelope {
+            presence: Some(crate::bus::PresenceEvent {
+                leave: true,
+                client: "c".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let got = decode_envelope("room", &e.encode_to_vec()).unwrap();
+        assert_eq!((got.channel.as_str(), got.offset), ("room", 0));
     }
 
     #[test]

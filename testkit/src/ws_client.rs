@@ -95,9 +95,21 @@ impl WsClient {
         url: &str,
         format: Format,
     ) -> anyhow::Result<(Self, client::ConnectResult)> {
+        Self::connect_with(url, format, "").await
+    }
+
+    /// Opens and sends `connect` with `token`.
+    pub async fn connect_with(
+        url: &str,
+        format: Format,
+        token: &str,
+    ) -> anyhow::Result<(Self, client::ConnectResult)> {
         let mut c = Self::open(url, format).await?;
         let reply = c
-            .request(command::Body::Connect(client::ConnectRequest::default()))
+            .request(command::Body::Connect(client::ConnectRequest {
+                token: token.into(),
+                ..Default::default()
+            }))
             .await?;
         match reply.result {
             Some(client::reply::Result::Connect(r)) => Ok((c, r)),
@@ -178,8 +190,20 @@ impl WsClient {
         self.ws.send(msg).await.context("sending a frame")
     }
 
-    /// The next publication (queued pushes first), within [`WAIT`].
+    /// The next publication (queued pushes first), within [`WAIT`]. Join and leave pushes
+    /// on the way are skipped: tests of them read [`WsClient::next_push`].
     pub async fn next_publication(&mut self) -> anyhow::Result<client::Publication> {
+        loop {
+            match self.next_push().await? {
+                push::Body::Publication(p) => return Ok(p),
+                push::Body::Join(_) | push::Body::Leave(_) => {}
+                other => bail!("expected a publication, got {other:?}"),
+            }
+        }
+    }
+
+    /// The next push of any kind (queued ones first), within [`WAIT`].
+    pub async fn next_push(&mut self) -> anyhow::Result<push::Body> {
         let push = match self.pushes.pop_front() {
             Some(p) => p,
             None => match self.next_frame().await?.frame {
@@ -187,10 +211,7 @@ impl WsClient {
                 other => bail!("expected a push, got {other:?}"),
             },
         };
-        match push.body {
-            Some(push::Body::Publication(p)) => Ok(p),
-            other => bail!("expected a publication, got {other:?}"),
-        }
+        push.body.ok_or_else(|| anyhow!("a push without a body"))
     }
 
     /// The next server frame, within [`WAIT`]. Fails if the connection closes.
