@@ -60,10 +60,13 @@ pub enum ErrorCode {
     /// `Overloaded` this is not a momentary queue: retry once old channels or keys expired,
     /// or raise the bound.
     LimitExceeded,
+    /// A user-level command found none of the user's connections on any gateway (HTTP 404,
+    /// gRPC NOT_FOUND).
+    NotConnected,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 11] = [
+    pub const ALL: [ErrorCode; 12] = [
         ErrorCode::BadRequest,
         ErrorCode::BadChannel,
         ErrorCode::TooLarge,
@@ -75,6 +78,7 @@ impl ErrorCode {
         ErrorCode::Internal,
         ErrorCode::Overloaded,
         ErrorCode::LimitExceeded,
+        ErrorCode::NotConnected,
     ];
 
     /// The code of a [`ErrorCode::name`].
@@ -96,6 +100,7 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::LimitExceeded => "limit_exceeded",
+            ErrorCode::NotConnected => "not_connected",
         }
     }
 
@@ -104,7 +109,7 @@ impl ErrorCode {
             ErrorCode::BadRequest | ErrorCode::BadChannel => StatusCode::BAD_REQUEST,
             ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
-            ErrorCode::NotFound => StatusCode::NOT_FOUND,
+            ErrorCode::NotFound | ErrorCode::NotConnected => StatusCode::NOT_FOUND,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::PositionLost => StatusCode::CONFLICT,
@@ -124,6 +129,7 @@ impl ErrorCode {
             | ErrorCode::MethodNotAllowed => tonic::Code::InvalidArgument,
             ErrorCode::Unauthorized => tonic::Code::Unauthenticated,
             ErrorCode::NotFound => tonic::Code::Unimplemented,
+            ErrorCode::NotConnected => tonic::Code::NotFound,
             ErrorCode::Unavailable => tonic::Code::Unavailable,
             ErrorCode::PositionLost => tonic::Code::FailedPrecondition,
             ErrorCode::Internal => tonic::Code::Internal,

@@ -3,6 +3,7 @@
 
 use std::pin::Pin;
 
+use chorus_bus::control::ControlReplies;
 use chorus_bus::{Position, Published};
 use chorus_protocol::api::{self, broadcast_result::Outcome, chorus_api_server::ChorusApi};
 use futures::{FutureExt as _, Stream};
@@ -11,7 +12,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::ApiError;
-use crate::service::{Admission, Broker, PublishItem};
+use crate::service::{Admission, Broker, PublishItem, disconnect_op, subscribe_op};
 
 /// Most publications of one stream sent to Redis as one pipeline.
 const STREAM_BATCH: usize = 256;
@@ -235,6 +236,57 @@ impl ChorusApi for GrpcApi {
         }))
     }
 
+    async fn disconnect(
+        &self,
+        request: Request<api::DisconnectRequest>,
+    ) -> Result<Response<api::UserCommandResponse>, Status> {
+        let r = request.into_inner();
+        let op = disconnect_op(r.user, r.client, r.code, r.reason, r.reconnect)?;
+        Ok(Response::new(user_command_response(
+            self.broker.user_command(op).await?,
+        )))
+    }
+
+    async fn subscribe(
+        &self,
+        request: Request<api::UserSubscribeRequest>,
+    ) -> Result<Response<api::UserCommandResponse>, Status> {
+        let r = request.into_inner();
+        let op = subscribe_op(r.user, r.client, r.channel, false);
+        Ok(Response::new(user_command_response(
+            self.broker.user_command(op).await?,
+        )))
+    }
+
+    async fn unsubscribe(
+        &self,
+        request: Request<api::UserSubscribeRequest>,
+    ) -> Result<Response<api::UserCommandResponse>, Status> {
+        let r = request.into_inner();
+        let op = subscribe_op(r.user, r.client, r.channel, true);
+        Ok(Response::new(user_command_response(
+            self.broker.user_command(op).await?,
+        )))
+    }
+
+    async fn channels(
+        &self,
+        request: Request<api::ChannelsRequest>,
+    ) -> Result<Response<api::ChannelsResponse>, Status> {
+        let r = request.into_inner();
+        let (channels, truncated) = self.broker.channels(&r.pattern, r.limit as usize).await?;
+        Ok(Response::new(api::ChannelsResponse {
+            channels: channels
+                .into_iter()
+                .map(|(channel, subscribers)| api::ChannelInfo {
+                    channel,
+                    subscribers,
+                })
+                .collect(),
+            truncated,
+        }))
+    }
+
     async fn history(
         &self,
         request: Request<api::HistoryRequest>,
@@ -262,5 +314,13 @@ impl ChorusApi for GrpcApi {
             epoch: history.position.epoch,
             more: history.more,
         }))
+    }
+}
+
+fn user_command_response(replies: ControlReplies) -> api::UserCommandResponse {
+    api::UserCommandResponse {
+        connections: replies.connections(),
+        nodes: u32::try_from(replies.reached).unwrap_or(u32::MAX),
+        answered: u32::try_from(replies.replies.len()).unwrap_or(u32::MAX),
     }
 }

@@ -21,7 +21,7 @@ use serde_json::value::RawValue;
 use utoipa::ToSchema;
 
 use crate::error::{ApiError, ErrorBody, ErrorCode};
-use crate::service::Broker;
+use crate::service::{Broker, disconnect_op, subscribe_op};
 
 /// `/api/...` routes (authentication and the body limit are layered on by the caller).
 pub fn api_routes() -> Router<Broker> {
@@ -33,6 +33,10 @@ pub fn api_routes() -> Router<Broker> {
         .route("/api/history", post(history))
         .route("/api/presence", post(presence))
         .route("/api/presence_stats", post(presence_stats))
+        .route("/api/disconnect", post(disconnect))
+        .route("/api/subscribe", post(subscribe))
+        .route("/api/unsubscribe", post(unsubscribe))
+        .route("/api/channels", post(channels))
         .route("/api/openapi.json", get(crate::openapi::document))
 }
 
@@ -326,6 +330,167 @@ pub(crate) async fn presence_stats(
     Ok(Json(PresenceStatsResponse {
         num_clients: stats.clients,
         num_users: stats.users,
+    }))
+}
+
+/// Close a user's connections (or one of them) on every gateway.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DisconnectRequest {
+    user: String,
+    /// Only this connection; absent: all of the user's.
+    #[serde(default)]
+    client: String,
+    /// WebSocket close code, 3000-4999 (default 4000).
+    #[serde(default)]
+    code: u32,
+    /// At most 120 bytes (default "disconnected by the server").
+    #[serde(default)]
+    reason: String,
+    /// Whether clients should come back (default false).
+    #[serde(default)]
+    reconnect: bool,
+}
+
+/// Put a user's live connections (or one of them) into a channel, or take them out.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UserSubscribeRequest {
+    user: String,
+    /// Only this connection; absent: all of the user's.
+    #[serde(default)]
+    client: String,
+    channel: String,
+}
+
+/// What a user-level command reached.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct UserCommandResponse {
+    /// Connections the command reached, across every gateway.
+    connections: u64,
+    /// Gateways that received the command.
+    nodes: usize,
+    /// Gateways that answered in time (fewer than `nodes`: some may have applied it unseen).
+    answered: usize,
+}
+
+impl From<chorus_bus::control::ControlReplies> for UserCommandResponse {
+    fn from(r: chorus_bus::control::ControlReplies) -> Self {
+        Self {
+            connections: r.connections(),
+            nodes: r.reached,
+            answered: r.replies.len(),
+        }
+    }
+}
+
+/// Closes every connection of a user (or one of them) on every gateway, with a code, a
+/// reason and whether to reconnect.
+#[utoipa::path(post, path = "/api/disconnect", request_body = DisconnectRequest,
+    security(("api_key" = [])),
+    responses(
+        (status = 200, body = UserCommandResponse),
+        (status = 400, body = ErrorBody, description = "bad_request"),
+        (status = 401, body = ErrorBody, description = "unauthorized"),
+        (status = 404, body = ErrorBody, description = "not_connected: the user has no connection"),
+        (status = 503, body = ErrorBody, description = "unavailable"),
+    ))]
+pub(crate) async fn disconnect(
+    State(broker): State<Broker>,
+    ApiJson(r): ApiJson<DisconnectRequest>,
+) -> Result<Json<UserCommandResponse>, ApiError> {
+    let op = disconnect_op(r.user, r.client, r.code, r.reason, r.reconnect)?;
+    Ok(Json(broker.user_command(op).await?.into()))
+}
+
+/// Subscribes a user's live connections (or one of them) to a channel: each receives a
+/// `subscribe` push with the channel's position, then its publications.
+#[utoipa::path(post, path = "/api/subscribe", request_body = UserSubscribeRequest,
+    security(("api_key" = [])),
+    responses(
+        (status = 200, body = UserCommandResponse),
+        (status = 400, body = ErrorBody, description = "bad_request, bad_channel"),
+        (status = 401, body = ErrorBody, description = "unauthorized"),
+        (status = 404, body = ErrorBody, description = "not_connected: the user has no connection"),
+        (status = 503, body = ErrorBody, description = "unavailable"),
+    ))]
+pub(crate) async fn subscribe(
+    State(broker): State<Broker>,
+    ApiJson(r): ApiJson<UserSubscribeRequest>,
+) -> Result<Json<UserCommandResponse>, ApiError> {
+    let op = subscribe_op(r.user, r.client, r.channel, false);
+    Ok(Json(broker.user_command(op).await?.into()))
+}
+
+/// Takes a user's live connections (or one of them) out of a channel: each receives an
+/// `unsubscribe` push.
+#[utoipa::path(post, path = "/api/unsubscribe", request_body = UserSubscribeRequest,
+    security(("api_key" = [])),
+    responses(
+        (status = 200, body = UserCommandResponse),
+        (status = 400, body = ErrorBody, description = "bad_request, bad_channel"),
+        (status = 401, body = ErrorBody, description = "unauthorized"),
+        (status = 404, body = ErrorBody, description = "not_connected: the user has no connection"),
+        (status = 503, body = ErrorBody, description = "unavailable"),
+    ))]
+pub(crate) async fn unsubscribe(
+    State(broker): State<Broker>,
+    ApiJson(r): ApiJson<UserSubscribeRequest>,
+) -> Result<Json<UserCommandResponse>, ApiError> {
+    let op = subscribe_op(r.user, r.client, r.channel, true);
+    Ok(Json(broker.user_command(op).await?.into()))
+}
+
+/// Which channels to list.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ChannelsRequest {
+    /// Only names matching this pattern (`*` matches any run of characters); absent: all.
+    #[serde(default)]
+    pattern: String,
+    /// At most this many (default 1000, at most 10000).
+    #[serde(default)]
+    limit: usize,
+}
+
+/// A channel with subscribers, and how many across the cluster.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct ChannelInfo {
+    channel: String,
+    subscribers: u64,
+}
+
+/// The channels with subscribers, sorted by name.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct ChannelsResponse {
+    channels: Vec<ChannelInfo>,
+    /// More channels matched than `limit`.
+    truncated: bool,
+}
+
+/// The channels with at least one subscriber across the cluster, with subscriber counts.
+#[utoipa::path(post, path = "/api/channels", request_body = ChannelsRequest,
+    security(("api_key" = [])),
+    responses(
+        (status = 200, body = ChannelsResponse),
+        (status = 400, body = ErrorBody, description = "bad_request"),
+        (status = 401, body = ErrorBody, description = "unauthorized"),
+        (status = 503, body = ErrorBody, description = "unavailable"),
+    ))]
+pub(crate) async fn channels(
+    State(broker): State<Broker>,
+    ApiJson(r): ApiJson<ChannelsRequest>,
+) -> Result<Json<ChannelsResponse>, ApiError> {
+    let (channels, truncated) = broker.channels(&r.pattern, r.limit).await?;
+    Ok(Json(ChannelsResponse {
+        channels: channels
+            .into_iter()
+            .map(|(channel, subscribers)| ChannelInfo {
+                channel,
+                subscribers,
+            })
+            .collect(),
+        truncated,
     }))
 }
 

@@ -23,6 +23,10 @@ use crate::http;
         http::history,
         http::presence,
         http::presence_stats,
+        http::disconnect,
+        http::subscribe,
+        http::unsubscribe,
+        http::channels,
         http::nodes,
         http::healthz,
         http::readyz

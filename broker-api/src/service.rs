@@ -6,6 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use chorus_bus::control::{
+    ControlOp, ControlReplies, MAX_CHANNELS_LIMIT, MAX_REASON_LEN, MAX_USER_LEN,
+};
 use chorus_bus::{
     Bus, BusError, DEFAULT_HISTORY_PAGE_BYTES, History, HistoryQuery, Member, NodeInfo, Position,
     PresenceStats, Publish, Published,
@@ -326,6 +329,65 @@ impl Broker {
         Ok(PresenceStats::of(&self.presence(channel).await?))
     }
 
+    /// Applies a user-level command on every gateway. `not_connected` when none of the user's
+    /// connections took it (every gateway answered and none had one).
+    pub async fn user_command(&self, op: ControlOp) -> Result<ControlReplies, ApiError> {
+        check_user_command(&op)?;
+        let (user, client) = match &op {
+            ControlOp::Disconnect { user, client, .. }
+            | ControlOp::Subscribe { user, client, .. }
+            | ControlOp::Unsubscribe { user, client, .. } => (user.clone(), client.clone()),
+            ControlOp::Channels { .. } => (String::new(), None),
+        };
+        let replies = self
+            .within_deadline(self.inner.bus.control(&op))
+            .await?
+            .map_err(|e| logged(e.into()))?;
+        if replies.connections() == 0 && replies.replies.len() == replies.reached {
+            let who = match client {
+                Some(client) => format!("user {user:?} has no connection {client:?}"),
+                None => format!("user {user:?} has no connection"),
+            };
+            return Err(ApiError::new(ErrorCode::NotConnected, who));
+        }
+        Ok(replies)
+    }
+
+    /// The channels with subscribers across the cluster, matching `pattern`, at most `limit`
+    /// (0: [`DEFAULT_CHANNELS_LIMIT`]); and whether more matched.
+    pub async fn channels(
+        &self,
+        pattern: &str,
+        limit: usize,
+    ) -> Result<(Vec<(String, u64)>, bool), ApiError> {
+        let limit = match limit {
+            0 => DEFAULT_CHANNELS_LIMIT,
+            n if n > MAX_CHANNELS_LIMIT => {
+                return Err(ApiError::new(
+                    ErrorCode::BadRequest,
+                    format!("limit is at most {MAX_CHANNELS_LIMIT}"),
+                ));
+            }
+            n => n,
+        };
+        if pattern.len() > chorus_protocol::channel::MAX_CHANNEL_LEN {
+            return Err(ApiError::new(
+                ErrorCode::BadRequest,
+                "the pattern is longer than a channel name may be",
+            ));
+        }
+        let pattern = if pattern.is_empty() { "*" } else { pattern };
+        let op = ControlOp::Channels {
+            pattern: pattern.to_owned(),
+            limit,
+        };
+        let replies = self
+            .within_deadline(self.inner.bus.control(&op))
+            .await?
+            .map_err(|e| logged(e.into()))?;
+        Ok(replies.channels(limit))
+    }
+
     /// The live gateway nodes with their connection counts.
     pub async fn nodes(&self) -> Result<Vec<NodeInfo>, ApiError> {
         let nodes = self.within_deadline(self.inner.bus.nodes()).await?;
@@ -441,5 +503,109 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.code, ErrorCode::TooLarge);
         assert!(err.message.contains("limit is 4 bytes"), "{}", err.message);
+    }
+}
+
+/// Most channels a `channels` answer lists when the request names no limit.
+pub const DEFAULT_CHANNELS_LIMIT: usize = 1000;
+
+/// The fields of a user-level command, checked before it goes to every gateway.
+fn check_user_command(op: &ControlOp) -> Result<(), ApiError> {
+    let bad = |message: String| Err(ApiError::new(ErrorCode::BadRequest, message));
+    let (user, client) = match op {
+        ControlOp::Disconnect {
+            user,
+            client,
+            code,
+            reason,
+            ..
+        } => {
+            if !(3000..=4999).contains(code) {
+                return bad(format!("code {code} is not a 3000-4999 close code"));
+            }
+            if reason.len() > MAX_REASON_LEN {
+                return bad(format!("the reason is longer than {MAX_REASON_LEN} bytes"));
+            }
+            (user, client)
+        }
+        ControlOp::Subscribe {
+            user,
+            client,
+            channel,
+        }
+        | ControlOp::Unsubscribe {
+            user,
+            client,
+            channel,
+        } => {
+            chorus_protocol::channel::validate(channel)
+                .map_err(|e| ApiError::new(ErrorCode::BadChannel, e.to_string()))?;
+            (user, client)
+        }
+        ControlOp::Channels { .. } => return Ok(()),
+    };
+    if user.is_empty() || user.len() > MAX_USER_LEN {
+        return bad(format!("user must be 1-{MAX_USER_LEN} bytes"));
+    }
+    if client
+        .as_ref()
+        .is_some_and(|c| c.is_empty() || c.len() > MAX_USER_LEN)
+    {
+        return bad(format!("client must be 1-{MAX_USER_LEN} bytes when given"));
+    }
+    Ok(())
+}
+
+/// Close code of a server disconnect that names none.
+pub const DEFAULT_DISCONNECT_CODE: u16 = 4000;
+/// Reason of a server disconnect that gives none.
+pub const DEFAULT_DISCONNECT_REASON: &str = "disconnected by the server";
+
+/// A disconnect command from the API's fields: code 0 and an empty reason take the defaults;
+/// an empty client means every connection of the user.
+pub fn disconnect_op(
+    user: String,
+    client: String,
+    code: u32,
+    reason: String,
+    reconnect: bool,
+) -> Result<ControlOp, ApiError> {
+    let code = match code {
+        0 => DEFAULT_DISCONNECT_CODE,
+        n => u16::try_from(n).map_err(|_| {
+            ApiError::new(
+                ErrorCode::BadRequest,
+                format!("code {n} is not a 3000-4999 close code"),
+            )
+        })?,
+    };
+    Ok(ControlOp::Disconnect {
+        user,
+        client: (!client.is_empty()).then_some(client),
+        code,
+        reason: if reason.is_empty() {
+            DEFAULT_DISCONNECT_REASON.to_owned()
+        } else {
+            reason
+        },
+        reconnect,
+    })
+}
+
+/// A subscribe (or, `unsubscribe`, an unsubscribe) command from the API's fields.
+pub fn subscribe_op(user: String, client: String, channel: String, unsubscribe: bool) -> ControlOp {
+    let client = (!client.is_empty()).then_some(client);
+    if unsubscribe {
+        ControlOp::Unsubscribe {
+            user,
+            client,
+            channel,
+        }
+    } else {
+        ControlOp::Subscribe {
+            user,
+            client,
+            channel,
+        }
     }
 }

@@ -5,6 +5,7 @@
 
 use std::future::Future;
 
+use crate::control::{ControlOp, ControlReplies};
 use crate::memory::MemoryBus;
 use crate::namespaces::{NamespaceRules, Namespaces};
 use crate::redis::RedisBus;
@@ -39,6 +40,12 @@ pub(crate) trait Backend: Send + Sync {
 
     /// The live gateway nodes.
     fn nodes(&self) -> impl Future<Output = Result<Vec<NodeInfo>, BusError>> + Send;
+
+    /// Sends a command to every gateway and collects the answers.
+    fn control(
+        &self,
+        op: &ControlOp,
+    ) -> impl Future<Output = Result<ControlReplies, BusError>> + Send;
 
     /// A channel's presence entries on live nodes.
     fn presence(&self, channel: &str)
@@ -75,6 +82,10 @@ impl Backend for RedisBus {
 
     async fn presence(&self, channel: &str) -> Result<Vec<Member>, BusError> {
         RedisBus::presence(self, channel).await
+    }
+
+    async fn control(&self, op: &ControlOp) -> Result<ControlReplies, BusError> {
+        RedisBus::control(self, op).await
     }
 
     async fn check(&self) -> Result<(), BusError> {
@@ -115,6 +126,10 @@ impl Backend for MemoryBus {
 
     async fn presence(&self, channel: &str) -> Result<Vec<Member>, BusError> {
         Ok(MemoryBus::presence(self, channel))
+    }
+
+    async fn control(&self, op: &ControlOp) -> Result<ControlReplies, BusError> {
+        Ok(MemoryBus::control(self, op))
     }
 
     async fn check(&self) -> Result<(), BusError> {

@@ -57,6 +57,16 @@ pub fn node_connections(id: &str) -> String {
     format!("{PREFIX}:node:{{{id}}}:conns")
 }
 
+/// The control channel every gateway listens to (server API commands for all nodes).
+pub fn control() -> String {
+    format!("{PREFIX}.control")
+}
+
+/// The list one control request's answers are pushed to.
+pub fn control_reply(id: &str) -> String {
+    format!("{PREFIX}:control:{{{id}}}")
+}
+
 /// A channel's presence: client id → entry (see `presence.rs`).
 pub fn presence(channel: &str) -> String {
     format!("{PREFIX}:presence:{{{channel}}}")

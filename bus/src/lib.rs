@@ -17,6 +17,7 @@
 
 mod backend;
 pub mod config;
+pub mod control;
 pub mod error;
 pub mod keys;
 pub mod memory;
@@ -227,6 +228,12 @@ pub trait BusSink: Send + Sync + 'static {
     /// These channels are subscribed again after `link_lost` (or for the first time): what
     /// was published since the link broke must be fetched from history.
     fn resubscribed(&self, _channels: &[String]) {}
+
+    /// A command for every gateway (see [`control`]): apply it to this node and say what
+    /// was done. Called from the bus's reader like `publication`, so it must not wait.
+    fn control(&self, _op: &control::ControlOp) -> control::ControlReply {
+        control::ControlReply::default()
+    }
 }
 
 /// The bus, shared by cloning: one implementation plus the namespace rules every publish
@@ -395,6 +402,15 @@ impl Bus {
             )));
         }
         Ok(rules)
+    }
+
+    /// Sends `op` to every gateway and collects their answers (within the Redis timeout; a
+    /// gateway that does not answer in time is left out, and `reached` says how many got it).
+    pub async fn control(
+        &self,
+        op: &control::ControlOp,
+    ) -> Result<control::ControlReplies, BusError> {
+        on_backend!(self, b => Backend::control(&**b, op).await)
     }
 
     /// The live gateway nodes.

@@ -27,6 +27,7 @@ use parking_lot::Mutex;
 use prost::Message;
 
 use crate::config::MemoryBusConfig;
+use crate::control::{ControlOp, ControlReplies, ControlReply};
 use crate::namespaces::NamespaceRules;
 use crate::presence::{Member, announcement};
 use crate::wanted::Wanted;
@@ -351,6 +352,15 @@ impl MemoryBus {
                 ..n.info.clone()
             })
             .collect()
+    }
+
+    pub(crate) fn control(&self, op: &ControlOp) -> ControlReplies {
+        let nodes: Vec<Arc<NodeState>> = self.nodes.lock().clone();
+        let replies: Vec<ControlReply> = nodes.iter().map(|n| n.sink.control(op)).collect();
+        ControlReplies {
+            reached: replies.len(),
+            replies,
+        }
     }
 
     pub(crate) fn presence(&self, channel: &str) -> Vec<Member> {

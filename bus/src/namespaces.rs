@@ -107,6 +107,10 @@ pub struct NamespaceRules {
     /// Most presence entries (subscribed connections) one channel may hold; a subscribe past
     /// it is refused with `limit_exceeded`. Bounds every presence answer too.
     pub presence_max_clients: u32,
+    /// Whether every authenticated connection is subscribed, as it connects, to its user's
+    /// personal channel in this namespace: `<namespace>:#<user>` (a user-limited channel only
+    /// that user may read). Only for named namespaces.
+    pub personal_channel: bool,
 }
 
 /// Built-in bound on presence entries per channel.
@@ -126,6 +130,7 @@ impl Default for NamespaceRules {
             presence: false,
             join_leave: false,
             presence_max_clients: DEFAULT_PRESENCE_MAX_CLIENTS,
+            personal_channel: false,
         }
     }
 }
@@ -233,6 +238,12 @@ impl Namespaces {
                 return Err(format!(
                     "namespace {name:?}: history_ttl must be at least 1s when history is kept"
                 ));
+            }
+            if rules.personal_channel && name == "default" {
+                return Err(
+                    "[default]: personal_channel needs a named namespace (channels `ns:#user`)"
+                        .into(),
+                );
             }
             if rules.join_leave && !rules.presence {
                 return Err(format!(

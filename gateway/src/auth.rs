@@ -13,6 +13,7 @@
 //! | `channels` | channels, or `*` patterns, the connection may subscribe to |
 //! | `publish` | channels, or `*` patterns, the connection may publish to |
 //! | `info` | any JSON value, kept with the connection for presence |
+//! | `subs` | channels the server subscribes the connection to as it connects (`subscribe` pushes follow the connect reply) |
 //!
 //! The algorithm in the token's header must be one its key is for: an RSA public key can never
 //! be used as an HMAC secret, and `none` is never accepted. Keys embedded in a token's header
@@ -72,6 +73,8 @@ pub struct Identity {
     pub subscribe: Vec<String>,
     /// Channels or patterns the connection may publish to.
     pub publish: Vec<String>,
+    /// Channels the server subscribes the connection to as it connects (the `subs` claim).
+    pub subs: Vec<String>,
     /// When the token expires (seconds since the Unix epoch), if it does.
     pub expires_at: Option<u64>,
 }
@@ -309,6 +312,8 @@ struct Claims {
     publish: Vec<String>,
     #[serde(default)]
     info: Option<Box<RawValue>>,
+    #[serde(default)]
+    subs: Vec<String>,
 }
 
 /// An RFC 7519 NumericDate: seconds since the Unix epoch, which may have a fraction (some
@@ -331,7 +336,11 @@ fn numeric_date<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D
 
 impl Claims {
     fn into_identity(self) -> Result<Identity, TokenError> {
-        for (name, list) in [("channels", &self.channels), ("publish", &self.publish)] {
+        for (name, list) in [
+            ("channels", &self.channels),
+            ("publish", &self.publish),
+            ("subs", &self.subs),
+        ] {
             if list.len() > MAX_GRANTS {
                 return Err(TokenError::Invalid(format!(
                     "claim {name} holds more than {MAX_GRANTS} entries"
@@ -350,6 +359,7 @@ impl Claims {
                 .map(|raw| Bytes::copy_from_slice(raw.get().as_bytes())),
             subscribe: self.channels,
             publish: self.publish,
+            subs: self.subs,
             expires_at: self.exp,
         })
     }

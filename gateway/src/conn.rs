@@ -180,10 +180,15 @@ impl Conn {
     /// Tells the client why it is being disconnected (a `disconnect` push with `reconnect:
     /// true`), then closes with the same code and reason.
     pub(crate) fn disconnect(&self, code: u16, reason: &str) {
+        self.disconnect_with(code, reason, true);
+    }
+
+    /// Like [`Conn::disconnect`], saying whether the client should come back.
+    pub(crate) fn disconnect_with(&self, code: u16, reason: &str, reconnect: bool) {
         let frame = wire::push(push::Body::Disconnect(client::Disconnect {
             code: u32::from(code),
             reason: reason.to_owned(),
-            reconnect: true,
+            reconnect,
         }));
         self.send(Outgoing::Data(wire::encode_frame(self.format, &frame)));
         self.close(code, reason);

@@ -29,6 +29,7 @@ mod permissions;
 mod security;
 mod server;
 mod session;
+mod sessions;
 mod writer;
 
 use std::time::Duration;

@@ -7,12 +7,14 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use chorus_bus::{Bus, NodeInfo, NodeLink, now_ms};
+use chorus_bus::control::{ControlOp, ControlReply, MAX_CHANNELS_LIMIT};
+use chorus_bus::{Bus, BusSink, Envelope, NodeInfo, NodeLink, now_ms};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::GatewayConfig;
 use crate::hub::Hub;
 use crate::security::Security;
+use crate::sessions::{Control, Sessions};
 
 pub(crate) struct Node {
     pub(crate) id: String,
@@ -22,6 +24,8 @@ pub(crate) struct Node {
     pub(crate) bus_timeout: Duration,
     pub(crate) hub: Arc<Hub>,
     pub(crate) link: NodeLink,
+    /// Sessions by user, for the server API's user-level commands.
+    pub(crate) sessions: Arc<Sessions>,
     next_client: AtomicU64,
     connections: AtomicUsize,
     /// Cancelled when the node starts shutting down (the drain): every session watches it.
@@ -52,7 +56,12 @@ impl Node {
             connections: 0,
             started_at_ms: now_ms(),
         };
-        let link = bus.attach(info, hub.clone());
+        let sessions = Arc::new(Sessions::default());
+        let sink = Arc::new(NodeSink {
+            hub: hub.clone(),
+            sessions: sessions.clone(),
+        });
+        let link = bus.attach(info, sink);
         tokio::spawn(crate::catch_up::run(
             hub.clone(),
             bus.clone(),
@@ -66,6 +75,7 @@ impl Node {
             bus_timeout,
             hub,
             link,
+            sessions,
             next_client: AtomicU64::new(1),
             connections: AtomicUsize::new(0),
             shutdown,
@@ -120,5 +130,69 @@ impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         self.node.connections.fetch_sub(1, Ordering::Relaxed);
         crate::metrics::connections(-1);
+    }
+}
+
+/// What the bus hands this node: publications (and join/leave announcements) go to the hub,
+/// user-level commands to the sessions they name.
+struct NodeSink {
+    hub: Arc<Hub>,
+    sessions: Arc<Sessions>,
+}
+
+impl BusSink for NodeSink {
+    fn publication(&self, envelope: Envelope) {
+        self.hub.publication(envelope);
+    }
+
+    fn link_lost(&self) {
+        self.hub.link_lost();
+    }
+
+    fn resubscribed(&self, channels: &[String]) {
+        self.hub.resubscribed(channels);
+    }
+
+    fn control(&self, op: &ControlOp) -> ControlReply {
+        let (user, client, control) = match op {
+            ControlOp::Channels { pattern, limit } => {
+                let (channels, truncated) =
+                    self.hub.channels(pattern, (*limit).min(MAX_CHANNELS_LIMIT));
+                return ControlReply {
+                    channels,
+                    truncated,
+                    ..ControlReply::default()
+                };
+            }
+            ControlOp::Disconnect {
+                user,
+                client,
+                code,
+                reason,
+                reconnect,
+            } => (
+                user,
+                client,
+                Control::Disconnect {
+                    code: *code,
+                    reason: reason.clone(),
+                    reconnect: *reconnect,
+                },
+            ),
+            ControlOp::Subscribe {
+                user,
+                client,
+                channel,
+            } => (user, client, Control::Subscribe(channel.clone())),
+            ControlOp::Unsubscribe {
+                user,
+                client,
+                channel,
+            } => (user, client, Control::Unsubscribe(channel.clone())),
+        };
+        ControlReply {
+            connections: self.sessions.send(user, client.as_deref(), &control),
+            ..ControlReply::default()
+        }
     }
 }

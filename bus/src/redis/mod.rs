@@ -14,6 +14,7 @@
 //! cancels them too, and they clean up on their own.
 
 mod connect;
+mod control;
 mod presence;
 mod publish;
 mod registry;
@@ -34,6 +35,10 @@ use tokio_util::sync::CancellationToken;
 use crate::presence::Member;
 use crate::wanted::Wanted;
 use crate::{BusConfig, BusError, BusSink, ChannelReady, ConnectionInfo, NodeInfo};
+
+/// Control answers a node keeps waiting to be pushed; past it, an answer is dropped (the
+/// caller counts that gateway as not answering).
+const CONTROL_ANSWERS: usize = 256;
 
 pub struct RedisBus {
     config: BusConfig,
@@ -105,14 +110,21 @@ impl RedisBus {
         let state = Arc::new(LinkState::default());
         crate::metrics::watch_link(&state);
         let cancel = CancellationToken::new();
-        let (registry_handle, registry_task) =
-            registry::Registry::new(self.clone(), node.clone(), state.clone(), cancel.clone());
+        let (answers, answers_rx) = tokio::sync::mpsc::channel(CONTROL_ANSWERS);
+        let (registry_handle, registry_task) = registry::Registry::new(
+            self.clone(),
+            node.clone(),
+            state.clone(),
+            cancel.clone(),
+            answers_rx,
+        );
         let subscriber_task = subscriber::Subscriber {
             client: self.subscriber_client.clone(),
             timeout: self.config.redis_timeout,
             canary_interval: self.config.canary_interval,
             node: node.id.clone(),
             wanted: wanted.clone(),
+            answers,
             sink,
             state: state.clone(),
             cancel: cancel.clone(),

@@ -142,6 +142,8 @@ pub(crate) struct Registry {
     shared: Arc<Shared>,
     dirty: mpsc::Receiver<String>,
     left: mpsc::Receiver<NodeEntry>,
+    /// Answers to control requests: (reply list, answer).
+    answers: mpsc::Receiver<(String, String)>,
     cancel: CancellationToken,
 }
 
@@ -151,6 +153,7 @@ impl Registry {
         node: NodeInfo,
         state: Arc<LinkState>,
         cancel: CancellationToken,
+        answers: mpsc::Receiver<(String, String)>,
     ) -> (RegistryHandle, Registry) {
         let shared = Arc::new(Shared::default());
         let (tx, rx) = mpsc::channel(QUEUE);
@@ -167,6 +170,7 @@ impl Registry {
             shared,
             dirty: rx,
             left: left_rx,
+            answers,
             cancel,
         };
         (handle, task)
@@ -204,6 +208,9 @@ impl Registry {
                     }
                     self.write_left(&left).await;
                     left.clear();
+                }
+                Some((reply_to, answer)) = self.answers.recv() => {
+                    self.bus.control_answer(&reply_to, &answer).await;
                 }
                 _ = reap.tick() => self.reap_dead().await,
             }

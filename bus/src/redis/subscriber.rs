@@ -40,11 +40,12 @@ use std::time::Instant;
 
 use redis::aio::MultiplexedConnection;
 use redis::{PushInfo, PushKind, Value};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::LinkState;
 use super::connect::async_config;
+use crate::control::ControlRequest;
 use crate::wanted::Wanted;
 use crate::{BusSink, keys};
 
@@ -65,6 +66,8 @@ pub(crate) struct Subscriber {
     pub(crate) canary_interval: Duration,
     pub(crate) node: String,
     pub(crate) wanted: Arc<Wanted>,
+    /// Answers to control requests, for the registry task to push (never waits).
+    pub(crate) answers: mpsc::Sender<(String, String)>,
     pub(crate) sink: Arc<dyn BusSink>,
     pub(crate) state: Arc<LinkState>,
     pub(crate) cancel: CancellationToken,
@@ -127,6 +130,12 @@ impl Subscriber {
         let mut subscribed = HashSet::new();
         let canary_channel = keys::canary(&self.node);
         let canary_on = !self.canary_interval.is_zero();
+        if let Err(reason) = self
+            .bounded("SUBSCRIBE", conn.subscribe(keys::control()))
+            .await
+        {
+            return End::Lost(reason);
+        }
         if canary_on
             && let Err(reason) = self
                 .bounded("SUBSCRIBE", conn.subscribe(&canary_channel))
@@ -321,9 +330,14 @@ impl Subscriber {
         let sink = self.sink.clone();
         let node = self.node.clone();
         let canary_channel = keys::canary(&self.node).into_bytes();
+        let control_channel = keys::control().into_bytes();
+        let answers = self.answers.clone();
         move |push: PushInfo| {
             match push.kind {
-                PushKind::Message if is_canary(&push.data, &canary_channel) => {
+                PushKind::Message if is_on(&push.data, &control_channel) => {
+                    control(&node, sink.as_ref(), &answers, push.data);
+                }
+                PushKind::Message if is_on(&push.data, &canary_channel) => {
                     if let Some(Value::BulkString(n)) = push.data.get(1)
                         && let Some(n) = std::str::from_utf8(n).ok().and_then(|n| n.parse().ok())
                     {
@@ -340,8 +354,39 @@ impl Subscriber {
     }
 }
 
-fn is_canary(data: &[Value], canary_channel: &[u8]) -> bool {
-    matches!(data.first(), Some(Value::BulkString(name)) if name.as_slice() == canary_channel)
+/// Applies a control request to this node and queues its answer.
+fn control(
+    node: &str,
+    sink: &dyn BusSink,
+    answers: &mpsc::Sender<(String, String)>,
+    data: Vec<Value>,
+) {
+    let Some(Value::BulkString(payload)) = data.into_iter().nth(1) else {
+        return;
+    };
+    let request: ControlRequest = match serde_json::from_slice(&payload) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(node, error = %e, "an unreadable control request");
+            return;
+        }
+    };
+    let mut reply = sink.control(&request.op);
+    reply.node = node.to_owned();
+    if request.reply_to.is_empty() {
+        return;
+    }
+    let Ok(text) = serde_json::to_string(&reply) else {
+        return;
+    };
+    if answers.try_send((request.reply_to, text)).is_err() {
+        tracing::warn!(node, "too many control answers waiting; one is dropped");
+    }
+}
+
+/// Whether a message push came on `channel_name`.
+fn is_on(data: &[Value], channel_name: &[u8]) -> bool {
+    matches!(data.first(), Some(Value::BulkString(name)) if name.as_slice() == channel_name)
 }
 
 /// Decodes one pub/sub message and hands it to the sink if the node still wants its channel.

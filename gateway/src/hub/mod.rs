@@ -214,6 +214,26 @@ impl Hub {
         }
     }
 
+    /// The channels with local subscribers whose names match `pattern` (`*` matches any run),
+    /// with their subscriber counts, at most `limit`; and whether more matched.
+    pub(crate) fn channels(&self, pattern: &str, limit: usize) -> (Vec<(String, u64)>, bool) {
+        let mut out = Vec::new();
+        let mut truncated = false;
+        for shard in self.shards.iter() {
+            for (name, ch) in shard.lock().iter() {
+                if !crate::auth::glob_match(pattern, name) {
+                    continue;
+                }
+                if out.len() == limit {
+                    truncated = true;
+                    break;
+                }
+                out.push((name.clone(), ch.subscriber_count() as u64));
+            }
+        }
+        (out, truncated)
+    }
+
     /// Number of subscriptions (connection × channel).
     pub(crate) fn subscription_count(&self) -> usize {
         self.subscriptions.load(Ordering::Relaxed)

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use chorus_bus::{BusError, ConnectionInfo, Envelope, HistoryQuery, Position, Publish, now_ms};
-use chorus_protocol::client::{self, command, reply};
+use chorus_protocol::client::{self, command, push, reply};
 use chorus_protocol::codes::{ErrorCode, close};
 use chorus_protocol::wire::{self, Format};
 use chorus_protocol::{VERSION, channel};
@@ -28,7 +28,9 @@ use crate::limits::Verdict;
 use crate::message_reader::{Message, MessageReader};
 use crate::node::Node;
 use crate::security::SessionSecurity;
+use crate::sessions::Control;
 use crate::writer;
+use tokio::sync::mpsc;
 
 mod subscribe;
 
@@ -91,10 +93,17 @@ struct Session {
     sec: SessionSecurity,
     /// Close the connection once the current command's reply is queued.
     close_after_reply: Option<(u16, &'static str)>,
+    /// Server commands for this connection (`sessions.rs`); the sender is registered under
+    /// the user once `connect` named it.
+    control: mpsc::Receiver<Control>,
+    control_tx: Option<mpsc::Sender<Control>>,
+    /// The user this session is registered under in the node's sessions.
+    registered: Option<String>,
 }
 
 impl Session {
     fn new(node: &Arc<Node>, conn: &Arc<Conn>) -> Self {
+        let (control_tx, control) = mpsc::channel(crate::sessions::QUEUE);
         Self {
             node: node.clone(),
             conn: conn.clone(),
@@ -103,6 +112,9 @@ impl Session {
             presence: HashSet::new(),
             sec: node.security.session(),
             close_after_reply: None,
+            control,
+            control_tx: Some(control_tx),
+            registered: None,
         }
     }
 
@@ -144,6 +156,12 @@ impl Session {
                     tokio::time::sleep_until(self.node.drain_turn(drain_fraction)).await;
                 } => {
                     self.conn.disconnect(close::SHUTDOWN, "gateway shutting down");
+                    return;
+                }
+                Some(control) = self.control.recv() => {
+                    if self.on_control(control).await {
+                        continue;
+                    }
                     return;
                 }
                 read = tokio::time::timeout(idle_timeout, reader.next(socket)) => read,
@@ -245,6 +263,7 @@ impl Session {
             self.reply_error(id, ErrorCode::UnknownCommand.with("unknown command"));
             return;
         };
+        let connecting = matches!(body, command::Body::Connect(_));
         let result = match body {
             command::Body::Connect(req) => self.connect(req).map(Some),
             _ if !self.connected => Err(ErrorCode::NotConnected.with("send connect first")),
@@ -268,7 +287,71 @@ impl Session {
         }
         if let Some((code, reason)) = self.close_after_reply.take() {
             self.conn.close(code, reason);
+            return;
         }
+        if connecting && self.connected {
+            self.server_subscriptions().await;
+        }
+    }
+
+    /// Runs a server command; false when the session ends with it.
+    async fn on_control(&mut self, control: Control) -> bool {
+        match control {
+            Control::Disconnect {
+                code,
+                reason,
+                reconnect,
+            } => {
+                tracing::debug!(client = %self.conn.client, code, reconnect, "disconnected by the server");
+                self.conn.disconnect_with(code, &reason, reconnect);
+                false
+            }
+            Control::Subscribe(channel) => {
+                self.server_subscribe(channel).await;
+                true
+            }
+            Control::Unsubscribe(channel) => {
+                self.server_unsubscribe(&channel).await;
+                true
+            }
+        }
+    }
+
+    /// After `connect`: the channels the token's `subs` claim names, and the user's personal
+    /// channel in every namespace that keeps one.
+    async fn server_subscriptions(&mut self) {
+        let identity = &self.sec.identity;
+        let mut channels = identity.subs.clone();
+        if !identity.is_anonymous() {
+            let namespaces = self.node.bus.namespaces();
+            for (ns, rules) in &namespaces.named {
+                let personal = format!("{ns}:#{}", identity.user);
+                if rules.personal_channel && channel::validate(&personal).is_ok() {
+                    channels.push(personal);
+                }
+            }
+        }
+        for ch in channels {
+            self.server_subscribe(ch).await;
+        }
+    }
+
+    /// Unsubscribes on the server's word; the client learns it from an `unsubscribe` push.
+    async fn server_unsubscribe(&mut self, channel: &str) {
+        if !self.channels.contains(channel) {
+            return;
+        }
+        let req = client::UnsubscribeRequest {
+            channel: channel.to_owned(),
+        };
+        if let Err(e) = self.unsubscribe(req).await {
+            tracing::debug!(client = %self.conn.client, channel, error = %e.message,
+                "server unsubscribe left the presence entry to the background");
+        }
+        self.send(wire::push(push::Body::Unsubscribe(client::Unsubscribed {
+            channel: channel.to_owned(),
+            reason: "unsubscribed by the server".into(),
+        })));
     }
 
     fn connect(&mut self, req: client::ConnectRequest) -> Result<reply::Result, client::Error> {
@@ -285,6 +368,13 @@ impl Session {
             return Err(e);
         }
         self.connected = true;
+        let user = &self.sec.identity.user;
+        if !user.is_empty()
+            && let Some(tx) = self.control_tx.take()
+        {
+            self.node.sessions.register(user, &self.conn.client, tx);
+            self.registered = Some(user.clone());
+        }
         self.node.link.connection_opened(ConnectionInfo {
             client: self.conn.client.clone(),
             user: self.sec.identity.user.clone(),
@@ -484,6 +574,9 @@ impl Drop for Session {
         }
         for ch in self.presence.drain() {
             self.node.link.left(&ch, &self.conn.client);
+        }
+        if let Some(user) = self.registered.take() {
+            self.node.sessions.unregister(&user, &self.conn.client);
         }
         if std::mem::take(&mut self.connected) {
             self.node.link.connection_closed(&self.conn.client);

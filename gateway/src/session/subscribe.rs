@@ -25,9 +25,43 @@ impl Session {
         id: u32,
         req: client::SubscribeRequest,
     ) -> Result<Option<reply::Result>, client::Error> {
+        valid_channel(&req.channel)?;
+        self.sec
+            .may_subscribe(self.node.bus.namespaces(), &req.channel)?;
+        if req.recover {
+            self.sec.may_read_history()?;
+        }
+        self.subscribe_as(Answer::Reply(id), req).await
+    }
+
+    /// Subscribes on the server's word (the server API, the token's `subs` claim, the
+    /// personal channel): no permission check, and a `subscribe` push instead of a reply. A
+    /// failure is only logged: there is no command to answer.
+    pub(super) async fn server_subscribe(&mut self, channel: String) {
+        if let Err(e) = valid_channel(&channel) {
+            tracing::debug!(client = %self.conn.client, channel, error = %e.message,
+                "server subscribe to an invalid channel");
+            return;
+        }
+        if self.channels.contains(&channel) {
+            return;
+        }
+        let req = client::SubscribeRequest {
+            channel: channel.clone(),
+            ..Default::default()
+        };
+        if let Err(e) = self.subscribe_as(Answer::Push, req).await {
+            tracing::info!(client = %self.conn.client, channel, code = e.code, error = %e.message,
+                "server subscribe failed");
+        }
+    }
+
+    async fn subscribe_as(
+        &mut self,
+        answer: Answer,
+        req: client::SubscribeRequest,
+    ) -> Result<Option<reply::Result>, client::Error> {
         let ch = req.channel.clone();
-        valid_channel(&ch)?;
-        self.sec.may_subscribe(self.node.bus.namespaces(), &ch)?;
         if self.channels.contains(&ch) {
             return Err(ErrorCode::AlreadySubscribed.with(format!("already subscribed to {ch}")));
         }
@@ -37,11 +71,8 @@ impl Session {
                 ErrorCode::LimitExceeded.with(format!("at most {limit} channels per connection"))
             );
         }
-        if req.recover {
-            self.sec.may_read_history()?;
-        }
         self.join_presence(&ch).await?;
-        let result = self.subscribe_joined(id, ch.clone(), req).await;
+        let result = self.subscribe_joined(answer, ch.clone(), req).await;
         if result.is_err() {
             self.leave_presence(&ch);
         }
@@ -78,7 +109,7 @@ impl Session {
 
     async fn subscribe_joined(
         &mut self,
-        id: u32,
+        answer: Answer,
         ch: String,
         req: client::SubscribeRequest,
     ) -> Result<Option<reply::Result>, client::Error> {
@@ -91,7 +122,7 @@ impl Session {
         let format = self.conn.format;
         if since.is_none()
             && node.hub.subscribe_live(&ch, &self.conn, join_leave, |pos| {
-                subscribe_reply(format, id, position_result(pos))
+                answer.frame(format, &ch, position_result(pos))
             })
         {
             self.channels.insert(ch);
@@ -123,7 +154,7 @@ impl Session {
                 offset: result.offset,
                 epoch: result.epoch.clone(),
             };
-            let reply = subscribe_reply(self.conn.format, id, result);
+            let reply = answer.frame(self.conn.format, &ch, result);
             if more {
                 // Paged: the reply goes now, the rest of the recovery follows it as
                 // publications, then the live ones held meanwhile.
@@ -244,16 +275,32 @@ impl Session {
     }
 }
 
-/// A subscribe reply, encoded for the connection.
-fn subscribe_reply(format: Format, id: u32, result: client::SubscribeResult) -> Bytes {
-    wire::encode_frame(
-        format,
-        &wire::reply(client::Reply {
-            id,
-            error: None,
-            result: Some(reply::Result::Subscribe(result)),
-        }),
-    )
+/// How a subscription is announced to its client.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Answer {
+    /// The reply to the client's `subscribe` command with this id.
+    Reply(u32),
+    /// A `subscribe` push: the server subscribed the connection.
+    Push,
+}
+
+impl Answer {
+    /// The subscribe reply or push for `result`, encoded for the connection.
+    fn frame(self, format: Format, channel: &str, result: client::SubscribeResult) -> Bytes {
+        let frame = match self {
+            Answer::Reply(id) => wire::reply(client::Reply {
+                id,
+                error: None,
+                result: Some(reply::Result::Subscribe(result)),
+            }),
+            Answer::Push => wire::push(client::push::Body::Subscribe(client::Subscribed {
+                channel: channel.to_owned(),
+                offset: result.offset,
+                epoch: result.epoch,
+            })),
+        };
+        wire::encode_frame(format, &frame)
+    }
 }
 
 /// The result of a plain subscribe (no recovery) at `position`.
