@@ -215,22 +215,21 @@ impl Hub {
     }
 
     /// The channels with local subscribers whose names match `pattern` (`*` matches any run),
-    /// with their subscriber counts, at most `limit`; and whether more matched.
+    /// with their subscriber counts: the first `limit` by name, and whether more matched.
+    /// First by name, so that the first `limit` of every node together hold the cluster's
+    /// first `limit` with their full counts.
     pub(crate) fn channels(&self, pattern: &str, limit: usize) -> (Vec<(String, u64)>, bool) {
         let mut out = Vec::new();
-        let mut truncated = false;
         for shard in self.shards.iter() {
             for (name, ch) in shard.lock().iter() {
-                if !crate::auth::glob_match(pattern, name) {
-                    continue;
+                if crate::auth::glob_match(pattern, name) {
+                    out.push((name.clone(), ch.subscriber_count() as u64));
                 }
-                if out.len() == limit {
-                    truncated = true;
-                    break;
-                }
-                out.push((name.clone(), ch.subscriber_count() as u64));
             }
         }
+        out.sort_unstable();
+        let truncated = out.len() > limit;
+        out.truncate(limit);
         (out, truncated)
     }
 
