@@ -512,6 +512,65 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn presence_is_shared_by_every_node_and_joins_and_leaves_are_announced_once() {
+        let bus = Bus::memory();
+        let sink_a = Arc::new(Collect::default());
+        let sink_b = Arc::new(Collect::default());
+        let a = bus.attach(node("a"), sink_a.clone());
+        let b = bus.attach(node("b"), sink_b.clone());
+        drop(a.want("chat:r"));
+        drop(b.want("chat:r"));
+        let rules = NamespaceRules {
+            presence: true,
+            join_leave: true,
+            presence_max_clients: 2,
+            ..NamespaceRules::default()
+        };
+        let member = |client: &str| Member {
+            client: client.into(),
+            user: "u".into(),
+            info: Bytes::new(),
+        };
+        a.join("chat:r", member("c1"), &rules).await.unwrap();
+        b.join("chat:r", member("c2"), &rules).await.unwrap();
+        a.join("chat:r", member("c1"), &rules).await.unwrap();
+        assert!(matches!(
+            b.join("chat:r", member("c3"), &rules).await,
+            Err(BusError::LimitExceeded(_))
+        ));
+        assert_eq!(bus.presence_stats("chat:r").await.unwrap().clients, 2);
+        a.left("chat:r", "c1");
+        b.leave("chat:r", "c1").await.unwrap();
+        for sink in [&sink_a, &sink_b] {
+            let events: Vec<(bool, String)> = sink
+                .0
+                .lock()
+                .iter()
+                .map(|e| {
+                    let p = e.presence.as_ref().unwrap();
+                    (p.leave, p.client.clone())
+                })
+                .collect();
+            assert_eq!(
+                events,
+                [
+                    (false, "c1".to_owned()),
+                    (false, "c2".to_owned()),
+                    (true, "c1".to_owned())
+                ],
+                "one join per new entry, one leave however often it is removed"
+            );
+        }
+        let quiet = NamespaceRules {
+            join_leave: false,
+            ..rules
+        };
+        a.join("chat:r", member("c4"), &quiet).await.unwrap();
+        assert_eq!(sink_a.0.lock().len(), 3, "not announced");
+        assert_eq!(bus.presence("chat:r").await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
     async fn offsets_are_consecutive_and_only_wanted_channels_are_delivered() {
         let bus = Bus::memory();
         let sink = Arc::new(Collect::default());

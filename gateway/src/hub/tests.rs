@@ -87,6 +87,24 @@ fn take(q: &mut ConnQueue) -> Bytes {
     }
 }
 
+fn client_number(info: Option<client::ClientInfo>) -> u64 {
+    info.and_then(|i| i.client.parse().ok()).unwrap_or(0)
+}
+
+/// A join or leave announcement of client `n`, as the bus delivers it.
+fn announcement(channel: &str, client: &str, leave: bool) -> Envelope {
+    Envelope {
+        channel: channel.into(),
+        exclude_client: client.into(),
+        presence: Some(chorus_protocol::bus::PresenceEvent {
+            leave,
+            client: client.into(),
+            ..Default::default()
+        }),
+        ..Envelope::default()
+    }
+}
+
 /// The offsets of the publications queued, replies shown as 0.
 fn offsets(q: &mut ConnQueue) -> Vec<u64> {
     let mut out = Vec::new();
@@ -100,6 +118,13 @@ fn offsets(q: &mut ConnQueue) -> Vec<u64> {
             Some(client::server_frame::Frame::Push(client::Push {
                 body: Some(push::Body::Publication(p)),
             })) => out.push(p.offset),
+            // A leave shows as 1000 + its client's number, a join as 2000 + it.
+            Some(client::server_frame::Frame::Push(client::Push {
+                body: Some(push::Body::Leave(l)),
+            })) => out.push(1000 + client_number(l.info)),
+            Some(client::server_frame::Frame::Push(client::Push {
+                body: Some(push::Body::Join(j)),
+            })) => out.push(2000 + client_number(j.info)),
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -458,4 +483,42 @@ fn a_catch_up_larger_than_one_page_reads_on_until_the_channel_is_whole() {
     assert!(hub.catch_up_targets().is_empty());
     hub.publication(envelope("ch", 6, ""));
     assert_eq!(offsets(&mut qa), vec![0, 2, 3, 4, 5, 6]);
+}
+
+#[test]
+fn joins_and_leaves_keep_their_place_among_publications_even_through_a_catch_up() {
+    let (_bus, hub, link) = setup();
+    let (a, mut qa) = conn("a", Format::Json);
+    live(&hub, &link, "ch", &a, 1);
+    hub.publication(envelope("ch", 2, ""));
+    hub.publication(announcement("ch", "7", false));
+    hub.publication(envelope("ch", 3, ""));
+    assert_eq!(offsets(&mut qa), vec![0, 2, 2007, 3]);
+    // 4 went missing: the leave that follows 5 waits in the backlog with it.
+    hub.publication(envelope("ch", 5, ""));
+    hub.publication(announcement("ch", "7", true));
+    hub.publication(envelope("ch", 6, ""));
+    assert!(offsets(&mut qa).is_empty(), "nothing while the gap is open");
+    let targets = hub.catch_up_targets();
+    hub.finish_catch_up(&targets[0], Some(recovery(4..=5, 5, true, false)));
+    assert_eq!(offsets(&mut qa), vec![4, 5, 1007, 6]);
+}
+
+#[test]
+fn a_subscriber_that_refused_join_leave_and_the_announced_client_itself_get_none() {
+    let (_bus, hub, link) = setup();
+    let (a, mut qa) = conn("a", Format::Json);
+    let (b, mut qb) = conn("b", Format::Json);
+    live(&hub, &link, "ch", &a, 1);
+    drop(hub.hold(&link, "ch", &b, false));
+    hub.activate("ch", &b, &pos(1), Some(Bytes::from_static(b"R")))
+        .unwrap();
+    hub.publication(announcement("ch", "9", false));
+    hub.publication(announcement("ch", "a", false));
+    assert_eq!(offsets(&mut qa), vec![0, 2009]);
+    assert_eq!(
+        offsets(&mut qb),
+        vec![0],
+        "b asked for no join/leave pushes"
+    );
 }
