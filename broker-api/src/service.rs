@@ -432,80 +432,6 @@ fn logged(e: ApiError) -> ApiError {
     e
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn broker(config: BrokerConfig) -> Broker {
-        Broker::new(Bus::memory(), &config)
-    }
-
-    #[tokio::test]
-    async fn broadcast_keeps_request_order_around_bad_channels() {
-        let b = broker(BrokerConfig::default());
-        let out = b
-            .broadcast(
-                vec!["a".into(), "bad{x}".into(), "a".into(), "c".into()],
-                Bytes::from_static(b"1"),
-            )
-            .await
-            .unwrap();
-        let summary: Vec<_> = out
-            .iter()
-            .map(|o| {
-                (
-                    o.channel.as_str(),
-                    o.result.as_ref().map(|p| p.offset).map_err(|e| e.code),
-                )
-            })
-            .collect();
-        assert_eq!(
-            summary,
-            [
-                ("a", Ok(1)),
-                ("bad{x}", Err(ErrorCode::BadChannel)),
-                ("a", Ok(2)),
-                ("c", Ok(1)),
-            ]
-        );
-    }
-
-    #[tokio::test]
-    async fn broadcast_limits_are_enforced_before_publishing() {
-        let b = broker(BrokerConfig {
-            max_broadcast: 2,
-            ..BrokerConfig::default()
-        });
-        let err = b.broadcast(vec![], Bytes::new()).await.unwrap_err();
-        assert_eq!(err.code, ErrorCode::BadRequest);
-        let err = b
-            .broadcast(vec!["a".into(), "b".into(), "c".into()], Bytes::new())
-            .await
-            .unwrap_err();
-        assert_eq!(err.code, ErrorCode::TooLarge);
-        assert!(err.message.contains("limit is 2"), "{}", err.message);
-    }
-
-    #[tokio::test]
-    async fn data_over_the_limit_is_refused_naming_the_limit() {
-        let b = broker(BrokerConfig {
-            max_data: 4,
-            ..BrokerConfig::default()
-        });
-        assert!(
-            b.publish("a".into(), Bytes::from_static(b"1234"), None)
-                .await
-                .is_ok()
-        );
-        let err = b
-            .publish("a".into(), Bytes::from_static(b"12345"), None)
-            .await
-            .unwrap_err();
-        assert_eq!(err.code, ErrorCode::TooLarge);
-        assert!(err.message.contains("limit is 4 bytes"), "{}", err.message);
-    }
-}
-
 /// Most channels a `channels` answer lists when the request names no limit.
 pub const DEFAULT_CHANNELS_LIMIT: usize = 1000;
 
@@ -607,5 +533,79 @@ pub fn subscribe_op(user: String, client: String, channel: String, unsubscribe: 
             client,
             channel,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn broker(config: BrokerConfig) -> Broker {
+        Broker::new(Bus::memory(), &config)
+    }
+
+    #[tokio::test]
+    async fn broadcast_keeps_request_order_around_bad_channels() {
+        let b = broker(BrokerConfig::default());
+        let out = b
+            .broadcast(
+                vec!["a".into(), "bad{x}".into(), "a".into(), "c".into()],
+                Bytes::from_static(b"1"),
+            )
+            .await
+            .unwrap();
+        let summary: Vec<_> = out
+            .iter()
+            .map(|o| {
+                (
+                    o.channel.as_str(),
+                    o.result.as_ref().map(|p| p.offset).map_err(|e| e.code),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("a", Ok(1)),
+                ("bad{x}", Err(ErrorCode::BadChannel)),
+                ("a", Ok(2)),
+                ("c", Ok(1)),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn broadcast_limits_are_enforced_before_publishing() {
+        let b = broker(BrokerConfig {
+            max_broadcast: 2,
+            ..BrokerConfig::default()
+        });
+        let err = b.broadcast(vec![], Bytes::new()).await.unwrap_err();
+        assert_eq!(err.code, ErrorCode::BadRequest);
+        let err = b
+            .broadcast(vec!["a".into(), "b".into(), "c".into()], Bytes::new())
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::TooLarge);
+        assert!(err.message.contains("limit is 2"), "{}", err.message);
+    }
+
+    #[tokio::test]
+    async fn data_over_the_limit_is_refused_naming_the_limit() {
+        let b = broker(BrokerConfig {
+            max_data: 4,
+            ..BrokerConfig::default()
+        });
+        assert!(
+            b.publish("a".into(), Bytes::from_static(b"1234"), None)
+                .await
+                .is_ok()
+        );
+        let err = b
+            .publish("a".into(), Bytes::from_static(b"12345"), None)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::TooLarge);
+        assert!(err.message.contains("limit is 4 bytes"), "{}", err.message);
     }
 }

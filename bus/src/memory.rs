@@ -45,6 +45,9 @@ pub const SWEEP_EVERY: Duration = Duration::from_secs(10);
 /// does not walk every channel each time.
 const SWEEP_AT_CAP_EVERY: Duration = Duration::from_secs(1);
 
+/// One channel's presence: client id → (member, whether its joins and leaves are announced).
+type ChannelPresence = HashMap<String, (Member, bool)>;
+
 pub struct MemoryBus {
     /// Per-channel position and history. Delivery happens under this lock so that every node
     /// sees a channel's publications in offset order. Lock order: `channels`, then `nodes`.
@@ -52,7 +55,7 @@ pub struct MemoryBus {
     nodes: Mutex<Vec<Arc<NodeState>>>,
     /// Presence entries by channel, then client. Announcements are delivered under this lock
     /// (then `nodes`), so they reach every node in the order the entries changed.
-    presence: Mutex<HashMap<String, HashMap<String, (Member, bool)>>>,
+    presence: Mutex<HashMap<String, ChannelPresence>>,
     limits: MemoryBusConfig,
 }
 

@@ -30,9 +30,11 @@ pub(crate) enum Control {
 }
 
 type Entry = (String, mpsc::Sender<Control>);
+/// One shard: user → that user's sessions here (client id, command queue).
+type Shard = Mutex<HashMap<String, Vec<Entry>>>;
 
 pub(crate) struct Sessions {
-    shards: Box<[Mutex<HashMap<String, Vec<Entry>>>]>,
+    shards: Box<[Shard]>,
     hasher: RandomState,
 }
 
@@ -46,7 +48,7 @@ impl Default for Sessions {
 }
 
 impl Sessions {
-    fn shard(&self, user: &str) -> &Mutex<HashMap<String, Vec<Entry>>> {
+    fn shard(&self, user: &str) -> &Shard {
         &self.shards[self.hasher.hash_one(user) as usize % SHARDS]
     }
 
