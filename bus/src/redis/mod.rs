@@ -133,6 +133,11 @@ impl RedisBus {
         let tasks = vec![
             tokio::spawn(subscriber_task.run()),
             tokio::spawn(registry_task.run()),
+            tokio::spawn(presence::reap_loop(
+                self.clone(),
+                node.id.clone(),
+                cancel.clone(),
+            )),
         ];
         RedisLink {
             bus: self.clone(),
@@ -190,6 +195,10 @@ impl RedisLink {
         self.registry.closed(client);
     }
 
+    /// Writes a presence entry. The write runs as a task of its own, so that a caller dropped
+    /// half-way (its connection's task ended) cannot leave Redis holding an entry the node
+    /// forgot: the task finishes the write, then removes it again if the entry was let go
+    /// meanwhile.
     pub(crate) async fn join(
         &self,
         channel: &str,
@@ -203,50 +212,62 @@ impl RedisLink {
             announce,
         };
         self.registry.presence_added(entry.clone());
-        let joined = self
-            .bus
-            .with_conn("a presence join", async |conn| {
-                let node = &self.node;
-                self.bus
-                    .join_in(conn, node, channel, &entry.member, announce, max)
-                    .await
-            })
-            .await;
-        match joined {
-            Ok(presence::Joined::Full) => {
-                self.registry
-                    .presence_removed(channel, &entry.member.client);
-                Err(BusError::LimitExceeded(format!(
-                    "{channel} has its most presence entries ({max})"
-                )))
+        let (bus, registry, node) = (self.bus.clone(), self.registry.clone(), self.node.clone());
+        let write = tokio::spawn(async move {
+            let (channel, client) = (&entry.channel, &entry.member.client);
+            let joined = bus
+                .with_conn("a presence join", async |conn| {
+                    bus.join_in(conn, &node, channel, &entry.member, announce, max)
+                        .await
+                })
+                .await;
+            match joined {
+                Ok(presence::Joined::Full) => {
+                    registry.presence_removed(channel, client);
+                    Err(BusError::LimitExceeded(format!(
+                        "{channel} has its most presence entries ({max})"
+                    )))
+                }
+                Ok(_) => {
+                    if !registry.holds(channel, client) {
+                        registry.remove_in_background(entry.clone());
+                    }
+                    Ok(())
+                }
+                Err(e) => {
+                    // It may have been written all the same (a timeout): reconcile later.
+                    registry.presence_removed(channel, client);
+                    registry.presence_resync();
+                    Err(e)
+                }
             }
-            Ok(_) => Ok(()),
-            Err(e) => {
-                // It may have been written all the same (a timeout): reconcile later.
-                self.registry
-                    .presence_removed(channel, &entry.member.client);
-                self.registry.presence_resync();
-                Err(e)
-            }
-        }
+        });
+        write
+            .await
+            .unwrap_or_else(|e| Err(BusError::Protocol(format!("presence join task: {e}"))))
     }
 
+    /// Removes a presence entry, as a task of its own for the same reason as `join`.
     pub(crate) async fn leave(&self, channel: &str, client: &str) -> Result<(), BusError> {
         let Some(entry) = self.registry.presence_removed(channel, client) else {
             return Ok(());
         };
-        let result = self
-            .bus
-            .with_conn("a presence leave", async |conn| {
-                self.bus
-                    .leave_node_entry(conn, &self.node, channel, &entry.member, entry.announce)
-                    .await
-            })
-            .await;
-        if result.is_err() {
-            self.registry.presence_resync();
-        }
-        result
+        let (bus, registry, node) = (self.bus.clone(), self.registry.clone(), self.node.clone());
+        let write = tokio::spawn(async move {
+            let result = bus
+                .with_conn("a presence leave", async |conn| {
+                    bus.leave_node_entry(conn, &node, &entry.channel, &entry.member, entry.announce)
+                        .await
+                })
+                .await;
+            if result.is_err() {
+                registry.presence_resync();
+            }
+            result
+        });
+        write
+            .await
+            .unwrap_or_else(|e| Err(BusError::Protocol(format!("presence leave task: {e}"))))
     }
 
     pub(crate) fn left(&self, channel: &str, client: &str) {

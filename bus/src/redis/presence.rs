@@ -367,3 +367,54 @@ impl RedisBus {
             .map_err(|e| redis_error(&e))
     }
 }
+
+/// Every [`REAP_EVERY`] (or a third of the lease, if shorter), until cancelled: looks for
+/// nodes whose lease ran out and reaps each one this node can claim, so that their presence
+/// entries go and each leave is announced once. A task of its own, so that reaping a large
+/// node never delays the registry's lease refresh.
+pub(crate) async fn reap_loop(
+    bus: std::sync::Arc<RedisBus>,
+    me: String,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval(REAP_EVERY.min(bus.config.node_lease / 3));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => reap_dead(&bus, &me).await,
+        }
+    }
+}
+
+async fn reap_dead(bus: &RedisBus, me: &str) {
+    let claimed = bus
+        .with_conn("looking for dead nodes", async |conn| {
+            let mut claimed = Vec::new();
+            for dead in bus.dead_nodes(conn).await? {
+                if dead != me && bus.claim_reap(conn, &dead, me).await? {
+                    claimed.push(dead);
+                }
+            }
+            Ok(claimed)
+        })
+        .await;
+    let claimed = match claimed {
+        Ok(claimed) => claimed,
+        Err(e) => {
+            tracing::debug!(node = %me, error = %e, "looking for dead nodes failed");
+            return;
+        }
+    };
+    for dead in claimed {
+        match bus.reap(&dead).await {
+            Ok(removed) => {
+                crate::metrics::node_reaped(removed);
+                tracing::info!(node = %me, dead = %dead, presence_entries = removed,
+                    "reaped a dead node");
+            }
+            Err(e) => tracing::warn!(node = %me, dead = %dead, error = %e,
+                "reaping a dead node failed; it is retried once the claim expires"),
+        }
+    }
+}

@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::connect::redis_error;
-use super::presence::{Joined, REAP_EVERY};
+use super::presence::Joined;
 use super::{LinkState, RedisBus};
 use crate::presence::{Member, StoredEntry, index_field, split_index_field};
 use crate::{BusError, ConnectionInfo, NodeInfo, keys};
@@ -79,6 +79,7 @@ struct Shared {
 }
 
 /// The link's side: records connections without waiting.
+#[derive(Clone)]
 pub(crate) struct RegistryHandle {
     shared: Arc<Shared>,
     dirty: mpsc::Sender<String>,
@@ -103,11 +104,24 @@ impl RegistryHandle {
 
     /// Forgets a presence entry and has the task remove it from Redis. Never waits.
     pub(crate) fn presence_left(&self, channel: &str, client: &str) {
-        if let Some(entry) = self.presence_removed(channel, client)
-            && self.left.try_send(entry).is_err()
-        {
+        if let Some(entry) = self.presence_removed(channel, client) {
+            self.remove_in_background(entry);
+        }
+    }
+
+    /// Has the task remove an entry the node no longer holds from Redis. Never waits.
+    pub(crate) fn remove_in_background(&self, entry: NodeEntry) {
+        if self.left.try_send(entry).is_err() {
             self.presence_resync();
         }
+    }
+
+    /// Whether the node holds this presence entry.
+    pub(crate) fn holds(&self, channel: &str, client: &str) -> bool {
+        self.shared
+            .presence
+            .lock()
+            .contains_key(&index_field(channel, client))
     }
 
     /// Redis's presence may now differ from the node's: reconcile on the next refresh.
@@ -186,8 +200,6 @@ impl Registry {
     pub(crate) async fn run(mut self) {
         let mut refresh = tokio::time::interval(self.lease() / 3);
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut reap = tokio::time::interval(REAP_EVERY.min(self.lease() / 3));
-        reap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut batch = Vec::with_capacity(WRITE_BATCH);
         let mut left = Vec::with_capacity(WRITE_BATCH);
         loop {
@@ -212,7 +224,6 @@ impl Registry {
                 Some((reply_to, answer)) = self.answers.recv() => {
                     self.bus.control_answer(&reply_to, &answer).await;
                 }
-                _ = reap.tick() => self.reap_dead().await,
             }
         }
         self.state.registry_ready.store(false, Ordering::Release);
@@ -366,42 +377,6 @@ impl Registry {
             self.shared.presence_resync.store(true, Ordering::Release);
             tracing::warn!(node = %node, entries = entries.len(), error = %e,
                 "removing presence entries failed; reconciled on the next refresh");
-        }
-    }
-
-    /// Looks for nodes whose lease ran out and reaps each one this node can claim: their
-    /// presence entries go, each leave announced once.
-    async fn reap_dead(&self) {
-        let me = &self.node.id;
-        let claimed = self
-            .bus
-            .with_conn("looking for dead nodes", async |conn| {
-                let mut claimed = Vec::new();
-                for dead in self.bus.dead_nodes(conn).await? {
-                    if dead != *me && self.bus.claim_reap(conn, &dead, me).await? {
-                        claimed.push(dead);
-                    }
-                }
-                Ok(claimed)
-            })
-            .await;
-        let claimed = match claimed {
-            Ok(claimed) => claimed,
-            Err(e) => {
-                tracing::debug!(node = %me, error = %e, "looking for dead nodes failed");
-                return;
-            }
-        };
-        for dead in claimed {
-            match self.bus.reap(&dead).await {
-                Ok(removed) => {
-                    crate::metrics::node_reaped(removed);
-                    tracing::info!(node = %me, dead = %dead, presence_entries = removed,
-                        "reaped a dead node");
-                }
-                Err(e) => tracing::warn!(node = %me, dead = %dead, error = %e,
-                    "reaping a dead node failed; it is retried once the claim expires"),
-            }
         }
     }
 

@@ -93,10 +93,12 @@ impl Session {
             user: identity.user.clone(),
             info: identity.info.clone().unwrap_or_default(),
         };
-        bounded(node.bus_timeout, node.link.join(ch, member, rules))
-            .await
-            .map_err(bus_error)?;
+        // Recorded before the write: whatever ends this session from now on lets it go.
         self.presence.insert(ch.to_owned());
+        if let Err(e) = bounded(node.bus_timeout, node.link.join(ch, member, rules)).await {
+            self.leave_presence(ch);
+            return Err(bus_error(e));
+        }
         Ok(())
     }
 
