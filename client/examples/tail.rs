@@ -98,6 +98,18 @@ async fn main() -> anyhow::Result<()> {
             Event::Gap {
                 channel, position, ..
             } => eprintln!("# {channel}: gap after {position}; recovering"),
+            Event::Join { channel, info } => {
+                eprintln!("# {channel}: {} ({}) joined", info.user, info.client)
+            }
+            Event::Leave { channel, info } => {
+                eprintln!("# {channel}: {} ({}) left", info.user, info.client)
+            }
+            Event::ServerSubscribed {
+                channel, position, ..
+            } => eprintln!("# {channel}: subscribed by the server at {position}"),
+            Event::ServerUnsubscribed { channel, reason } => {
+                eprintln!("# {channel}: unsubscribed by the server: {reason}")
+            }
         }
     }
     Ok(())

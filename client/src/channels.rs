@@ -26,6 +26,17 @@
 //! known, so the application always sees `Subscribed` before the channel's publications and
 //! recovered ones before the others.
 //!
+//! **Join and leave.** A channel's `join`/`leave` pushes keep their place among its
+//! publications: delivered while the channel is live, held with the publications while a
+//! subscribe is in flight, dropped when it is not subscribed.
+//!
+//! **Server-side subscriptions.** A `subscribe` push (the server subscribed this connection)
+//! adopts the channel as live at the push's position; from there it follows the same rules.
+//! After a reconnect the client does not resubscribe such a channel itself: the gateway
+//! restores those of the token's `subs` claim and the personal channel with a new push, which
+//! is judged against the last delivered position; those it does not restore are dropped once
+//! the gateway has answered a command sent after them.
+//!
 //! **Own publications.** A publish without echo is not sent back to its publisher, yet it
 //! takes an offset. The publish reply says which; the channel notes it and steps over it
 //! when it comes next, instead of taking the missing offset for a gap.
@@ -35,12 +46,12 @@
 
 use std::collections::HashMap;
 
-use chorus_protocol::client::{self, reply};
+use chorus_protocol::client::{self, push, reply};
 use tokio::time::Instant;
 
 use crate::backoff::Backoff;
 use crate::error::{Error, subscribe_retryable};
-use crate::event::{Position, Publication, SubscribeInfo};
+use crate::event::{Position, Publication, SubscribeInfo, SubscribeOptions};
 use crate::pending::Reply;
 use crate::track::{Verdict, advance, judge};
 
@@ -48,10 +59,10 @@ use crate::track::{Verdict, advance, judge};
 enum State {
     /// Not subscribed on the current connection (or there is none).
     Idle,
-    /// Subscribe `id` sent; publications meanwhile are held in `held`.
+    /// Subscribe `id` sent; publications, joins and leaves meanwhile are held in `held`.
     Subscribing {
         id: u32,
-        held: Vec<Publication>,
+        held: Vec<push::Body>,
     },
     Live,
     /// Refused with a retryable error; subscribe again at `at`.
@@ -70,6 +81,11 @@ struct Channel {
     retries: u32,
     /// This client's own publications (published without echo) not yet passed.
     own: Vec<Position>,
+    /// Whether this subscription receives joins and leaves.
+    join_leave: bool,
+    /// Subscribed by the server: restored by the gateway after a reconnect, not by the
+    /// client.
+    server: bool,
 }
 
 /// What became of a publication that arrived.
@@ -109,8 +125,9 @@ pub(crate) struct Subscribed {
     pub(crate) from: Option<Position>,
     /// Recovered publications, to judge first, in order.
     pub(crate) recovered_publications: Vec<Publication>,
-    /// Publications that arrived while subscribing, to judge after them.
-    pub(crate) held: Vec<Publication>,
+    /// Pushes (publications, joins, leaves) that arrived while subscribing, to judge after
+    /// them.
+    pub(crate) held: Vec<push::Body>,
 }
 
 /// Subscribes refused with a retryable error, seen from the timer.
@@ -132,7 +149,7 @@ impl Channels {
     pub(crate) fn add(
         &mut self,
         channel: String,
-        from: Option<Position>,
+        options: SubscribeOptions,
         reply: Reply<SubscribeInfo>,
     ) -> Option<String> {
         if self.channels.contains_key(&channel) {
@@ -142,11 +159,13 @@ impl Channels {
         self.channels.insert(
             channel.clone(),
             Channel {
-                last: from,
+                last: options.from,
                 state: State::Idle,
                 waiters: vec![reply],
                 retries: 0,
                 own: Vec::new(),
+                join_leave: options.join_leave,
+                server: false,
             },
         );
         Some(channel)
@@ -167,8 +186,97 @@ impl Channels {
         self.channels.contains_key(channel)
     }
 
+    /// The channels the client subscribes itself after a reconnect (not the server's).
     pub(crate) fn names(&self) -> Vec<String> {
-        self.channels.keys().cloned().collect()
+        self.channels
+            .iter()
+            .filter(|(_, ch)| !ch.server)
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// Whether a server-side subscription waits for the gateway to restore it.
+    pub(crate) fn awaiting_server(&self) -> bool {
+        self.channels
+            .values()
+            .any(|ch| ch.server && matches!(ch.state, State::Idle))
+    }
+
+    /// Drops the server-side subscriptions the gateway did not restore after a reconnect;
+    /// returns their names.
+    pub(crate) fn unrestored(&mut self) -> Vec<String> {
+        let gone: Vec<String> = self
+            .channels
+            .iter()
+            .filter(|(_, ch)| ch.server && matches!(ch.state, State::Idle))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in &gone {
+            self.channels.remove(name);
+        }
+        gone
+    }
+
+    /// The server subscribed this connection to `channel` at `position`: the channel is
+    /// live from there. Returns `(recovered, from)` for the event, judged against the last
+    /// delivered position when the channel was the server's before a reconnect; `None` when
+    /// the push does not apply (the client already has the channel live or subscribing).
+    pub(crate) fn adopt(
+        &mut self,
+        channel: &str,
+        position: Position,
+    ) -> Option<(Option<bool>, Option<Position>)> {
+        match self.channels.get_mut(channel) {
+            None => {
+                self.channels.insert(
+                    channel.to_owned(),
+                    Channel {
+                        last: Some(position),
+                        state: State::Live,
+                        waiters: Vec::new(),
+                        retries: 0,
+                        own: Vec::new(),
+                        join_leave: true,
+                        server: true,
+                    },
+                );
+                Some((None, None))
+            }
+            Some(ch) if ch.server && matches!(ch.state, State::Idle) => {
+                let from = ch.last.replace(position.clone());
+                ch.state = State::Live;
+                ch.own.clear();
+                let recovered = from.as_ref().map(|f| *f == position);
+                Some((recovered, from))
+            }
+            Some(_) => None,
+        }
+    }
+
+    /// The server unsubscribed this connection from `channel`; returns whether the client
+    /// had it.
+    pub(crate) fn server_unsubscribed(&mut self, channel: &str) -> bool {
+        let Some(ch) = self.channels.remove(channel) else {
+            return false;
+        };
+        for w in ch.waiters {
+            let _ = w.send(Err(Error::Unsubscribed(channel.to_owned())));
+        }
+        true
+    }
+
+    /// A `join` or `leave` of `channel` arrived: returns it when it is to be delivered now;
+    /// holds it while a subscribe is in flight, drops it when the channel is not live.
+    pub(crate) fn presence_event(&mut self, channel: &str, body: push::Body) -> Option<push::Body> {
+        let ch = self.channels.get_mut(channel)?;
+        match &mut ch.state {
+            State::Live => Some(body),
+            State::Subscribing { held, .. } => {
+                held.push(body);
+                None
+            }
+            State::Idle | State::Retry { .. } => None,
+        }
     }
 
     /// The last delivered position of a channel.
@@ -197,7 +305,7 @@ impl Channels {
             recover,
             offset,
             epoch,
-            no_join_leave: false,
+            no_join_leave: !ch.join_leave,
         })
     }
 
@@ -324,7 +432,7 @@ impl Channels {
                 last
             }
             State::Subscribing { held, .. } => {
-                held.push(p);
+                held.push(push::Body::Publication(p));
                 return Arrival::Kept;
             }
             State::Idle | State::Retry { .. } => return Arrival::Kept,

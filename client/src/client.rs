@@ -13,7 +13,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::error::Error;
-use crate::event::{Counters, Event, History, HistoryOptions, Position, Stats, SubscribeInfo};
+use crate::event::{
+    ClientInfo, Counters, Event, History, HistoryOptions, Position, PresenceStats, Stats,
+    SubscribeInfo, SubscribeOptions,
+};
 use crate::task::Task;
 
 /// The receiving end of a client's events. See [`Event`] and the crate docs on backpressure.
@@ -139,7 +142,7 @@ impl ClientBuilder {
 pub(crate) enum Op {
     Subscribe {
         channel: String,
-        from: Option<Position>,
+        options: SubscribeOptions,
         reply: oneshot::Sender<Result<SubscribeInfo, Error>>,
     },
     Unsubscribe {
@@ -194,7 +197,8 @@ impl Client {
     /// 102 bad channel, 106 too many channels). From then on the client keeps the channel
     /// subscribed, with recovery, until [`unsubscribe`](Self::unsubscribe).
     pub async fn subscribe(&self, channel: impl Into<String>) -> Result<SubscribeInfo, Error> {
-        self.subscribe_inner(channel.into(), None).await
+        self.subscribe_with(channel, SubscribeOptions::default())
+            .await
     }
 
     /// Subscribes to `channel` and recovers every publication after `position` (e.g. one the
@@ -204,17 +208,24 @@ impl Client {
         channel: impl Into<String>,
         position: Position,
     ) -> Result<SubscribeInfo, Error> {
-        self.subscribe_inner(channel.into(), Some(position)).await
+        let options = SubscribeOptions {
+            from: Some(position),
+            ..SubscribeOptions::default()
+        };
+        self.subscribe_with(channel, options).await
     }
 
-    async fn subscribe_inner(
+    /// Subscribes to `channel` with options: a position to recover from, and whether to
+    /// receive join/leave events.
+    pub async fn subscribe_with(
         &self,
-        channel: String,
-        from: Option<Position>,
+        channel: impl Into<String>,
+        options: SubscribeOptions,
     ) -> Result<SubscribeInfo, Error> {
+        let channel = channel.into();
         self.call(|reply| Op::Subscribe {
             channel,
-            from,
+            options,
             reply,
         })
         .await?
@@ -290,6 +301,33 @@ impl Client {
             reply::Result::History(h) => Ok(History {
                 publications: h.publications,
                 position: Position::new(h.offset, h.epoch),
+            }),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Every connection subscribed to a presence channel, across every gateway (where the
+    /// connection may subscribe to it; the gateway refuses channels larger than its presence
+    /// limit with error 106).
+    pub async fn presence(&self, channel: impl Into<String>) -> Result<Vec<ClientInfo>, Error> {
+        let body = command::Body::Presence(client::PresenceRequest {
+            channel: channel.into(),
+        });
+        match self.request(body).await? {
+            reply::Result::Presence(p) => Ok(p.clients),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// How many connections and distinct users are subscribed to a presence channel.
+    pub async fn presence_stats(&self, channel: impl Into<String>) -> Result<PresenceStats, Error> {
+        let body = command::Body::PresenceStats(client::PresenceStatsRequest {
+            channel: channel.into(),
+        });
+        match self.request(body).await? {
+            reply::Result::PresenceStats(s) => Ok(PresenceStats {
+                clients: s.num_clients,
+                users: s.num_users,
             }),
             other => Err(unexpected(other)),
         }

@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-pub use chorus_protocol::client::Publication;
+pub use chorus_protocol::client::{ClientInfo, Publication};
 
 /// A place in a channel's stream: the offset of a publication within an epoch.
 ///
@@ -32,9 +32,10 @@ impl fmt::Display for Position {
 
 /// Something that happened on the client's connection, in the order it happened.
 ///
-/// For each channel: `Subscribed`, then its publications in offset order, each exactly once;
-/// after a reconnect, `Subscribed` again (saying whether recovery worked), the recovered
-/// publications, then live ones.
+/// For each channel: `Subscribed` (or `ServerSubscribed`), then its publications in offset
+/// order, each exactly once, with `Join`/`Leave` in their place among them; after a reconnect,
+/// `Subscribed` again (saying whether recovery worked), the recovered publications, then live
+/// ones.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// A connection is up and `connect` succeeded. Subscriptions are being restored.
@@ -83,6 +84,33 @@ pub enum Event {
     },
     /// A publication, delivered exactly once and in offset order per channel.
     Publication(Publication),
+    /// Another connection subscribed to `channel` (namespaces with `join_leave`, unless this
+    /// subscription opted out). In order with the channel's publications.
+    Join { channel: String, info: ClientInfo },
+    /// A connection left `channel`: it unsubscribed, closed, or its gateway died. In order
+    /// with the channel's publications: never before those it made earlier.
+    Leave { channel: String, info: ClientInfo },
+    /// The server subscribed this client to `channel` (the server API's `subscribe`, the
+    /// token's `subs` claim, the user's personal channel). The channel's publications after
+    /// `position` follow, exactly once and in order, as for a channel the client subscribed.
+    ///
+    /// After a reconnect, the gateway subscribes again the channels of the `subs` claim and
+    /// the personal channel. `from` is then the last position the client delivered, and
+    /// `recovered` says whether the channel continues right after it (`Some(true)`) or
+    /// publications after `from` up to `position` were missed (`Some(false)`: read them with
+    /// [`Client::history`](crate::Client::history) where the token allows it). `None` for a
+    /// channel new to this client.
+    ServerSubscribed {
+        channel: String,
+        position: Position,
+        recovered: Option<bool>,
+        from: Option<Position>,
+    },
+    /// The server unsubscribed this client from `channel` (the server API's `unsubscribe`), or
+    /// a server-side subscription was not restored after a reconnect (one the server API
+    /// made: only the `subs` claim and the personal channel come back). Nothing more of it
+    /// follows.
+    ServerUnsubscribed { channel: String, reason: String },
     /// A live publication skipped offsets (or came from another epoch). The client does not
     /// deliver it; it resubscribes with recovery from `position`, and the `Subscribed` event
     /// that follows fills the gap or says it could not.
@@ -101,6 +129,34 @@ pub struct SubscribeInfo {
     pub position: Position,
     /// As in [`Event::Subscribed`].
     pub recovered: Option<bool>,
+}
+
+/// How to subscribe: see [`Client::subscribe_with`](crate::Client::subscribe_with).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscribeOptions {
+    /// Recover every publication after this position (as
+    /// [`Client::subscribe_from`](crate::Client::subscribe_from)).
+    pub from: Option<Position>,
+    /// Receive [`Event::Join`] and [`Event::Leave`] where the channel's namespace announces
+    /// them (the default); `false` opts this subscription out.
+    pub join_leave: bool,
+}
+
+impl Default for SubscribeOptions {
+    fn default() -> Self {
+        Self {
+            from: None,
+            join_leave: true,
+        }
+    }
+}
+
+/// How many connections, and distinct users among them, are subscribed to a presence
+/// channel across every gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PresenceStats {
+    pub clients: u32,
+    pub users: u32,
 }
 
 /// A page of a channel's history.

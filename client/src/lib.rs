@@ -103,4 +103,7 @@ pub use backoff::Backoff;
 pub use chorus_protocol::wire::Format;
 pub use client::{Client, ClientBuilder, Events};
 pub use error::Error;
-pub use event::{Event, History, HistoryOptions, Position, Publication, Stats, SubscribeInfo};
+pub use event::{
+    ClientInfo, Event, History, HistoryOptions, Position, PresenceStats, Publication, Stats,
+    SubscribeInfo, SubscribeOptions,
+};

@@ -43,6 +43,10 @@ pub(crate) enum Pending {
     Unsubscribe {
         reply: Option<Reply<()>>,
     },
+    /// The ping sent after a reconnect's resubscribes when server-side subscriptions wait to
+    /// be restored: the gateway restores them before it answers, so those still waiting at
+    /// its reply are not coming back.
+    Restored,
     /// A publish, history or ping from the handle.
     Request {
         reply: Reply<reply::Result>,

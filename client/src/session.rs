@@ -99,9 +99,9 @@ impl Task {
         match op {
             Op::Subscribe {
                 channel,
-                from,
+                options,
                 reply,
-            } => match self.channels.add(channel, from, reply) {
+            } => match self.channels.add(channel, options, reply) {
                 Some(channel) => self.subscribe(conn, channel, false).await,
                 None => Ok(()),
             },
@@ -151,13 +151,26 @@ impl Task {
     ) -> Result<(), End> {
         match frame.frame {
             Some(server_frame::Frame::Push(p)) => match p.body {
-                Some(push::Body::Publication(p)) => self.on_publication(conn, p).await,
                 Some(push::Body::Disconnect(d)) => {
                     conn.announced(d);
                     Ok(())
                 }
-                // Presence events and server-side subscriptions are not surfaced yet.
-                Some(_) | None => Ok(()),
+                Some(push::Body::Subscribe(s)) => {
+                    self.on_server_subscribed(s).await;
+                    Ok(())
+                }
+                Some(push::Body::Unsubscribe(u)) => {
+                    if self.channels.server_unsubscribed(&u.channel) {
+                        self.emit(Event::ServerUnsubscribed {
+                            channel: u.channel,
+                            reason: u.reason,
+                        })
+                        .await;
+                    }
+                    Ok(())
+                }
+                Some(body) => self.on_channel_push(conn, body).await,
+                None => Ok(()),
             },
             Some(server_frame::Frame::Reply(r)) => self.on_reply(conn, r).await,
             None => Ok(()),
@@ -171,6 +184,16 @@ impl Task {
         };
         match pending {
             Pending::Connect => self.on_connected(conn, r).await,
+            Pending::Restored => {
+                for channel in self.channels.unrestored() {
+                    self.emit(Event::ServerUnsubscribed {
+                        channel,
+                        reason: "not restored after a reconnect".into(),
+                    })
+                    .await;
+                }
+                Ok(())
+            }
             Pending::Subscribe { channel } => self.on_subscribed(conn, channel, r).await,
             Pending::Unsubscribe { reply } => {
                 if let Some(reply) = reply {
@@ -225,6 +248,11 @@ impl Task {
         .await;
         for channel in self.channels.names() {
             self.subscribe(conn, channel, false).await?;
+        }
+        if self.channels.awaiting_server() {
+            let deadline = Instant::now() + self.cfg.command_timeout;
+            let ping = command::Body::Ping(client::PingRequest {});
+            conn.request(Pending::Restored, deadline, ping).await?;
         }
         while let Some(r) = self.deferred.pop() {
             self.send_request(conn, r.body, r.reply).await?;
@@ -315,10 +343,61 @@ impl Task {
             from: live.from,
         })
         .await;
-        for p in live.recovered_publications.into_iter().chain(live.held) {
+        for p in live.recovered_publications {
             self.on_publication(conn, p).await?;
         }
+        for body in live.held {
+            self.on_channel_push(conn, body).await?;
+        }
         Ok(())
+    }
+
+    /// A push about one subscribed channel: a publication, a join or a leave.
+    async fn on_channel_push(
+        &mut self,
+        conn: &mut Connection,
+        body: push::Body,
+    ) -> Result<(), End> {
+        let channel = match body {
+            push::Body::Publication(p) => return self.on_publication(conn, p).await,
+            push::Body::Join(ref j) => j.channel.clone(),
+            push::Body::Leave(ref l) => l.channel.clone(),
+            _ => return Ok(()),
+        };
+        let event = match self.channels.presence_event(&channel, body) {
+            Some(push::Body::Join(j)) => Event::Join {
+                channel: j.channel,
+                info: j.info.unwrap_or_default(),
+            },
+            Some(push::Body::Leave(l)) => Event::Leave {
+                channel: l.channel,
+                info: l.info.unwrap_or_default(),
+            },
+            _ => return Ok(()),
+        };
+        self.emit(event).await;
+        Ok(())
+    }
+
+    /// The server subscribed this connection to a channel: it is live from the push's
+    /// position, and the application is told.
+    async fn on_server_subscribed(&mut self, s: client::Subscribed) {
+        let position = Position::new(s.offset, s.epoch);
+        let Some((recovered, from)) = self.channels.adopt(&s.channel, position.clone()) else {
+            tracing::debug!(channel = %s.channel, "subscribe push for a channel already subscribed");
+            return;
+        };
+        if recovered == Some(false) {
+            Counters::add(&self.counters.unrecovered);
+            tracing::info!(channel = %s.channel, from = ?from, to = %position, "server-side subscription restored with a gap");
+        }
+        self.emit(Event::ServerSubscribed {
+            channel: s.channel,
+            position,
+            recovered,
+            from,
+        })
+        .await;
     }
 
     /// A publication of a channel: delivered if it is the next one, dropped if already

@@ -221,10 +221,10 @@ impl Task {
         match op {
             Op::Subscribe {
                 channel,
-                from,
+                options,
                 reply,
             } => {
-                self.channels.add(channel, from, reply);
+                self.channels.add(channel, options, reply);
             }
             Op::Unsubscribe { channel, reply } => {
                 self.channels.remove(&channel);

@@ -160,7 +160,13 @@ async fn a_disconnect_without_reconnect_stops_the_rust_client_and_one_client_id_
         .expect("gRPC disconnect")
         .into_inner();
     assert_eq!(resp.connections, 1, "only the named connection");
-    match next_event(&mut events).await {
+    let mut event = next_event(&mut events).await;
+    if let Event::ServerSubscribed { channel, .. } = &event {
+        // Her personal channel, subscribed by the gateway at connect.
+        assert_eq!(channel, "user:#carol");
+        event = next_event(&mut events).await;
+    }
+    match event {
         Event::Disconnected {
             code, reconnect, ..
         } => {
