@@ -93,8 +93,11 @@ async fn main() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
     let addr = listener.local_addr().expect("address");
     let shutdown = CancellationToken::new();
+    // The per-connection command rate limit would measure itself, not presence.
     let config = GatewayConfig {
         metrics_listen: ListenAddr(None),
+        command_rate: 1_000_000,
+        command_burst: 1_000_000,
         ..GatewayConfig::default()
     };
     tokio::spawn(chorus_gateway::serve(
