@@ -62,6 +62,19 @@
 //! handle and the event stream, the gateway sends `disconnect` with `reconnect: false`, or it
 //! refuses the token (error 101/103).
 //!
+//! **Presence and server-side subscriptions.** [`Client::presence`] and
+//! [`Client::presence_stats`] ask the gateway (one round trip each). On channels whose
+//! namespace announces joins and leaves, [`Event::Join`] and [`Event::Leave`] keep their place
+//! among the channel's publications: held with them while a subscribe is in flight, dropped
+//! while the channel is not subscribed; [`SubscribeOptions::join_leave`] opts one subscription
+//! out. A channel the server subscribes the connection to (the server API, the token's `subs`
+//! claim, the personal channel) is adopted as live at the position the push gives
+//! ([`Event::ServerSubscribed`]) and then follows the same rules. After a reconnect the
+//! client does not resubscribe it itself: the gateway restores the claim's and the personal
+//! channels at connect, and the event says whether anything was missed since the last
+//! delivered position; a ping sent after the resubscribes finds those it did not restore
+//! (the gateway restores before it answers), and [`Event::ServerUnsubscribed`] reports them.
+//!
 //! **Errors.** A subscribe refused with 108 Unavailable (the bus is down), 100 Internal or 105
 //! AlreadySubscribed is retried with backoff ([`Event::SubscribeFailed`] with `retrying`);
 //! other refusals (bad channel, permission, too many channels) are final and fail the
