@@ -32,10 +32,11 @@
 //!
 //! **Server-side subscriptions.** A `subscribe` push (the server subscribed this connection)
 //! adopts the channel as live at the push's position; from there it follows the same rules.
-//! After a reconnect the client does not resubscribe such a channel itself: the gateway
-//! restores those of the token's `subs` claim and the personal channel with a new push, which
-//! is judged against the last delivered position; those it does not restore are dropped once
-//! the gateway has answered a command sent after them.
+//! After a reconnect the client does not resubscribe such a channel itself: it sends the last
+//! delivered positions of its server-side channels with `connect`, and the gateway restores
+//! those of the token's `subs` claim and the personal channel with a new push that recovers
+//! from there, as a recovering subscribe does; those it does not restore are dropped once the
+//! gateway has answered a command sent after them.
 //!
 //! **Own publications.** A publish without echo is not sent back to its publisher, yet it
 //! takes an offset. The publish reply says which; the channel notes it and steps over it
@@ -217,40 +218,81 @@ impl Channels {
         gone
     }
 
-    /// The server subscribed this connection to `channel` at `position`: the channel is
-    /// live from there. Returns `(recovered, from)` for the event, judged against the last
-    /// delivered position when the channel was the server's before a reconnect; `None` when
-    /// the push does not apply (the client already has the channel live or subscribing).
-    pub(crate) fn adopt(
-        &mut self,
-        channel: &str,
-        position: Position,
-    ) -> Option<(Option<bool>, Option<Position>)> {
-        match self.channels.get_mut(channel) {
-            None => {
-                self.channels.insert(
-                    channel.to_owned(),
-                    Channel {
-                        last: Some(position),
-                        state: State::Live,
-                        waiters: Vec::new(),
-                        retries: 0,
-                        own: Vec::new(),
-                        join_leave: true,
-                        server: true,
-                    },
-                );
-                Some((None, None))
-            }
-            Some(ch) if ch.server && matches!(ch.state, State::Idle) => {
-                let from = ch.last.replace(position.clone());
-                ch.state = State::Live;
-                ch.own.clear();
-                let recovered = from.as_ref().map(|f| *f == position);
-                Some((recovered, from))
-            }
-            Some(_) => None,
+    /// The last delivered positions of the server-side subscriptions, for the gateway to
+    /// recover them from when it restores them at connect.
+    pub(crate) fn server_positions(&self) -> HashMap<String, client::StreamPosition> {
+        self.channels
+            .iter()
+            .filter(|(_, ch)| ch.server)
+            .filter_map(|(name, ch)| {
+                let last = ch.last.as_ref()?;
+                let position = client::StreamPosition {
+                    offset: last.offset,
+                    epoch: last.epoch.clone(),
+                };
+                Some((name.clone(), position))
+            })
+            .collect()
+    }
+
+    /// The server subscribed this connection to a channel: it is live from the push's
+    /// position, after the publications the push recovered. `None` when the push does not
+    /// apply (the client already has the channel live or subscribing).
+    pub(crate) fn adopt(&mut self, push: client::Subscribed) -> Option<Subscribed> {
+        let channel = push.channel;
+        let ch = match self.channels.get_mut(&channel) {
+            Some(ch) if ch.server && matches!(ch.state, State::Idle) => ch,
+            Some(_) => return None,
+            None => self.channels.entry(channel.clone()).or_insert(Channel {
+                last: None,
+                state: State::Idle,
+                waiters: Vec::new(),
+                retries: 0,
+                own: Vec::new(),
+                join_leave: true,
+                server: true,
+            }),
+        };
+        ch.state = State::Live;
+        let position = Position::new(push.offset, push.epoch);
+        let from = ch.last.take();
+        let recovered = if push.was_recovering {
+            Some(push.recovered)
+        } else {
+            // Restored without recovery (not asked for): whether anything was missed shows
+            // from the positions alone.
+            from.as_ref().map(|f| *f == position)
+        };
+        if !(push.was_recovering && push.recovered) {
+            ch.own.clear();
         }
+        ch.last = Some(
+            match (
+                push.was_recovering,
+                recovered,
+                &from,
+                push.publications.first(),
+            ) {
+                (true, Some(true), Some(from), _) => from.clone(),
+                (true, Some(false), _, Some(first)) => {
+                    Position::new(first.offset.saturating_sub(1), first.epoch.clone())
+                }
+                _ => position.clone(),
+            },
+        );
+        let mut recovered_publications = push.publications;
+        for p in &mut recovered_publications {
+            if p.channel.is_empty() {
+                p.channel.clone_from(&channel);
+            }
+        }
+        Some(Subscribed {
+            position,
+            recovered,
+            from,
+            recovered_publications,
+            held: Vec::new(),
+        })
     }
 
     /// The server unsubscribed this connection from `channel`; returns whether the client

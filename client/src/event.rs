@@ -95,11 +95,11 @@ pub enum Event {
     /// `position` follow, exactly once and in order, as for a channel the client subscribed.
     ///
     /// After a reconnect, the gateway subscribes again the channels of the `subs` claim and
-    /// the personal channel. `from` is then the last position the client delivered, and
-    /// `recovered` says whether the channel continues right after it (`Some(true)`) or
-    /// publications after `from` up to `position` were missed (`Some(false)`: read them with
-    /// [`Client::history`](crate::Client::history) where the token allows it). `None` for a
-    /// channel new to this client.
+    /// the personal channel, recovering from the last position the client delivered (`from`),
+    /// as for [`Event::Subscribed`]: `Some(true)` when every publication after `from` follows,
+    /// `Some(false)` when they could not be recovered (**publications after `from` were
+    /// lost**; the channel continues from `position`). `None` for a channel new to this
+    /// client.
     ServerSubscribed {
         channel: String,
         position: Position,

@@ -70,10 +70,11 @@
 //! out. A channel the server subscribes the connection to (the server API, the token's `subs`
 //! claim, the personal channel) is adopted as live at the position the push gives
 //! ([`Event::ServerSubscribed`]) and then follows the same rules. After a reconnect the
-//! client does not resubscribe it itself: the gateway restores the claim's and the personal
-//! channels at connect, and the event says whether anything was missed since the last
-//! delivered position; a ping sent after the resubscribes finds those it did not restore
-//! (the gateway restores before it answers), and [`Event::ServerUnsubscribed`] reports them.
+//! client does not resubscribe it itself: `connect` carries the last delivered position of
+//! each server-side channel, the gateway restores the claim's and the personal channels and
+//! recovers them from there (the event says whether that worked, as for a subscribe); a ping
+//! sent after the resubscribes finds those it did not restore (the gateway restores before it
+//! answers), and [`Event::ServerUnsubscribed`] reports them.
 //!
 //! **Errors.** A subscribe refused with 108 Unavailable (the bus is down), 100 Internal or 105
 //! AlreadySubscribed is retried with backoff ([`Event::SubscribeFailed`] with `retrying`);

@@ -42,6 +42,7 @@ impl Task {
         let connect = command::Body::Connect(client::ConnectRequest {
             token: self.cfg.token.clone(),
             name: self.cfg.name.clone(),
+            recover: self.channels.server_positions(),
         });
         let deadline = Instant::now() + self.cfg.connect_timeout;
         if let Err(end) = conn.request(Pending::Connect, deadline, connect).await {
@@ -155,10 +156,7 @@ impl Task {
                     conn.announced(d);
                     Ok(())
                 }
-                Some(push::Body::Subscribe(s)) => {
-                    self.on_server_subscribed(s).await;
-                    Ok(())
-                }
+                Some(push::Body::Subscribe(s)) => self.on_server_subscribed(conn, s).await,
                 Some(push::Body::Unsubscribe(u)) => {
                     if self.channels.server_unsubscribed(&u.channel) {
                         self.emit(Event::ServerUnsubscribed {
@@ -379,25 +377,33 @@ impl Task {
         Ok(())
     }
 
-    /// The server subscribed this connection to a channel: it is live from the push's
-    /// position, and the application is told.
-    async fn on_server_subscribed(&mut self, s: client::Subscribed) {
-        let position = Position::new(s.offset, s.epoch);
-        let Some((recovered, from)) = self.channels.adopt(&s.channel, position.clone()) else {
-            tracing::debug!(channel = %s.channel, "subscribe push for a channel already subscribed");
-            return;
+    /// The server subscribed this connection to a channel: the application is told, then
+    /// the publications the push recovered follow, then the live ones.
+    async fn on_server_subscribed(
+        &mut self,
+        conn: &mut Connection,
+        s: client::Subscribed,
+    ) -> Result<(), End> {
+        let channel = s.channel.clone();
+        let Some(live) = self.channels.adopt(s) else {
+            tracing::debug!(%channel, "subscribe push for a channel already subscribed");
+            return Ok(());
         };
-        if recovered == Some(false) {
+        if live.recovered == Some(false) {
             Counters::add(&self.counters.unrecovered);
-            tracing::info!(channel = %s.channel, from = ?from, to = %position, "server-side subscription restored with a gap");
+            tracing::info!(%channel, from = ?live.from, to = %live.position, "server-side subscription restored without what it missed");
         }
         self.emit(Event::ServerSubscribed {
-            channel: s.channel,
-            position,
-            recovered,
-            from,
+            channel,
+            position: live.position,
+            recovered: live.recovered,
+            from: live.from,
         })
         .await;
+        for p in live.recovered_publications {
+            self.on_publication(conn, p).await?;
+        }
+        Ok(())
     }
 
     /// A publication of a channel: delivered if it is the next one, dropped if already

@@ -51,11 +51,17 @@ fn token(user: &str) -> String {
 /// A client of `user` on `url`, once connected (its personal channel, if any, not yet
 /// announced).
 async fn connected(url: String, user: &str) -> (Client, Events, String) {
+    connected_with(url, user, Duration::from_millis(20)).await
+}
+
+/// As [`connected`], reconnecting after `backoff` exactly.
+async fn connected_with(url: String, user: &str, backoff: Duration) -> (Client, Events, String) {
     let (client, mut events) = Client::builder(url)
         .token(token(user))
         .backoff(Backoff {
-            min: Duration::from_millis(20),
-            max: Duration::from_millis(100),
+            min: backoff,
+            max: backoff,
+            jitter: 0.0,
             ..Backoff::default()
         })
         .connect()
@@ -218,9 +224,11 @@ async fn presence_stats_joins_and_leaves_in_order_and_the_opt_out() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn server_side_subscriptions_deliver_in_order_and_come_back_after_a_reconnect() {
+async fn server_side_subscriptions_deliver_in_order_and_come_back_recovered_after_a_reconnect() {
     let cluster = cluster().await;
-    let (dave, mut events, _) = connected(cluster.ws(0), "dave").await;
+    // Reconnects after a second, so that publications made right after the disconnect are
+    // missed and must be recovered.
+    let (dave, mut events, _) = connected_with(cluster.ws(0), "dave", Duration::from_secs(1)).await;
     // The personal channel, subscribed by the gateway at connect.
     let personal = match next(&mut events).await {
         Event::ServerSubscribed {
@@ -276,8 +284,8 @@ async fn server_side_subscriptions_deliver_in_order_and_come_back_after_a_reconn
         Some(Position::new(start.offset + 3, start.epoch.clone()))
     );
 
-    // A reconnect: the personal channel comes back with nothing missed; the feed (put there
-    // by the API) does not, and the client says so.
+    // A reconnect: the personal channel comes back with what was published meanwhile; the
+    // feed (put there by the API) does not, and the client says so.
     post(
         &cluster,
         "/api/disconnect",
@@ -288,20 +296,38 @@ async fn server_side_subscriptions_deliver_in_order_and_come_back_after_a_reconn
         Event::Disconnected { reconnect, .. } => assert!(reconnect),
         other => panic!("expected Disconnected, got {other:?}"),
     }
+    let missed = [
+        publish(&cluster, "user:#dave", json!({"missed": 1})).await,
+        publish(&cluster, "user:#dave", json!({"missed": 2})).await,
+    ];
     assert!(matches!(next(&mut events).await, Event::Connected { .. }));
     match next(&mut events).await {
         Event::ServerSubscribed {
             channel,
+            position,
             recovered,
             from,
-            ..
         } => {
             assert_eq!(channel, "user:#dave");
-            assert_eq!(recovered, Some(true), "nothing was published meanwhile");
+            assert_eq!(
+                recovered,
+                Some(true),
+                "recovered from the last delivered position"
+            );
             assert_eq!(from, Some(at.clone()));
+            assert_eq!(position, missed[1], "the push carried what was missed");
         }
         other => panic!("expected the personal channel again, got {other:?}"),
     }
+    for m in &missed {
+        match next(&mut events).await {
+            Event::Publication(p) => {
+                assert_eq!((p.channel.as_str(), p.offset), ("user:#dave", m.offset));
+            }
+            other => panic!("expected a recovered publication, got {other:?}"),
+        }
+    }
+    assert_eq!(dave.stats().unrecovered, 0);
     match next(&mut events).await {
         Event::ServerUnsubscribed { channel, reason } => {
             assert_eq!(channel, "feed");

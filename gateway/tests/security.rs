@@ -83,7 +83,7 @@ async fn open(gw: &MemoryGateway) -> WsClient {
 async fn connect_with(c: &mut WsClient, token: &str) -> client::Reply {
     c.request(command::Body::Connect(client::ConnectRequest {
         token: token.into(),
-        name: String::new(),
+        ..Default::default()
     }))
     .await
     .expect("a reply")

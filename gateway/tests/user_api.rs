@@ -11,7 +11,8 @@ use chorus_client::{Client, Event};
 use chorus_gateway::GatewayConfig;
 use chorus_gateway::config::Secret;
 use chorus_protocol::api;
-use chorus_protocol::client::push;
+use chorus_protocol::client::{self, command, push};
+use chorus_protocol::codes::ErrorCode;
 use chorus_protocol::wire::Format;
 use chorus_testkit::WsClient;
 use jsonwebtoken::{EncodingKey, Header};
@@ -287,6 +288,113 @@ async fn the_subs_claim_and_the_personal_channel_subscribe_at_connect() {
         .await;
     let p = erin.next_publication().await.unwrap();
     assert_eq!(p.channel, "user:#erin");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_recovers_its_server_side_channels_from_the_positions_it_gives() {
+    let cluster = cluster().await;
+    let claims = json!({"sub": "fay", "subs": ["news"]});
+    let connect = |recover: Vec<(&str, u64, &str)>| client::ConnectRequest {
+        token: token(claims.clone()),
+        recover: recover
+            .into_iter()
+            .map(|(ch, offset, epoch)| {
+                let at = client::StreamPosition {
+                    offset,
+                    epoch: epoch.into(),
+                };
+                (ch.to_owned(), at)
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let first = cluster.http_publish("news", json!({"n": 1})).await;
+    let first: Value = first.json().await.unwrap();
+    let epoch = first["epoch"].as_str().unwrap().to_owned();
+    for n in 2..=4 {
+        cluster.http_publish("news", json!({"n": n})).await;
+    }
+    for format in Format::ALL {
+        let mut fay = WsClient::open(&cluster.ws(0), format).await.unwrap();
+        // From offset 1: 2..=4 are recovered in the push. A channel the gateway does not
+        // subscribe at connect is ignored.
+        fay.ok(command::Body::Connect(connect(vec![
+            ("news", 1, &epoch),
+            ("elsewhere", 7, "x"),
+        ])))
+        .await
+        .expect("connects");
+        let mut pushes = Vec::new();
+        for _ in 0..2 {
+            match fay.next_push().await.unwrap() {
+                push::Body::Subscribe(s) => pushes.push(s),
+                other => panic!("expected subscribe pushes, got {other:?}"),
+            }
+        }
+        pushes.sort_by(|a, b| a.channel.cmp(&b.channel));
+        let news = &pushes[0];
+        assert_eq!(news.channel, "news", "{format:?}");
+        assert!(news.was_recovering && news.recovered, "{format:?}");
+        assert_eq!(
+            news.publications
+                .iter()
+                .map(|p| p.offset)
+                .collect::<Vec<_>>(),
+            [2, 3, 4],
+            "{format:?}"
+        );
+        assert_eq!((news.offset, news.epoch.as_str()), (4, epoch.as_str()));
+        let personal = &pushes[1];
+        assert_eq!(personal.channel, "user:#fay");
+        assert!(!personal.was_recovering, "not asked to recover");
+        // From another epoch: not recovered, said so; the current epoch follows from its
+        // start, as far as history reaches (as for a subscribe).
+        let mut again = WsClient::open(&cluster.ws(1), format).await.unwrap();
+        again
+            .ok(command::Body::Connect(connect(vec![(
+                "news",
+                1,
+                "old-epoch",
+            )])))
+            .await
+            .expect("connects");
+        let news = loop {
+            match again.next_push().await.unwrap() {
+                push::Body::Subscribe(s) if s.channel == "news" => break s,
+                push::Body::Subscribe(_) => {}
+                other => panic!("expected subscribe pushes, got {other:?}"),
+            }
+        };
+        assert!(news.was_recovering && !news.recovered, "{format:?}");
+        assert_eq!(
+            news.publications
+                .iter()
+                .map(|p| p.offset)
+                .collect::<Vec<_>>(),
+            [1, 2, 3, 4]
+        );
+        assert_eq!(news.offset, 4);
+    }
+    // More positions than a connection may have channels: refused, and no session starts.
+    let mut greedy = WsClient::open(&cluster.ws(0), Format::Json).await.unwrap();
+    let many = (0..1000).map(|i| format!("ch{i}")).collect::<Vec<_>>();
+    let reply = greedy
+        .request(command::Body::Connect(connect(
+            many.iter().map(|c| (c.as_str(), 1, "e")).collect(),
+        )))
+        .await
+        .unwrap();
+    let error = reply.error.expect("refused");
+    assert_eq!(error.code, ErrorCode::BadRequest as u32);
+    assert!(error.message.contains("to recover"), "{}", error.message);
+    let reply = greedy
+        .request(command::Body::Ping(client::PingRequest {}))
+        .await
+        .unwrap();
+    assert_eq!(
+        reply.error.map(|e| e.code),
+        Some(ErrorCode::NotConnected as u32)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

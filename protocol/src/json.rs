@@ -95,6 +95,8 @@ struct ConnectBody {
     token: String,
     #[serde(default)]
     name: String,
+    #[serde(default)]
+    recover: std::collections::HashMap<String, PositionBody>,
 }
 
 #[derive(Deserialize)]
@@ -141,6 +143,17 @@ pub fn decode_command(bytes: &[u8]) -> Result<client::Command, DecodeError> {
         bodies.push(command::Body::Connect(client::ConnectRequest {
             token: c.token,
             name: c.name,
+            recover: c
+                .recover
+                .into_iter()
+                .map(|(channel, p)| {
+                    let position = client::StreamPosition {
+                        offset: p.offset,
+                        epoch: p.epoch,
+                    };
+                    (channel, position)
+                })
+                .collect(),
         }));
     }
     if let Some(s) = raw.subscribe {
@@ -224,7 +237,18 @@ pub fn encode_command(cmd: &client::Command) -> Bytes {
     let mut obj = Map::new();
     obj.insert("id".into(), json!(cmd.id));
     let (key, body) = match &cmd.body {
-        Some(command::Body::Connect(c)) => ("connect", json!({"token": c.token, "name": c.name})),
+        Some(command::Body::Connect(c)) => {
+            let mut body = json!({"token": c.token, "name": c.name});
+            if !c.recover.is_empty() {
+                let recover: Map<String, Value> = c
+                    .recover
+                    .iter()
+                    .map(|(ch, p)| (ch.clone(), json!({"offset": p.offset, "epoch": p.epoch})))
+                    .collect();
+                body["recover"] = Value::Object(recover);
+            }
+            ("connect", body)
+        }
         Some(command::Body::Subscribe(s)) => {
             let mut body = json!({"channel": s.channel});
             if s.recover {
@@ -304,8 +328,7 @@ pub fn encode_frame(frame: &client::ServerFrame) -> Bytes {
             Some(push::Body::Leave(l)) => {
                 json!({"leave": member_value(&l.channel, l.info.as_ref())})
             }
-            Some(push::Body::Subscribe(s)) => json!({"subscribe": {
-                "channel": s.channel, "offset": s.offset, "epoch": s.epoch}}),
+            Some(push::Body::Subscribe(s)) => return encode_subscribed(s),
             Some(push::Body::Unsubscribe(u)) => json!({"unsubscribe": {
                 "channel": u.channel, "reason": u.reason}}),
             None => json!({}),
@@ -422,6 +445,36 @@ fn encode_publication(p: &client::Publication) -> Bytes {
         publication: Pub::of(p),
     };
     // Serialising plain strings, integers and an already-valid RawValue cannot fail.
+    Bytes::from(serde_json::to_vec(&push).unwrap_or_default())
+}
+
+/// The JSON text of a `subscribe` push; with the recovery's outcome and publications when the
+/// connect asked to recover the channel.
+fn encode_subscribed(s: &client::Subscribed) -> Bytes {
+    #[derive(Serialize)]
+    struct SubscribedJson<'a> {
+        channel: &'a str,
+        offset: u64,
+        epoch: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        recovered: Option<bool>,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        publications: Vec<Pub<'a>>,
+    }
+    #[derive(Serialize)]
+    struct Push<'a> {
+        subscribe: SubscribedJson<'a>,
+    }
+    let push = Push {
+        subscribe: SubscribedJson {
+            channel: &s.channel,
+            offset: s.offset,
+            epoch: &s.epoch,
+            recovered: s.was_recovering.then_some(s.recovered),
+            publications: s.publications.iter().map(Pub::of).collect(),
+        },
+    };
+    // Plain strings, integers, booleans and already-valid RawValues cannot fail.
     Bytes::from(serde_json::to_vec(&push).unwrap_or_default())
 }
 
@@ -542,10 +595,14 @@ pub fn decode_frame(bytes: &[u8]) -> Result<client::ServerFrame, serde_json::Err
     }
     if v.get("id").is_none() {
         if let Some(s) = v.get("subscribe") {
+            let recovered = s.get("recovered").and_then(Value::as_bool);
             return Ok(push_frame(push::Body::Subscribe(client::Subscribed {
                 channel: str_of(s, "channel"),
                 offset: u64_of(s, "offset"),
                 epoch: str_of(s, "epoch"),
+                was_recovering: recovered.is_some(),
+                recovered: recovered.unwrap_or(false),
+                publications: publications_of(s)?,
             })));
         }
         if let Some(u) = v.get("unsubscribe") {

@@ -274,6 +274,28 @@ mod tests {
                 channel: "news".into(),
                 offset: 4,
                 epoch: "e".into(),
+                ..Default::default()
+            })),
+            push(push::Body::Subscribe(client::Subscribed {
+                channel: "news".into(),
+                offset: 6,
+                epoch: "e".into(),
+                was_recovering: true,
+                recovered: true,
+                publications: vec![client::Publication {
+                    channel: "news".into(),
+                    offset: 5,
+                    epoch: "e".into(),
+                    data: Bytes::from_static(br#"{"n":5}"#),
+                }],
+            })),
+            push(push::Body::Subscribe(client::Subscribed {
+                channel: "news".into(),
+                offset: 9,
+                epoch: "f".into(),
+                was_recovering: true,
+                recovered: false,
+                publications: Vec::new(),
             })),
             push(push::Body::Unsubscribe(client::Unsubscribed {
                 channel: "news".into(),
@@ -339,5 +361,32 @@ mod tests {
             panic!("not a subscribe")
         };
         assert!(!s.no_join_leave, "join/leave pushes are on unless refused");
+    }
+
+    #[test]
+    fn connect_with_positions_to_recover_round_trips_and_a_bad_position_is_refused() {
+        let text =
+            br#"{"id":1,"connect":{"token":"t","recover":{"user:#al":{"offset":4,"epoch":"e"}}}}"#;
+        let cmd = decode_command(Format::Json, text).expect("valid");
+        let Some(command::Body::Connect(c)) = &cmd.body else {
+            panic!("not a connect")
+        };
+        assert_eq!(
+            c.recover.get("user:#al"),
+            Some(&client::StreamPosition {
+                offset: 4,
+                epoch: "e".into()
+            })
+        );
+        for format in Format::ALL {
+            let again = decode_command(format, &encode_command(format, &cmd));
+            assert_eq!(again.as_ref(), Ok(&cmd), "{format:?}");
+        }
+        let bad = decode_command(
+            Format::Json,
+            br#"{"id":2,"connect":{"recover":{"a":{"epoch":"e"}}}}"#,
+        )
+        .expect_err("a position needs its offset");
+        assert_eq!((bad.id, bad.error.code), (2, ErrorCode::BadRequest as u32));
     }
 }

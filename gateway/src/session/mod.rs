@@ -9,7 +9,7 @@
 //! included, since it happens in `Drop` — it removes the connection from the hub (releasing
 //! the node's bus subscriptions it was the last user of) and from the node registry.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -264,8 +264,18 @@ impl Session {
             return;
         };
         let connecting = matches!(body, command::Body::Connect(_));
+        let mut recover = HashMap::new();
         let result = match body {
-            command::Body::Connect(req) => self.connect(req).map(Some),
+            command::Body::Connect(mut req) => {
+                recover = std::mem::take(&mut req.recover);
+                let limit = self.node.config.max_channels_per_connection;
+                if recover.len() > limit {
+                    Err(ErrorCode::BadRequest
+                        .with(format!("at most {limit} channels to recover at connect")))
+                } else {
+                    self.connect(req).map(Some)
+                }
+            }
             _ if !self.connected => Err(ErrorCode::NotConnected.with("send connect first")),
             command::Body::Subscribe(req) => self.subscribe(id, req).await,
             command::Body::Unsubscribe(req) => self.unsubscribe(req).await.map(Some),
@@ -290,7 +300,7 @@ impl Session {
             return;
         }
         if connecting && self.connected {
-            self.server_subscriptions().await;
+            self.server_subscriptions(recover).await;
         }
     }
 
@@ -307,7 +317,7 @@ impl Session {
                 false
             }
             Control::Subscribe(channel) => {
-                self.server_subscribe(channel).await;
+                self.server_subscribe(channel, None).await;
                 true
             }
             Control::Unsubscribe(channel) => {
@@ -318,8 +328,9 @@ impl Session {
     }
 
     /// After `connect`: the channels the token's `subs` claim names, and the user's personal
-    /// channel in every namespace that keeps one.
-    async fn server_subscriptions(&mut self) {
+    /// channel in every namespace that keeps one, each recovered from the position the
+    /// connect gave for it, if any.
+    async fn server_subscriptions(&mut self, mut recover: HashMap<String, client::StreamPosition>) {
         let identity = &self.sec.identity;
         let mut channels = identity.subs.clone();
         if !identity.is_anonymous() {
@@ -332,7 +343,8 @@ impl Session {
             }
         }
         for ch in channels {
-            self.server_subscribe(ch).await;
+            let from = recover.remove(&ch);
+            self.server_subscribe(ch, from).await;
         }
     }
 

@@ -35,9 +35,14 @@ impl Session {
     }
 
     /// Subscribes on the server's word (the server API, the token's `subs` claim, the
-    /// personal channel): no permission check, and a `subscribe` push instead of a reply. A
-    /// failure is only logged: there is no command to answer.
-    pub(super) async fn server_subscribe(&mut self, channel: String) {
+    /// personal channel): no permission check, and a `subscribe` push instead of a reply,
+    /// recovering from `from` when the connect asked for it. A failure is only logged: there
+    /// is no command to answer.
+    pub(super) async fn server_subscribe(
+        &mut self,
+        channel: String,
+        from: Option<client::StreamPosition>,
+    ) {
         if let Err(e) = valid_channel(&channel) {
             tracing::debug!(client = %self.conn.client, channel, error = %e.message,
                 "server subscribe to an invalid channel");
@@ -46,9 +51,18 @@ impl Session {
         if self.channels.contains(&channel) {
             return;
         }
-        let req = client::SubscribeRequest {
-            channel: channel.clone(),
-            ..Default::default()
+        let req = match from {
+            Some(from) => client::SubscribeRequest {
+                channel: channel.clone(),
+                recover: true,
+                offset: from.offset,
+                epoch: from.epoch,
+                ..Default::default()
+            },
+            None => client::SubscribeRequest {
+                channel: channel.clone(),
+                ..Default::default()
+            },
         };
         if let Err(e) = self.subscribe_as(Answer::Push, req).await {
             tracing::info!(client = %self.conn.client, channel, code = e.code, error = %e.message,
@@ -299,6 +313,9 @@ impl Answer {
                 channel: channel.to_owned(),
                 offset: result.offset,
                 epoch: result.epoch,
+                was_recovering: result.was_recovering,
+                recovered: result.recovered,
+                publications: result.publications,
             })),
         };
         wire::encode_frame(format, &frame)
