@@ -83,7 +83,11 @@ fn node_test(files: &[&str], limit: Duration) {
 #[test]
 fn sdk_node_tests_against_real_processes() {
     node_test(
-        &["test/types.test.js", "test/client.test.js"],
+        &[
+            "test/types.test.js",
+            "test/client.test.js",
+            "test/presence.test.js",
+        ],
         Duration::from_secs(110),
     );
 }

@@ -169,6 +169,56 @@ export type SubscriptionOptions = {
      * stored): the first subscribe already recovers from it.
      */
     since?: StreamPosition;
+    /**
+     * Receive `join`/`leave` events where the channel's
+     * namespace announces them (default true); false opts this subscription out.
+     */
+    joinLeave?: boolean;
+};
+export type ClientInfo = {
+    /**
+     * The connection's id.
+     */
+    client: string;
+    /**
+     * The token's user; empty for an anonymous connection.
+     */
+    user: string;
+    /**
+     * The token's `info` claim, when it has one.
+     */
+    info?: unknown;
+};
+export type PresenceResult = {
+    /**
+     * Every connection subscribed, across all gateways.
+     */
+    clients: ClientInfo[];
+};
+export type PresenceStats = {
+    /**
+     * Connections subscribed.
+     */
+    numClients: number;
+    /**
+     * Distinct users among them.
+     */
+    numUsers: number;
+};
+export type JoinLeaveContext = {
+    channel: string;
+    /**
+     * The connection that joined or left.
+     */
+    info: ClientInfo;
+};
+export type ServerSubscriptionContext = {
+    /**
+     * A subscription the server made (the server API, the
+     * token's `subs` claim, the personal channel); its `subscribed` event and publications
+     * follow.
+     */
+    subscription: Subscription;
 };
 export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => any;
 export type ClientOptions = {
@@ -300,6 +350,29 @@ export type ClientOptions = {
  * @typedef {object} SubscriptionOptions
  * @property {StreamPosition} [since] Start after this position (e.g. one the application
  *   stored): the first subscribe already recovers from it.
+ * @property {boolean} [joinLeave] Receive `join`/`leave` events where the channel's
+ *   namespace announces them (default true); false opts this subscription out.
+ *
+ * @typedef {object} ClientInfo One connection in a channel's presence.
+ * @property {string} client The connection's id.
+ * @property {string} user   The token's user; empty for an anonymous connection.
+ * @property {unknown} [info] The token's `info` claim, when it has one.
+ *
+ * @typedef {object} PresenceResult
+ * @property {ClientInfo[]} clients Every connection subscribed, across all gateways.
+ *
+ * @typedef {object} PresenceStats
+ * @property {number} numClients Connections subscribed.
+ * @property {number} numUsers   Distinct users among them.
+ *
+ * @typedef {object} JoinLeaveContext
+ * @property {string} channel
+ * @property {ClientInfo} info The connection that joined or left.
+ *
+ * @typedef {object} ServerSubscriptionContext
+ * @property {Subscription} subscription A subscription the server made (the server API, the
+ *   token's `subs` claim, the personal channel); its `subscribed` event and publications
+ *   follow.
  *
  * @typedef {new (url: string, protocols?: string | string[]) => any} WebSocketConstructor
  *
@@ -380,6 +453,8 @@ export type SubscriptionEvents = {
     };
     subscribed: SubscribedContext;
     unsubscribed: UnsubscribedContext;
+    join: JoinLeaveContext;
+    leave: JoinLeaveContext;
     error: {
         channel: string;
         error: ChorusError;
@@ -391,6 +466,8 @@ export type SubscriptionEvents = {
  * @property {{channel: string}} subscribing
  * @property {SubscribedContext} subscribed
  * @property {UnsubscribedContext} unsubscribed
+ * @property {JoinLeaveContext} join
+ * @property {JoinLeaveContext} leave
  * @property {{channel: string, error: ChorusError}} error
  */
 /**
@@ -409,6 +486,12 @@ export declare class Subscription extends Emitter<SubscriptionEvents> {
      * @type {StreamPosition | null}
      */
     position: StreamPosition | null;
+    /**
+     * Made by the server (see the client's `serverSubscription` event): the gateway restores
+     * it after a reconnect, not the client.
+     * @readonly
+     */
+    server: boolean;
     /**
      * @param {Client} client
      * @param {string} channel
@@ -432,6 +515,16 @@ export declare class Subscription extends Emitter<SubscriptionEvents> {
      * @returns {Promise<HistoryResult>}
      */
     history(options?: HistoryOptions): Promise<HistoryResult>;
+    /**
+     * Who is subscribed to this channel (see `Client.presence`).
+     * @returns {Promise<PresenceResult>}
+     */
+    presence(): Promise<PresenceResult>;
+    /**
+     * How many connections and users are subscribed (see `Client.presenceStats`).
+     * @returns {Promise<PresenceStats>}
+     */
+    presenceStats(): Promise<PresenceStats>;
 }
 export type ClientEvents = {
     state: StateContext;
@@ -442,6 +535,7 @@ export type ClientEvents = {
     connected: ConnectedContext;
     disconnected: DisconnectContext;
     error: ErrorContext;
+    serverSubscription: ServerSubscriptionContext;
 };
 export type PendingCommand = {
     resolve: (result: any) => void;
@@ -515,6 +609,21 @@ export declare class Client extends Emitter<ClientEvents> {
      * @returns {Promise<void>}
      */
     ping(): Promise<void>;
+    /**
+     * Every connection subscribed to a presence channel, across every gateway (where this
+     * connection may subscribe to it; the gateway refuses a channel without presence with 107
+     * and one larger than its presence limit with 106).
+     * @param {string} channel
+     * @returns {Promise<PresenceResult>}
+     */
+    presence(channel: string): Promise<PresenceResult>;
+    /**
+     * How many connections, and distinct users among them, are subscribed to a presence
+     * channel.
+     * @param {string} channel
+     * @returns {Promise<PresenceStats>}
+     */
+    presenceStats(channel: string): Promise<PresenceStats>;
 }
 /**
  * The `exp` claim of a JWT (seconds since the epoch), or 0. Read without verifying: it only

@@ -104,6 +104,29 @@ export const codes = Object.freeze({
  * @typedef {object} SubscriptionOptions
  * @property {StreamPosition} [since] Start after this position (e.g. one the application
  *   stored): the first subscribe already recovers from it.
+ * @property {boolean} [joinLeave] Receive `join`/`leave` events where the channel's
+ *   namespace announces them (default true); false opts this subscription out.
+ *
+ * @typedef {object} ClientInfo One connection in a channel's presence.
+ * @property {string} client The connection's id.
+ * @property {string} user   The token's user; empty for an anonymous connection.
+ * @property {unknown} [info] The token's `info` claim, when it has one.
+ *
+ * @typedef {object} PresenceResult
+ * @property {ClientInfo[]} clients Every connection subscribed, across all gateways.
+ *
+ * @typedef {object} PresenceStats
+ * @property {number} numClients Connections subscribed.
+ * @property {number} numUsers   Distinct users among them.
+ *
+ * @typedef {object} JoinLeaveContext
+ * @property {string} channel
+ * @property {ClientInfo} info The connection that joined or left.
+ *
+ * @typedef {object} ServerSubscriptionContext
+ * @property {Subscription} subscription A subscription the server made (the server API, the
+ *   token's `subs` claim, the personal channel); its `subscribed` event and publications
+ *   follow.
  *
  * @typedef {new (url: string, protocols?: string | string[]) => any} WebSocketConstructor
  *
@@ -224,6 +247,8 @@ class Emitter {
  * @property {{channel: string}} subscribing
  * @property {SubscribedContext} subscribed
  * @property {UnsubscribedContext} unsubscribed
+ * @property {JoinLeaveContext} join
+ * @property {JoinLeaveContext} leave
  * @property {{channel: string, error: ChorusError}} error
  */
 
@@ -252,6 +277,14 @@ export class Subscription extends Emitter {
      * @type {StreamPosition | null}
      */
     this.position = options.since ? { ...options.since } : null;
+    /** @internal Whether this subscription wants join/leave events. */
+    this._joinLeave = options.joinLeave !== false;
+    /**
+     * Made by the server (see the client's `serverSubscription` event): the gateway restores
+     * it after a reconnect, not the client.
+     * @readonly
+     */
+    this.server = false;
     /** @internal @type {ReturnType<typeof setTimeout> | null} */
     this._retryTimer = null;
     /** @internal Consecutive failed subscribes on the current connection, for the backoff. */
@@ -283,6 +316,55 @@ export class Subscription extends Emitter {
   }
 
   /**
+   * Who is subscribed to this channel (see `Client.presence`).
+   * @returns {Promise<PresenceResult>}
+   */
+  presence() {
+    return this._client.presence(this.channel);
+  }
+
+  /**
+   * How many connections and users are subscribed (see `Client.presenceStats`).
+   * @returns {Promise<PresenceStats>}
+   */
+  presenceStats() {
+    return this._client.presenceStats(this.channel);
+  }
+
+  /**
+   * The subscription is live: emits `subscribed` and delivers what the subscribe (reply or
+   * server push) recovered, in order.
+   * @param {any} r the subscribe result or push
+   * @param {boolean} wasRecovering
+   * @internal
+   */
+  _start(r, wasRecovering) {
+    this._attempt = 0;
+    const recovered = wasRecovering ? r.recovered === true : false;
+    const publications = r.publications ?? [];
+    this.state = "subscribed";
+    if (recovered) {
+      for (const p of publications) this._deliver(p, true);
+    }
+    // The reply's position is where live publications continue from.
+    this.position = { offset: r.offset ?? 0, epoch: r.epoch ?? "" };
+    this._emit("subscribed", {
+      channel: this.channel,
+      offset: this.position.offset,
+      epoch: this.position.epoch,
+      wasRecovering,
+      recovered,
+    });
+    if (!recovered && publications.length > 0) {
+      // The channel's new epoch from its start (Redis lost the old one): after the app
+      // has heard `recovered: false` and reloaded, it gets everything since.
+      const first = publications[0];
+      this.position = { offset: Math.max(0, first.offset - 1), epoch: first.epoch };
+      for (const p of publications) this._deliver(p, true);
+    }
+  }
+
+  /**
    * Delivers a publication unless it is at or before the position already delivered.
    * @param {any} p the `pub` object
    * @param {boolean} recovered
@@ -306,6 +388,7 @@ export class Subscription extends Emitter {
  * @property {ConnectedContext} connected
  * @property {DisconnectContext} disconnected
  * @property {ErrorContext} error
+ * @property {ServerSubscriptionContext} serverSubscription
  */
 
 /**
@@ -532,6 +615,29 @@ export class Client extends Emitter {
     await this._command("ping", {});
   }
 
+  /**
+   * Every connection subscribed to a presence channel, across every gateway (where this
+   * connection may subscribe to it; the gateway refuses a channel without presence with 107
+   * and one larger than its presence limit with 106).
+   * @param {string} channel
+   * @returns {Promise<PresenceResult>}
+   */
+  async presence(channel) {
+    const r = await this._command("presence", { channel });
+    return { clients: (r.clients ?? []).map(toClientInfo) };
+  }
+
+  /**
+   * How many connections, and distinct users among them, are subscribed to a presence
+   * channel.
+   * @param {string} channel
+   * @returns {Promise<PresenceStats>}
+   */
+  async presenceStats(channel) {
+    const r = await this._command("presence_stats", { channel });
+    return { numClients: r.num_clients ?? 0, numUsers: r.num_users ?? 0 };
+  }
+
   // ---------------------------------------------------------------- connection
 
   /**
@@ -584,6 +690,13 @@ export class Client extends Emitter {
       const body = {};
       if (this._token) body.token = this._token;
       if (this._opts.name) body.name = this._opts.name;
+      // Where to recover the server's subscriptions from, when the gateway restores them.
+      /** @type {Record<string, StreamPosition>} */
+      const recover = {};
+      for (const sub of this._subs.values()) {
+        if (sub.server && sub.position) recover[sub.channel] = { ...sub.position };
+      }
+      if (Object.keys(recover).length > 0) body.recover = recover;
       this._send("connect", body, this._pendingFor(this._opts.timeout), (r) =>
         this._onConnected(generation, url, r),
       ).catch((e) => this._onConnectFailed(generation, e));
@@ -622,8 +735,22 @@ export class Client extends Emitter {
     });
     this._scheduleRefresh();
     this._armPing();
-    // Resubscribe before sending what waited, so recovered publications come first.
-    for (const sub of this._subs.values()) this._sendSubscribe(sub);
+    // Resubscribe before sending what waited, so recovered publications come first. The
+    // server's subscriptions are the gateway's to restore (it does so before it answers the
+    // next command): those still waiting at the reply to this ping are not coming back.
+    /** @type {Subscription[]} */
+    const servers = [];
+    for (const sub of this._subs.values()) {
+      if (sub.server) servers.push(sub);
+      else this._sendSubscribe(sub);
+    }
+    if (servers.length > 0) {
+      this._send("ping", {}, this._pendingFor(this._opts.timeout), () => {
+        for (const sub of servers) {
+          if (sub.state !== "subscribed") this._unsubscribe(sub, 0, "not restored after a reconnect", false);
+        }
+      }).catch(() => {});
+    }
     const queued = this._queue.splice(0);
     for (const q of queued) this._send(q.name, q.body, q.pending).catch(() => {});
   }
@@ -994,6 +1121,24 @@ export class Client extends Emitter {
       if (sub && sub.state === "subscribed") sub._deliver(frame.pub, false);
       return;
     }
+    if (frame.join || frame.leave) {
+      const event = frame.join ? "join" : "leave";
+      const m = frame.join ?? frame.leave;
+      const sub = this._subs.get(m.channel);
+      if (sub && sub.state === "subscribed" && sub._joinLeave) {
+        sub._emit(event, { channel: m.channel, info: toClientInfo(m) });
+      }
+      return;
+    }
+    if (frame.id === undefined && frame.subscribe) {
+      this._onServerSubscribe(frame.subscribe);
+      return;
+    }
+    if (frame.id === undefined && frame.unsubscribe) {
+      const sub = this._subs.get(frame.unsubscribe.channel);
+      if (sub) this._unsubscribe(sub, 0, frame.unsubscribe.reason || "unsubscribed by the server", false);
+      return;
+    }
     if (frame.disconnect) {
       const d = frame.disconnect;
       if (d.reconnect === false) {
@@ -1035,33 +1180,11 @@ export class Client extends Emitter {
       body.offset = from.offset;
       body.epoch = from.epoch;
     }
+    if (!sub._joinLeave) body.join_leave = false;
     /** @param {any} r */
     const onResult = (r) => {
-        if (generation !== this._generation || this._subs.get(sub.channel) !== sub) return;
-        sub._attempt = 0;
-        const wasRecovering = Boolean(from);
-        const recovered = wasRecovering ? r.recovered === true : false;
-        const publications = r.publications ?? [];
-        sub.state = "subscribed";
-        if (recovered) {
-          for (const p of publications) sub._deliver(p, true);
-        }
-        // The reply's position is where live publications continue from.
-        sub.position = { offset: r.offset ?? 0, epoch: r.epoch ?? "" };
-        sub._emit("subscribed", {
-          channel: sub.channel,
-          offset: sub.position.offset,
-          epoch: sub.position.epoch,
-          wasRecovering,
-          recovered,
-        });
-        if (!recovered && publications.length > 0) {
-          // The channel's new epoch from its start (Redis lost the old one): after the app
-          // has heard `recovered: false` and reloaded, it gets everything since.
-          const first = publications[0];
-          sub.position = { offset: Math.max(0, first.offset - 1), epoch: first.epoch };
-          for (const p of publications) sub._deliver(p, true);
-        }
+      if (generation !== this._generation || this._subs.get(sub.channel) !== sub) return;
+      sub._start(r, Boolean(from));
     };
     this._send("subscribe", body, this._pendingFor(this._opts.timeout), onResult).catch(
       (e) => {
@@ -1086,12 +1209,35 @@ export class Client extends Emitter {
   }
 
   /**
+   * The server subscribed this connection to a channel: a new subscription is announced
+   * with `serverSubscription` before it starts (so listeners can be attached); one the
+   * server made before a reconnect starts again, recovered from its position.
+   * @private
+   * @param {any} s the `subscribe` push
+   */
+  _onServerSubscribe(s) {
+    let sub = this._subs.get(s.channel);
+    if (sub && (!sub.server || sub.state === "subscribed")) return; // the client's own, or live
+    const wasRecovering = s.recovered !== undefined;
+    if (!sub) {
+      sub = new Subscription(this, s.channel, {});
+      /** @type {any} */ (sub).server = true;
+      this._subs.set(s.channel, sub);
+      this._emit("serverSubscription", { subscription: sub });
+      if (this._subs.get(s.channel) !== sub) return; // unsubscribed by a listener
+    }
+    sub._start(s, wasRecovering);
+  }
+
+  /**
    * @internal
    * @param {Subscription} sub
    * @param {number} code
    * @param {string} reason
+   * @param {boolean} [tell] whether the gateway still has the subscription (default: when
+   *   the application asked, code 0)
    */
-  _unsubscribe(sub, code, reason) {
+  _unsubscribe(sub, code, reason, tell = code === 0) {
     if (this._subs.get(sub.channel) !== sub) return;
     this._subs.delete(sub.channel);
     if (sub._retryTimer) clearTimeout(sub._retryTimer);
@@ -1100,7 +1246,7 @@ export class Client extends Emitter {
     // Also while a subscribe is in flight: the gateway runs commands in order, so this undoes
     // it (unsubscribing from a channel not subscribed succeeds) and a later subscribe to the
     // channel is not refused as a duplicate. A refused channel needs none.
-    if (this.state === "connected" && code === 0) {
+    if (this.state === "connected" && tell) {
       this._send("unsubscribe", { channel: sub.channel }, this._pendingFor(this._opts.timeout)).catch(
         () => {},
       );
@@ -1158,8 +1304,12 @@ export class Client extends Emitter {
 /** Field numbers of `Command.body` and of `Reply.result`, by command name. */
 const COMMAND_FIELDS = /** @type {Record<string, number>} */ ({
   connect: 2, subscribe: 3, unsubscribe: 4, publish: 5, ping: 6, history: 7, refresh: 8,
+  presence: 9, presence_stats: 10,
 });
-const RESULT_NAMES = ["", "", "", "connect", "subscribe", "unsubscribe", "publish", "ping", "history", "refresh"];
+const RESULT_NAMES = [
+  "", "", "", "connect", "subscribe", "unsubscribe", "publish", "ping", "history", "refresh",
+  "presence", "presence_stats",
+];
 
 const utf8 = new TextEncoder();
 const fromUtf8 = new TextDecoder();
@@ -1223,14 +1373,27 @@ function encodeCommand(id, name, body) {
     case "connect":
       b.string(1, body.token);
       b.string(2, body.name);
+      for (const [channel, at] of Object.entries(body.recover ?? {})) {
+        // A map entry: key 1, value 2.
+        const position = new PbWriter();
+        position.uint(1, at.offset);
+        position.string(2, at.epoch);
+        const entry = new PbWriter();
+        entry.string(1, channel);
+        entry.message(2, position);
+        b.message(3, entry);
+      }
       break;
     case "subscribe":
       b.string(1, body.channel);
       b.bool(2, body.recover);
       b.uint(3, body.offset ?? 0);
       b.string(4, body.epoch);
+      b.bool(5, body.join_leave === false);
       break;
     case "unsubscribe":
+    case "presence":
+    case "presence_stats":
       b.string(1, body.channel);
       break;
     case "publish":
@@ -1360,6 +1523,27 @@ function decodeServerFrame(buf) {
       const d = pbMessage(disconnect);
       return { disconnect: { code: d.num(1), reason: d.str(2), reconnect: d.num(3) === 1 } };
     }
+    for (const [field, name] of /** @type {const} */ ([[3, "join"], [4, "leave"]])) {
+      const body = p.bytes(field);
+      if (body) {
+        const m = pbMessage(body);
+        const info = m.bytes(2);
+        return { [name]: { channel: m.str(1), ...(info ? decodeClientInfo(info) : {}) } };
+      }
+    }
+    const subscribed = p.bytes(5);
+    if (subscribed) {
+      const m = pbMessage(subscribed);
+      /** @type {any} */
+      const s = { channel: m.str(1), offset: m.num(2), epoch: m.str(3), publications: m.all(6).map(decodePublication) };
+      if (m.num(4) === 1) s.recovered = m.num(5) === 1;
+      return { subscribe: s };
+    }
+    const unsubscribed = p.bytes(6);
+    if (unsubscribed) {
+      const m = pbMessage(unsubscribed);
+      return { unsubscribe: { channel: m.str(1), reason: m.str(2) } };
+    }
     return {};
   }
   const replyBytes = frame.bytes(1);
@@ -1390,10 +1574,44 @@ function decodeServerFrame(buf) {
       result = { offset: r.num(1), epoch: r.str(2) };
     } else if (name === "refresh") {
       result = { expires_at: r.num(1) };
+    } else if (name === "presence") {
+      result = { clients: r.all(1).map(decodeClientInfo) };
+    } else if (name === "presence_stats") {
+      result = { num_clients: r.num(1), num_users: r.num(2) };
     }
     return { id, [name]: result };
   }
   return { id };
+}
+
+/**
+ * A `ClientInfo` message in the JSON form's shape (`info` as the JSON value it holds).
+ * @param {Uint8Array} buf
+ */
+function decodeClientInfo(buf) {
+  const m = pbMessage(buf);
+  /** @type {any} */
+  const c = { client: m.str(1), user: m.str(2) };
+  const info = m.bytes(3);
+  if (info && info.length > 0) {
+    try {
+      c.info = JSON.parse(fromUtf8.decode(info));
+    } catch {
+      // Not JSON: left out, as the JSON form does.
+    }
+  }
+  return c;
+}
+
+/**
+ * @param {any} c a presence entry, join or leave of the JSON form
+ * @returns {ClientInfo}
+ */
+function toClientInfo(c) {
+  /** @type {ClientInfo} */
+  const info = { client: c.client ?? "", user: c.user ?? "" };
+  if ("info" in c) info.info = c.info;
+  return info;
 }
 
 /**

@@ -115,6 +115,37 @@ test("two pages chat, get HTTP publications, and recover across a gateway restar
   assert.deepEqual(errors, [], "no errors in the browser console");
 });
 
+test("here now: two pages in a room list each other, and a page that closes drops off", async () => {
+  const channel = uniqueChannel("chat:here");
+  const pages = [];
+  for (let i = 0; i < 2; i++) {
+    const page = await context.newPage();
+    await page.goto(`${cluster.http()}/?channel=${encodeURIComponent(channel)}`);
+    await page.waitForSelector('#status[data-state="connected"]', { timeout: 15000 });
+    pages.push(page);
+  }
+  const listed = (page) =>
+    page.$$eval(`#here [data-channel="${channel}"] li`, (lis) =>
+      lis.map((li) => ({ client: li.dataset.client, me: li.classList.contains("me") })),
+    );
+  const waitCount = (page, n) =>
+    page.waitForFunction(
+      ([ch, count]) => document.querySelectorAll(`#here [data-channel="${ch}"] li`).length === count,
+      [channel, n],
+      { timeout: 15000 },
+    );
+  for (const page of pages) await waitCount(page, 2);
+  const [a, b] = await Promise.all(pages.map(listed));
+  assert.deepEqual(a.map((m) => m.client), b.map((m) => m.client), "both pages list the same two");
+  const me = (list) => list.find((m) => m.me)?.client;
+  assert.ok(me(a) && me(b) && me(a) !== me(b), "each page marks itself, and they differ");
+
+  await pages[1].close();
+  await waitCount(pages[0], 1);
+  assert.deepEqual((await listed(pages[0])).map((m) => m.client), [me(a)], "the closed page left");
+  await pages[0].close();
+});
+
 test("the SDK is served at /sdk/ as JavaScript, loadable cross-origin", async () => {
   const resp = await fetch(`${cluster.http()}/sdk/index.js`);
   assert.equal(resp.status, 200);

@@ -194,6 +194,16 @@ export async function startCluster(options = {}) {
       if (!resp.ok) throw new Error(`publish: HTTP ${resp.status} ${await resp.text()}`);
       return resp.json();
     },
+    /** Calls broker-api's HTTP API (POST `path` with a JSON body); resolves with the JSON answer. */
+    async api(path, body) {
+      const resp = await fetch(`http://127.0.0.1:${apiPort}${path}`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${API_KEY}`, "content-type": "application/json" },
+        body: JSON.stringify(body),
+      });
+      if (!resp.ok) throw new Error(`${path}: HTTP ${resp.status} ${await resp.text()}`);
+      return resp.json();
+    },
     /** Stops gateway `i` with `signal` and waits for its exit. */
     stopGateway: (i, signal = "SIGKILL") => gateways[i].stop(signal),
     /** Starts gateway `i` again on its port and waits until it is ready. */
