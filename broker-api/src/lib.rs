@@ -36,6 +36,9 @@
 //!   `{"nodes":[{"id":"…","address":"…","connections":2,"started_at_ms":…}]}`.
 //! - `GET /healthz` answers 200 while the process is up; `GET /readyz` answers 200 when the
 //!   bus is reachable and 503 with the error body otherwise. Neither needs a key.
+//! - `GET /admin` serves the admin page ([`admin`]): static HTML that asks for the API key and
+//!   shows nodes, channels, a channel's history and presence, and a publish form, all through
+//!   the routes above.
 //!
 //! Errors always have the body `{"error":{"code":"<name>","message":"<human>"}}`:
 //!
@@ -63,6 +66,7 @@
 //! one second; see [`BrokerConfig::with_bus_timeout`]), so no request can hang. A request that
 //! times out may still have been published.
 
+pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod config;

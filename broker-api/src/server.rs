@@ -32,7 +32,8 @@ const DRAIN_MARGIN: Duration = Duration::from_secs(5);
 /// answer within the same time.
 const HTTP2_KEEPALIVE: Duration = Duration::from_secs(20);
 
-/// The whole API as one router: `/api/...` (API key, body limit), `/healthz`, `/readyz`,
+/// The whole API as one router: `/api/...` (API key, body limit), `/healthz`, `/readyz`, the
+/// admin page at `/admin` (static; its calls carry the key),
 /// and under their gRPC paths the `ChorusApi` service (API key, decoding limit), the standard
 /// `grpc.health.v1.Health` (no key, like `/readyz`: SERVING only while the bus can publish,
 /// kept by a task that ends with `shutdown`) and server reflection (API key).
@@ -58,6 +59,7 @@ pub fn router(
         .layer(DefaultBodyLimit::max(config.max_body));
     let json = api
         .merge(http::probe_routes())
+        .merge(crate::admin::routes())
         .method_not_allowed_fallback(http::method_not_allowed)
         .with_state(broker.clone());
 

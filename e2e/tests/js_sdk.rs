@@ -1,7 +1,7 @@
-//! The JavaScript client (`sdk/js`) through its own test suites, so that the workspace's test
-//! command covers it: `node --test` runs them against real redis-server, broker-api and
-//! gateway processes of this build, and the browser suite drives Debian's Chromium with
-//! playwright-core. `scripts/test` installs what they need (`npm ci` in `sdk/js`, Node.js and
+//! The JavaScript client (`sdk/js`) and the admin page through their own test suites, so that
+//! the workspace's test command covers them: `node --test` runs them against real
+//! redis-server, broker-api and gateway processes of this build, and the browser suites drive
+//! Debian's Chromium with playwright-core. `scripts/test` installs what they need (`npm ci` in `sdk/js`, Node.js and
 //! `chromium` when missing); here a missing piece fails the test with what to do.
 
 use std::os::unix::process::CommandExt;
@@ -95,4 +95,9 @@ fn sdk_node_tests_against_real_processes() {
 #[test]
 fn demo_page_in_headless_chromium() {
     node_test(&["test/browser.test.js"], Duration::from_secs(110));
+}
+
+#[test]
+fn admin_page_in_headless_chromium() {
+    node_test(&["test/admin.test.js"], Duration::from_secs(110));
 }

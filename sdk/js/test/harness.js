@@ -184,6 +184,8 @@ export async function startCluster(options = {}) {
     ws: (i = 0) => `ws://127.0.0.1:${gatewayPorts[i]}/ws`,
     http: (i = 0) => `http://127.0.0.1:${gatewayPorts[i]}`,
     gatewayPort: (i = 0) => gatewayPorts[i],
+    /** broker-api's base URL. */
+    apiHttp: () => `http://127.0.0.1:${apiPort}`,
     /** Publishes over broker-api's HTTP API; resolves with {offset, epoch}. */
     async publish(channel, data) {
       const resp = await fetch(`http://127.0.0.1:${apiPort}/api/publish`, {
