@@ -868,3 +868,143 @@ fn dockerfile_passes_hadolint_when_it_is_installed() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `helm template` of the chart as the docs install it, or `None` when helm is not installed.
+fn helm_rendered() -> Option<Vec<Value>> {
+    let chart = root().join("deploy/helm/chorus");
+    let helm = |args: &[&str]| {
+        std::process::Command::new("helm")
+            .args(args)
+            .arg(&chart)
+            .output()
+    };
+    let Ok(lint) = helm(&["lint", "--strict"]) else {
+        eprintln!("helm is not installed: chart lint and render skipped");
+        return None;
+    };
+    assert!(
+        lint.status.success(),
+        "helm lint --strict: {}{}",
+        String::from_utf8_lossy(&lint.stdout),
+        String::from_utf8_lossy(&lint.stderr)
+    );
+    let out = helm(&["template", "chorus", "--namespace", "chorus"]).expect("helm runs");
+    assert!(
+        out.status.success(),
+        "helm template: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Release `chorus` names resources `chorus-<part>`: map them to the kustomize names so the
+    // two renderings compare field by field.
+    let text = String::from_utf8(out.stdout)
+        .expect("UTF-8")
+        .replace("chorus-gateway", "gateway")
+        .replace("chorus-broker-api", "broker-api")
+        .replace("chorus-redis", "redis")
+        .replace("chorus-ws", "chorus");
+    Some(
+        serde_norway::Deserializer::from_str(&text)
+            .map(|doc| Value::deserialize(doc).expect("helm renders YAML"))
+            .filter(|doc| !doc.is_null())
+            .collect(),
+    )
+}
+
+/// What may differ between the chart and the kustomize manifests: labels and selectors (the
+/// chart adds the release), the config checksum that rolls pods on a config change, the
+/// image's tag and pull policy (kustomize's `images:` sets the tag), and a gateway replica
+/// count the chart leaves to its autoscaler.
+fn comparable(doc: &Value) -> Value {
+    let mut spec = doc["spec"].clone();
+    if let Some(map) = spec.as_mapping_mut() {
+        map.remove("selector");
+        if doc["kind"].as_str() == Some("Deployment") && doc["metadata"]["name"] == "gateway" {
+            map.remove("replicas");
+        }
+    }
+    if let Some(meta) = spec["template"]["metadata"].as_mapping_mut() {
+        meta.remove("labels");
+        if let Some(annotations) = meta.get_mut("annotations").and_then(Value::as_mapping_mut) {
+            annotations.remove("checksum/config");
+        }
+    }
+    if let Some(containers) = spec["template"]["spec"]["containers"].as_sequence_mut() {
+        for c in containers {
+            let Some(c) = c.as_mapping_mut() else {
+                continue;
+            };
+            c.remove("imagePullPolicy");
+            if let Some(Value::String(image)) = c.get_mut("image")
+                && let Some(repo) = image.strip_suffix(":latest")
+            {
+                *image = repo.to_owned();
+            }
+        }
+    }
+    spec
+}
+
+#[test]
+fn the_helm_chart_lints_and_renders_what_the_kustomize_manifests_deploy() {
+    let Some(helm) = helm_rendered() else { return };
+    let k8s = k8s_docs();
+    for (kind, name) in [
+        ("Deployment", "gateway"),
+        ("Service", "gateway"),
+        ("HorizontalPodAutoscaler", "gateway"),
+        ("PodDisruptionBudget", "gateway"),
+        ("Deployment", "broker-api"),
+        ("Service", "broker-api"),
+        ("Service", "redis"),
+        ("StatefulSet", "redis"),
+        ("Ingress", "chorus"),
+    ] {
+        let (h, k) = (find(&helm, kind, name), find(&k8s, kind, name));
+        assert_eq!(
+            comparable(h),
+            comparable(k),
+            "helm and kustomize differ on {kind} {name}"
+        );
+        assert_eq!(
+            h["metadata"]["annotations"], k["metadata"]["annotations"],
+            "{kind} {name} annotations"
+        );
+        // The chart's selectors pick its own pods.
+        let selector = h["spec"]["selector"]
+            .get("matchLabels")
+            .unwrap_or(&h["spec"]["selector"]);
+        if let Some(selector) = selector.as_mapping() {
+            let labels = &h["spec"]["template"]["metadata"]["labels"];
+            for (key, value) in selector {
+                if !labels.is_null() {
+                    assert_eq!(
+                        &labels[key.as_str().unwrap()],
+                        value,
+                        "{kind} {name} selector"
+                    );
+                }
+            }
+        }
+    }
+    // The same settings as deploy/k8s/chorus.env, and the same example API key Secret.
+    let config = find(&helm, "ConfigMap", "chorus-config");
+    let data: Vec<(String, String)> = config["data"]
+        .as_mapping()
+        .expect("data")
+        .iter()
+        .map(|(k, v)| (s(k, "key").to_owned(), s(v, "value").to_owned()))
+        .collect();
+    let mut expected = env_file("deploy/k8s/chorus.env");
+    expected.sort();
+    assert_eq!(
+        data, expected,
+        "the chart's config follows deploy/k8s/chorus.env"
+    );
+    let secret = find(&helm, "Secret", "chorus-api-keys");
+    assert_eq!(
+        s(&secret["stringData"]["CHORUS_API_KEYS"], "key"),
+        "change-me"
+    );
+    // Every resource of the chart is one of these: nothing deployed that the manifests lack.
+    assert_eq!(helm.len(), 11, "resources in the chart");
+}
