@@ -21,5 +21,6 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(chorus_runtime::shutdown::on_signal(shutdown.clone()));
     chorus_broker_api::serve(listener, bus, broker, shutdown).await?;
+    chorus_runtime::traces::shutdown();
     Ok(())
 }

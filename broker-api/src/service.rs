@@ -83,6 +83,7 @@ impl Broker {
     /// Publishes `data` on `channel`; answers once the bus assigned the offset. With an
     /// idempotency key, a retry within the window answers the first offset and publishes
     /// nothing.
+    #[tracing::instrument(name = "broker_api.publish", skip_all, fields(channel = %channel))]
     pub async fn publish(
         &self,
         channel: String,

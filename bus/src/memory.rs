@@ -263,6 +263,8 @@ impl MemoryBus {
             published_at_ms: now_ms(),
             exclude_client: msg.exclude_client,
             presence: None,
+            trace_parent: String::new(),
+            trace_state: String::new(),
         };
         if rules.history_size > 0 {
             state.history.push_back(envelope.clone());

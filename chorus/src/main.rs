@@ -54,7 +54,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(tool) = &cli.tool {
         return Ok(tool.run(Cli::command())?);
     }
-    logging::init(&cli.log);
+    logging::init(&cli.log, "chorus")?;
     cli.gateway.demo_page = !cli.no_demo_page;
     match use_dev_key(&mut cli, &matches) {
         DevKey::NotUsed => {}
@@ -107,6 +107,7 @@ async fn main() -> anyhow::Result<()> {
     let (gateway, broker) = tokio::join!(gateway, broker);
     gateway.context("gateway")?;
     broker.context("broker API")?;
+    chorus_runtime::traces::shutdown();
     Ok(())
 }
 

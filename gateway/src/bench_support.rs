@@ -77,6 +77,8 @@ impl Fanout {
             published_at_ms: 0,
             exclude_client: String::new(),
             presence: None,
+            trace_parent: String::new(),
+            trace_state: String::new(),
         });
         self.next += 1;
     }

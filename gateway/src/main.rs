@@ -18,5 +18,6 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(chorus_runtime::shutdown::on_signal(shutdown.clone()));
     chorus_gateway::serve(listener, bus, cli.gateway, cli.bus.redis_timeout, shutdown).await?;
+    chorus_runtime::traces::shutdown();
     Ok(())
 }

@@ -57,7 +57,11 @@ pub fn start<C: ServiceCli>() -> std::io::Result<Option<C>> {
         tool.run(C::command())?;
         return Ok(None);
     }
-    logging::init(cli.log());
+    let service = C::command().get_name().to_owned();
+    if let Err(e) = logging::init(cli.log(), &service) {
+        eprintln!("error: {e}");
+        std::process::exit(2);
+    }
     Ok(Some(cli))
 }
 

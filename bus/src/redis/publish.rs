@@ -65,8 +65,10 @@ pub(crate) fn history_script() -> Script {
     Script::new(HISTORY_LUA)
 }
 
-/// The envelope as the publisher sends it to the script: everything but offset and epoch.
+/// The envelope as the publisher sends it to the script: everything but offset and epoch,
+/// and the current span's trace context when traces are on.
 fn envelope_without_position(channel: &str, data: Bytes, exclude_client: String) -> Vec<u8> {
+    let (trace_parent, trace_state) = chorus_runtime::traces::current_context().unwrap_or_default();
     Envelope {
         offset: 0,
         epoch: String::new(),
@@ -75,6 +77,8 @@ fn envelope_without_position(channel: &str, data: Bytes, exclude_client: String)
         published_at_ms: now_ms(),
         exclude_client,
         presence: None,
+        trace_parent,
+        trace_state,
     }
     .encode_to_vec()
 }
@@ -161,6 +165,7 @@ fn is_noscript(value: &Value) -> bool {
 }
 
 impl RedisBus {
+    #[tracing::instrument(name = "redis.publish", skip_all, fields(channel = %msg.channel))]
     pub(crate) async fn publish(
         &self,
         msg: Publish,

@@ -346,11 +346,29 @@ impl Hub {
     }
 }
 
+/// The gateway's span for a traced publication, a child of the publisher's span.
+fn traced(envelope: &Envelope) -> tracing::span::EnteredSpan {
+    let span = tracing::info_span!(
+        "gateway.receive",
+        channel = %envelope.channel,
+        offset = envelope.offset
+    );
+    chorus_runtime::traces::continue_from(&span, &envelope.trace_parent, &envelope.trace_state);
+    span.entered()
+}
+
 impl BusSink for Hub {
     fn publication(&self, envelope: Envelope) {
         crate::metrics::message_received();
+        // A traced publication (only when the publisher records traces) continues its trace
+        // here; an untraced one costs no span.
+        let _traced = (!envelope.trace_parent.is_empty() && chorus_runtime::traces::enabled())
+            .then(|| traced(&envelope));
         let mut shard = self.shard(&envelope.channel).lock();
         if let Some(ch) = shard.get_mut(&envelope.channel) {
+            let _fanout = _traced
+                .is_some()
+                .then(|| tracing::info_span!("gateway.fanout").entered());
             ch.feed(envelope, self);
         }
     }

@@ -34,6 +34,8 @@ fn envelope(channel: &str, offset: u64, exclude: &str) -> Envelope {
         published_at_ms: 0,
         exclude_client: exclude.into(),
         presence: None,
+        trace_parent: String::new(),
+        trace_state: String::new(),
     }
 }
 

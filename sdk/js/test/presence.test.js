@@ -124,8 +124,10 @@ describe("presence and server-side subscriptions", () => {
     // Disconnected by the server; what is published meanwhile is recovered on return, and
     // the API's subscription (not restored by the gateway) ends.
     const newsEnded = nextEvent(news, "unsubscribed");
+    // Listening before the call: the disconnect may reach the client before the API answers.
+    const gone = nextEvent(dave, "connecting");
     await cluster.api("/api/disconnect", { user: "dave", code: 4100, reason: "move", reconnect: true });
-    await nextEvent(dave, "connecting");
+    await gone;
     await cluster.publish("user:#dave", { n: 2 });
     await cluster.publish("user:#dave", { n: 3 });
     const back = await nextEvent(personal, "subscribed");
