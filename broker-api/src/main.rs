@@ -13,7 +13,8 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     };
     let broker = cli.broker.with_bus_timeout(&cli.bus);
-    let bus = Bus::configured(&cli.bus, &cli.namespaces).context("setting up the Redis bus")?;
+    let bus = Bus::configured(&cli.bus, &cli.namespaces, &cli.pusher)
+        .context("setting up the Redis bus")?;
     let listener = TcpListener::bind(&broker.listen)
         .await
         .with_context(|| format!("binding {}", broker.listen))?;

@@ -24,6 +24,7 @@ pub mod memory;
 pub mod metrics;
 pub mod namespaces;
 pub mod presence;
+pub mod pusher;
 pub mod redis;
 mod wanted;
 
@@ -242,6 +243,7 @@ pub trait BusSink: Send + Sync + 'static {
 pub struct Bus {
     inner: Inner,
     namespaces: Arc<Namespaces>,
+    pusher_apps: Arc<pusher::Apps>,
 }
 
 #[derive(Clone)]
@@ -274,6 +276,7 @@ impl Bus {
         Self {
             inner: Inner::Memory(bus),
             namespaces: Arc::default(),
+            pusher_apps: Arc::default(),
         }
     }
 
@@ -283,19 +286,47 @@ impl Bus {
         Ok(Self {
             inner: Inner::Redis(Arc::new(redis::RedisBus::new(config)?)),
             namespaces: Arc::default(),
+            pusher_apps: Arc::default(),
         })
     }
 
     /// The Redis bus a service's flags describe: `config`, with the namespace rules of the
-    /// file `namespaces` names (or the built-in ones).
+    /// file `namespaces` names (or the built-in ones) and the Pusher apps `pusher` names.
     pub fn configured(
         config: &BusConfig,
         namespaces: &namespaces::NamespacesConfig,
+        pusher: &pusher::PusherConfig,
+    ) -> Result<Self, BusError> {
+        Self::redis(config)?.with_config(namespaces, pusher)
+    }
+
+    /// This bus with the namespace rules and Pusher apps the configuration names.
+    pub fn with_config(
+        self,
+        namespaces: &namespaces::NamespacesConfig,
+        pusher: &pusher::PusherConfig,
     ) -> Result<Self, BusError> {
         let rules = namespaces
             .load()
             .map_err(|e| BusError::Config(format!("loading the namespaces file: {e}")))?;
-        Ok(Self::redis(config)?.with_namespaces(rules))
+        let apps = pusher::Apps::load(pusher)
+            .map_err(|e| BusError::Config(format!("loading the Pusher apps: {e}")))?;
+        Ok(self.with_namespaces(rules).with_pusher_apps(apps))
+    }
+
+    /// The same bus serving these Pusher apps: each app's namespace is added to the rules
+    /// (unless they name it already). Call after [`Bus::with_namespaces`].
+    pub fn with_pusher_apps(mut self, apps: pusher::Apps) -> Self {
+        let mut rules = (*self.namespaces).clone();
+        apps.add_namespaces(&mut rules);
+        self.namespaces = Arc::new(rules);
+        self.pusher_apps = Arc::new(apps);
+        self
+    }
+
+    /// The Pusher apps this deployment serves (empty: the Pusher protocol and API are off).
+    pub fn pusher_apps(&self) -> &Arc<pusher::Apps> {
+        &self.pusher_apps
     }
 
     /// The same bus applying `namespaces` (history size and TTLs per namespace) instead of

@@ -33,6 +33,8 @@ struct Cli {
     #[command(flatten)]
     namespaces: NamespacesConfig,
     #[command(flatten)]
+    pusher: chorus_bus::pusher::PusherConfig,
+    #[command(flatten)]
     bus: MemoryBusConfig,
     #[command(flatten)]
     log: LogConfig,
@@ -70,11 +72,9 @@ async fn main() -> anyhow::Result<()> {
         ),
     }
 
-    let namespaces = cli
-        .namespaces
-        .load()
-        .context("loading the namespaces file")?;
-    let bus = Bus::memory_with(cli.bus).with_namespaces(namespaces);
+    let bus = Bus::memory_with(cli.bus)
+        .with_config(&cli.namespaces, &cli.pusher)
+        .context("loading the configuration")?;
     let shutdown = CancellationToken::new();
     let gateway_listener = cli
         .gateway

@@ -18,6 +18,8 @@ pub struct Cli {
     #[command(flatten)]
     pub namespaces: NamespacesConfig,
     #[command(flatten)]
+    pub pusher: chorus_bus::pusher::PusherConfig,
+    #[command(flatten)]
     pub log: LogConfig,
     #[command(flatten)]
     pub config: chorus_runtime::config_file::ConfigArg,

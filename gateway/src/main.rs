@@ -10,7 +10,8 @@ async fn main() -> anyhow::Result<()> {
     let Some(cli) = chorus_runtime::tools::start::<Cli>()? else {
         return Ok(());
     };
-    let bus = Bus::configured(&cli.bus, &cli.namespaces).context("setting up the Redis bus")?;
+    let bus = Bus::configured(&cli.bus, &cli.namespaces, &cli.pusher)
+        .context("setting up the Redis bus")?;
     let listener = cli
         .gateway
         .bind()

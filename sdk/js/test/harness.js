@@ -132,7 +132,7 @@ function readyOrExited(proc, url) {
 
 /**
  * A cluster: redis-server, broker-api and `gateways` gateways.
- * @param {{gateways?: number, gatewayArgs?: string[]}} [options]
+ * @param {{gateways?: number, gatewayArgs?: string[], apiArgs?: string[]}} [options]
  */
 export async function startCluster(options = {}) {
   const dir = binDir();
@@ -148,6 +148,7 @@ export async function startCluster(options = {}) {
   const apiPort = await freePort();
   const api = new Proc("broker-api", join(dir, "chorus-broker-api"), [
     "--api-listen", `127.0.0.1:${apiPort}`, "--api-key", API_KEY, "--redis-url", redisUrl,
+    ...(options.apiArgs ?? []),
   ]);
   procs.push(api);
 
@@ -184,6 +185,9 @@ export async function startCluster(options = {}) {
     ws: (i = 0) => `ws://127.0.0.1:${gatewayPorts[i]}/ws`,
     http: (i = 0) => `http://127.0.0.1:${gatewayPorts[i]}`,
     gatewayPort: (i = 0) => gatewayPorts[i],
+    redisUrl,
+    /** broker-api's port. */
+    apiPort,
     /** broker-api's base URL. */
     apiHttp: () => `http://127.0.0.1:${apiPort}`,
     /** Publishes over broker-api's HTTP API; resolves with {offset, epoch}. */
