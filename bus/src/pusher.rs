@@ -214,6 +214,13 @@ impl App {
         })
     }
 
+    /// The user name under which a signed-in Pusher connection of this app is registered at
+    /// its gateway, so that user-level commands (`terminate_connections`, the control
+    /// channel's disconnect) reach exactly this app's connections of that user.
+    pub fn control_user(&self, user_id: &str) -> String {
+        format!("{NAMESPACE_PREFIX}{}:{user_id}", self.id)
+    }
+
     /// `HMAC-SHA256(secret, message)` in lower-case hex: the signature of subscriptions
     /// (`socket_id:channel[:channel_data]`), sign-ins, HTTP API calls and webhooks.
     pub fn sign(&self, message: &str) -> String {
@@ -381,6 +388,48 @@ impl Event {
                 data: String::from_utf8_lossy(data).into_owned(),
                 user_id: None,
             },
+        }
+    }
+}
+
+/// A webhook event (Pusher's names and fields), produced once per event in the cluster and
+/// POSTed in batches to the app's `webhook_url`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "name", rename_all = "snake_case")]
+pub enum WebhookEvent {
+    ChannelOccupied {
+        channel: String,
+    },
+    ChannelVacated {
+        channel: String,
+    },
+    MemberAdded {
+        channel: String,
+        user_id: String,
+    },
+    MemberRemoved {
+        channel: String,
+        user_id: String,
+    },
+    ClientEvent {
+        channel: String,
+        event: String,
+        data: String,
+        socket_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user_id: Option<String>,
+    },
+}
+
+impl WebhookEvent {
+    /// The kind, as `webhook_events` names it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::ChannelOccupied { .. } => "channel_occupied",
+            Self::ChannelVacated { .. } => "channel_vacated",
+            Self::MemberAdded { .. } => "member_added",
+            Self::MemberRemoved { .. } => "member_removed",
+            Self::ClientEvent { .. } => "client_event",
         }
     }
 }
