@@ -78,6 +78,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod server;
 pub mod service;
+pub mod webhooks;
 
 pub use cli::Cli;
 pub use config::BrokerConfig;

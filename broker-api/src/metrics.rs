@@ -15,8 +15,21 @@ pub const MESSAGES_PUBLISHED: &str = "chorus_api_messages_published_total";
 /// Failed API requests, by error code name (`code="unavailable"`), HTTP and gRPC alike.
 pub const ERRORS: &str = "chorus_api_errors_total";
 
+/// Pusher webhook events whose delivery ended, by `result`: `delivered` (the app's URL
+/// answered 2xx), `failed` (every try failed; dropped), `dropped` (the app is no longer
+/// configured).
+pub const WEBHOOK_EVENTS: &str = "chorus_api_webhook_events_total";
+/// Webhook POSTs that failed (an error or a non-2xx answer), retried or not.
+pub const WEBHOOK_ATTEMPT_FAILURES: &str = "chorus_api_webhook_attempt_failures_total";
+
 /// Every metric broker-api exports, for tests and docs.
-pub const ALL: &[&str] = &[PUBLISH_LATENCY, MESSAGES_PUBLISHED, ERRORS];
+pub const ALL: &[&str] = &[
+    PUBLISH_LATENCY,
+    MESSAGES_PUBLISHED,
+    ERRORS,
+    WEBHOOK_EVENTS,
+    WEBHOOK_ATTEMPT_FAILURES,
+];
 
 static INIT: Once = Once::new();
 
@@ -37,6 +50,18 @@ pub fn init() {
         );
         metrics::describe_counter!(ERRORS, "Failed API requests by error code");
         metrics::counter!(MESSAGES_PUBLISHED).increment(0);
+        metrics::describe_counter!(
+            WEBHOOK_EVENTS,
+            "Pusher webhook events whose delivery ended, by result"
+        );
+        metrics::describe_counter!(
+            WEBHOOK_ATTEMPT_FAILURES,
+            "Pusher webhook POSTs that failed (retried or not)"
+        );
+        for result in ["delivered", "failed", "dropped"] {
+            metrics::counter!(WEBHOOK_EVENTS, "result" => result).increment(0);
+        }
+        metrics::counter!(WEBHOOK_ATTEMPT_FAILURES).increment(0);
     });
 }
 
@@ -50,4 +75,14 @@ pub(crate) fn published(op: &'static str, started: Instant, published: usize) {
 /// A request failed with `code`.
 pub(crate) fn error(code: ErrorCode) {
     metrics::counter!(ERRORS, "code" => code.name()).increment(1);
+}
+
+/// `n` webhook events of an app ended with `result` (`delivered`, `failed`, `dropped`).
+pub(crate) fn webhooks(result: &'static str, n: usize) {
+    metrics::counter!(WEBHOOK_EVENTS, "result" => result).increment(n as u64);
+}
+
+/// A webhook POST failed.
+pub(crate) fn webhook_attempt_failed() {
+    metrics::counter!(WEBHOOK_ATTEMPT_FAILURES).increment(1);
 }

@@ -96,7 +96,8 @@ pub async fn serve(
     config: BrokerConfig,
     shutdown: CancellationToken,
 ) -> Result<(), BrokerError> {
-    let app = router(bus, &config, &shutdown)?;
+    let app = router(bus.clone(), &config, &shutdown)?;
+    crate::webhooks::spawn(bus, shutdown.clone());
     let addr = listener.local_addr()?;
     if config.max_data.saturating_mul(4) / 3 > config.max_body {
         warn!(

@@ -72,6 +72,26 @@ pub fn presence(channel: &str) -> String {
     format!("{PREFIX}:presence:{{{channel}}}")
 }
 
+/// Stream of Pusher webhook events waiting for delivery (fields `a` = app id, `e` = the
+/// event's JSON), read by broker-api through the consumer group [`WEBHOOK_GROUP`].
+pub fn webhooks() -> String {
+    format!("{PREFIX}:webhooks")
+}
+
+/// The consumer group of the webhook stream.
+pub const WEBHOOK_GROUP: &str = "chorus-webhooks";
+
+/// Set of the nodes that hold subscribers of a channel (for occupancy webhooks).
+pub fn occupancy(channel: &str) -> String {
+    format!("{PREFIX}:occupancy:{{{channel}}}")
+}
+
+/// A node's occupancy index: channel → app id, for every channel the node counts as
+/// occupied, so that a survivor can vacate them when the node dies.
+pub fn node_occupancy(id: &str) -> String {
+    format!("{PREFIX}:node:{{{id}}}:occupancy")
+}
+
 /// A node's presence index: `channel\nclient` → entry, for every presence entry the node
 /// holds, so that a survivor can remove them all when the node dies.
 pub fn node_presence(id: &str) -> String {

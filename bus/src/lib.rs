@@ -321,6 +321,10 @@ impl Bus {
         apps.add_namespaces(&mut rules);
         self.namespaces = Arc::new(rules);
         self.pusher_apps = Arc::new(apps);
+        match &self.inner {
+            Inner::Redis(b) => b.set_apps(self.pusher_apps.clone()),
+            Inner::Memory(b) => b.set_apps(self.pusher_apps.clone()),
+        }
         self
     }
 
@@ -335,8 +339,45 @@ impl Bus {
         if !app.wants_webhook(event.kind()) {
             return;
         }
-        // Delivery lands with the webhook queue.
-        tracing::debug!(app = %app.id, kind = event.kind(), "webhook event");
+        match &self.inner {
+            Inner::Memory(b) => b.queue_webhook(&app.id, event),
+            Inner::Redis(b) => {
+                let Ok(json) = serde_json::to_string(&event) else {
+                    return;
+                };
+                let (bus, app) = (b.clone(), app.id.clone());
+                // Client events are rate-limited per connection, which bounds these tasks.
+                tokio::spawn(async move {
+                    if let Err(e) = bus.queue_webhook(&app, &json).await {
+                        metrics::webhook_dropped();
+                        tracing::warn!(app, error = %e, "queueing a webhook event failed");
+                    }
+                });
+            }
+        }
+    }
+
+    /// Up to `count` webhook events for the dispatcher `consumer` (one broker-api), waiting
+    /// at most `block` for some. Each event is handed to one dispatcher in the cluster; end
+    /// them with [`Bus::ack_webhooks`] once delivered (or given up on).
+    pub async fn read_webhooks(
+        &self,
+        consumer: &str,
+        count: usize,
+        block: Duration,
+    ) -> Result<Vec<pusher::WebhookRecord>, BusError> {
+        match &self.inner {
+            Inner::Memory(b) => Ok(b.read_webhooks(count, block).await),
+            Inner::Redis(b) => b.read_webhooks(consumer, count, block).await,
+        }
+    }
+
+    /// Ends webhook events read with [`Bus::read_webhooks`].
+    pub async fn ack_webhooks(&self, ids: &[String]) -> Result<(), BusError> {
+        match &self.inner {
+            Inner::Memory(_) => Ok(()),
+            Inner::Redis(b) => b.ack_webhooks(ids).await,
+        }
     }
 
     /// The same bus applying `namespaces` (history size and TTLs per namespace) instead of

@@ -45,6 +45,8 @@ pub const SWEEP_EVERY: Duration = Duration::from_secs(10);
 /// does not walk every channel each time.
 const SWEEP_AT_CAP_EVERY: Duration = Duration::from_secs(1);
 
+use crate::pusher::{WEBHOOK_QUEUE_MAX, WebhookEvent, WebhookRecord};
+
 /// One channel's presence: client id → (member, whether its joins and leaves are announced).
 type ChannelPresence = HashMap<String, (Member, bool)>;
 
@@ -57,6 +59,12 @@ pub struct MemoryBus {
     /// (then `nodes`), so they reach every node in the order the entries changed.
     presence: Mutex<HashMap<String, ChannelPresence>>,
     limits: MemoryBusConfig,
+    /// The Pusher apps, set once the bus is configured: which channels queue webhooks.
+    apps: std::sync::OnceLock<Arc<crate::pusher::Apps>>,
+    /// Webhook events waiting for broker-api's dispatcher, at most `WEBHOOK_QUEUE_MAX`.
+    webhooks: Mutex<VecDeque<WebhookRecord>>,
+    webhooks_queued: tokio::sync::Notify,
+    webhook_ids: std::sync::atomic::AtomicU64,
 }
 
 impl Default for MemoryBus {
@@ -172,7 +180,60 @@ impl MemoryBus {
             nodes: Mutex::default(),
             presence: Mutex::default(),
             limits,
+            apps: std::sync::OnceLock::new(),
+            webhooks: Mutex::default(),
+            webhooks_queued: tokio::sync::Notify::new(),
+            webhook_ids: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    pub(crate) fn set_apps(&self, apps: Arc<crate::pusher::Apps>) {
+        let _ = self.apps.set(apps);
+    }
+
+    /// Queues an event of `kind` on `channel` when its app wants it.
+    fn webhook_on(&self, channel: &str, kind: &str, event: impl FnOnce(String) -> WebhookEvent) {
+        let Some((app, name)) = self
+            .apps
+            .get()
+            .and_then(|a| a.webhook_target(channel, kind))
+        else {
+            return;
+        };
+        self.queue_webhook(&app.id, event(name));
+    }
+
+    pub(crate) fn queue_webhook(&self, app: &str, event: WebhookEvent) {
+        let id = self
+            .webhook_ids
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut queue = self.webhooks.lock();
+        if queue.len() >= WEBHOOK_QUEUE_MAX {
+            queue.pop_front();
+            crate::metrics::webhook_dropped();
+        }
+        queue.push_back(WebhookRecord {
+            id: id.to_string(),
+            app: app.to_owned(),
+            event,
+        });
+        drop(queue);
+        self.webhooks_queued.notify_one();
+    }
+
+    /// Up to `count` queued events, waiting at most `block` for one. Taking them ends them:
+    /// the dispatcher retries a delivery itself.
+    pub(crate) async fn read_webhooks(&self, count: usize, block: Duration) -> Vec<WebhookRecord> {
+        let take = |queue: &mut VecDeque<WebhookRecord>| -> Vec<WebhookRecord> {
+            let n = count.min(queue.len());
+            queue.drain(..n).collect()
+        };
+        let taken = take(&mut self.webhooks.lock());
+        if !taken.is_empty() {
+            return taken;
+        }
+        let _ = tokio::time::timeout(block, self.webhooks_queued.notified()).await;
+        take(&mut self.webhooks.lock())
     }
 
     pub(crate) fn publish(
@@ -393,11 +454,20 @@ impl MemoryBus {
                 "{channel} has its most presence entries ({max})"
             )));
         }
+        let first_of_user = !entries.values().any(|(m, _)| m.user == member.user);
         let new = entries
             .insert(member.client.clone(), (member.clone(), announce))
             .is_none();
         if new && announce {
             self.announce(announcement(channel, &member, false));
+        }
+        if new && first_of_user {
+            self.webhook_on(channel, "member_added", |channel| {
+                WebhookEvent::MemberAdded {
+                    channel,
+                    user_id: member.user.clone(),
+                }
+            });
         }
         Ok(())
     }
@@ -408,11 +478,24 @@ impl MemoryBus {
             return;
         };
         let removed = entries.remove(client);
+        let user_left = removed
+            .as_ref()
+            .is_some_and(|(m, _)| !entries.values().any(|(other, _)| other.user == m.user));
         if entries.is_empty() {
             presence.remove(channel);
         }
-        if let Some((member, true)) = removed {
-            self.announce(announcement(channel, &member, true));
+        if let Some((member, announce)) = removed {
+            if announce {
+                self.announce(announcement(channel, &member, true));
+            }
+            if user_left {
+                self.webhook_on(channel, "member_removed", |channel| {
+                    WebhookEvent::MemberRemoved {
+                        channel,
+                        user_id: member.user,
+                    }
+                });
+            }
         }
     }
 
@@ -448,11 +531,33 @@ pub struct MemoryLink {
 
 impl MemoryLink {
     pub(crate) fn want(&self, channel: &str) -> ChannelReady {
-        self.node.wanted.want(channel, true)
+        let Some(bus) = self.bus.upgrade() else {
+            return self.node.wanted.want(channel, true);
+        };
+        // Under the nodes lock, so that two nodes wanting it at once see one first.
+        let nodes = bus.nodes.lock();
+        let occupied = wanted_by(&nodes, channel);
+        let ready = self.node.wanted.want(channel, true);
+        if !occupied {
+            bus.webhook_on(channel, "channel_occupied", |channel| {
+                WebhookEvent::ChannelOccupied { channel }
+            });
+        }
+        ready
     }
 
     pub(crate) fn unwant(&self, channel: &str) {
+        let Some(bus) = self.bus.upgrade() else {
+            return self.node.wanted.unwant(channel);
+        };
+        let nodes = bus.nodes.lock();
+        let was = self.node.wanted.contains(channel);
         self.node.wanted.unwant(channel);
+        if was && !wanted_by(&nodes, channel) {
+            bus.webhook_on(channel, "channel_vacated", |channel| {
+                WebhookEvent::ChannelVacated { channel }
+            });
+        }
     }
 
     pub(crate) fn connection_opened(&self, conn: ConnectionInfo) {

@@ -33,6 +33,10 @@ pub const NODES_REAPED: &str = "chorus_bus_nodes_reaped_total";
 /// namespace announces them).
 pub const PRESENCE_REAPED: &str = "chorus_bus_presence_entries_reaped_total";
 
+/// Pusher webhook events lost before delivery: the in-memory queue was full (the oldest
+/// went), or queueing a client event on Redis failed.
+pub const WEBHOOKS_DROPPED: &str = "chorus_bus_webhook_events_dropped_total";
+
 /// Every metric of the bus, as it is exported.
 pub const ALL: &[&str] = &[
     REDIS_LINK_UP,
@@ -42,6 +46,7 @@ pub const ALL: &[&str] = &[
     MEMORY_CHANNELS,
     MEMORY_IDEMPOTENCY_KEYS,
     MEMORY_REFUSED,
+    WEBHOOKS_DROPPED,
 ];
 
 static LINKS: Mutex<Vec<Weak<LinkState>>> = Mutex::new(Vec::new());
@@ -90,6 +95,11 @@ fn describe() {
         MEMORY_REFUSED,
         "Publishes the in-memory bus refused at its channel or idempotency-key bound"
     );
+    metrics::describe_counter!(
+        WEBHOOKS_DROPPED,
+        "Pusher webhook events lost before delivery (queue full, or queueing failed)"
+    );
+    metrics::counter!(WEBHOOKS_DROPPED).increment(0);
     chorus_runtime::metrics::add_sampler(sample_links);
     chorus_runtime::metrics::add_sampler(sample_memory_buses);
 }
@@ -111,6 +121,11 @@ pub(crate) fn watch_memory_bus(bus: &Arc<MemoryBus>) {
         metrics::counter!(MEMORY_REFUSED, "limit" => limit).increment(0);
     }
     MEMORY_BUSES.lock().push(Arc::downgrade(bus));
+}
+
+/// A webhook event was lost before delivery.
+pub(crate) fn webhook_dropped() {
+    metrics::counter!(WEBHOOKS_DROPPED).increment(1);
 }
 
 /// The in-memory bus refused a publish at its `limit` (`channels` or `idempotency_keys`).

@@ -434,6 +434,19 @@ impl WebhookEvent {
     }
 }
 
+/// A webhook event of one app, as the webhook queue holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookRecord {
+    /// The queue's id of the record (a Redis stream id), to acknowledge it by.
+    pub id: String,
+    pub app: String,
+    pub event: WebhookEvent,
+}
+
+/// Most webhook events the queue holds; past it the oldest go (counted when noticed by a
+/// reader as a gap it cannot know the size of, so the bound is generous).
+pub const WEBHOOK_QUEUE_MAX: usize = 100_000;
+
 /// Every configured Pusher app, by id and by key.
 #[derive(Debug, Clone, Default)]
 pub struct Apps {
@@ -510,6 +523,22 @@ impl Apps {
     pub fn of_channel(&self, chorus_channel: &str) -> Option<&Arc<App>> {
         let ns = chorus_protocol::channel::namespace(chorus_channel);
         self.by_id.get(ns.strip_prefix(NAMESPACE_PREFIX)?)
+    }
+
+    /// The app of `chorus_channel` when it wants webhooks of `kind`, with the channel's
+    /// Pusher name.
+    pub fn webhook_target(&self, chorus_channel: &str, kind: &str) -> Option<(&Arc<App>, String)> {
+        let app = self.of_channel(chorus_channel)?;
+        if !app.wants_webhook(kind) {
+            return None;
+        }
+        Some((app, app.pusher_channel(chorus_channel)?.into_owned()))
+    }
+
+    /// Whether any app wants occupancy webhooks (so gateways must track occupancy).
+    pub fn want_occupancy(&self) -> bool {
+        self.iter()
+            .any(|a| a.wants_webhook("channel_occupied") || a.wants_webhook("channel_vacated"))
     }
 
     /// Gives every app its namespace, unless the namespaces file sets one: presence and

@@ -18,6 +18,8 @@ use crate::BusError;
 pub(crate) struct Wanted {
     channels: Mutex<HashMap<String, watch::Sender<bool>>>,
     changed: Notify,
+    /// The same news for the occupancy task (each Notify wakes one waiter).
+    occupancy_changed: Notify,
 }
 
 impl Wanted {
@@ -29,6 +31,7 @@ impl Wanted {
             None => {
                 let (tx, rx) = watch::channel(live_now);
                 channels.insert(channel.to_owned(), tx);
+                self.occupancy_changed.notify_one();
                 if !live_now {
                     self.changed.notify_one();
                 }
@@ -41,6 +44,7 @@ impl Wanted {
     pub(crate) fn unwant(&self, channel: &str) {
         if self.channels.lock().remove(channel).is_some() {
             self.changed.notify_one();
+            self.occupancy_changed.notify_one();
         }
     }
 
@@ -73,6 +77,11 @@ impl Wanted {
     /// Resolves when the set changed since the last call.
     pub(crate) async fn changed(&self) {
         self.changed.notified().await;
+    }
+
+    /// Resolves when the set changed since the last call (the occupancy task's waiter).
+    pub(crate) async fn occupancy_changed(&self) {
+        self.occupancy_changed.notified().await;
     }
 }
 

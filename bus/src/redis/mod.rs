@@ -15,10 +15,12 @@
 
 mod connect;
 mod control;
+mod occupancy;
 mod presence;
 mod publish;
 mod registry;
 mod subscriber;
+mod webhooks;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -51,6 +53,9 @@ pub struct RedisBus {
     lease_script: Script,
     live_nodes_script: Script,
     presence_scripts: presence::Scripts,
+    occupancy_script: Script,
+    /// The Pusher apps, set once the bus is configured: which channels queue webhooks.
+    apps: std::sync::OnceLock<Arc<crate::pusher::Apps>>,
 }
 
 impl RedisBus {
@@ -73,7 +78,27 @@ impl RedisBus {
             lease_script: registry::lease_script(),
             live_nodes_script: registry::live_nodes_script(),
             presence_scripts: presence::Scripts::default(),
+            occupancy_script: occupancy::occupancy_script(),
+            apps: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Sets the Pusher apps whose webhooks this bus queues (once; later calls are ignored).
+    pub(crate) fn set_apps(&self, apps: Arc<crate::pusher::Apps>) {
+        let _ = self.apps.set(apps);
+    }
+
+    /// The webhook record `(app id, event JSON)` for an event of `kind` on `channel`, when
+    /// its app wants it; `None` otherwise.
+    pub(crate) fn webhook_for(
+        &self,
+        channel: &str,
+        kind: &str,
+        event: impl FnOnce(String) -> crate::pusher::WebhookEvent,
+    ) -> Option<(String, String)> {
+        let (app, name) = self.apps.get()?.webhook_target(channel, kind)?;
+        let json = serde_json::to_string(&event(name)).ok()?;
+        Some((app.id.clone(), json))
     }
 
     /// Runs `op` on a pooled connection. The whole of it, checkout included, is bounded by
@@ -139,6 +164,13 @@ impl RedisBus {
                 cancel.clone(),
             )),
         ];
+        let mut tasks = tasks;
+        if self.apps.get().is_some_and(|a| a.want_occupancy()) {
+            tasks.push(tokio::spawn(
+                occupancy::Occupancy::new(self.clone(), node.id.clone(), wanted.clone())
+                    .run(cancel.clone()),
+            ));
+        }
         RedisLink {
             bus: self.clone(),
             wanted,

@@ -29,6 +29,7 @@ use redis::{Script, Value};
 use super::RedisBus;
 use super::connect::redis_error;
 use crate::presence::{Member, StoredEntry, announcement_bytes, index_field, split_index_field};
+use crate::pusher::{WEBHOOK_QUEUE_MAX, WebhookEvent};
 use crate::{BusError, keys};
 
 /// A node's presence index, and dead nodes waiting to be reaped, are kept this many leases.
@@ -164,15 +165,28 @@ impl RedisBus {
         } else {
             Vec::new()
         };
+        let (app, event) = self
+            .webhook_for(channel, "member_added", |channel| {
+                WebhookEvent::MemberAdded {
+                    channel,
+                    user_id: member.user.clone(),
+                }
+            })
+            .unwrap_or_default();
         let added: i64 = self
             .presence_scripts
             .join
             .key(keys::presence(channel))
+            .key(keys::webhooks())
             .arg(&member.client)
             .arg(&entry)
             .arg(max)
             .arg(envelope)
             .arg(keys::pubsub(channel))
+            .arg(app)
+            .arg(event)
+            .arg(&member.user)
+            .arg(WEBHOOK_QUEUE_MAX)
             .invoke_async(conn)
             .await
             .map_err(|e| redis_error(&e))?;
@@ -205,13 +219,26 @@ impl RedisBus {
         } else {
             Vec::new()
         };
+        let (app, event) = self
+            .webhook_for(channel, "member_removed", |channel| {
+                WebhookEvent::MemberRemoved {
+                    channel,
+                    user_id: member.user.clone(),
+                }
+            })
+            .unwrap_or_default();
         let removed: i64 = self
             .presence_scripts
             .leave
             .key(keys::presence(channel))
+            .key(keys::webhooks())
             .arg(&member.client)
             .arg(envelope)
             .arg(keys::pubsub(channel))
+            .arg(app)
+            .arg(event)
+            .arg(&member.user)
+            .arg(WEBHOOK_QUEUE_MAX)
             .invoke_async(conn)
             .await
             .map_err(|e| redis_error(&e))?;
@@ -334,6 +361,7 @@ impl RedisBus {
     /// Reaps a dead node: its presence entries, then its registry keys and member.
     pub(crate) async fn reap(&self, dead: &str) -> Result<usize, BusError> {
         let removed = self.clear_node_presence(dead).await?;
+        self.clear_node_occupancy(dead).await?;
         self.with_conn("removing a dead node", async |conn| {
             redis::pipe()
                 .cmd("DEL")

@@ -281,6 +281,10 @@ impl Registry {
             .arg(keys::node_presence(&self.node.id))
             .arg(self.bus.reap_window().as_millis() as u64)
             .ignore()
+            .cmd("PEXPIRE")
+            .arg(keys::node_occupancy(&self.node.id))
+            .arg(self.bus.reap_window().as_millis() as u64)
+            .ignore()
             .exec_async(conn)
             .await
             .map_err(|e| redis_error(&e))?;
