@@ -571,11 +571,13 @@ fn kubernetes_manifests_agree_with_the_binaries() {
             (k.to_owned(), v.to_owned())
         })
         .collect();
-    // The Kubernetes settings are compose's, the API keys moved to the Secret.
-    let compose_settings: Vec<_> = env_file("deploy/chorus.env")
+    // The Kubernetes settings are compose's; the API keys moved to the Secret, the Pusher app
+    // to an optional Secret of its own.
+    let (pusher, compose_settings): (Vec<_>, Vec<_>) = env_file("deploy/chorus.env")
         .into_iter()
         .filter(|(k, _)| k != "CHORUS_API_KEYS")
-        .collect();
+        .partition(|(k, _)| k.starts_with("CHORUS_PUSHER_"));
+    assert_eq!(pusher.len(), 3, "compose's example Pusher app");
     assert_eq!(
         config, compose_settings,
         "deploy/k8s/chorus.env follows deploy/chorus.env"
@@ -596,6 +598,10 @@ fn kubernetes_manifests_agree_with_the_binaries() {
                 shared.extend(config.iter().cloned());
             } else if source["secretRef"]["name"].as_str() == Some("chorus-api-keys") {
                 env.extend(secret.iter().cloned());
+            } else if source["secretRef"]["name"].as_str() == Some("chorus-pusher") {
+                // Optional: the binaries accept what an operator puts there (compose's names).
+                assert_eq!(source["secretRef"]["optional"].as_bool(), Some(true));
+                env.extend(pusher.iter().cloned());
             } else {
                 panic!("{name}: unknown envFrom {source:?}");
             }

@@ -27,6 +27,11 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- .Values.apiKeys.existingSecret | default (include "chorus.name" (dict "root" . "part" "api-keys")) -}}
 {{- end -}}
 
+{{/* The Secret holding the Pusher app (CHORUS_PUSHER_APP_ID, _KEY, _SECRET); optional. */}}
+{{- define "chorus.pusherSecret" -}}
+{{- .Values.pusher.existingSecret | default (include "chorus.name" (dict "root" . "part" "pusher")) -}}
+{{- end -}}
+
 {{/* The hardened container security context every Chorus container uses. */}}
 {{- define "chorus.containerSecurity" -}}
 allowPrivilegeEscalation: false
