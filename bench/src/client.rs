@@ -85,11 +85,34 @@ impl Stats {
     }
 }
 
+/// The protocol a client speaks.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Protocol {
+    /// Chorus's protobuf form (binary frames): the lean default.
+    Protobuf,
+    /// Chorus's JSON form (text frames), as browsers and most client libraries use it.
+    Json,
+    /// The Pusher protocol (`/app/{key}`), as pusher-js speaks it; public channels.
+    Pusher { key: String },
+}
+
+impl Protocol {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Protobuf => "protobuf",
+            Self::Json => "json",
+            Self::Pusher { .. } => "pusher",
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Spec {
     pub addr: SocketAddr,
     pub source: Option<IpAddr>,
     pub channels: Vec<String>,
+    pub protocol: Arc<Protocol>,
 }
 
 /// What one client saw of each of its channels: new offsets received.
@@ -121,6 +144,7 @@ fn backoff(attempt: u32) -> Duration {
 /// One client's view of its channels: positions, counts and latencies not yet added to
 /// [`Stats`].
 struct Tracker {
+    protocol: Arc<Protocol>,
     names: Vec<Vec<u8>>,
     /// Per channel: the last offset received and the epoch it belongs to.
     last: Vec<u64>,
@@ -145,9 +169,10 @@ enum End {
 }
 
 impl Tracker {
-    fn new(channels: &[String]) -> Self {
+    fn new(channels: &[String], protocol: Arc<Protocol>) -> Self {
         let n = channels.len();
         Self {
+            protocol,
             names: channels.iter().map(|c| c.as_bytes().to_vec()).collect(),
             last: vec![0; n],
             epoch: vec![Vec::new(); n],
@@ -185,7 +210,11 @@ impl Tracker {
         if self.epoch[i] != epoch {
             self.epoch[i] = epoch.to_vec();
         }
-        if let Some((_, sent)) = wire::read_payload(data) {
+        let payload = match *self.protocol {
+            Protocol::Pusher { .. } => wire::read_payload_text(data),
+            _ => wire::read_payload(data),
+        };
+        if let Some((_, sent)) = payload {
             self.latencies
                 .push(now.saturating_sub(sent).min(u32::MAX as u64) as u32);
         }
@@ -283,6 +312,7 @@ impl Tracker {
                     Some(reply @ Server::Reply { .. }) => self.reply(stats, reply, now),
                     _ => {}
                 },
+                wire::OP_TEXT => self.text(stats, &buf[range], pong, now),
                 wire::OP_PING => {
                     wire::client_frame(pong, wire::OP_PONG, &buf[range]);
                 }
@@ -295,6 +325,52 @@ impl Tracker {
             }
         }
         closed
+    }
+
+    /// A text frame: Chorus's JSON form, or Pusher's.
+    fn text(&mut self, stats: &Stats, frame: &[u8], pong: &mut BytesMut, now: u64) {
+        if !matches!(*self.protocol, Protocol::Pusher { .. }) {
+            match wire::read_json(frame) {
+                Some(Server::Publication {
+                    channel,
+                    offset,
+                    epoch,
+                    data,
+                }) => {
+                    let i = self.index(channel);
+                    self.publication(i, offset, epoch, data, now);
+                }
+                Some(reply @ Server::Reply { .. }) => self.reply(stats, reply, now),
+                _ => {}
+            }
+            return;
+        }
+        // Pusher: the connection's welcome answers "connect" (id 1), a channel's
+        // subscription_succeeded its subscribe (id 2 + i). Events carry no offset: each is
+        // counted as the channel's next.
+        let reply = |id: u32, error: bool| Server::Reply {
+            id,
+            error,
+            offset: 0,
+            epoch: &[],
+            recovered: false,
+            publications: wire::Recovered::default(),
+        };
+        match wire::read_pusher(frame) {
+            wire::PusherFrame::Established => self.reply(stats, reply(1, false), now),
+            wire::PusherFrame::Subscribed { channel } => {
+                let i = self.index(channel) as u32;
+                self.reply(stats, reply(2 + i, false), now);
+            }
+            wire::PusherFrame::Error => self.reply(stats, reply(1, true), now),
+            wire::PusherFrame::Ping => wire::client_frame(pong, wire::OP_TEXT, wire::PUSHER_PONG),
+            wire::PusherFrame::Event { channel, data } => {
+                let i = self.index(channel);
+                let next = self.last[i] + 1;
+                self.publication(i, next, &[], data, now);
+            }
+            wire::PusherFrame::Other => {}
+        }
     }
 
     /// Adds deliveries (always) and latencies (in batches, or all with `all`) to `stats`.
@@ -334,7 +410,7 @@ pub async fn run(
 ) -> Option<Received> {
     let permit = connect_limit.clone().acquire_owned().await.ok()?;
     let started = Instant::now();
-    let mut t = Tracker::new(&spec.channels);
+    let mut t = Tracker::new(&spec.channels, spec.protocol.clone());
     let (mut stream, mut buf, upgraded) = match open(&spec, &stats, &mut t, false).await {
         Ok(s) => s,
         Err(e) => {
@@ -453,14 +529,32 @@ async fn open(
     let started = Instant::now();
     let mut stream = dial(spec).await?;
     let mut buf = BytesMut::with_capacity(8 << 10);
-    handshake(&mut stream, &mut buf, spec.addr).await?;
+    handshake(&mut stream, &mut buf, spec.addr, &spec.protocol).await?;
     let upgraded = started.elapsed();
     let mut out = BytesMut::new();
-    wire::client_frame(&mut out, wire::OP_BINARY, &wire::connect_command(1));
-    for (i, ch) in spec.channels.iter().enumerate() {
-        let from = recover.then(|| (t.last[i], t.epoch[i].as_slice()));
-        let cmd = wire::subscribe_command(2 + i as u32, ch, from);
-        wire::client_frame(&mut out, wire::OP_BINARY, &cmd);
+    match &*spec.protocol {
+        Protocol::Protobuf => {
+            wire::client_frame(&mut out, wire::OP_BINARY, &wire::connect_command(1));
+            for (i, ch) in spec.channels.iter().enumerate() {
+                let from = recover.then(|| (t.last[i], t.epoch[i].as_slice()));
+                let cmd = wire::subscribe_command(2 + i as u32, ch, from);
+                wire::client_frame(&mut out, wire::OP_BINARY, &cmd);
+            }
+        }
+        Protocol::Json => {
+            wire::client_frame(&mut out, wire::OP_TEXT, &wire::connect_json(1));
+            for (i, ch) in spec.channels.iter().enumerate() {
+                let from = recover.then(|| (t.last[i], t.epoch[i].as_slice()));
+                let cmd = wire::subscribe_json(2 + i as u32, ch, from);
+                wire::client_frame(&mut out, wire::OP_TEXT, &cmd);
+            }
+        }
+        // Pusher has no recovery: a reconnected client just subscribes again.
+        Protocol::Pusher { .. } => {
+            for ch in &spec.channels {
+                wire::client_frame(&mut out, wire::OP_TEXT, &wire::subscribe_pusher(ch));
+            }
+        }
     }
     stream.write_all(&out).await?;
     (t.answered, t.recovering, t.refused) = (0, recover, None);
@@ -508,9 +602,15 @@ async fn handshake(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
     addr: SocketAddr,
+    protocol: &Protocol,
 ) -> anyhow::Result<()> {
+    let path = match protocol {
+        Protocol::Protobuf => "/ws?format=protobuf".to_owned(),
+        Protocol::Json => "/ws?format=json".to_owned(),
+        Protocol::Pusher { key } => format!("/app/{key}?protocol=7&client=chorus-bench&version=1"),
+    };
     let request = format!(
-        "GET /ws?format=protobuf HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
          Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
          Sec-WebSocket-Version: 13\r\n\r\n"
     );

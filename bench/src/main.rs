@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use chorus_bench::client::Protocol;
 use chorus_bench::procstat::Watched;
 use chorus_bench::publisher::Via;
 use chorus_bench::scenario::{self, Scenario};
@@ -27,6 +28,13 @@ struct Cli {
     /// How to publish through broker-api.
     #[arg(long, value_enum, default_value = "grpc-stream")]
     via: Via,
+    /// The clients' protocol: protobuf (lean), json (Chorus's JSON form, as browsers use
+    /// it) or pusher (the Pusher protocol at /app/{key}, needs --pusher-app).
+    #[arg(long = "client-protocol", value_enum, default_value = "protobuf")]
+    client_protocol: ClientProtocol,
+    /// A Pusher app, ID:KEY:SECRET, for `--client-protocol pusher` and `--via pusher`.
+    #[arg(long = "pusher-app")]
+    pusher_app: Option<chorus_bench::publisher::PusherApp>,
     /// Connections (C).
     #[arg(long, short = 'c', default_value_t = 1000)]
     clients: usize,
@@ -79,6 +87,13 @@ struct Cli {
     quiet: bool,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ClientProtocol {
+    Protobuf,
+    Json,
+    Pusher,
+}
+
 fn humantime_secs(s: &str) -> Result<Duration, String> {
     let (n, unit) = s
         .find(|c: char| !c.is_ascii_digit() && c != '.')
@@ -105,6 +120,17 @@ fn main() -> anyhow::Result<()> {
         Some(d) if cli.rate > 0.0 => (cli.rate * d.as_secs_f64()).round() as u64,
         _ => cli.messages,
     };
+    let protocol = match cli.client_protocol {
+        ClientProtocol::Protobuf => Protocol::Protobuf,
+        ClientProtocol::Json => Protocol::Json,
+        ClientProtocol::Pusher => Protocol::Pusher {
+            key: cli
+                .pusher_app
+                .as_ref()
+                .map(|a| a.key.clone())
+                .ok_or_else(|| anyhow::anyhow!("--client-protocol pusher needs --pusher-app"))?,
+        },
+    };
     let opts = scenario::Options {
         scenario: cli.scenario,
         gateways: cli.gateways,
@@ -112,6 +138,8 @@ fn main() -> anyhow::Result<()> {
         api: cli.api,
         api_key: cli.api_key,
         via: cli.via,
+        protocol: std::sync::Arc::new(protocol),
+        pusher: cli.pusher_app,
         clients: cli.clients,
         messages,
         rate: cli.rate,

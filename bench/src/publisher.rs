@@ -26,11 +26,64 @@ pub enum Via {
     Grpc,
     /// HTTP/JSON `POST /api/publish`, `--window` requests in flight.
     Http,
+    /// The Pusher HTTP API, `POST /apps/{id}/events` signed with the app's secret, `--window`
+    /// requests in flight (needs `--pusher-app`).
+    Pusher,
+}
+
+/// A Pusher app's credentials, `ID:KEY:SECRET` on the command line.
+#[derive(Debug, Clone)]
+pub struct PusherApp {
+    pub id: String,
+    pub key: String,
+    pub secret: String,
+}
+
+impl std::str::FromStr for PusherApp {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut parts = s.splitn(3, ':');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(id), Some(key), Some(secret)) if !id.is_empty() && !key.is_empty() => Ok(Self {
+                id: id.into(),
+                key: key.into(),
+                secret: secret.into(),
+            }),
+            _ => Err(format!("{s:?}: expected ID:KEY:SECRET")),
+        }
+    }
+}
+
+impl PusherApp {
+    /// The query string of a signed Pusher HTTP API call (auth_key, auth_timestamp,
+    /// auth_version, body_md5, auth_signature).
+    pub fn signed_query(&self, method: &str, path: &str, body: &[u8]) -> String {
+        use hmac::Mac as _;
+        use md5::Digest as _;
+        let timestamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let md5 = hex::encode(md5::Md5::digest(body));
+        let query = format!(
+            "auth_key={}&auth_timestamp={timestamp}&auth_version=1.0&body_md5={md5}",
+            self.key
+        );
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(self.secret.as_bytes())
+            .expect("HMAC takes any key length");
+        mac.update(format!("{method}\n{path}\n{query}").as_bytes());
+        let signature = hex::encode(mac.finalize().into_bytes());
+        format!("{query}&auth_signature={signature}")
+    }
 }
 
 /// Where publications go.
 pub enum Target {
-    Api { via: Via, url: String, key: String },
+    Api {
+        via: Via,
+        url: String,
+        key: String,
+        pusher: Option<PusherApp>,
+    },
     Ceiling(Ceiling),
 }
 
@@ -110,6 +163,7 @@ pub async fn run(
             via: Via::GrpcStream,
             url,
             key,
+            ..
         } => {
             let mut client = grpc_client(url).await?;
             let window = Arc::new(Semaphore::new(plan.window.max(1)));
@@ -176,7 +230,16 @@ pub async fn run(
             drop(sent_tx);
             reader.await?;
         }
-        Target::Api { via, url, key } => {
+        Target::Api {
+            via,
+            url,
+            key,
+            pusher,
+        } => {
+            anyhow::ensure!(
+                *via != Via::Pusher || pusher.is_some(),
+                "--via pusher needs --pusher-app ID:KEY:SECRET"
+            );
             let window = Arc::new(Semaphore::new(plan.window.max(1)));
             let grpc = match via {
                 Via::Grpc => Some(grpc_client(url).await?),
@@ -194,14 +257,19 @@ pub async fn run(
                 let permit = window.clone().acquire_owned().await?;
                 let ch = pick(plan);
                 let channel = plan.channels[ch].clone();
-                let data = wire::payload(i, stats.now_us(), plan.size);
+                let data = match via {
+                    Via::Pusher => wire::payload_text(i, stats.now_us(), plan.size),
+                    _ => wire::payload(i, stats.now_us(), plan.size),
+                };
                 let out = out.clone();
-                let (grpc, http, url, key, bearer_value) = (
+                let via = *via;
+                let (grpc, http, url, key, bearer_value, pusher) = (
                     grpc.clone(),
                     http.clone(),
                     url.clone(),
                     key.clone(),
                     bearer_value.clone(),
+                    pusher.clone(),
                 );
                 tasks.spawn(async move {
                     let _permit = permit;
@@ -218,6 +286,29 @@ pub async fn run(
                                 .await
                                 .map(|_| ())
                                 .map_err(|s| s.code() == tonic::Code::ResourceExhausted)
+                        }
+                        None if via == Via::Pusher => {
+                            let app = pusher.as_ref().expect("checked above");
+                            // Text data without quotes: embedded as the event's data string.
+                            let mut body = Vec::with_capacity(data.len() + channel.len() + 48);
+                            body.extend_from_slice(b"{\"name\":\"bench\",\"channel\":\"");
+                            body.extend_from_slice(channel.as_bytes());
+                            body.extend_from_slice(b"\",\"data\":\"");
+                            body.extend_from_slice(&data);
+                            body.extend_from_slice(b"\"}");
+                            let path = format!("/apps/{}/events", app.id);
+                            let query = app.signed_query("POST", &path, &body);
+                            match http
+                                .post(format!("{url}{path}?{query}"))
+                                .header("content-type", "application/json")
+                                .body(body)
+                                .send()
+                                .await
+                            {
+                                Ok(r) if r.status().is_success() => Ok(()),
+                                Ok(r) => Err(r.status() == reqwest::StatusCode::TOO_MANY_REQUESTS),
+                                Err(_) => Err(false),
+                            }
                         }
                         None => {
                             // The data is JSON text: embed it as the `data` value.

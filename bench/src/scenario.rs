@@ -33,6 +33,10 @@ pub struct Options {
     pub api: String,
     pub api_key: String,
     pub via: Via,
+    /// The clients' protocol.
+    pub protocol: Arc<client::Protocol>,
+    /// The Pusher app (`--via pusher`).
+    pub pusher: Option<publisher::PusherApp>,
     pub clients: usize,
     pub messages: u64,
     pub rate: f64,
@@ -76,6 +80,8 @@ pub struct Report {
     pub label: String,
     pub scenario: String,
     pub via: String,
+    /// The clients' protocol: protobuf, json or pusher.
+    pub protocol: String,
     pub clients: usize,
     pub gateways: usize,
     pub clients_failed: usize,
@@ -156,6 +162,7 @@ async fn spawn_clients(
             addr: addrs[i % addrs.len()],
             source: source(opts, i),
             channels: channels_of(i),
+            protocol: opts.protocol.clone(),
         };
         handles.push(tokio::spawn(client::run(
             spec,
@@ -220,6 +227,7 @@ async fn fanout(opts: Options) -> anyhow::Result<Report> {
                 via: opts.via,
                 url: opts.api.clone(),
                 key: opts.api_key.clone(),
+                pusher: opts.pusher.clone(),
             },
             opts.gateways.clone(),
             vec![format!("bench-{run_id:08x}-fanout")],
@@ -235,6 +243,7 @@ async fn fanout(opts: Options) -> anyhow::Result<Report> {
                     via: opts.via,
                     url: opts.api.clone(),
                     key: opts.api_key.clone(),
+                    pusher: opts.pusher.clone(),
                 },
                 opts.gateways.clone(),
                 chans,
@@ -376,6 +385,7 @@ async fn fanout(opts: Options) -> anyhow::Result<Report> {
                 .unwrap_or("")
                 .to_owned(),
         },
+        protocol: opts.protocol.name().to_owned(),
         clients: opts.clients,
         gateways: addrs.len(),
         clients_failed: stats.failed.load(Ordering::Relaxed),

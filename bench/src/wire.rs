@@ -193,7 +193,7 @@ fn publication(buf: &[u8]) -> Server<'_> {
 }
 
 /// The publications a subscribe reply recovered (its `SubscribeResult`, read on demand).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Recovered<'a>(&'a [u8]);
 
 impl<'a> Recovered<'a> {
@@ -255,6 +255,132 @@ pub fn read_server(buf: &[u8]) -> Option<Server<'_>> {
         _ => {}
     })?;
     Some(out)
+}
+
+/// The JSON commands of the native JSON form (`?format=json`).
+pub fn connect_json(id: u32) -> Vec<u8> {
+    format!("{{\"id\":{id},\"connect\":{{}}}}").into_bytes()
+}
+
+/// A JSON `subscribe`; `recover` asks for the publications after that (offset, epoch).
+pub fn subscribe_json(id: u32, channel: &str, recover: Option<(u64, &[u8])>) -> Vec<u8> {
+    match recover {
+        Some((offset, epoch)) => format!(
+            "{{\"id\":{id},\"subscribe\":{{\"channel\":\"{channel}\",\"recover\":true,\"offset\":{offset},\"epoch\":\"{}\"}}}}",
+            String::from_utf8_lossy(epoch)
+        ),
+        None => format!("{{\"id\":{id},\"subscribe\":{{\"channel\":\"{channel}\"}}}}"),
+    }
+    .into_bytes()
+}
+
+/// A Pusher `pusher:subscribe` to a public channel.
+pub fn subscribe_pusher(channel: &str) -> Vec<u8> {
+    format!("{{\"event\":\"pusher:subscribe\",\"data\":{{\"channel\":\"{channel}\"}}}}")
+        .into_bytes()
+}
+
+/// The answer to a Pusher server's `pusher:ping`.
+pub const PUSHER_PONG: &[u8] = b"{\"event\":\"pusher:pong\",\"data\":{}}";
+
+/// The bytes after `"key":` in a JSON text (the first occurrence), found by scanning: the
+/// generator's frames are Chorus's or Pusher's own, whose keys never appear inside values
+/// that precede them.
+fn after<'a>(buf: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
+    let at = buf.windows(key.len()).position(|w| w == key)?;
+    Some(&buf[at + key.len()..])
+}
+
+/// The string value after `key` (`"channel":"` …), without unescaping.
+fn string_after<'a>(buf: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
+    let rest = after(buf, key)?;
+    let end = rest.iter().position(|&b| b == b'"')?;
+    Some(&rest[..end])
+}
+
+fn number_after(buf: &[u8], key: &[u8]) -> Option<u64> {
+    let rest = after(buf, key)?;
+    let end = rest
+        .iter()
+        .position(|b| !b.is_ascii_digit())
+        .unwrap_or(rest.len());
+    digits(&rest[..end])
+}
+
+/// Reads a native JSON server frame: a `pub` push or a reply. A reply's recovered
+/// publications are not read (the JSON mode counts a recovery's gap as lost).
+pub fn read_json(buf: &[u8]) -> Option<Server<'_>> {
+    if buf.starts_with(b"{\"pub\":") {
+        return Some(Server::Publication {
+            channel: string_after(buf, b"\"channel\":\"")?,
+            offset: number_after(buf, b"\"offset\":")?,
+            epoch: string_after(buf, b"\"epoch\":\"").unwrap_or_default(),
+            data: after(buf, b"\"data\":")?,
+        });
+    }
+    if buf.starts_with(b"{\"id\":") {
+        let id = number_after(buf, b"\"id\":")? as u32;
+        let error = after(buf, b"\"error\":").is_some();
+        return Some(Server::Reply {
+            id,
+            error,
+            offset: number_after(buf, b"\"offset\":").unwrap_or(0),
+            epoch: string_after(buf, b"\"epoch\":\"").unwrap_or_default(),
+            recovered: after(buf, b"\"recovered\":true").is_some(),
+            publications: Recovered(&[]),
+        });
+    }
+    Some(Server::Other)
+}
+
+/// What a Pusher server frame says.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PusherFrame<'a> {
+    Established,
+    Subscribed { channel: &'a [u8] },
+    Error,
+    Ping,
+    Event { channel: &'a [u8], data: &'a [u8] },
+    Other,
+}
+
+/// Reads a Pusher server frame (`{"event":…,"channel":…,"data":…}`).
+pub fn read_pusher(buf: &[u8]) -> PusherFrame<'_> {
+    let Some(event) = string_after(buf, b"\"event\":\"") else {
+        return PusherFrame::Other;
+    };
+    match event {
+        b"pusher:connection_established" => PusherFrame::Established,
+        b"pusher_internal:subscription_succeeded" => match string_after(buf, b"\"channel\":\"") {
+            Some(channel) => PusherFrame::Subscribed { channel },
+            None => PusherFrame::Other,
+        },
+        b"pusher:error" | b"pusher:subscription_error" => PusherFrame::Error,
+        b"pusher:ping" => PusherFrame::Ping,
+        e if e.starts_with(b"pusher") => PusherFrame::Other,
+        _ => match (
+            string_after(buf, b"\"channel\":\""),
+            string_after(buf, b"\"data\":\""),
+        ) {
+            (Some(channel), Some(data)) => PusherFrame::Event { channel, data },
+            _ => PusherFrame::Other,
+        },
+    }
+}
+
+/// Message data for the Pusher mode: a Pusher event's data is a string, so the generator
+/// sends text without quotes (nothing to escape), sequence number and send time at fixed
+/// offsets, padded to the wanted size.
+pub fn payload_text(seq: u64, sent_us: u64, size: usize) -> Vec<u8> {
+    let mut s = format!("s={seq:020};t={sent_us:020};p=");
+    let pad = size.max(DATA_MIN).saturating_sub(s.len());
+    s.extend(std::iter::repeat_n('x', pad));
+    s.into_bytes()
+}
+
+/// The (sequence number, send time in µs) of [`payload_text`] data.
+pub fn read_payload_text(data: &[u8]) -> Option<(u64, u64)> {
+    Some((digits(data.get(2..22)?)?, digits(data.get(25..45)?)?))
 }
 
 /// The status code of a close frame's payload (none when it carries none).
@@ -404,6 +530,69 @@ mod tests {
         assert_eq!(seen, [(6, Some((6, 11))), (7, Some((7, 11)))]);
         assert_eq!(close_code(&[0x0B, 0xBA, b'x']), Some(3002));
         assert_eq!(close_code(&[]), None);
+    }
+
+    #[test]
+    fn json_and_pusher_frames_are_read_by_scanning() {
+        let data = payload(5, 77, 80);
+        let mut frame = br#"{"pub":{"channel":"ch","offset":42,"epoch":"ep","data":"#.to_vec();
+        frame.extend_from_slice(&data);
+        frame.extend_from_slice(b"}}");
+        let Some(Server::Publication {
+            channel: b"ch",
+            offset: 42,
+            epoch: b"ep",
+            data: read,
+        }) = read_json(&frame)
+        else {
+            panic!("not a publication: {:?}", read_json(&frame));
+        };
+        assert_eq!(read_payload(read), Some((5, 77)));
+        let reply = br#"{"id":3,"subscribe":{"offset":9,"epoch":"e"}}"#;
+        assert!(matches!(
+            read_json(reply),
+            Some(Server::Reply {
+                id: 3,
+                error: false,
+                offset: 9,
+                epoch: b"e",
+                ..
+            })
+        ));
+        let refused = br#"{"id":4,"error":{"code":103,"message":"no"}}"#;
+        assert!(matches!(
+            read_json(refused),
+            Some(Server::Reply {
+                id: 4,
+                error: true,
+                ..
+            })
+        ));
+
+        let text = payload_text(6, 88, 90);
+        assert_eq!(text.len(), 90);
+        assert_eq!(read_payload_text(&text), Some((6, 88)));
+        let mut event = br#"{"event":"bench","channel":"b-1","data":""#.to_vec();
+        event.extend_from_slice(&text);
+        event.extend_from_slice(b"\"}");
+        let PusherFrame::Event {
+            channel: b"b-1",
+            data,
+        } = read_pusher(&event)
+        else {
+            panic!("not an event: {:?}", read_pusher(&event));
+        };
+        assert_eq!(read_payload_text(data), Some((6, 88)));
+        let ok =
+            br#"{"event":"pusher_internal:subscription_succeeded","channel":"b-1","data":"{}"}"#;
+        assert_eq!(read_pusher(ok), PusherFrame::Subscribed { channel: b"b-1" });
+        let established =
+            br#"{"event":"pusher:connection_established","data":"{\"socket_id\":\"1.2\"}"}"#;
+        assert_eq!(read_pusher(established), PusherFrame::Established);
+        assert_eq!(
+            read_pusher(br#"{"event":"pusher:ping","data":{}}"#),
+            PusherFrame::Ping
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::{Buf, BytesMut};
+use chorus_bench::client::Protocol;
 use chorus_bench::procstat::Watched;
 use chorus_bench::publisher::Via;
 use chorus_bench::scenario::{self, Options, Report, Scenario};
@@ -106,6 +107,8 @@ fn options(c: &Cluster, scenario: Scenario) -> Options {
         api: c.api.clone(),
         api_key: KEY.into(),
         via: Via::GrpcStream,
+        protocol: Arc::new(Protocol::Protobuf),
+        pusher: None,
         clients: 6,
         messages: 40,
         rate: 400.0,
@@ -163,6 +166,17 @@ async fn every_scenario_runs_end_to_end_without_loss() {
         .unwrap();
     assert_complete(&r);
     assert_eq!(r.published, 40);
+
+    // The JSON form, published over HTTP: what a browser app sees.
+    for scenario in [Scenario::Fanout, Scenario::Channels] {
+        let mut o = options(&c, scenario);
+        o.protocol = Arc::new(Protocol::Json);
+        o.via = Via::Http;
+        let r = scenario::run(o).await.unwrap();
+        assert_complete(&r);
+        assert_eq!(r.published, 40, "{scenario:?}");
+        assert_eq!(r.protocol, "json");
+    }
 
     let mut o = options(&c, Scenario::Connect);
     o.clients = 30;
