@@ -44,8 +44,7 @@ use crate::namespaces::{NamespaceRules, Namespaces};
 pub const NAMESPACE_PREFIX: &str = "pusher-";
 /// Longest Pusher channel name (the protocol's limit).
 pub const MAX_CHANNEL_NAME: usize = 164;
-/// Prefix of a user's server-to-user channel in the Pusher protocol.
-pub const USER_CHANNEL_PREFIX: &str = "#server-to-user-";
+pub use chorus_protocol::pusher::USER_CHANNEL_PREFIX;
 
 /// Where the Pusher apps come from.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -361,36 +360,7 @@ impl ChannelKind {
     }
 }
 
-/// A Pusher event as it travels on the bus (the publication's data, JSON).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Event {
-    pub event: String,
-    pub data: String,
-    /// The sender of a client event on a presence channel.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user_id: Option<String>,
-}
-
-impl Event {
-    pub fn to_bytes(&self) -> bytes::Bytes {
-        // A struct of strings always serializes.
-        serde_json::to_vec(self).unwrap_or_default().into()
-    }
-
-    /// The event a publication's data carries. Data published by other means than the Pusher
-    /// API (a native client, `/api/publish`) arrives as event `message` with the data as its
-    /// JSON text.
-    pub fn from_publication(data: &[u8]) -> Self {
-        match serde_json::from_slice::<Event>(data) {
-            Ok(event) => event,
-            Err(_) => Event {
-                event: "message".to_owned(),
-                data: String::from_utf8_lossy(data).into_owned(),
-                user_id: None,
-            },
-        }
-    }
-}
+pub use chorus_protocol::pusher::Event;
 
 /// A webhook event (Pusher's names and fields), produced once per event in the cluster and
 /// POSTed in batches to the app's `webhook_url`.

@@ -161,7 +161,8 @@ impl Connection {
             },
         );
         let msg = match self.format {
-            Format::Json => Message::Text(
+            // A Pusher connection is a gateway's own (its clients are Pusher libraries).
+            Format::Json | Format::Pusher => Message::Text(
                 Utf8Bytes::try_from(bytes)
                     .map_err(|_| self.lost(None, "a JSON command was not UTF-8".into()))?,
             ),

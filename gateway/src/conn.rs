@@ -275,7 +275,12 @@ impl Conn {
             if frame.is_some() || self.is_ending() {
                 return false;
             }
-            *frame = Some((code, reason.to_owned()));
+            // A pusher-js client decides by the code whether and when to reconnect.
+            let sent = match self.format {
+                Format::Pusher => chorus_protocol::pusher::close_code(code),
+                _ => code,
+            };
+            *frame = Some((sent, reason.to_owned()));
         }
         self.end();
         crate::metrics::closed(code);

@@ -26,6 +26,7 @@ mod message_reader;
 pub mod metrics;
 mod node;
 mod permissions;
+mod pusher;
 mod security;
 mod server;
 mod session;

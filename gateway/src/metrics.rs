@@ -45,6 +45,15 @@ pub const CATCH_UPS: &str = "chorus_gateway_catch_ups_total";
 /// gap outgrew history): their subscribers were closed with 3003 and told on resubscribe.
 pub const STATE_LOST: &str = "chorus_gateway_state_lost_total";
 
+/// Open Pusher-protocol connections (`/app/{key}`), a part of [`CONNECTIONS`].
+pub const PUSHER_CONNECTIONS: &str = "chorus_gateway_pusher_connections";
+/// Pusher connections and messages refused, by reason: `unknown_app` (4001), `protocol`
+/// (4007), `over_quota` (4004), `auth` (a bad subscription or sign-in signature),
+/// `client_event` (client events refused: disabled, not subscribed, too large, rate).
+pub const PUSHER_REFUSALS: &str = "chorus_gateway_pusher_refusals_total";
+/// Client events (`client-*`) relayed from Pusher connections.
+pub const PUSHER_CLIENT_EVENTS: &str = "chorus_gateway_pusher_client_events_total";
+
 /// Every metric the gateway exports, for tests and docs.
 pub const ALL: &[&str] = &[
     CONNECTIONS,
@@ -62,6 +71,18 @@ pub const ALL: &[&str] = &[
     STATE_LOST,
     CLOSES,
     UPGRADES_REFUSED,
+    PUSHER_CONNECTIONS,
+    PUSHER_REFUSALS,
+    PUSHER_CLIENT_EVENTS,
+];
+
+/// The reasons [`PUSHER_REFUSALS`] uses.
+pub const PUSHER_REFUSAL_REASONS: &[&str] = &[
+    "unknown_app",
+    "protocol",
+    "over_quota",
+    "auth",
+    "client_event",
 ];
 
 /// The reasons [`UPGRADES_REFUSED`] uses.
@@ -75,6 +96,7 @@ static CHANNELS_HERE: AtomicI64 = AtomicI64::new(0);
 static SUBSCRIPTIONS_HERE: AtomicI64 = AtomicI64::new(0);
 static QUEUED: AtomicI64 = AtomicI64::new(0);
 static BACKLOG: AtomicI64 = AtomicI64::new(0);
+static PUSHER_OPEN: AtomicI64 = AtomicI64::new(0);
 
 /// Installs the process's recorder if needed and describes the gateway's metrics (once per
 /// process).
@@ -95,6 +117,19 @@ pub(crate) fn render() -> Option<String> {
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!(PUSHER_CONNECTIONS, "Open Pusher-protocol connections");
+    describe_counter!(
+        PUSHER_REFUSALS,
+        "Pusher connections and messages refused, by reason"
+    );
+    describe_counter!(
+        PUSHER_CLIENT_EVENTS,
+        "Client events relayed from Pusher connections"
+    );
+    for reason in PUSHER_REFUSAL_REASONS {
+        metrics::counter!(PUSHER_REFUSALS, "reason" => *reason).increment(0);
+    }
+    metrics::counter!(PUSHER_CLIENT_EVENTS).increment(0);
     describe_gauge!(CONNECTIONS, "Open WebSocket connections");
     describe_counter!(CONNECTIONS_ACCEPTED, "WebSocket upgrades accepted");
     describe_gauge!(
@@ -162,6 +197,7 @@ fn sample() {
         (SUBSCRIPTIONS, &SUBSCRIPTIONS_HERE),
         (QUEUED_BYTES, &QUEUED),
         (CATCH_UP_BACKLOG_BYTES, &BACKLOG),
+        (PUSHER_CONNECTIONS, &PUSHER_OPEN),
     ] {
         metrics::gauge!(name).set(value.load(Ordering::Relaxed).max(0) as f64);
     }
@@ -183,6 +219,21 @@ pub(crate) fn closed(code: u16) {
 }
 
 /// A WebSocket upgrade was refused; `reason` is one of [`REFUSAL_REASONS`].
+/// A Pusher connection opened (`1`) or closed (`-1`).
+pub(crate) fn pusher_connections(delta: i64) {
+    PUSHER_OPEN.fetch_add(delta, Ordering::Relaxed);
+}
+
+/// A Pusher connection or message was refused.
+pub(crate) fn pusher_refused(reason: &'static str) {
+    metrics::counter!(PUSHER_REFUSALS, "reason" => reason).increment(1);
+}
+
+/// A client event was relayed.
+pub(crate) fn pusher_client_event() {
+    metrics::counter!(PUSHER_CLIENT_EVENTS).increment(1);
+}
+
 pub(crate) fn upgrade_refused(reason: &'static str) {
     metrics::counter!(UPGRADES_REFUSED, "reason" => reason).increment(1);
 }

@@ -34,6 +34,8 @@ pub(crate) struct Node {
     pub(crate) security: Security,
     /// When the drain started (set by the first to look after `shutdown`).
     drain_started: OnceLock<Instant>,
+    /// Socket ids and per-app connection counts of Pusher connections.
+    pub(crate) pusher: Arc<crate::pusher::PusherNode>,
 }
 
 impl Node {
@@ -81,6 +83,7 @@ impl Node {
             shutdown,
             security,
             drain_started: OnceLock::new(),
+            pusher: Arc::default(),
         })
     }
 

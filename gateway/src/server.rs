@@ -1,4 +1,5 @@
-//! The HTTP side of the gateway: accepting TCP connections, routing `/ws`, `/healthz`,
+//! The HTTP side of the gateway: accepting TCP connections, routing `/ws` (and the Pusher
+//! protocol's `/app/{key}`), `/healthz`,
 //! `/readyz`, the JavaScript client at `/sdk/` and the demo page, and handing upgraded
 //! WebSockets to sessions; and, on a listener of its own (loopback by default), `/metrics`, so
 //! that the client port never serves the node's internals.
@@ -153,7 +154,10 @@ fn metrics_page() -> Response<Body> {
 
 fn route(req: Request<Incoming>, node: &Arc<Node>, tracker: &TaskTracker) -> Response<Body> {
     match (req.method(), req.uri().path()) {
-        (&Method::GET, "/ws") => upgrade(req, node, tracker),
+        (&Method::GET, "/ws") => upgrade(req, node, tracker, Protocol::Chorus),
+        (&Method::GET, path) if path.starts_with("/app/") => {
+            upgrade(req, node, tracker, Protocol::Pusher)
+        }
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => {
             if node.is_ready() {
@@ -203,7 +207,27 @@ fn sdk_file(body: &'static str, content_type: &'static str) -> Response<Body> {
     resp
 }
 
-fn upgrade(mut req: Request<Incoming>, node: &Arc<Node>, tracker: &TaskTracker) -> Response<Body> {
+/// Which protocol an upgrade asks for.
+#[derive(Debug, Clone, Copy)]
+enum Protocol {
+    /// Chorus's own, at `/ws`.
+    Chorus,
+    /// Pusher's, at `/app/{key}` (`crate::pusher`).
+    Pusher,
+}
+
+/// The session an upgraded connection runs.
+enum Start {
+    Chorus(Format),
+    Pusher(crate::pusher::Start),
+}
+
+fn upgrade(
+    mut req: Request<Incoming>,
+    node: &Arc<Node>,
+    tracker: &TaskTracker,
+    protocol: Protocol,
+) -> Response<Body> {
     if !fastwebsockets::upgrade::is_upgrade_request(&req) {
         return text(
             StatusCode::UPGRADE_REQUIRED,
@@ -237,9 +261,19 @@ fn upgrade(mut req: Request<Incoming>, node: &Arc<Node>, tracker: &TaskTracker) 
             "connection limit reached\n",
         );
     };
-    let (format, subprotocol) = match negotiate(&req) {
-        Ok(f) => f,
-        Err(msg) => return text(StatusCode::BAD_REQUEST, &msg),
+    let (start, subprotocol) = match protocol {
+        Protocol::Chorus => match negotiate(&req) {
+            Ok((format, subprotocol)) => (Start::Chorus(format), subprotocol),
+            Err(msg) => return text(StatusCode::BAD_REQUEST, &msg),
+        },
+        Protocol::Pusher => (
+            Start::Pusher(crate::pusher::Start::of(
+                node,
+                req.uri().path(),
+                req.uri().query(),
+            )),
+            None,
+        ),
     };
     let (response, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok(r) => r,
@@ -263,7 +297,13 @@ fn upgrade(mut req: Request<Incoming>, node: &Arc<Node>, tracker: &TaskTracker) 
                 .downcast::<TokioIo<TcpStream>>()
             {
                 Ok(parts) => {
-                    session::run(node, parts.io.into_inner(), parts.read_buf, format).await
+                    let (socket, already) = (parts.io.into_inner(), parts.read_buf);
+                    match start {
+                        Start::Chorus(format) => session::run(node, socket, already, format).await,
+                        Start::Pusher(start) => {
+                            crate::pusher::run(node, socket, already, start).await;
+                        }
+                    }
                 }
                 Err(_) => tracing::error!("upgraded connection is not a TCP stream"),
             },

@@ -314,7 +314,7 @@ async fn a_connect_recovers_its_server_side_channels_from_the_positions_it_gives
     for n in 2..=4 {
         cluster.http_publish("news", json!({"n": n})).await;
     }
-    for format in Format::ALL {
+    for format in Format::CHORUS {
         let mut fay = WsClient::open(&cluster.ws(0), format).await.unwrap();
         // From offset 1: 2..=4 are recovered in the push. A channel the gateway does not
         // subscribe at connect is ignored.

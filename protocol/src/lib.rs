@@ -9,7 +9,8 @@
 //! - [`bus`]: the envelope that carries a publication over Redis (or the in-memory bus);
 //! - [`api`]: the gRPC server API used by backend applications;
 //! - [`channel`]: the channel-name rules, in one place;
-//! - [`codes`]: the numeric error codes and WebSocket close codes clients see.
+//! - [`codes`]: the numeric error codes and WebSocket close codes clients see;
+//! - [`pusher`]: the Pusher protocol's messages, for pusher-js clients of a gateway.
 //!
 //! Data flows one way through the codecs: bytes from a socket become a [`client::Command`] via
 //! [`wire::decode_command`]; replies and pushes become bytes via [`wire::encode_frame`].
@@ -18,6 +19,7 @@ pub mod channel;
 pub mod codes;
 pub mod envelope;
 pub mod json;
+pub mod pusher;
 pub mod wire;
 
 /// Client protocol types (`chorus.client.v1`).

@@ -24,23 +24,31 @@ pub enum Format {
     Json,
     /// Protobuf in WebSocket binary frames.
     Protobuf,
+    /// The Pusher protocol (JSON text frames): a gateway's `/app/{key}` connections. Only
+    /// server frames are encoded in it ([`crate::pusher::encode_frame`]); its sessions read
+    /// Pusher messages themselves.
+    Pusher,
 }
 
 impl Format {
     /// Every format, in a fixed order (index with [`Format::index`]).
-    pub const ALL: [Format; 2] = [Format::Json, Format::Protobuf];
+    pub const ALL: [Format; 3] = [Format::Json, Format::Protobuf, Format::Pusher];
+
+    /// The forms of Chorus's own protocol, which clients choose between at `/ws`.
+    pub const CHORUS: [Format; 2] = [Format::Json, Format::Protobuf];
 
     /// A small dense index, for per-format caches of encoded frames.
     pub fn index(self) -> usize {
         match self {
             Format::Json => 0,
             Format::Protobuf => 1,
+            Format::Pusher => 2,
         }
     }
 
     /// Whether frames of this format are WebSocket text frames (else binary).
     pub fn is_text(self) -> bool {
-        self == Format::Json
+        self != Format::Protobuf
     }
 }
 
@@ -56,6 +64,10 @@ pub struct DecodeError {
 pub fn decode_command(format: Format, bytes: &[u8]) -> Result<client::Command, DecodeError> {
     match format {
         Format::Json => json::decode_command(bytes),
+        Format::Pusher => Err(DecodeError {
+            id: 0,
+            error: ErrorCode::BadRequest.with("a Pusher connection sends Pusher messages"),
+        }),
         Format::Protobuf => {
             let cmd = client::Command::decode(bytes).map_err(|e| DecodeError {
                 id: 0,
@@ -81,7 +93,7 @@ pub fn decode_command(format: Format, bytes: &[u8]) -> Result<client::Command, D
 /// Encodes one command (used by clients and tests).
 pub fn encode_command(format: Format, cmd: &client::Command) -> Bytes {
     match format {
-        Format::Json => json::encode_command(cmd),
+        Format::Json | Format::Pusher => json::encode_command(cmd),
         Format::Protobuf => Bytes::from(cmd.encode_to_vec()),
     }
 }
@@ -91,6 +103,7 @@ pub fn encode_frame(format: Format, frame: &client::ServerFrame) -> Bytes {
     match format {
         Format::Json => json::encode_frame(frame),
         Format::Protobuf => Bytes::from(frame.encode_to_vec()),
+        Format::Pusher => crate::pusher::encode_frame(frame),
     }
 }
 
@@ -99,6 +112,7 @@ pub fn decode_frame(format: Format, bytes: &[u8]) -> Result<client::ServerFrame,
     match format {
         Format::Json => json::decode_frame(bytes).map_err(|e| e.to_string()),
         Format::Protobuf => client::ServerFrame::decode(bytes).map_err(|e| e.to_string()),
+        Format::Pusher => Err("Pusher messages are not Chorus frames".into()),
     }
 }
 
@@ -198,7 +212,7 @@ mod tests {
     fn publication_is_the_same_in_both_formats() {
         for data in [&br#"{"n":1}"#[..], &[0u8, 159, 146, 150][..]] {
             let frame = publication(data);
-            for format in Format::ALL {
+            for format in Format::CHORUS {
                 let bytes = encode_frame(format, &frame);
                 let back = decode_frame(format, &bytes).expect("decodes");
                 assert_eq!(back, frame, "{format:?}");
@@ -318,7 +332,7 @@ mod tests {
             }),
         ];
         for frame in frames {
-            for format in Format::ALL {
+            for format in Format::CHORUS {
                 let bytes = encode_frame(format, &frame);
                 assert_eq!(
                     decode_frame(format, &bytes).as_ref(),
@@ -378,7 +392,7 @@ mod tests {
                 epoch: "e".into()
             })
         );
-        for format in Format::ALL {
+        for format in Format::CHORUS {
             let again = decode_command(format, &encode_command(format, &cmd));
             assert_eq!(again.as_ref(), Ok(&cmd), "{format:?}");
         }

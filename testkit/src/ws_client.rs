@@ -175,7 +175,7 @@ impl WsClient {
     /// Sends a frame in the connection's format (text for JSON, binary for protobuf).
     pub async fn send_raw(&mut self, payload: Bytes) -> anyhow::Result<()> {
         let msg = match self.format {
-            Format::Json => Message::Text(
+            Format::Json | Format::Pusher => Message::Text(
                 String::from_utf8(payload.to_vec())
                     .map_err(|_| anyhow!("JSON command is not UTF-8"))?
                     .into(),
@@ -296,7 +296,7 @@ impl WsClient {
 /// The URL a client of `format` connects to: protobuf asks with `?format=protobuf`.
 fn with_format(url: &str, format: Format) -> String {
     match format {
-        Format::Json => url.to_owned(),
+        Format::Json | Format::Pusher => url.to_owned(),
         Format::Protobuf => format!("{url}?format=protobuf"),
     }
 }

@@ -19,6 +19,7 @@ use chorus_protocol::codes::close;
 use chorus_protocol::wire::{self, Format};
 
 use super::Hub;
+use super::members::{MAX_PENDING, PusherPresence};
 use super::sequencer::{BacklogFull, Sequencer, State, Step};
 use crate::conn::{Conn, Outgoing};
 
@@ -58,6 +59,9 @@ pub(crate) struct Sub {
     pub(crate) from: u64,
     /// Whether it receives join and leave pushes (where the channel announces them).
     pub(crate) join_leave: bool,
+    /// A Pusher presence subscriber: its view of the members, which joins and leaves change
+    /// (`members.rs`), instead of join and leave pushes.
+    pub(crate) pusher: Option<Box<PusherPresence>>,
 }
 
 impl Sub {
@@ -68,6 +72,15 @@ impl Sub {
             held_bytes: 0,
             from: 0,
             join_leave,
+            pusher: None,
+        }
+    }
+
+    /// A held Pusher presence subscriber.
+    pub(crate) fn held_pusher_presence(conn: &Arc<Conn>) -> Self {
+        Self {
+            pusher: Some(Box::default()),
+            ..Self::held(conn, false)
         }
     }
 
@@ -78,6 +91,7 @@ impl Sub {
             held_bytes: 0,
             from,
             join_leave,
+            pusher: None,
         }
     }
 }
@@ -284,9 +298,9 @@ impl Channel {
             return;
         };
         let info = Some(client::ClientInfo {
-            client: event.client,
-            user: event.user,
-            info: event.info,
+            client: event.client.clone(),
+            user: event.user.clone(),
+            info: event.info.clone(),
         });
         let body = if event.leave {
             push::Body::Leave(client::Leave { channel, info })
@@ -296,8 +310,30 @@ impl Channel {
         let frame = wire::push(body);
         let mut cache: [Option<Bytes>; Format::ALL.len()] = Default::default();
         let mut queued = 0;
-        for sub in &self.subs {
-            if !sub.join_leave || sub.held.is_some() || sub.conn.client == exclude_client {
+        for sub in &mut self.subs {
+            if sub.conn.client == exclude_client {
+                continue;
+            }
+            if let Some(pusher) = &mut sub.pusher {
+                match &mut pusher.view {
+                    Some(view) => {
+                        if let Some(message) = view.apply(&self.name, &event) {
+                            queued += sub.conn.push(Outgoing::Data(message));
+                        }
+                    }
+                    None if pusher.pending.len() < MAX_PENDING => {
+                        pusher.pending.push(event.clone());
+                    }
+                    None => {
+                        sub.conn.close(
+                            close::SLOW_CONSUMER,
+                            "too many members came and went before the subscription was ready",
+                        );
+                    }
+                }
+                continue;
+            }
+            if !sub.join_leave || sub.held.is_some() {
                 continue;
             }
             let bytes = cache[sub.conn.format.index()]

@@ -29,6 +29,7 @@
 //! counts as live counters, so a metrics scrape never walks the shards.
 
 mod channel;
+mod members;
 mod sequencer;
 #[cfg(test)]
 mod tests;
@@ -45,6 +46,7 @@ use parking_lot::Mutex;
 use crate::catch_up::CatchUpQueue;
 use crate::conn::{Conn, Outgoing};
 use channel::{Channel, Sub, covers};
+pub(crate) use members::MemberView;
 use sequencer::{BacklogBudget, Sequencer, State};
 
 const SHARDS: usize = 64;
@@ -121,6 +123,25 @@ impl Hub {
         link.want(channel)
     }
 
+    /// [`Hub::hold`] for a Pusher presence subscriber: joins and leaves that arrive while it
+    /// is held are kept for its member view ([`Hub::activate_presence`]).
+    pub(crate) fn hold_presence(
+        &self,
+        link: &NodeLink,
+        channel: &str,
+        conn: &Arc<Conn>,
+    ) -> ChannelReady {
+        let mut shard = self.shard(channel).lock();
+        let ch = shard.entry(channel.to_owned()).or_insert_with(|| {
+            self.channels_changed(1);
+            Channel::new(channel, Sequencer::new(self.backlog.clone()))
+        });
+        if ch.add(Sub::held_pusher_presence(conn)) {
+            self.subscriptions_added(1);
+        }
+        link.want(channel)
+    }
+
     /// Subscribes `conn` to a channel this node already delivers live, at the position of the
     /// last publication delivered: `reply` makes the subscribe reply for that position, which
     /// is queued under the same lock, so nothing can come between it and the publications
@@ -160,6 +181,31 @@ impl Hub {
         position: &Position,
         reply: Option<Bytes>,
     ) -> Result<(), ActivateError> {
+        self.activate_with(channel, conn, position, reply, None)
+    }
+
+    /// Makes a Pusher presence subscriber (held by [`Hub::hold_presence`]) live with `view`,
+    /// the members it was told of in `reply`: then the joins and leaves that arrived while it
+    /// was held, as member messages where they change the view, then the held publications.
+    pub(crate) fn activate_presence(
+        &self,
+        channel: &str,
+        conn: &Arc<Conn>,
+        position: &Position,
+        view: MemberView,
+        reply: Bytes,
+    ) -> Result<(), ActivateError> {
+        self.activate_with(channel, conn, position, Some(reply), Some(view))
+    }
+
+    fn activate_with(
+        &self,
+        channel: &str,
+        conn: &Arc<Conn>,
+        position: &Position,
+        reply: Option<Bytes>,
+        view: Option<MemberView>,
+    ) -> Result<(), ActivateError> {
         let mut shard = self.shard(channel).lock();
         let ch = shard.get_mut(channel).ok_or(ActivateError::Gone)?;
         let sync = ch.seq.state == State::Unsynced;
@@ -183,6 +229,14 @@ impl Hub {
         }
         sub.from = position.offset;
         let mut queued = reply.map_or(0, |reply| sub.conn.push(Outgoing::Data(reply)));
+        if let (Some(pusher), Some(mut view)) = (sub.pusher.as_mut(), view) {
+            for event in std::mem::take(&mut pusher.pending) {
+                if let Some(message) = view.apply(channel, &event) {
+                    queued += sub.conn.push(Outgoing::Data(message));
+                }
+            }
+            pusher.view = Some(view);
+        }
         for held in sub.held.take().unwrap_or_default() {
             if held.offset > position.offset {
                 queued += sub

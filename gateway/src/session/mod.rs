@@ -47,32 +47,47 @@ pub(crate) async fn run(node: Arc<Node>, socket: TcpStream, already: Bytes, form
     );
     let (read, write) = socket.into_split();
     let mut reader = MessageReader::new(config.max_message_size, already);
-    let mut writer = WriterTask(Some(tokio::spawn(writer::run(
-        write,
-        conn.clone(),
-        queue,
-        config.ping_interval,
-    ))));
+    let writer = WriterTask::spawn(write, conn.clone(), queue, config.ping_interval);
     let mut session = Session::new(&node, &conn);
     let span = tracing::debug_span!("session", client = %conn.client, ?format);
     session.read_loop(&mut reader, &read).instrument(span).await;
     drop(session);
-    // The writer sends the close frame (if any) and stops. A client that stopped reading can
-    // leave it blocked on a full socket for ever: after a short grace it is aborted, which
-    // drops the socket.
-    if let Some(mut task) = writer.0.take()
-        && tokio::time::timeout(std::time::Duration::from_secs(5), &mut task)
-            .await
-            .is_err()
-    {
-        task.abort();
-        tracing::debug!(client = %conn.client, "writer did not finish; dropped the socket");
-    }
+    writer.finish(&conn).await;
 }
 
 /// The connection's writer task, aborted if the session ends without waiting for it — a
 /// panic in the session, say — so that no socket outlives its session.
-struct WriterTask(Option<tokio::task::JoinHandle<()>>);
+pub(crate) struct WriterTask(Option<tokio::task::JoinHandle<()>>);
+
+impl WriterTask {
+    pub(crate) fn spawn(
+        write: tokio::net::tcp::OwnedWriteHalf,
+        conn: Arc<Conn>,
+        queue: crate::conn::ConnQueue,
+        ping_interval: std::time::Duration,
+    ) -> Self {
+        Self(Some(tokio::spawn(writer::run(
+            write,
+            conn,
+            queue,
+            ping_interval,
+        ))))
+    }
+
+    /// Waits for the writer to send the close frame (if any) and stop. A client that stopped
+    /// reading can leave it blocked on a full socket for ever: after a short grace it is
+    /// aborted, which drops the socket.
+    pub(crate) async fn finish(mut self, conn: &Conn) {
+        if let Some(mut task) = self.0.take()
+            && tokio::time::timeout(std::time::Duration::from_secs(5), &mut task)
+                .await
+                .is_err()
+        {
+            task.abort();
+            tracing::debug!(client = %conn.client, "writer did not finish; dropped the socket");
+        }
+    }
+}
 
 impl Drop for WriterTask {
     fn drop(&mut self) {
@@ -598,7 +613,7 @@ impl Drop for Session {
 }
 
 /// A bus call with an overall deadline, so a client's command never hangs on the bus.
-async fn bounded<T>(
+pub(crate) async fn bounded<T>(
     timeout: std::time::Duration,
     fut: impl std::future::Future<Output = Result<T, BusError>>,
 ) -> Result<T, BusError> {

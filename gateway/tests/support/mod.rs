@@ -58,6 +58,35 @@ impl Cluster {
         namespaces: Namespaces,
         persistent: bool,
     ) -> Self {
+        Self::start_apps(
+            gateways,
+            gateway_config,
+            namespaces,
+            persistent,
+            chorus_bus::pusher::Apps::default(),
+        )
+        .await
+    }
+
+    /// A cluster serving these Pusher apps (their namespaces added to the rules).
+    pub async fn start_pusher(gateways: usize, apps: chorus_bus::pusher::Apps) -> Self {
+        Self::start_apps(
+            gateways,
+            GatewayConfig::default(),
+            Namespaces::default(),
+            false,
+            apps,
+        )
+        .await
+    }
+
+    async fn start_apps(
+        gateways: usize,
+        gateway_config: GatewayConfig,
+        namespaces: Namespaces,
+        persistent: bool,
+        apps: chorus_bus::pusher::Apps,
+    ) -> Self {
         let redis = if persistent {
             RedisServer::start_persistent()
         } else {
@@ -76,7 +105,8 @@ impl Cluster {
         .with_bus_timeout(&bus_cfg);
         let bus = Bus::redis(&bus_cfg)
             .unwrap()
-            .with_namespaces(namespaces.clone());
+            .with_namespaces(namespaces.clone())
+            .with_pusher_apps(apps.clone());
         tokio::spawn(chorus_broker_api::serve(
             listener,
             bus,
@@ -98,7 +128,8 @@ impl Cluster {
             };
             let bus = Bus::redis(&bus_cfg)
                 .unwrap()
-                .with_namespaces(namespaces.clone());
+                .with_namespaces(namespaces.clone())
+                .with_pusher_apps(apps.clone());
             tokio::spawn(chorus_gateway::serve(
                 listener,
                 bus,
