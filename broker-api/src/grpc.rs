@@ -22,6 +22,7 @@ fn item(req: api::PublishRequest) -> PublishItem {
         channel: req.channel,
         data: req.data,
         idempotency_key: Some(req.idempotency_key).filter(|k| !k.is_empty()),
+        exclude_client: String::new(),
     }
 }
 

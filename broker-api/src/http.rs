@@ -576,6 +576,7 @@ pub(crate) async fn publish_batch(
                     channel: p.channel,
                     data,
                     idempotency_key: p.idempotency_key,
+                    exclude_client: String::new(),
                 });
                 bad.push(None);
             }

@@ -76,6 +76,7 @@ mod health;
 pub mod http;
 pub mod metrics;
 pub mod openapi;
+pub mod pusher;
 pub mod server;
 pub mod service;
 pub mod webhooks;

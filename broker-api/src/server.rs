@@ -60,6 +60,8 @@ pub fn router(
     let json = api
         .merge(http::probe_routes())
         .merge(crate::admin::routes())
+        // Authenticated by the Pusher signature, not the API key.
+        .merge(crate::pusher::routes().layer(DefaultBodyLimit::max(config.max_body)))
         .method_not_allowed_fallback(http::method_not_allowed)
         .with_state(broker.clone());
 

@@ -49,6 +49,8 @@ pub struct PublishItem {
     pub channel: String,
     pub data: Bytes,
     pub idempotency_key: Option<String>,
+    /// A connection not to deliver it to (a Pusher `socket_id`); empty for none.
+    pub exclude_client: String,
 }
 
 /// How a publish waits for room under `--api-max-inflight`.
@@ -76,6 +78,11 @@ impl Broker {
     }
 
     /// The largest data a publish may carry, in bytes.
+    /// The bus this broker publishes on.
+    pub fn bus(&self) -> &Bus {
+        &self.inner.bus
+    }
+
     pub fn max_data(&self) -> usize {
         self.inner.max_data
     }
@@ -131,7 +138,7 @@ impl Broker {
                     msgs.push(Publish {
                         channel: item.channel,
                         data: item.data,
-                        exclude_client: String::new(),
+                        exclude_client: item.exclude_client,
                         idempotency_key: item.idempotency_key.filter(|k| !k.is_empty()),
                     });
                     results.push(None);

@@ -87,7 +87,14 @@ pub fn node_test(package: &str, modules: &[&str], files: &[&str], limit: std::ti
     ));
     let out = std::fs::File::create(&out_path).expect("log file");
     let child = Command::new("node")
-        .args(["--test", "--test-concurrency=1", "--test-reporter=tap"])
+        // Force the exit once every test ended: a client library left with a socket or a
+        // timer (pusher-js after a connection the server refused) would keep node alive.
+        .args([
+            "--test",
+            "--test-concurrency=1",
+            "--test-force-exit",
+            "--test-reporter=tap",
+        ])
         .args(files)
         .current_dir(&dir)
         .env("CHORUS_BIN_DIR", bin_dir())

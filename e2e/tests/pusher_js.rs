@@ -20,6 +20,16 @@ fn pusher_js_and_laravel_echo_against_two_gateways() {
 }
 
 #[test]
+fn the_pusher_server_library_against_the_http_api() {
+    node_test(
+        "sdk/pusher-test",
+        MODULES,
+        &["test/server-lib.test.js"],
+        Duration::from_secs(100),
+    );
+}
+
+#[test]
 fn webhooks_verified_by_the_pusher_library() {
     node_test(
         "sdk/pusher-test",
