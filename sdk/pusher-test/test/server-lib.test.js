@@ -127,10 +127,13 @@ describe("the pusher server library against Chorus", () => {
     await assert.rejects(server.get({ path: "/channels/quiet/users" }), (e) => e.status === 400);
   });
 
-  test("terminateUserConnections closes the user's connections, and pusher-js stays away", async () => {
+  test("sendToUser reaches a signed-in user; terminateUserConnections closes the user's connections, and pusher-js stays away", async () => {
     const c = client(1, "mallory");
     c.signin();
     await until(() => c.user.serverToUserChannel?.subscribed, 10000, "signed in");
+    const note = new Promise((resolve) => c.user.bind("note", resolve));
+    await server.sendToUser("mallory", "note", { for: "you" });
+    assert.deepEqual(await note, { for: "you" });
     const failed = new Promise((resolve) => c.connection.bind("error", resolve));
     const resp = await server.terminateUserConnections("mallory");
     assert.equal(resp.status, 200);
