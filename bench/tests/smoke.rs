@@ -61,6 +61,14 @@ async fn cluster_with(namespaces: Namespaces) -> Cluster {
         Bus::redis(&bus_cfg)
             .unwrap()
             .with_namespaces(namespaces.clone())
+            .with_pusher_apps(
+                chorus_bus::pusher::Apps::from_apps(vec![chorus_bus::pusher::App::new(
+                    "bench",
+                    "bench-key",
+                    "bench-secret",
+                )])
+                .unwrap(),
+            )
     };
     tokio::spawn(chorus_broker_api::serve(
         listener,
@@ -166,6 +174,20 @@ async fn every_scenario_runs_end_to_end_without_loss() {
         .unwrap();
     assert_complete(&r);
     assert_eq!(r.published, 40);
+
+    // The Pusher protocol, published through the Pusher HTTP API.
+    for scenario in [Scenario::Fanout, Scenario::Channels] {
+        let mut o = options(&c, scenario);
+        o.protocol = Arc::new(Protocol::Pusher {
+            key: "bench-key".into(),
+        });
+        o.via = Via::Pusher;
+        o.pusher = Some("bench:bench-key:bench-secret".parse().unwrap());
+        let r = scenario::run(o).await.unwrap();
+        assert_complete(&r);
+        assert_eq!(r.published, 40, "{scenario:?}");
+        assert_eq!(r.protocol, "pusher");
+    }
 
     // The JSON form, published over HTTP: what a browser app sees.
     for scenario in [Scenario::Fanout, Scenario::Channels] {
