@@ -14,7 +14,8 @@ use crate::http;
     info(
         title = "Chorus broker API",
         description = "Publish into Chorus, read channels' history and list the gateway nodes. \
-            Every /api/ path needs `Authorization: Bearer <API key>`."
+            Every /api/ path needs `Authorization: Bearer <API key>`. The Pusher HTTP API under \
+            /apps/{app_id}/ is authenticated by the Pusher signature instead (docs/pusher.md)."
     ),
     paths(
         http::publish,
@@ -29,7 +30,13 @@ use crate::http;
         http::channels,
         http::nodes,
         http::healthz,
-        http::readyz
+        http::readyz,
+        crate::pusher::events,
+        crate::pusher::batch_events,
+        crate::pusher::channels,
+        crate::pusher::channel,
+        crate::pusher::users,
+        crate::pusher::terminate
     ),
     modifiers(&ApiKey)
 )]

@@ -28,7 +28,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
-use crate::error::{ApiError, ErrorCode};
+use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::service::{Admission, Broker, PublishItem, disconnect_op};
 
 /// How far a request's `auth_timestamp` may be from now, in seconds.
@@ -117,6 +117,35 @@ fn verify(
             "Invalid signature: you should have sent HmacSHA256Hex({signed:?}, your_secret)"
         ))),
     }
+}
+
+/// The body of `POST /apps/{app_id}/events` (for the OpenAPI description; the handler reads
+/// the same fields without copying `data`).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct PusherEvent {
+    /// The event name, 1-200 bytes.
+    name: String,
+    /// The event's data: a string (usually JSON text), relayed as it is; other JSON is relayed
+    /// as its text.
+    #[schema(value_type = Object)]
+    data: Value,
+    /// One channel; or `channels`.
+    channel: Option<String>,
+    /// Up to the app's `max_event_channels` (100).
+    channels: Option<Vec<String>>,
+    /// A connection (`\d+.\d+`) not to deliver the event to.
+    socket_id: Option<String>,
+    /// `subscription_count` and/or `user_count` (presence channels), comma-separated.
+    info: Option<String>,
+}
+
+/// The body of `POST /apps/{app_id}/batch_events`.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct PusherBatch {
+    /// Up to the app's `max_batch_events` (10) events, each with one `channel`.
+    batch: Vec<PusherEvent>,
 }
 
 #[derive(Deserialize)]
@@ -288,7 +317,24 @@ async fn subscription_count(broker: &Broker, chorus: &str) -> Result<u64, ApiErr
         .map_or(0, |(_, n)| n))
 }
 
-async fn events(
+#[utoipa::path(post, path = "/apps/{app_id}/events", request_body = PusherEvent,
+    params(
+        ("app_id" = String, Path, description = "the app's id"),
+        ("auth_key" = String, Query, description = "the app's key"),
+        ("auth_timestamp" = i64, Query, description = "seconds since the Unix epoch, within 600 s of the server's"),
+        ("auth_version" = String, Query, description = "1.0"),
+        ("auth_signature" = String, Query, description = "HMAC-SHA256 (hex) of METHOD\\npath\\nsorted query, with the app's secret"),
+        ("body_md5" = String, Query, description = "hex MD5 of the body"),
+    ),
+    responses(
+        (status = 200, body = Object, description = "{} or, with info, {\"channels\": {name: {subscription_count, user_count}}}"),
+        (status = 400, body = ErrorBody, description = "bad_request, bad_channel"),
+        (status = 401, body = ErrorBody, description = "unauthorized: a wrong signature, key, timestamp or body_md5"),
+        (status = 404, body = ErrorBody, description = "not_found: unknown app"),
+        (status = 413, body = ErrorBody, description = "too_large: the data is over the app's max_event_bytes"),
+        (status = 503, body = ErrorBody, description = "unavailable"),
+    ))]
+pub(crate) async fn events(
     State(broker): State<Broker>,
     Path(app_id): Path<String>,
     method: Method,
@@ -311,7 +357,24 @@ async fn events(
     Ok(Json(json!({ "channels": channels })))
 }
 
-async fn batch_events(
+#[utoipa::path(post, path = "/apps/{app_id}/batch_events", request_body = PusherBatch,
+    params(
+        ("app_id" = String, Path, description = "the app's id"),
+        ("auth_key" = String, Query, description = "the app's key"),
+        ("auth_timestamp" = i64, Query, description = "seconds since the Unix epoch, within 600 s of the server's"),
+        ("auth_version" = String, Query, description = "1.0"),
+        ("auth_signature" = String, Query, description = "HMAC-SHA256 (hex) of METHOD\\npath\\nsorted query, with the app's secret"),
+        ("body_md5" = String, Query, description = "hex MD5 of the body"),
+    ),
+    responses(
+        (status = 200, body = Object, description = "{} or, with info, {\"batch\": [{subscription_count, user_count}]}"),
+        (status = 400, body = ErrorBody, description = "bad_request, bad_channel"),
+        (status = 401, body = ErrorBody, description = "unauthorized"),
+        (status = 404, body = ErrorBody, description = "not_found: unknown app"),
+        (status = 413, body = ErrorBody, description = "too_large"),
+        (status = 503, body = ErrorBody, description = "unavailable"),
+    ))]
+pub(crate) async fn batch_events(
     State(broker): State<Broker>,
     Path(app_id): Path<String>,
     method: Method,
@@ -350,7 +413,24 @@ async fn batch_events(
     Ok(Json(json!({ "batch": batch })))
 }
 
-async fn channels(
+#[utoipa::path(get, path = "/apps/{app_id}/channels",
+    params(
+        ("app_id" = String, Path, description = "the app's id"),
+        ("auth_key" = String, Query, description = "the app's key"),
+        ("auth_timestamp" = i64, Query, description = "seconds since the Unix epoch, within 600 s of the server's"),
+        ("auth_version" = String, Query, description = "1.0"),
+        ("auth_signature" = String, Query, description = "HMAC-SHA256 (hex) of METHOD\\npath\\nsorted query, with the app's secret"),
+        ("filter_by_prefix" = Option<String>, Query, description = "only channels whose names start with it"),
+        ("info" = Option<String>, Query, description = "subscription_count, user_count (with filter_by_prefix=presence-)"),
+    ),
+    responses(
+        (status = 200, body = Object, description = "{\"channels\": {name: {…info}}} for the occupied channels"),
+        (status = 400, body = ErrorBody, description = "bad_request"),
+        (status = 401, body = ErrorBody, description = "unauthorized"),
+        (status = 404, body = ErrorBody, description = "not_found: unknown app"),
+        (status = 503, body = ErrorBody, description = "unavailable"),
+    ))]
+pub(crate) async fn channels(
     State(broker): State<Broker>,
     Path(app_id): Path<String>,
     method: Method,
@@ -386,7 +466,24 @@ async fn channels(
     Ok(Json(json!({ "channels": channels })))
 }
 
-async fn channel(
+#[utoipa::path(get, path = "/apps/{app_id}/channels/{channel}",
+    params(
+        ("app_id" = String, Path, description = "the app's id"),
+        ("auth_key" = String, Query, description = "the app's key"),
+        ("auth_timestamp" = i64, Query, description = "seconds since the Unix epoch, within 600 s of the server's"),
+        ("auth_version" = String, Query, description = "1.0"),
+        ("auth_signature" = String, Query, description = "HMAC-SHA256 (hex) of METHOD\\npath\\nsorted query, with the app's secret"),
+        ("channel" = String, Path, description = "the Pusher channel name"),
+        ("info" = Option<String>, Query, description = "subscription_count, user_count (presence channels)"),
+    ),
+    responses(
+        (status = 200, body = Object, description = "{\"occupied\": bool, …info}"),
+        (status = 400, body = ErrorBody, description = "bad_request, bad_channel"),
+        (status = 401, body = ErrorBody, description = "unauthorized"),
+        (status = 404, body = ErrorBody, description = "not_found: unknown app"),
+        (status = 503, body = ErrorBody, description = "unavailable"),
+    ))]
+pub(crate) async fn channel(
     State(broker): State<Broker>,
     Path((app_id, name)): Path<(String, String)>,
     method: Method,
@@ -403,7 +500,23 @@ async fn channel(
     Ok(Json(Value::Object(info)))
 }
 
-async fn users(
+#[utoipa::path(get, path = "/apps/{app_id}/channels/{channel}/users",
+    params(
+        ("app_id" = String, Path, description = "the app's id"),
+        ("auth_key" = String, Query, description = "the app's key"),
+        ("auth_timestamp" = i64, Query, description = "seconds since the Unix epoch, within 600 s of the server's"),
+        ("auth_version" = String, Query, description = "1.0"),
+        ("auth_signature" = String, Query, description = "HMAC-SHA256 (hex) of METHOD\\npath\\nsorted query, with the app's secret"),
+        ("channel" = String, Path, description = "a presence channel"),
+    ),
+    responses(
+        (status = 200, body = Object, description = "{\"users\": [{\"id\": …}]}"),
+        (status = 400, body = ErrorBody, description = "bad_request: not a presence channel"),
+        (status = 401, body = ErrorBody, description = "unauthorized"),
+        (status = 404, body = ErrorBody, description = "not_found: unknown app"),
+        (status = 503, body = ErrorBody, description = "unavailable"),
+    ))]
+pub(crate) async fn users(
     State(broker): State<Broker>,
     Path((app_id, name)): Path<(String, String)>,
     method: Method,
@@ -426,7 +539,24 @@ async fn users(
     Ok(Json(json!({ "users": users })))
 }
 
-async fn terminate(
+#[utoipa::path(post, path = "/apps/{app_id}/users/{user_id}/terminate_connections",
+    params(
+        ("app_id" = String, Path, description = "the app's id"),
+        ("auth_key" = String, Query, description = "the app's key"),
+        ("auth_timestamp" = i64, Query, description = "seconds since the Unix epoch, within 600 s of the server's"),
+        ("auth_version" = String, Query, description = "1.0"),
+        ("auth_signature" = String, Query, description = "HMAC-SHA256 (hex) of METHOD\\npath\\nsorted query, with the app's secret"),
+        ("user_id" = String, Path, description = "the signed-in user's id"),
+        ("body_md5" = Option<String>, Query, description = "hex MD5 of the body, when there is one"),
+    ),
+    responses(
+        (status = 200, body = Object, description = "{}"),
+        (status = 400, body = ErrorBody, description = "bad_request"),
+        (status = 401, body = ErrorBody, description = "unauthorized"),
+        (status = 404, body = ErrorBody, description = "not_found: unknown app"),
+        (status = 503, body = ErrorBody, description = "unavailable"),
+    ))]
+pub(crate) async fn terminate(
     State(broker): State<Broker>,
     Path((app_id, user_id)): Path<(String, String)>,
     method: Method,

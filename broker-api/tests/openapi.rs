@@ -9,12 +9,28 @@ mod common;
 use std::collections::BTreeSet;
 
 use chorus_bus::Bus;
-use common::{KEY, TestServer, config, http};
+use chorus_bus::pusher::{App, Apps};
+use common::{KEY, TestServer, config, http, signed};
 use serde_json::{Value, json};
 
-/// A sample request per documented operation: method, path, body.
-fn samples() -> Vec<(&'static str, &'static str, Option<Value>)> {
-    vec![
+/// A Pusher sample: method, documented path, path, body, extra query parameters.
+type PusherSample = (
+    &'static str,
+    &'static str,
+    &'static str,
+    Option<Value>,
+    Vec<(&'static str, &'static str)>,
+);
+
+/// The Pusher app the samples of `/apps/…` use.
+fn pusher_app() -> App {
+    App::new("1001", "key-1001", "secret-1001")
+}
+
+/// A sample request per documented operation: method, documented path, the URL to send to,
+/// body. `/api/…` samples go to their path; Pusher ones to a signed URL.
+fn samples(s: &TestServer) -> Vec<(&'static str, &'static str, String, Option<Value>)> {
+    let api: Vec<(&'static str, &'static str, Option<Value>)> = vec![
         (
             "post",
             "/api/publish",
@@ -93,7 +109,93 @@ fn samples() -> Vec<(&'static str, &'static str, Option<Value>)> {
         ("get", "/api/nodes", None),
         ("get", "/healthz", None),
         ("get", "/readyz", None),
-    ]
+    ];
+    let mut out: Vec<_> = api
+        .into_iter()
+        .map(|(m, p, b)| (m, p, s.url(p), b))
+        .collect();
+    let app = pusher_app();
+    let event = json!({"name": "e", "data": "{}", "channel": "news", "info": "subscription_count"});
+    let bad_event = json!({"name": "e", "data": "{}", "channel": "bad;name"});
+    let batch = json!({"batch": [{"name": "e", "data": "1", "channel": "news"}]});
+    let pusher: Vec<PusherSample> = vec![
+        (
+            "post",
+            "/apps/{app_id}/events",
+            "/apps/1001/events",
+            Some(event),
+            vec![],
+        ),
+        (
+            "post",
+            "/apps/{app_id}/events",
+            "/apps/1001/events",
+            Some(bad_event),
+            vec![],
+        ),
+        (
+            "post",
+            "/apps/{app_id}/batch_events",
+            "/apps/1001/batch_events",
+            Some(batch),
+            vec![],
+        ),
+        (
+            "get",
+            "/apps/{app_id}/channels",
+            "/apps/1001/channels",
+            None,
+            vec![("filter_by_prefix", "presence-"), ("info", "user_count")],
+        ),
+        (
+            "get",
+            "/apps/{app_id}/channels",
+            "/apps/1001/channels",
+            None,
+            vec![("info", "user_count")],
+        ),
+        (
+            "get",
+            "/apps/{app_id}/channels/{channel}",
+            "/apps/1001/channels/news",
+            None,
+            vec![("info", "subscription_count")],
+        ),
+        (
+            "get",
+            "/apps/{app_id}/channels/{channel}/users",
+            "/apps/1001/channels/presence-room/users",
+            None,
+            vec![],
+        ),
+        (
+            "get",
+            "/apps/{app_id}/channels/{channel}/users",
+            "/apps/1001/channels/news/users",
+            None,
+            vec![],
+        ),
+        (
+            "post",
+            "/apps/{app_id}/users/{user_id}/terminate_connections",
+            "/apps/1001/users/nobody/terminate_connections",
+            None,
+            vec![],
+        ),
+    ];
+    for (method, template, path, body, extra) in pusher {
+        let text = body.as_ref().map(Value::to_string).unwrap_or_default();
+        let url = signed(s, &app, &method.to_uppercase(), path, &text, &extra, |_| {});
+        out.push((method, template, url, body));
+    }
+    // An unknown app, with its documented answer.
+    out.push((
+        "post",
+        "/apps/{app_id}/events",
+        s.url("/apps/9/events"),
+        Some(json!({})),
+    ));
+    out
 }
 
 /// Follows a `$ref` into the document.
@@ -174,7 +276,8 @@ fn check(doc: &Value, schema: &Value, value: &Value, at: &str) -> Result<(), Str
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_documented_path_answers_as_documented() {
-    let server = TestServer::start(Bus::memory(), config()).await;
+    let bus = Bus::memory().with_pusher_apps(Apps::from_apps(vec![pusher_app()]).unwrap());
+    let server = TestServer::start(bus, config()).await;
     let client = http();
     let url = server.url("/api/openapi.json");
     assert_eq!(client.get(&url).send().await.unwrap().status(), 401);
@@ -204,9 +307,9 @@ async fn every_documented_path_answers_as_documented() {
                 .map(move |method| (method.clone(), path.clone()))
         })
         .collect();
-    let sampled: BTreeSet<(String, String)> = samples()
+    let sampled: BTreeSet<(String, String)> = samples(&server)
         .iter()
-        .map(|(m, p, _)| ((*m).to_owned(), (*p).to_owned()))
+        .map(|(m, p, _, _)| ((*m).to_owned(), (*p).to_owned()))
         .collect();
     assert_eq!(
         documented, sampled,
@@ -214,15 +317,18 @@ async fn every_documented_path_answers_as_documented() {
     );
 
     let mut statuses = BTreeSet::new();
-    for (method, path, body) in samples() {
+    for (method, path, url, body) in samples(&server) {
         let op = &doc["paths"][path][method];
         let mut req = match method {
-            "get" => client.get(server.url(path)),
-            _ => client.post(server.url(path)),
+            "get" => client.get(&url),
+            _ => client.post(&url),
         }
         .bearer_auth(KEY);
         if let Some(body) = &body {
-            req = req.json(body);
+            // The exact bytes the URL's body_md5 was made of.
+            req = req
+                .header("content-type", "application/json")
+                .body(body.to_string());
         }
         let resp = req.send().await.unwrap();
         let status = resp.status().as_u16().to_string();
@@ -243,6 +349,9 @@ async fn every_documented_path_answers_as_documented() {
         "post /api/history 409",
         "post /api/publish_batch 400",
         "post /api/broadcast 400",
+        "post /apps/{app_id}/events 400",
+        "post /apps/{app_id}/events 404",
+        "get /apps/{app_id}/channels 400",
     ] {
         assert!(statuses.contains(expected), "{expected} in {statuses:?}");
     }

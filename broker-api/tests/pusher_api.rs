@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use chorus_bus::pusher::{App, Apps, Event};
 use chorus_bus::{Bus, BusSink, Envelope, NodeInfo};
-use common::{TestServer, config};
-use md5::Digest as _;
+use common::{TestServer, config, signed};
 use serde_json::{Value, json};
 
 const ID: &str = "1001";
@@ -25,42 +24,6 @@ fn app() -> App {
 async fn server() -> (TestServer, Bus) {
     let bus = Bus::memory().with_pusher_apps(Apps::from_apps(vec![app()]).unwrap());
     (TestServer::start(bus.clone(), config()).await, bus)
-}
-
-/// A signed URL for `method path` with `body` and extra query parameters, as the libraries
-/// build it; `edit` may spoil one part.
-fn signed(
-    s: &TestServer,
-    method: &str,
-    path: &str,
-    body: &str,
-    extra: &[(&str, &str)],
-    edit: impl FnOnce(&mut Vec<(String, String)>),
-) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let mut params: Vec<(String, String)> = vec![
-        ("auth_key".into(), app().key),
-        ("auth_timestamp".into(), now.to_string()),
-        ("auth_version".into(), "1.0".into()),
-    ];
-    if !body.is_empty() {
-        params.push((
-            "body_md5".into(),
-            hex::encode(md5::Md5::digest(body.as_bytes())),
-        ));
-    }
-    for (k, v) in extra {
-        params.push(((*k).into(), (*v).into()));
-    }
-    edit(&mut params);
-    params.sort();
-    let query: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let query = query.join("&");
-    let signature = app().sign(&format!("{method}\n{path}\n{query}"));
-    s.url(&format!("{path}?{query}&auth_signature={signature}"))
 }
 
 async fn post(url: &str, body: &str) -> (u16, String, Option<String>) {
@@ -103,8 +66,11 @@ async fn an_event_is_published_on_the_apps_channels_with_its_socket_id_excluded(
     }
     let path = format!("/apps/{ID}/events");
     let body = json!({"name": "greet", "data": "{\"hi\":1}", "channels": ["a", "b"], "socket_id": "12.34"}).to_string();
-    let (status, text, connection) =
-        post(&signed(&s, "POST", &path, &body, &[], |_| {}), &body).await;
+    let (status, text, connection) = post(
+        &signed(&s, &app(), "POST", &path, &body, &[], |_| {}),
+        &body,
+    )
+    .await;
     assert_eq!((status, text.as_str()), (200, "{}"));
     assert_ne!(connection.as_deref(), Some("close"), "keep-alive");
     let got = sink.0.lock().unwrap().clone();
@@ -128,7 +94,11 @@ async fn an_event_is_published_on_the_apps_channels_with_its_socket_id_excluded(
         {"channel": "b", "name": "two", "data": {"n": 2}},
     ]})
     .to_string();
-    let (status, text, _) = post(&signed(&s, "POST", &path, &body, &[], |_| {}), &body).await;
+    let (status, text, _) = post(
+        &signed(&s, &app(), "POST", &path, &body, &[], |_| {}),
+        &body,
+    )
+    .await;
     assert_eq!(status, 200, "{text}");
     let answer: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(answer["batch"][0], json!({"subscription_count": 0}));
@@ -164,14 +134,14 @@ async fn every_bad_request_gets_its_status_and_publishes_nothing() {
         ),
         (
             "wrong signature",
-            signed(&s, "POST", &path, &good, &[], |_| {})
+            signed(&s, &app(), "POST", &path, &good, &[], |_| {})
                 .replace("auth_signature=", "auth_signature=00"),
             good.clone(),
             401,
         ),
         (
             "stale timestamp",
-            signed(&s, "POST", &path, &good, &[], |p| {
+            signed(&s, &app(), "POST", &path, &good, &[], |p| {
                 p[1].1 = "1000000000".into()
             }),
             good.clone(),
@@ -179,19 +149,23 @@ async fn every_bad_request_gets_its_status_and_publishes_nothing() {
         ),
         (
             "another key",
-            signed(&s, "POST", &path, &good, &[], |p| p[0].1 = "other".into()),
+            signed(&s, &app(), "POST", &path, &good, &[], |p| {
+                p[0].1 = "other".into()
+            }),
             good.clone(),
             401,
         ),
         (
             "bad body_md5",
-            signed(&s, "POST", &path, &good, &[], |p| p[3].1 = "0".repeat(32)),
+            signed(&s, &app(), "POST", &path, &good, &[], |p| {
+                p[3].1 = "0".repeat(32)
+            }),
             good.clone(),
             401,
         ),
         (
             "bad JSON",
-            signed(&s, "POST", &path, "{nope", &[], |_| {}),
+            signed(&s, &app(), "POST", &path, "{nope", &[], |_| {}),
             "{nope".into(),
             400,
         ),
@@ -199,7 +173,7 @@ async fn every_bad_request_gets_its_status_and_publishes_nothing() {
             let b = json!({"name": "e", "data": "x", "channels": ["a", "b", "c", "d"]}).to_string();
             (
                 "too many channels",
-                signed(&s, "POST", &path, &b, &[], |_| {}),
+                signed(&s, &app(), "POST", &path, &b, &[], |_| {}),
                 b,
                 400,
             )
@@ -208,7 +182,7 @@ async fn every_bad_request_gets_its_status_and_publishes_nothing() {
             let b = json!({"name": "e", "data": "x", "channel": "bad;name"}).to_string();
             (
                 "bad channel",
-                signed(&s, "POST", &path, &b, &[], |_| {}),
+                signed(&s, &app(), "POST", &path, &b, &[], |_| {}),
                 b,
                 400,
             )
@@ -218,7 +192,7 @@ async fn every_bad_request_gets_its_status_and_publishes_nothing() {
                 json!({"name": "e", "data": "x", "channel": "a", "socket_id": "abc"}).to_string();
             (
                 "bad socket_id",
-                signed(&s, "POST", &path, &b, &[], |_| {}),
+                signed(&s, &app(), "POST", &path, &b, &[], |_| {}),
                 b,
                 400,
             )
@@ -227,7 +201,7 @@ async fn every_bad_request_gets_its_status_and_publishes_nothing() {
             let b = json!({"name": "e", "data": "y".repeat(11 * 1024), "channel": "a"}).to_string();
             (
                 "data too large",
-                signed(&s, "POST", &path, &b, &[], |_| {}),
+                signed(&s, &app(), "POST", &path, &b, &[], |_| {}),
                 b,
                 413,
             )
@@ -236,7 +210,7 @@ async fn every_bad_request_gets_its_status_and_publishes_nothing() {
             let b = json!({"name": "", "data": "x", "channel": "a"}).to_string();
             (
                 "empty name",
-                signed(&s, "POST", &path, &b, &[], |_| {}),
+                signed(&s, &app(), "POST", &path, &b, &[], |_| {}),
                 b,
                 400,
             )
@@ -247,7 +221,7 @@ async fn every_bad_request_gets_its_status_and_publishes_nothing() {
             let b = json!({"batch": [e, e, e]}).to_string();
             (
                 "batch too large",
-                signed(&s, "POST", &path, &b, &[], |_| {}),
+                signed(&s, &app(), "POST", &path, &b, &[], |_| {}),
                 b,
                 400,
             )
@@ -263,10 +237,19 @@ async fn every_bad_request_gets_its_status_and_publishes_nothing() {
     );
     // Queries are signed too, and check their parameters.
     let path = format!("/apps/{ID}/channels");
-    let url = signed(&s, "GET", &path, "", &[("info", "user_count")], |_| {});
+    let url = signed(
+        &s,
+        &app(),
+        "GET",
+        &path,
+        "",
+        &[("info", "user_count")],
+        |_| {},
+    );
     assert_eq!(reqwest::get(&url).await.unwrap().status().as_u16(), 400);
     let url = signed(
         &s,
+        &app(),
         "GET",
         &path,
         "",
@@ -276,9 +259,9 @@ async fn every_bad_request_gets_its_status_and_publishes_nothing() {
     let r = reqwest::get(&url).await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
     assert_eq!(r.json::<Value>().await.unwrap(), json!({"channels": {}}));
-    let url = signed(&s, "GET", &path, "", &[], |p| p[2].1 = "2.0".into());
+    let url = signed(&s, &app(), "GET", &path, "", &[], |p| p[2].1 = "2.0".into());
     assert_eq!(reqwest::get(&url).await.unwrap().status().as_u16(), 401);
     let users = format!("/apps/{ID}/channels/news/users");
-    let url = signed(&s, "GET", &users, "", &[], |_| {});
+    let url = signed(&s, &app(), "GET", &users, "", &[], |_| {});
     assert_eq!(reqwest::get(&url).await.unwrap().status().as_u16(), 400);
 }
