@@ -148,6 +148,24 @@ pub(crate) struct PusherBatch {
     batch: Vec<PusherEvent>,
 }
 
+/// The query parameters every Pusher request is signed with (for the OpenAPI description;
+/// [`verify`] reads them from the raw query, which the signature covers).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub(crate) struct PusherAuth {
+    /// The app's key.
+    auth_key: String,
+    /// Seconds since the Unix epoch, within 600 s of the server's.
+    auth_timestamp: i64,
+    /// `1.0`.
+    auth_version: String,
+    /// Hex MD5 of the body, when there is one.
+    body_md5: Option<String>,
+    /// HMAC-SHA256 (hex) of `METHOD\npath\nsorted query`, with the app's secret.
+    auth_signature: String,
+}
+
 #[derive(Deserialize)]
 struct EventRequest<'a> {
     name: String,
@@ -319,12 +337,8 @@ async fn subscription_count(broker: &Broker, chorus: &str) -> Result<u64, ApiErr
 
 #[utoipa::path(post, path = "/apps/{app_id}/events", request_body = PusherEvent,
     params(
+        PusherAuth,
         ("app_id" = String, Path, description = "the app's id"),
-        ("auth_key" = String, Query, description = "the app's key"),
-        ("auth_timestamp" = i64, Query, description = "seconds since the Unix epoch, within 600 s of the server's"),
-        ("auth_version" = String, Query, description = "1.0"),
-        ("auth_signature" = String, Query, description = "HMAC-SHA256 (hex) of METHOD\\npath\\nsorted query, with the app's secret"),
-        ("body_md5" = String, Query, description = "hex MD5 of the body"),
     ),
     responses(
         (status = 200, body = Object, description = "{} or, with info, {\"channels\": {name: {subscription_count, user_count}}}"),
@@ -359,12 +373,8 @@ pub(crate) async fn events(
 
 #[utoipa::path(post, path = "/apps/{app_id}/batch_events", request_body = PusherBatch,
     params(
+        PusherAuth,
         ("app_id" = String, Path, description = "the app's id"),
-        ("auth_key" = String, Query, description = "the app's key"),
-        ("auth_timestamp" = i64, Query, description = "seconds since the Unix epoch, within 600 s of the server's"),
-        ("auth_version" = String, Query, description = "1.0"),
-        ("auth_signature" = String, Query, description = "HMAC-SHA256 (hex) of METHOD\\npath\\nsorted query, with the app's secret"),
-        ("body_md5" = String, Query, description = "hex MD5 of the body"),
     ),
     responses(
         (status = 200, body = Object, description = "{} or, with info, {\"batch\": [{subscription_count, user_count}]}"),
@@ -415,11 +425,8 @@ pub(crate) async fn batch_events(
 
 #[utoipa::path(get, path = "/apps/{app_id}/channels",
     params(
+        PusherAuth,
         ("app_id" = String, Path, description = "the app's id"),
-        ("auth_key" = String, Query, description = "the app's key"),
-        ("auth_timestamp" = i64, Query, description = "seconds since the Unix epoch, within 600 s of the server's"),
-        ("auth_version" = String, Query, description = "1.0"),
-        ("auth_signature" = String, Query, description = "HMAC-SHA256 (hex) of METHOD\\npath\\nsorted query, with the app's secret"),
         ("filter_by_prefix" = Option<String>, Query, description = "only channels whose names start with it"),
         ("info" = Option<String>, Query, description = "subscription_count, user_count (with filter_by_prefix=presence-)"),
     ),
@@ -468,11 +475,8 @@ pub(crate) async fn channels(
 
 #[utoipa::path(get, path = "/apps/{app_id}/channels/{channel}",
     params(
+        PusherAuth,
         ("app_id" = String, Path, description = "the app's id"),
-        ("auth_key" = String, Query, description = "the app's key"),
-        ("auth_timestamp" = i64, Query, description = "seconds since the Unix epoch, within 600 s of the server's"),
-        ("auth_version" = String, Query, description = "1.0"),
-        ("auth_signature" = String, Query, description = "HMAC-SHA256 (hex) of METHOD\\npath\\nsorted query, with the app's secret"),
         ("channel" = String, Path, description = "the Pusher channel name"),
         ("info" = Option<String>, Query, description = "subscription_count, user_count (presence channels)"),
     ),
@@ -502,11 +506,8 @@ pub(crate) async fn channel(
 
 #[utoipa::path(get, path = "/apps/{app_id}/channels/{channel}/users",
     params(
+        PusherAuth,
         ("app_id" = String, Path, description = "the app's id"),
-        ("auth_key" = String, Query, description = "the app's key"),
-        ("auth_timestamp" = i64, Query, description = "seconds since the Unix epoch, within 600 s of the server's"),
-        ("auth_version" = String, Query, description = "1.0"),
-        ("auth_signature" = String, Query, description = "HMAC-SHA256 (hex) of METHOD\\npath\\nsorted query, with the app's secret"),
         ("channel" = String, Path, description = "a presence channel"),
     ),
     responses(
@@ -541,13 +542,9 @@ pub(crate) async fn users(
 
 #[utoipa::path(post, path = "/apps/{app_id}/users/{user_id}/terminate_connections",
     params(
+        PusherAuth,
         ("app_id" = String, Path, description = "the app's id"),
-        ("auth_key" = String, Query, description = "the app's key"),
-        ("auth_timestamp" = i64, Query, description = "seconds since the Unix epoch, within 600 s of the server's"),
-        ("auth_version" = String, Query, description = "1.0"),
-        ("auth_signature" = String, Query, description = "HMAC-SHA256 (hex) of METHOD\\npath\\nsorted query, with the app's secret"),
         ("user_id" = String, Path, description = "the signed-in user's id"),
-        ("body_md5" = Option<String>, Query, description = "hex MD5 of the body, when there is one"),
     ),
     responses(
         (status = 200, body = Object, description = "{}"),

@@ -48,9 +48,8 @@ impl BusSink for Collect {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_event_is_published_on_the_apps_channels_with_its_socket_id_excluded() {
-    let (s, bus) = server().await;
+/// A node on the bus that keeps every publication it receives.
+fn listener(bus: &Bus) -> (chorus_bus::NodeLink, Arc<Collect>) {
     let sink = Arc::new(Collect(Mutex::new(Vec::new())));
     let node = bus.attach(
         NodeInfo {
@@ -61,6 +60,13 @@ async fn an_event_is_published_on_the_apps_channels_with_its_socket_id_excluded(
         },
         sink.clone(),
     );
+    (node, sink)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_is_published_on_the_apps_channels_with_its_socket_id_excluded() {
+    let (s, bus) = server().await;
+    let (node, sink) = listener(&bus);
     for ch in ["pusher-1001:a", "pusher-1001:b"] {
         node.want(ch).wait(Duration::from_secs(2)).await.unwrap();
     }
@@ -109,16 +115,7 @@ async fn an_event_is_published_on_the_apps_channels_with_its_socket_id_excluded(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_bad_request_gets_its_status_and_publishes_nothing() {
     let (s, bus) = server().await;
-    let sink = Arc::new(Collect(Mutex::new(Vec::new())));
-    let node = bus.attach(
-        NodeInfo {
-            id: "n".into(),
-            address: "a".into(),
-            connections: 0,
-            started_at_ms: 0,
-        },
-        sink.clone(),
-    );
+    let (node, sink) = listener(&bus);
     node.want("pusher-1001:a")
         .wait(Duration::from_secs(2))
         .await

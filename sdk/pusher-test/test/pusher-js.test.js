@@ -6,9 +6,9 @@ import { after, before, describe, test } from "node:test";
 
 import Echo from "laravel-echo";
 import PusherServer from "pusher";
-import Pusher from "pusher-js";
 
 import { startCluster, until } from "../../js/test/harness.js";
+import { pusherClient, subscribed } from "./support.js";
 
 const APP = { id: "1001", key: "app-key", secret: "app-secret-1001" };
 const FLAGS = ["--pusher-app-id", APP.id, "--pusher-app-key", APP.key, "--pusher-app-secret", APP.secret];
@@ -27,37 +27,10 @@ describe("pusher-js against Chorus", () => {
     await cluster?.stop();
   });
 
-  /** pusher-js on gateway `i`; presence subscriptions as `user`. */
   function client(i, user = "anon", options = {}) {
-    const c = new Pusher(APP.key, {
-      wsHost: "127.0.0.1",
-      wsPort: cluster.gatewayPort(i),
-      forceTLS: false,
-      enabledTransports: ["ws"],
-      disableStats: true,
-      cluster: "local",
-      channelAuthorization: {
-        customHandler: ({ socketId, channelName }, callback) => {
-          if (options.badAuth) return callback(null, { auth: `${APP.key}:${"0".repeat(64)}` });
-          const presence = channelName.startsWith("presence-") ? { user_id: user, user_info: { name: user } } : undefined;
-          callback(null, server.authorizeChannel(socketId, channelName, presence));
-        },
-      },
-      userAuthentication: {
-        customHandler: ({ socketId }, callback) =>
-          callback(null, server.authenticateUser(socketId, { id: user, name: user })),
-      },
-    });
+    const c = pusherClient(cluster, server, i, user, options);
     clients.push(c);
     return c;
-  }
-
-  function subscribed(pusher, name) {
-    const channel = pusher.subscribe(name);
-    return new Promise((resolve, reject) => {
-      channel.bind("pusher:subscription_succeeded", () => resolve(channel));
-      channel.bind("pusher:subscription_error", (e) => reject(Object.assign(new Error("subscription_error"), { data: e })));
-    });
   }
 
   /** Publishes a Pusher event through broker-api's native API (the Pusher form of data). */

@@ -4,9 +4,9 @@ import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 
 import PusherServer from "pusher";
-import Pusher from "pusher-js";
 
 import { startCluster, until } from "../../js/test/harness.js";
+import { pusherClient, subscribed } from "./support.js";
 
 const APP = { id: "1001", key: "app-key", secret: "app-secret-1001" };
 const FLAGS = ["--pusher-app-id", APP.id, "--pusher-app-key", APP.key, "--pusher-app-secret", APP.secret];
@@ -34,32 +34,9 @@ describe("the pusher server library against Chorus", () => {
   });
 
   function client(i, user = "anon") {
-    const c = new Pusher(APP.key, {
-      wsHost: "127.0.0.1",
-      wsPort: cluster.gatewayPort(i),
-      forceTLS: false,
-      enabledTransports: ["ws"],
-      cluster: "local",
-      channelAuthorization: {
-        customHandler: ({ socketId, channelName }, callback) => {
-          const presence = channelName.startsWith("presence-") ? { user_id: user } : undefined;
-          callback(null, server.authorizeChannel(socketId, channelName, presence));
-        },
-      },
-      userAuthentication: {
-        customHandler: ({ socketId }, callback) => callback(null, server.authenticateUser(socketId, { id: user })),
-      },
-    });
+    const c = pusherClient(cluster, server, i, user);
     clients.push(c);
     return c;
-  }
-
-  function subscribed(pusher, name) {
-    const channel = pusher.subscribe(name);
-    return new Promise((resolve, reject) => {
-      channel.bind("pusher:subscription_succeeded", () => resolve(channel));
-      channel.bind("pusher:subscription_error", reject);
-    });
   }
 
   /** The next `event` on `channel`. */

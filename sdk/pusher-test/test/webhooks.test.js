@@ -9,9 +9,9 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 
 import PusherServer from "pusher";
-import Pusher from "pusher-js";
 
 import { startCluster, tempDir, until } from "../../js/test/harness.js";
+import { pusherClient, subscribed } from "./support.js";
 
 const APP = { id: "1001", key: "hook-key", secret: "hook-secret-1001" };
 
@@ -76,29 +76,7 @@ describe("webhooks, verified by the pusher library", () => {
     dir?.remove();
   });
 
-  /** A pusher-js client on gateway `i`, signed in as `user` for presence channels. */
-  function client(i, user) {
-    return new Pusher(APP.key, {
-      wsHost: "127.0.0.1",
-      wsPort: cluster.gatewayPort(i),
-      forceTLS: false,
-      enabledTransports: ["ws"],
-      disableStats: true,
-      cluster: "local",
-      channelAuthorization: {
-        customHandler: ({ socketId, channelName }, callback) =>
-          callback(null, server.authorizeChannel(socketId, channelName, { user_id: user, user_info: { name: user } })),
-      },
-    });
-  }
-
-  function subscribed(pusher, name) {
-    const channel = pusher.subscribe(name);
-    return new Promise((resolve, reject) => {
-      channel.bind("pusher:subscription_succeeded", () => resolve(channel));
-      channel.bind("pusher:subscription_error", (e) => reject(new Error(`subscription_error ${JSON.stringify(e)}`)));
-    });
-  }
+  const client = (i, user) => pusherClient(cluster, server, i, user);
 
   test("occupied, member added, client event, member removed, vacated: once each across two gateways", async () => {
     const ch = "presence-room";
