@@ -83,8 +83,11 @@ async fn every_gateway_metric_moves_when_its_event_happens() {
     let resp = cluster.http_publish("news", json!({"n": 1})).await;
     assert_eq!(resp.status(), 200);
     a.next_publication().await.unwrap();
-    let s = scrape_until(&url, "a delivery is recorded", |s| {
+    // The writer counts the delivery and records its latency one after the other: a scrape
+    // may fall between the two.
+    let s = scrape_until(&url, "a delivery and its latency are recorded", |s| {
         v(s, m::MESSAGES_DELIVERED) > v(&before, m::MESSAGES_DELIVERED)
+            && v(s, &count) > v(&before, &count)
     })
     .await;
     assert_eq!(
