@@ -79,6 +79,10 @@ struct Cli {
     /// connect: wait this long before reading memory.
     #[arg(long, value_parser = humantime_secs, default_value = "2s")]
     settle: Duration,
+    /// A service's `/metrics` URL (broker-api's, each gateway's); repeat. Their latency
+    /// histograms over the run give the per-stage latencies in the report.
+    #[arg(long = "metrics")]
+    metrics: Vec<String>,
     /// A label for the report.
     #[arg(long, default_value = "")]
     label: String,
@@ -154,6 +158,7 @@ fn main() -> anyhow::Result<()> {
         settle: cli.settle,
         progress: !cli.quiet,
         label: cli.label,
+        metrics: cli.metrics,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

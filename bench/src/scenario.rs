@@ -51,6 +51,9 @@ pub struct Options {
     pub settle: Duration,
     pub progress: bool,
     pub label: String,
+    /// The services' `/metrics` URLs (broker-api's, each gateway's): their latency histograms
+    /// over the run give the per-stage latencies.
+    pub metrics: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -123,6 +126,66 @@ pub struct Report {
     pub gateway_kib_per_connection: Option<f64>,
     /// CPU time of this load generator over the same window, ms.
     pub generator_cpu_ms: f64,
+    /// Per-stage latencies from the services' histograms (with `--metrics`).
+    pub stages: Vec<Stage>,
+}
+
+/// One stage of a publication's way, from the services' own histograms over the run: the
+/// quantiles are bucket bounds (the histograms' resolution), not exact values.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Stage {
+    pub stage: String,
+    /// Publications the stage recorded.
+    pub recorded: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+/// The histograms of the stages, in the order a publication passes them.
+const STAGES: [(&str, &str); 3] = [
+    (
+        "broker-api: request to Redis's acknowledgement",
+        "chorus_api_publish_duration_seconds",
+    ),
+    (
+        "publish to the gateway receiving it (bus)",
+        "chorus_gateway_receive_latency_seconds",
+    ),
+    (
+        "publish to the socket write (bus + gateway queue)",
+        "chorus_gateway_delivery_latency_seconds",
+    ),
+];
+
+/// Every `--metrics` URL's scrape, added up (`None` without any).
+async fn scrape_all(urls: &[String]) -> Option<chorus_testkit::Scrape> {
+    if urls.is_empty() {
+        return None;
+    }
+    let mut merged = chorus_testkit::Scrape::default();
+    for url in urls {
+        match chorus_testkit::Scrape::fetch(url).await {
+            Ok(s) => merged.merge(&s),
+            Err(e) => tracing::warn!(url, error = %e, "metrics scrape failed"),
+        }
+    }
+    Some(merged)
+}
+
+fn stages(before: &chorus_testkit::Scrape, after: &chorus_testkit::Scrape) -> Vec<Stage> {
+    STAGES
+        .iter()
+        .filter_map(|(stage, name)| {
+            let (p50, recorded) = after.quantile_since(before, name, 0.5)?;
+            let (p99, _) = after.quantile_since(before, name, 0.99)?;
+            Some(Stage {
+                stage: (*stage).to_owned(),
+                recorded,
+                p50_ms: p50 * 1000.0,
+                p99_ms: p99 * 1000.0,
+            })
+        })
+        .collect()
 }
 
 fn own_cpu() -> Duration {
@@ -299,6 +362,7 @@ async fn fanout(opts: Options) -> anyhow::Result<Report> {
 
     let before = procstat::sample_all(&opts.servers);
     let own_before = own_cpu();
+    let metrics_before = scrape_all(&opts.metrics).await;
     let pubstats = PubStats::new(channels.len());
     let plan = Plan {
         messages: opts.messages,
@@ -359,6 +423,10 @@ async fn fanout(opts: Options) -> anyhow::Result<Report> {
     }
     let seconds = last_change.duration_since(started).as_secs_f64().max(1e-3);
     let servers = procstat::usage(&opts.servers, &before);
+    let stage_latencies = match (&metrics_before, scrape_all(&opts.metrics).await) {
+        (Some(before), Some(after)) => stages(before, &after),
+        _ => Vec::new(),
+    };
     let generator_cpu_ms = own_cpu().saturating_sub(own_before).as_secs_f64() * 1000.0;
     let _ = stop_tx.send(true);
     let mut lost = 0u64;
@@ -409,6 +477,7 @@ async fn fanout(opts: Options) -> anyhow::Result<Report> {
         not_recovered: stats.not_recovered.load(Ordering::Relaxed),
         gave_up: stats.gave_up.load(Ordering::Relaxed),
         generator_cpu_ms,
+        stages: stage_latencies,
         ..Report::default()
     };
     cpu_per_delivery(&mut report, servers);
@@ -579,6 +648,13 @@ impl Report {
                 "latency ms         p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
                 l.p50, l.p90, l.p99, l.p999, l.max
             );
+            for stage in &self.stages {
+                let _ = writeln!(
+                    s,
+                    "  stage            {}: p50 ≤ {:.1} ms, p99 ≤ {:.1} ms ({:.0} recorded)",
+                    stage.stage, stage.p50_ms, stage.p99_ms, stage.recorded
+                );
+            }
             let _ = writeln!(
                 s,
                 "lost {}  duplicated {}  disconnects {}",

@@ -135,6 +135,7 @@ fn options(c: &Cluster, scenario: Scenario) -> Options {
         settle: Duration::from_millis(50),
         progress: false,
         label: "smoke".into(),
+        metrics: Vec::new(),
     }
 }
 
@@ -194,10 +195,18 @@ async fn every_scenario_runs_end_to_end_without_loss() {
         let mut o = options(&c, scenario);
         o.protocol = Arc::new(Protocol::Json);
         o.via = Via::Http;
+        // The services run in this process: one registry, served by broker-api.
+        o.metrics = vec![format!("{}/metrics", c.api)];
         let r = scenario::run(o).await.unwrap();
         assert_complete(&r);
         assert_eq!(r.published, 40, "{scenario:?}");
         assert_eq!(r.protocol, "json");
+        let names: Vec<&str> = r.stages.iter().map(|s| s.stage.as_str()).collect();
+        assert_eq!(names.len(), 3, "every stage measured: {names:?}");
+        for stage in &r.stages {
+            assert!(stage.recorded >= 40.0 && stage.p99_ms > 0.0, "{stage:?}");
+            assert!(stage.p50_ms <= stage.p99_ms, "{stage:?}");
+        }
     }
 
     let mut o = options(&c, Scenario::Connect);

@@ -25,6 +25,10 @@ pub const MESSAGES_RECEIVED: &str = "chorus_gateway_messages_received_total";
 pub const MESSAGES_DELIVERED: &str = "chorus_gateway_messages_delivered_total";
 /// Time from the publish (the envelope's `published_at_ms`) to the write to a client socket.
 pub const DELIVERY_LATENCY: &str = "chorus_gateway_delivery_latency_seconds";
+/// Time from the publish (the envelope's `published_at_ms`) to the gateway receiving it from
+/// the bus, once per publication per gateway: the bus's part of the delivery latency (the
+/// rest is the gateway's queue and write).
+pub const RECEIVE_LATENCY: &str = "chorus_gateway_receive_latency_seconds";
 /// Bytes waiting in client send queues.
 pub const QUEUED_BYTES: &str = "chorus_gateway_queued_bytes";
 /// Bytes of publications held by channels waiting for history (bounded node-wide by
@@ -63,6 +67,7 @@ pub const ALL: &[&str] = &[
     MESSAGES_RECEIVED,
     MESSAGES_DELIVERED,
     DELIVERY_LATENCY,
+    RECEIVE_LATENCY,
     QUEUED_BYTES,
     CATCH_UP_BACKLOG_BYTES,
     SLOW_CONSUMER_DISCONNECTS,
@@ -147,6 +152,11 @@ fn describe() {
         metrics::Unit::Seconds,
         "Publish (envelope timestamp) to client socket write"
     );
+    describe_histogram!(
+        RECEIVE_LATENCY,
+        metrics::Unit::Seconds,
+        "Publish (envelope timestamp) to the gateway receiving it from the bus"
+    );
     describe_gauge!(
         QUEUED_BYTES,
         metrics::Unit::Bytes,
@@ -209,8 +219,13 @@ pub(crate) fn connection_accepted() {
 }
 
 /// A publication arrived from the bus.
-pub(crate) fn message_received() {
+pub(crate) fn message_received(published_at_ms: i64) {
     metrics::counter!(MESSAGES_RECEIVED).increment(1);
+    if published_at_ms > 0 {
+        // A publisher's clock ahead of ours would read negative: count it as immediate.
+        let lag = (chorus_bus::now_ms() - published_at_ms).max(0);
+        metrics::histogram!(RECEIVE_LATENCY).record(lag as f64 / 1000.0);
+    }
 }
 
 /// The gateway sent a close frame with `code` (a fixed set: `chorus_protocol::codes::close`).

@@ -99,6 +99,8 @@ async fn every_gateway_metric_moves_when_its_event_happens() {
         v(&before, m::MESSAGES_DELIVERED) + 1.0
     );
     assert_eq!(v(&s, &count), v(&before, &count) + 1.0);
+    let received = format!("{}_count", m::RECEIVE_LATENCY);
+    assert_eq!(v(&s, &received), v(&before, &received) + 1.0);
     assert_eq!(s.kind(m::DELIVERY_LATENCY), Some("histogram"));
     let within_10s = s.value(&format!("{}_bucket", m::DELIVERY_LATENCY), &[("le", "10")]);
     assert_eq!(

@@ -109,6 +109,62 @@ impl Scrape {
         })
     }
 
+    /// Adds another process's scrape to this one: the same series' values add up (counters and
+    /// histogram buckets of several gateways, say).
+    pub fn merge(&mut self, other: &Scrape) {
+        for (key, value) in &other.samples {
+            *self.samples.entry(key.clone()).or_default() += value;
+        }
+        for (name, kind) in &other.types {
+            self.types
+                .entry(name.clone())
+                .or_insert_with(|| kind.clone());
+        }
+    }
+
+    /// The `q` quantile (0-1) of what the histogram `name` (seconds) recorded between
+    /// `earlier` and this scrape, summed over all its series: the upper bound of the bucket it
+    /// falls in, or `None` when nothing was recorded. Also the number recorded.
+    pub fn quantile_since(&self, earlier: &Scrape, name: &str, q: f64) -> Option<(f64, f64)> {
+        let bucket = format!("{name}_bucket");
+        let mut by_le: BTreeMap<u64, (f64, f64)> = BTreeMap::new();
+        for ((n, labels), value) in &self.samples {
+            if *n != bucket {
+                continue;
+            }
+            let Some(le) = labels
+                .iter()
+                .find(|(k, _)| k == "le")
+                .map(|(_, v)| v.as_str())
+            else {
+                continue;
+            };
+            let bound = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse::<f64>().ok()?
+            };
+            let before = earlier
+                .samples
+                .get(&(n.clone(), labels.clone()))
+                .copied()
+                .unwrap_or(0.0);
+            let entry = by_le.entry(bound.to_bits()).or_insert((bound, 0.0));
+            entry.1 += value - before;
+        }
+        let mut buckets: Vec<(f64, f64)> = by_le.into_values().collect();
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let total = buckets.last()?.1;
+        if total <= 0.0 {
+            return None;
+        }
+        let rank = q * total;
+        buckets
+            .iter()
+            .find(|(_, cumulative)| *cumulative >= rank)
+            .map(|(bound, _)| (*bound, total))
+    }
+
     /// Every metric family name declared by a `# TYPE` line.
     pub fn families(&self) -> impl Iterator<Item = &str> {
         self.types.keys().map(String::as_str)
@@ -132,5 +188,31 @@ mod tests {
         assert!(s.has("h_seconds") && s.has("a_total") && !s.has("h"));
         assert_eq!(s.kind("h_seconds"), Some("histogram"));
         assert_eq!(s.families().count(), 3);
+    }
+
+    #[test]
+    fn histogram_quantiles_come_from_the_bucket_deltas() {
+        let at = |a: u32, b: u32, inf: u32| {
+            Scrape::parse(&format!(
+                "h_seconds_bucket{{op=\"x\",le=\"0.001\"}} {a}\nh_seconds_bucket{{op=\"x\",le=\"0.01\"}} {b}\nh_seconds_bucket{{op=\"x\",le=\"+Inf\"}} {inf}\n"
+            ))
+            .unwrap()
+        };
+        let before = at(10, 10, 10);
+        // 100 more: 90 under 1 ms, 9 under 10 ms, 1 above.
+        let after = at(100, 109, 110);
+        assert_eq!(
+            after.quantile_since(&before, "h_seconds", 0.5),
+            Some((0.001, 100.0))
+        );
+        assert_eq!(
+            after.quantile_since(&before, "h_seconds", 0.95),
+            Some((0.01, 100.0))
+        );
+        assert_eq!(
+            after.quantile_since(&before, "h_seconds", 1.0).map(|q| q.0),
+            Some(f64::INFINITY)
+        );
+        assert_eq!(before.quantile_since(&before, "h_seconds", 0.5), None);
     }
 }

@@ -413,7 +413,7 @@ fn traced(envelope: &Envelope) -> tracing::span::EnteredSpan {
 
 impl BusSink for Hub {
     fn publication(&self, envelope: Envelope) {
-        crate::metrics::message_received();
+        crate::metrics::message_received(envelope.published_at_ms);
         // A traced publication (only when the publisher records traces) continues its trace
         // here; an untraced one costs no span.
         let _traced = (!envelope.trace_parent.is_empty() && chorus_runtime::traces::enabled())
