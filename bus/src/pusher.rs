@@ -346,6 +346,20 @@ impl ChannelKind {
         }
     }
 
+    /// Whether the channel is a cache channel (`cache-…`, `private-cache-…`,
+    /// `private-encrypted-cache-…`, `presence-cache-…`): a subscriber gets its last event
+    /// right after subscribing, or `pusher:cache_miss`.
+    pub fn is_cache(name: &str) -> bool {
+        [
+            "cache-",
+            "private-cache-",
+            "private-encrypted-cache-",
+            "presence-cache-",
+        ]
+        .iter()
+        .any(|p| name.starts_with(p))
+    }
+
     /// Whether subscribing needs a signature.
     pub fn needs_auth(self) -> bool {
         !matches!(self, Self::Public)
@@ -686,5 +700,15 @@ mod tests {
         assert_eq!(ChannelKind::of("#server-to-user-1"), ChannelKind::User);
         assert_eq!(ChannelKind::of("x"), ChannelKind::Public);
         assert!(!ChannelKind::Public.takes_client_events());
+        for cache in [
+            "cache-a",
+            "private-cache-a",
+            "private-encrypted-cache-a",
+            "presence-cache-a",
+        ] {
+            assert!(ChannelKind::is_cache(cache), "{cache}");
+        }
+        assert!(!ChannelKind::is_cache("private-a-cache-b"));
+        assert_eq!(ChannelKind::of("presence-cache-a"), ChannelKind::Presence);
     }
 }

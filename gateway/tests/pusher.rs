@@ -527,3 +527,52 @@ async fn the_gateway_counts_pusher_connections_and_refusals() {
     );
     assert!(value("chorus_gateway_pusher_refusals_total{reason=\"unknown_app\"}").unwrap() >= 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_channel_gives_its_last_event_first_or_a_cache_miss() {
+    let c = cluster(2).await;
+    let mut a = Client::connect(&c, 0).await;
+    // Nothing published yet: subscription_succeeded, then pusher:cache_miss.
+    assert_eq!(
+        a.subscribe("cache-status", None, None).await["event"],
+        "pusher_internal:subscription_succeeded"
+    );
+    assert_eq!(
+        a.next().await,
+        json!({"event": "pusher:cache_miss", "channel": "cache-status", "data": {}})
+    );
+    publish(&c, "cache-status", "status", r#"{"v":1}"#).await;
+    publish(&c, "cache-status", "status", r#"{"v":2}"#).await;
+    for v in [1, 2] {
+        assert_eq!(a.next().await["data"], json!({ "v": v }));
+    }
+    // A later subscriber, on a gateway that already delivers the channel or not: the last
+    // event right after its success, and nothing older.
+    let mut last = 2;
+    for gateway in [0, 1] {
+        let mut b = Client::connect(&c, gateway).await;
+        let ok = b.subscribe("cache-status", None, None).await;
+        assert_eq!(ok["event"], "pusher_internal:subscription_succeeded");
+        assert_eq!(
+            b.next().await,
+            json!({"event": "status", "channel": "cache-status", "data": {"v": last}})
+        );
+        last += 1;
+        publish(&c, "cache-status", "status", &format!("{{\"v\":{last}}}")).await;
+        assert_eq!(b.next().await["data"], json!({ "v": last }));
+        assert_eq!(a.next().await["data"], json!({ "v": last }));
+        b.quiet().await;
+    }
+    // A private cache channel: the same, after its signature.
+    let mut b = Client::connect(&c, 1).await;
+    publish(&c, "private-cache-x", "state", "\"on\"").await;
+    let auth = b.auth("private-cache-x");
+    assert_eq!(
+        b.subscribe("private-cache-x", Some(auth), None).await["event"],
+        "pusher_internal:subscription_succeeded"
+    );
+    assert_eq!(
+        b.next().await,
+        json!({"event": "state", "channel": "private-cache-x", "data": "on"})
+    );
+}

@@ -181,7 +181,20 @@ impl Hub {
         position: &Position,
         reply: Option<Bytes>,
     ) -> Result<(), ActivateError> {
-        self.activate_with(channel, conn, position, reply, None)
+        self.activate_with(channel, conn, position, [reply, None], None)
+    }
+
+    /// [`Hub::activate`] with a second message right after the reply, before any
+    /// publication: a Pusher cache channel's last event (or its cache miss).
+    pub(crate) fn activate_then(
+        &self,
+        channel: &str,
+        conn: &Arc<Conn>,
+        position: &Position,
+        reply: Bytes,
+        then: Option<Bytes>,
+    ) -> Result<(), ActivateError> {
+        self.activate_with(channel, conn, position, [Some(reply), then], None)
     }
 
     /// Makes a Pusher presence subscriber (held by [`Hub::hold_presence`]) live with `view`,
@@ -194,8 +207,9 @@ impl Hub {
         position: &Position,
         view: MemberView,
         reply: Bytes,
+        then: Option<Bytes>,
     ) -> Result<(), ActivateError> {
-        self.activate_with(channel, conn, position, Some(reply), Some(view))
+        self.activate_with(channel, conn, position, [Some(reply), then], Some(view))
     }
 
     fn activate_with(
@@ -203,7 +217,7 @@ impl Hub {
         channel: &str,
         conn: &Arc<Conn>,
         position: &Position,
-        reply: Option<Bytes>,
+        replies: [Option<Bytes>; 2],
         view: Option<MemberView>,
     ) -> Result<(), ActivateError> {
         let mut shard = self.shard(channel).lock();
@@ -228,7 +242,10 @@ impl Hub {
             return Err(ActivateError::Behind);
         }
         sub.from = position.offset;
-        let mut queued = reply.map_or(0, |reply| sub.conn.push(Outgoing::Data(reply)));
+        let mut queued = 0;
+        for reply in replies.into_iter().flatten() {
+            queued += sub.conn.push(Outgoing::Data(reply));
+        }
         if let (Some(pusher), Some(mut view)) = (sub.pusher.as_mut(), view) {
             for event in std::mem::take(&mut pusher.pending) {
                 if let Some(message) = view.apply(channel, &event) {

@@ -10,8 +10,9 @@
 //! `member_added` / `member_removed` (the hub's member view, `hub/members.rs`), so two members
 //! subscribing at the same moment on two gateways each learn of the other.
 
-use chorus_bus::Member;
+use bytes::Bytes;
 use chorus_bus::pusher::ChannelKind;
+use chorus_bus::{HistoryQuery, Member, Position};
 use chorus_protocol::pusher as wire;
 
 use super::{PusherSession, messages, own_user_channel};
@@ -114,9 +115,13 @@ impl PusherSession {
                 None,
             )
         };
-        if node
-            .hub
-            .subscribe_live(chorus, &self.conn, false, |_| succeeded())
+        let cache = ChannelKind::is_cache(name);
+        // A cache channel's last event must come between the reply and what follows it: the
+        // way through the bus reads it with the position.
+        if !cache
+            && node
+                .hub
+                .subscribe_live(chorus, &self.conn, false, |_| succeeded())
         {
             self.channels.insert(name.to_owned(), chorus.to_owned());
             return Ok(());
@@ -129,12 +134,10 @@ impl PusherSession {
                 .await
                 .map_err(|e| e.to_string())?;
             for _ in 0..MAX_POSITION_READS {
-                let position = bounded(node.bus_timeout, node.bus.position(chorus))
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let (position, cached) = self.start(name, chorus, cache).await?;
                 match node
                     .hub
-                    .activate(chorus, &self.conn, &position, Some(succeeded()))
+                    .activate_then(chorus, &self.conn, &position, succeeded(), cached)
                 {
                     Ok(()) => return Ok(()),
                     Err(ActivateError::Behind) => continue,
@@ -190,9 +193,9 @@ impl PusherSession {
                 let members = bounded(node.bus_timeout, node.bus.presence(chorus))
                     .await
                     .map_err(|e| e.to_string())?;
-                let position = bounded(node.bus_timeout, node.bus.position(chorus))
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let (position, cached) = self
+                    .start(name, chorus, ChannelKind::is_cache(name))
+                    .await?;
                 let view = MemberView::new(&members);
                 if view.user_count() > self.app.max_presence_members as usize {
                     return Err(format!(
@@ -208,7 +211,7 @@ impl PusherSession {
                 );
                 match node
                     .hub
-                    .activate_presence(chorus, &self.conn, &position, view, reply)
+                    .activate_presence(chorus, &self.conn, &position, view, reply, cached)
                 {
                     Ok(()) => return Ok(()),
                     Err(ActivateError::Behind) => continue,
@@ -226,6 +229,37 @@ impl PusherSession {
             }
         }
         made
+    }
+
+    /// Where a subscription starts: the channel's position and, for a cache channel, the
+    /// message that follows `subscription_succeeded` — its last event (read with the position,
+    /// so nothing newer can come before it), or `pusher:cache_miss` when history holds none.
+    async fn start(
+        &self,
+        name: &str,
+        chorus: &str,
+        cache: bool,
+    ) -> Result<(Position, Option<Bytes>), String> {
+        let node = &self.node;
+        if !cache {
+            let position = bounded(node.bus_timeout, node.bus.position(chorus))
+                .await
+                .map_err(|e| e.to_string())?;
+            return Ok((position, None));
+        }
+        let last = HistoryQuery::page(None, 1, true, self.node.config.queue_max_bytes / 2);
+        let history = bounded(node.bus_timeout, node.bus.history(chorus, &last))
+            .await
+            .map_err(|e| e.to_string())?;
+        let cached = history
+            .publications
+            .first()
+            .filter(|e| e.offset == history.position.offset)
+            .map_or_else(
+                || wire::message("pusher:cache_miss", Some(name), "{}", None),
+                |e| wire::publication(&e.channel, &e.data),
+            );
+        Ok((history.position, Some(cached)))
     }
 
     /// `pusher:subscription_error` on the channel: pusher-js emits it to the app's handlers.

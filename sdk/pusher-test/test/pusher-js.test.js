@@ -133,6 +133,18 @@ describe("pusher-js against Chorus", () => {
     }
   });
 
+  test("a cache channel: a cache miss first, then the last event for a later subscriber", async () => {
+    const a = client(0);
+    const ch = a.subscribe("cache-scores");
+    const missed = new Promise((resolve) => ch.bind("pusher:cache_miss", resolve));
+    await missed;
+    await publish("cache-scores", "score", { home: 1 });
+    const b = client(1);
+    const later = b.subscribe("cache-scores");
+    const got = await new Promise((resolve) => later.bind("score", resolve));
+    assert.deepEqual(got, { home: 1 });
+  });
+
   test("sign-in and the user's channel", async () => {
     const a = client(0, "dora");
     a.signin();
