@@ -156,6 +156,26 @@ describe("pusher-js against Chorus", () => {
     assert.deepEqual(await got, { text: "hi" });
   });
 
+  test("a SIGKILLed gateway's members are removed, once, within its lease", async () => {
+    const ch = "presence-crash";
+    const alice = client(0, "alice");
+    const bob = client(1, "bob");
+    const [ra] = await Promise.all([subscribed(alice, ch), subscribed(bob, ch)]);
+    await until(() => ra.members.count === 2, 10000, "alice sees bob");
+    const removed = [];
+    ra.bind("pusher:member_removed", (m) => removed.push(m.id));
+    const killed = Date.now();
+    await cluster.stopGateway(1, "SIGKILL");
+    bob.disconnect(); // no reconnection attempts to the dead gateway
+    await until(() => removed.length === 1, 15000, "bob removed by a surviving gateway");
+    const took = Date.now() - killed;
+    assert.deepEqual(removed, ["bob"]);
+    assert.equal(ra.members.count, 1);
+    // Within the node lease (5 s by default) and a reaping round.
+    assert.ok(took < 8000, `removed after ${took} ms`);
+    await cluster.startGateway(1);
+  });
+
   test("Laravel Echo on pusher-js: a private channel's event", async () => {
     const echo = new Echo({
       broadcaster: "pusher",
