@@ -65,6 +65,9 @@ pub struct MemoryBus {
     webhooks: Mutex<VecDeque<WebhookRecord>>,
     webhooks_queued: tokio::sync::Notify,
     webhook_ids: std::sync::atomic::AtomicU64,
+    /// Channels of apps that want occupancy webhooks, with how many nodes want each. A leaf
+    /// lock (taken under a hub's lock, never the other way round).
+    occupancy: Mutex<HashMap<String, usize>>,
 }
 
 impl Default for MemoryBus {
@@ -184,6 +187,7 @@ impl MemoryBus {
             webhooks: Mutex::default(),
             webhooks_queued: tokio::sync::Notify::new(),
             webhook_ids: std::sync::atomic::AtomicU64::new(0),
+            occupancy: Mutex::default(),
         }
     }
 
@@ -201,6 +205,39 @@ impl MemoryBus {
             return;
         };
         self.queue_webhook(&app.id, event(name));
+    }
+
+    /// A node started (`true`) or stopped wanting `channel`: the first node in queues
+    /// `channel_occupied`, the last one out `channel_vacated`, for apps that want them.
+    fn occupancy_changed(&self, channel: &str, wanted: bool) {
+        let wants = self
+            .apps
+            .get()
+            .and_then(|a| a.of_channel(channel))
+            .is_some_and(|app| {
+                app.wants_webhook("channel_occupied") || app.wants_webhook("channel_vacated")
+            });
+        if !wants {
+            return;
+        }
+        let mut occupancy = self.occupancy.lock();
+        if wanted {
+            let nodes = occupancy.entry(channel.to_owned()).or_default();
+            *nodes += 1;
+            if *nodes == 1 {
+                self.webhook_on(channel, "channel_occupied", |channel| {
+                    WebhookEvent::ChannelOccupied { channel }
+                });
+            }
+        } else if let Some(nodes) = occupancy.get_mut(channel) {
+            *nodes = nodes.saturating_sub(1);
+            if *nodes == 0 {
+                occupancy.remove(channel);
+                self.webhook_on(channel, "channel_vacated", |channel| {
+                    WebhookEvent::ChannelVacated { channel }
+                });
+            }
+        }
     }
 
     pub(crate) fn queue_webhook(&self, app: &str, event: WebhookEvent) {
@@ -531,32 +568,22 @@ pub struct MemoryLink {
 
 impl MemoryLink {
     pub(crate) fn want(&self, channel: &str) -> ChannelReady {
-        let Some(bus) = self.bus.upgrade() else {
-            return self.node.wanted.want(channel, true);
-        };
-        // Under the nodes lock, so that two nodes wanting it at once see one first.
-        let nodes = bus.nodes.lock();
-        let occupied = wanted_by(&nodes, channel);
+        // The hub calls this under its lock for the channel, so "new for this node" cannot
+        // race with this node's own unwant. No bus-wide lock here: the publish path holds
+        // those while it calls into the hub.
+        let new = !self.node.wanted.contains(channel);
         let ready = self.node.wanted.want(channel, true);
-        if !occupied {
-            bus.webhook_on(channel, "channel_occupied", |channel| {
-                WebhookEvent::ChannelOccupied { channel }
-            });
+        if new && let Some(bus) = self.bus.upgrade() {
+            bus.occupancy_changed(channel, true);
         }
         ready
     }
 
     pub(crate) fn unwant(&self, channel: &str) {
-        let Some(bus) = self.bus.upgrade() else {
-            return self.node.wanted.unwant(channel);
-        };
-        let nodes = bus.nodes.lock();
         let was = self.node.wanted.contains(channel);
         self.node.wanted.unwant(channel);
-        if was && !wanted_by(&nodes, channel) {
-            bus.webhook_on(channel, "channel_vacated", |channel| {
-                WebhookEvent::ChannelVacated { channel }
-            });
+        if was && let Some(bus) = self.bus.upgrade() {
+            bus.occupancy_changed(channel, false);
         }
     }
 
