@@ -13,7 +13,7 @@
 //! the control channel and presence from the bus. Errors keep broker-api's JSON body and
 //! status codes, which are the ones the libraries act on (400, 401, 404, 413, 503).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use axum::Json;
@@ -240,17 +240,20 @@ fn event_items(
     .to_bytes();
     let mut items = Vec::with_capacity(channels.len());
     for name in &channels {
-        let chorus = app
-            .chorus_channel(name)
-            .map_err(|e| ApiError::new(ErrorCode::BadChannel, format!("{name:?}: {e}")))?;
         items.push(PublishItem {
-            channel: chorus,
+            channel: chorus_channel(app, name)?,
             data: payload.clone(),
             idempotency_key: None,
             exclude_client: exclude.clone(),
         });
     }
     Ok((items, channels))
+}
+
+/// The Chorus channel behind a Pusher channel name, or the 400 a bad name earns.
+fn chorus_channel(app: &App, name: &str) -> Result<String, ApiError> {
+    app.chorus_channel(name)
+        .map_err(|e| ApiError::new(ErrorCode::BadChannel, format!("{name:?}: {e}")))
 }
 
 fn valid_socket_id(id: &str) -> bool {
@@ -301,18 +304,12 @@ async fn channel_info(
     app: &App,
     name: &str,
     wanted: Wanted,
-    subscriptions: Option<u64>,
+    subscriptions: u64,
 ) -> Result<Map<String, Value>, ApiError> {
     let mut info = Map::new();
-    let chorus = app
-        .chorus_channel(name)
-        .map_err(|e| ApiError::new(ErrorCode::BadChannel, format!("{name:?}: {e}")))?;
+    let chorus = chorus_channel(app, name)?;
     if wanted.subscription_count {
-        let n = match subscriptions {
-            Some(n) => n,
-            None => subscription_count(broker, &chorus).await?,
-        };
-        info.insert("subscription_count".into(), json!(n));
+        info.insert("subscription_count".into(), json!(subscriptions));
     }
     if wanted.user_count {
         if ChannelKind::of(name) != ChannelKind::Presence {
@@ -326,13 +323,25 @@ async fn channel_info(
     Ok(info)
 }
 
-/// Subscribers of one channel across the gateways.
-async fn subscription_count(broker: &Broker, chorus: &str) -> Result<u64, ApiError> {
-    let (channels, _) = broker.channels(chorus, 1).await?;
-    Ok(channels
+/// Subscribers of each named Pusher channel across the gateways, in one round trip; none
+/// when `wanted` does not ask for them.
+async fn subscription_counts<'a>(
+    broker: &Broker,
+    app: &App,
+    names: impl Iterator<Item = &'a str>,
+    wanted: bool,
+) -> Result<HashMap<String, u64>, ApiError> {
+    if !wanted {
+        return Ok(HashMap::new());
+    }
+    let chorus = names
+        .map(|name| chorus_channel(app, name))
+        .collect::<Result<Vec<_>, _>>()?;
+    let counts = broker.subscribers(chorus).await?;
+    Ok(counts
         .into_iter()
-        .find(|(c, _)| c == chorus)
-        .map_or(0, |(_, n)| n))
+        .filter_map(|(c, n)| Some((app.pusher_channel(&c)?.into_owned(), n)))
+        .collect())
 }
 
 #[utoipa::path(post, path = "/apps/{app_id}/events", request_body = PusherEvent,
@@ -363,9 +372,17 @@ pub(crate) async fn events(
     if !wanted.any() {
         return Ok(Json(json!({})));
     }
+    let counts = subscription_counts(
+        &broker,
+        &app,
+        names.iter().map(String::as_str),
+        wanted.subscription_count,
+    )
+    .await?;
     let mut channels = Map::new();
     for name in names {
-        let info = channel_info(&broker, &app, &name, wanted, None).await?;
+        let n = counts.get(&name).copied().unwrap_or(0);
+        let info = channel_info(&broker, &app, &name, wanted, n).await?;
         channels.insert(name, Value::Object(info));
     }
     Ok(Json(json!({ "channels": channels })))
@@ -414,10 +431,14 @@ pub(crate) async fn batch_events(
     if !infos.iter().any(|(_, w)| w.any()) {
         return Ok(Json(json!({})));
     }
+    let counted = infos.iter().filter(|(_, w)| w.subscription_count);
+    let counts =
+        subscription_counts(&broker, &app, counted.map(|(name, _)| name.as_str()), true).await?;
     let mut batch = Vec::with_capacity(infos.len());
     for (name, wanted) in infos {
+        let n = counts.get(&name).copied().unwrap_or(0);
         batch.push(Value::Object(
-            channel_info(&broker, &app, &name, wanted, None).await?,
+            channel_info(&broker, &app, &name, wanted, n).await?,
         ));
     }
     Ok(Json(json!({ "batch": batch })))
@@ -467,7 +488,7 @@ pub(crate) async fn channels(
         if ChannelKind::of(&name) == ChannelKind::User {
             continue;
         }
-        let info = channel_info(&broker, &app, &name, wanted, Some(subscriptions)).await?;
+        let info = channel_info(&broker, &app, &name, wanted, subscriptions).await?;
         channels.insert(name.into_owned(), Value::Object(info));
     }
     Ok(Json(json!({ "channels": channels })))
@@ -495,11 +516,9 @@ pub(crate) async fn channel(
 ) -> Result<Json<Value>, ApiError> {
     let (app, params) = verify(&broker, &app_id, &method, &uri, &[])?;
     let wanted = Wanted::of(params.get("info").map(String::as_str));
-    let chorus = app
-        .chorus_channel(&name)
-        .map_err(|e| ApiError::new(ErrorCode::BadChannel, format!("{name:?}: {e}")))?;
-    let subscriptions = subscription_count(&broker, &chorus).await?;
-    let mut info = channel_info(&broker, &app, &name, wanted, Some(subscriptions)).await?;
+    let counts = subscription_counts(&broker, &app, std::iter::once(name.as_str()), true).await?;
+    let subscriptions = counts.get(&name).copied().unwrap_or(0);
+    let mut info = channel_info(&broker, &app, &name, wanted, subscriptions).await?;
     info.insert("occupied".into(), json!(subscriptions > 0));
     Ok(Json(Value::Object(info)))
 }
@@ -529,9 +548,7 @@ pub(crate) async fn users(
             "users are listed for presence channels only",
         ));
     }
-    let chorus = app
-        .chorus_channel(&name)
-        .map_err(|e| ApiError::new(ErrorCode::BadChannel, format!("{name:?}: {e}")))?;
+    let chorus = chorus_channel(&app, &name)?;
     let members = broker.presence(&chorus).await?;
     let mut ids: Vec<String> = members.into_iter().map(|m| m.user).collect();
     ids.sort();

@@ -2,12 +2,14 @@
 //! the gRPC service only translate to and from their wire forms and call in here, so limits,
 //! validation, timeouts and error mapping cannot drift apart between the two.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chorus_bus::control::{
-    ControlOp, ControlReplies, MAX_CHANNELS_LIMIT, MAX_REASON_LEN, MAX_USER_LEN,
+    ControlOp, ControlReplies, MAX_CHANNELS_LIMIT, MAX_COUNTED_CHANNELS, MAX_REASON_LEN,
+    MAX_USER_LEN,
 };
 use chorus_bus::{
     Bus, BusError, DEFAULT_HISTORY_PAGE_BYTES, History, HistoryQuery, Member, NodeInfo, Position,
@@ -345,7 +347,7 @@ impl Broker {
             ControlOp::Disconnect { user, client, .. }
             | ControlOp::Subscribe { user, client, .. }
             | ControlOp::Unsubscribe { user, client, .. } => (user.clone(), client.clone()),
-            ControlOp::Channels { .. } => (String::new(), None),
+            ControlOp::Channels { .. } | ControlOp::Subscribers { .. } => (String::new(), None),
         };
         let replies = self
             .within_deadline(self.inner.bus.control(&op))
@@ -394,6 +396,29 @@ impl Broker {
             .await?
             .map_err(|e| logged(e.into()))?;
         Ok(replies.channels(limit))
+    }
+
+    /// Subscribers of each of `channels` across the cluster, in one round trip (at most
+    /// [`MAX_COUNTED_CHANNELS`] names).
+    pub async fn subscribers(
+        &self,
+        channels: Vec<String>,
+    ) -> Result<HashMap<String, u64>, ApiError> {
+        if channels.len() > MAX_COUNTED_CHANNELS {
+            return Err(ApiError::new(
+                ErrorCode::BadRequest,
+                format!("at most {MAX_COUNTED_CHANNELS} channels are counted at once"),
+            ));
+        }
+        if channels.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let op = ControlOp::Subscribers { channels };
+        let replies = self
+            .within_deadline(self.inner.bus.control(&op))
+            .await?
+            .map_err(|e| logged(e.into()))?;
+        Ok(replies.subscribers())
     }
 
     /// The live gateway nodes with their connection counts.
@@ -476,7 +501,7 @@ fn check_user_command(op: &ControlOp) -> Result<(), ApiError> {
                 .map_err(|e| ApiError::new(ErrorCode::BadChannel, e.to_string()))?;
             (user, client)
         }
-        ControlOp::Channels { .. } => return Ok(()),
+        ControlOp::Channels { .. } | ControlOp::Subscribers { .. } => return Ok(()),
     };
     if user.is_empty() || user.len() > MAX_USER_LEN {
         return bad(format!("user must be 1-{MAX_USER_LEN} bytes"));

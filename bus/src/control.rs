@@ -12,6 +12,8 @@ pub const MAX_REASON_LEN: usize = 120;
 pub const MAX_USER_LEN: usize = 256;
 /// Most channels one `channels` answer lists.
 pub const MAX_CHANNELS_LIMIT: usize = 10_000;
+/// Most channels one `subscribers` request may name.
+pub const MAX_COUNTED_CHANNELS: usize = 1_000;
 
 /// What to do, on every gateway.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,6 +46,9 @@ pub enum ControlOp {
     /// The channels with local subscribers whose names match `pattern` (`*` matches any
     /// run of characters), at most `limit` of them.
     Channels { pattern: String, limit: usize },
+    /// Local subscribers of each named channel (at most [`MAX_COUNTED_CHANNELS`] names);
+    /// channels with none are left out of the answer.
+    Subscribers { channels: Vec<String> },
 }
 
 /// One request on the control channel: the op, and where to answer.
@@ -63,7 +68,7 @@ pub struct ControlReply {
     /// Connections the op was applied to.
     #[serde(default)]
     pub connections: u64,
-    /// For `channels`: (channel, local subscribers), in no particular order.
+    /// For `channels` and `subscribers`: (channel, local subscribers), in no particular order.
     #[serde(default)]
     pub channels: Vec<(String, u64)>,
     /// For `channels`: more matched than `limit`.
@@ -84,6 +89,18 @@ impl ControlReplies {
     /// Connections the op was applied to, across the cluster.
     pub fn connections(&self) -> u64 {
         self.replies.iter().map(|r| r.connections).sum()
+    }
+
+    /// Each channel's subscribers summed over the gateways (a channel no gateway listed has
+    /// none).
+    pub fn subscribers(&self) -> std::collections::HashMap<String, u64> {
+        let mut merged = std::collections::HashMap::<String, u64>::new();
+        for reply in &self.replies {
+            for (channel, n) in &reply.channels {
+                *merged.entry(channel.clone()).or_default() += n;
+            }
+        }
+        merged
     }
 
     /// Channels with their subscribers summed over the gateways, sorted by name, at most
@@ -149,5 +166,7 @@ mod tests {
             (vec![("x".into(), 5), ("y".into(), 1)], false)
         );
         assert_eq!(replies.channels(1), (vec![("x".into(), 5)], true));
+        let counts = replies.subscribers();
+        assert_eq!((counts["x"], counts["y"], counts.len()), (5, 1, 2));
     }
 }

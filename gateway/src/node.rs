@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use chorus_bus::control::{ControlOp, ControlReply, MAX_CHANNELS_LIMIT};
+use chorus_bus::control::{ControlOp, ControlReply, MAX_CHANNELS_LIMIT, MAX_COUNTED_CHANNELS};
 use chorus_bus::{Bus, BusSink, Envelope, NodeInfo, NodeLink, now_ms};
 use tokio_util::sync::CancellationToken;
 
@@ -164,6 +164,14 @@ impl BusSink for NodeSink {
                 return ControlReply {
                     channels,
                     truncated,
+                    ..ControlReply::default()
+                };
+            }
+            ControlOp::Subscribers { channels } => {
+                return ControlReply {
+                    channels: self
+                        .hub
+                        .subscribers(channels.iter().take(MAX_COUNTED_CHANNELS)),
                     ..ControlReply::default()
                 };
             }

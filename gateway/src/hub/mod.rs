@@ -304,6 +304,19 @@ impl Hub {
         (out, truncated)
     }
 
+    /// Local subscribers of each of `names` that has any.
+    pub(crate) fn subscribers<'a>(
+        &self,
+        names: impl Iterator<Item = &'a String>,
+    ) -> Vec<(String, u64)> {
+        names
+            .filter_map(|name| {
+                let n = self.shard(name).lock().get(name)?.subscriber_count() as u64;
+                (n > 0).then(|| (name.clone(), n))
+            })
+            .collect()
+    }
+
     /// Number of subscriptions (connection × channel).
     pub(crate) fn subscription_count(&self) -> usize {
         self.subscriptions.load(Ordering::Relaxed)

@@ -97,6 +97,20 @@ describe("the pusher server library against Chorus", () => {
     const none = await (await server.get({ path: "/channels/nobody-here" })).json();
     assert.deepEqual(none, { occupied: false });
 
+    // Counts for several channels of one trigger, and per event of a batch.
+    const triggered = await (await server.trigger(["presence-lobby", "quiet", "nobody-here"], "count", {}, { info: "subscription_count" })).json();
+    assert.deepEqual(triggered.channels, {
+      "presence-lobby": { subscription_count: 2 },
+      quiet: { subscription_count: 1 },
+      "nobody-here": { subscription_count: 0 },
+    });
+    const batch = await (await server.triggerBatch([
+      { channel: "quiet", name: "count", data: {}, info: "subscription_count" },
+      { channel: "presence-lobby", name: "count", data: {}, info: "user_count,subscription_count" },
+      { channel: "nobody-here", name: "count", data: {} },
+    ])).json();
+    assert.deepEqual(batch.batch, [{ subscription_count: 1 }, { subscription_count: 2, user_count: 2 }, {}]);
+
     const users = await (await server.get({ path: "/channels/presence-lobby/users" })).json();
     assert.deepEqual(users.users.map((u) => u.id).sort(), ["u1", "u2"]);
 
