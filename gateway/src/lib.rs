@@ -27,6 +27,7 @@ pub mod metrics;
 mod node;
 mod permissions;
 mod pusher;
+mod read_loop;
 mod security;
 mod server;
 mod session;

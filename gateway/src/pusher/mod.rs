@@ -32,15 +32,14 @@ use chorus_protocol::pusher as wire;
 use chorus_protocol::wire::Format;
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::conn::{Conn, Outgoing};
-use crate::frame_reader::ReadError;
 use crate::limits::{RateLimiter, Verdict};
-use crate::message_reader::{Message, MessageReader};
+use crate::message_reader::MessageReader;
 use crate::node::Node;
+use crate::read_loop;
 use crate::session::{WriterTask, bounded};
 use crate::sessions::Control;
 
@@ -208,7 +207,9 @@ pub(crate) async fn run(node: Arc<Node>, socket: TcpStream, already: Bytes, star
     let mut reader = MessageReader::new(config.max_message_size, already);
     let mut session = PusherSession::new(&node, &conn, app);
     let span = tracing::debug_span!("pusher", socket_id = %conn.client, app = %session.app.id);
-    session.read_loop(&mut reader, &read).instrument(span).await;
+    read_loop::run(&mut session, &mut reader, &read)
+        .instrument(span)
+        .await;
     drop(session);
     writer.finish(&conn).await;
 }
@@ -217,6 +218,33 @@ pub(crate) async fn run(node: Arc<Node>, socket: TcpStream, already: Bytes, star
 fn refuse(conn: &Conn, code: u16, message: &str) {
     conn.send(Outgoing::Data(wire::error(Some(code), message)));
     conn.close(code, message);
+}
+
+impl read_loop::Session for PusherSession {
+    const SHUTDOWN_REASON: &'static str = "gateway shutting down: reconnect";
+    const IDLE_REASON: &'static str = "Pong reply not received";
+
+    fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
+    fn conn(&self) -> &Arc<Conn> {
+        &self.conn
+    }
+
+    fn control_queue(&mut self) -> &mut mpsc::Receiver<Control> {
+        &mut self.control
+    }
+
+    async fn on_control(&mut self, control: Control) -> bool {
+        self.apply_control(control)
+    }
+
+    async fn on_message(&mut self, text: bool, payload: &[u8]) {
+        // Boxed, like Chorus's commands: only a running message's future takes memory, not
+        // every idle connection's task.
+        Box::pin(self.take_message(text, payload)).await
+    }
 }
 
 struct PusherSession {
@@ -263,68 +291,8 @@ impl PusherSession {
         }
     }
 
-    async fn read_loop(&mut self, reader: &mut MessageReader, socket: &OwnedReadHalf) {
-        let idle_timeout = self.node.config.idle_timeout;
-        let drain_fraction: f64 = rand::random();
-        loop {
-            if !reader.has_frame() {
-                self.conn.uncork();
-            }
-            let read = tokio::select! {
-                biased;
-                _ = self.conn.closing.cancelled() => return,
-                _ = async {
-                    self.node.shutdown.cancelled().await;
-                    tokio::time::sleep_until(self.node.drain_turn(drain_fraction)).await;
-                } => {
-                    self.conn.disconnect(close::SHUTDOWN, "gateway shutting down: reconnect");
-                    return;
-                }
-                Some(control) = self.control.recv() => {
-                    if self.on_control(control) {
-                        continue;
-                    }
-                    return;
-                }
-                read = tokio::time::timeout(idle_timeout, reader.next(socket)) => read,
-            };
-            if reader.has_frame() {
-                self.conn.cork();
-            }
-            let message = match read {
-                Err(_) => {
-                    self.conn
-                        .close(close::IDLE_TIMEOUT, "Pong reply not received");
-                    return;
-                }
-                Ok(Err(ReadError::Violation(v))) => {
-                    self.conn.close(v.code, v.reason);
-                    return;
-                }
-                Ok(Err(ReadError::Lost(_))) => {
-                    self.conn.abandon();
-                    return;
-                }
-                Ok(Ok(message)) => message,
-            };
-            match message {
-                Message::Close(payload) => {
-                    self.conn.send(Outgoing::CloseEcho(payload));
-                    return;
-                }
-                Message::Ping(payload) => self.conn.send(Outgoing::Pong(payload)),
-                Message::Pong => {}
-                Message::Data { text, payload } => {
-                    // Boxed, like Chorus's commands: only a running message's future takes
-                    // memory, not every idle connection's task.
-                    Box::pin(self.on_message(text, &payload)).await;
-                }
-            }
-        }
-    }
-
     /// A server command for this connection; false when it ends the session.
-    fn on_control(&mut self, control: Control) -> bool {
+    fn apply_control(&mut self, control: Control) -> bool {
         match control {
             Control::Disconnect {
                 reason, reconnect, ..
@@ -340,7 +308,7 @@ impl PusherSession {
         }
     }
 
-    async fn on_message(&mut self, text: bool, payload: &[u8]) {
+    async fn take_message(&mut self, text: bool, payload: &[u8]) {
         match self.rate.check() {
             Verdict::Allow => {}
             Verdict::Refuse => {

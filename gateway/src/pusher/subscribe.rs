@@ -12,12 +12,22 @@
 
 use bytes::Bytes;
 use chorus_bus::pusher::ChannelKind;
-use chorus_bus::{HistoryQuery, Member, Position};
+use chorus_bus::{ChannelReady, HistoryQuery, Member, Position};
 use chorus_protocol::pusher as wire;
 
 use super::{PusherSession, messages, own_user_channel};
 use crate::hub::{ActivateError, MemberView};
 use crate::session::bounded;
+
+/// `pusher_internal:subscription_succeeded` on `channel` with `data`.
+fn succeeded(channel: &str, data: &str) -> Bytes {
+    wire::message(
+        "pusher_internal:subscription_succeeded",
+        Some(channel),
+        data,
+        None,
+    )
+}
 
 /// Reads of a subscriber's position before its subscribe gives up (see
 /// `ActivateError::Behind`).
@@ -107,51 +117,18 @@ impl PusherSession {
     /// bus.
     async fn subscribe_plain(&mut self, name: &str, chorus: &str) -> Result<(), String> {
         let node = self.node.clone();
-        let succeeded = || {
-            wire::message(
-                "pusher_internal:subscription_succeeded",
-                Some(name),
-                "{}",
-                None,
-            )
-        };
-        let cache = ChannelKind::is_cache(name);
         // A cache channel's last event must come between the reply and what follows it: the
         // way through the bus reads it with the position.
-        if !cache
+        if !ChannelKind::is_cache(name)
             && node
                 .hub
-                .subscribe_live(chorus, &self.conn, false, |_| succeeded())
+                .subscribe_live(chorus, &self.conn, false, |_| succeeded(name, "{}"))
         {
             self.channels.insert(name.to_owned(), chorus.to_owned());
             return Ok(());
         }
         let ready = node.hub.hold(&node.link, chorus, &self.conn, false);
-        self.channels.insert(name.to_owned(), chorus.to_owned());
-        let made = async {
-            ready
-                .wait(node.bus_timeout)
-                .await
-                .map_err(|e| e.to_string())?;
-            for _ in 0..MAX_POSITION_READS {
-                let (position, cached) = self.start(name, chorus, cache).await?;
-                match node
-                    .hub
-                    .activate_then(chorus, &self.conn, &position, succeeded(), cached)
-                {
-                    Ok(()) => return Ok(()),
-                    Err(ActivateError::Behind) => continue,
-                    Err(e) => return Err(format!("{e:?}")),
-                }
-            }
-            Err("the channel kept moving while subscribing".to_owned())
-        }
-        .await;
-        if made.is_err() {
-            self.channels.remove(name);
-            node.hub.unsubscribe(&node.link, chorus, &self.conn);
-        }
-        made
+        self.activate_held(name, chorus, ready, false).await
     }
 
     /// A presence channel: the member's entry, then the subscription with the members read
@@ -181,47 +158,22 @@ impl PusherSession {
             return Err(e.to_string());
         }
         let ready = node.hub.hold_presence(&node.link, chorus, &self.conn);
+        self.activate_held(name, chorus, ready, true).await
+    }
+
+    /// Makes a held subscriber live once the bus confirmed the channel; on failure undoes the
+    /// subscription (and the presence entry, if any).
+    async fn activate_held(
+        &mut self,
+        name: &str,
+        chorus: &str,
+        ready: ChannelReady,
+        presence: bool,
+    ) -> Result<(), String> {
         self.channels.insert(name.to_owned(), chorus.to_owned());
-        let made = async {
-            ready
-                .wait(node.bus_timeout)
-                .await
-                .map_err(|e| e.to_string())?;
-            for _ in 0..MAX_POSITION_READS {
-                // The members first: a join or leave after this read reaches the hub (the
-                // channel is confirmed) and the view applies it by connection.
-                let members = bounded(node.bus_timeout, node.bus.presence(chorus))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let (position, cached) = self
-                    .start(name, chorus, ChannelKind::is_cache(name))
-                    .await?;
-                let view = MemberView::new(&members);
-                if view.user_count() > self.app.max_presence_members as usize {
-                    return Err(format!(
-                        "The channel has more than {} members",
-                        self.app.max_presence_members
-                    ));
-                }
-                let reply = wire::message(
-                    "pusher_internal:subscription_succeeded",
-                    Some(name),
-                    &view.presence_data(),
-                    None,
-                );
-                match node
-                    .hub
-                    .activate_presence(chorus, &self.conn, &position, view, reply, cached)
-                {
-                    Ok(()) => return Ok(()),
-                    Err(ActivateError::Behind) => continue,
-                    Err(e) => return Err(format!("{e:?}")),
-                }
-            }
-            Err("the channel kept moving while subscribing".to_owned())
-        }
-        .await;
+        let made = self.activate(name, chorus, ready, presence).await;
         if made.is_err() {
+            let node = &self.node;
             self.channels.remove(name);
             node.hub.unsubscribe(&node.link, chorus, &self.conn);
             if self.presence.remove(chorus).is_some() {
@@ -229,6 +181,54 @@ impl PusherSession {
             }
         }
         made
+    }
+
+    /// Waits for the bus's confirmation, then reads where the subscriber starts and activates
+    /// it there; reads again when the channel moved past that position meanwhile
+    /// (`ActivateError::Behind`).
+    async fn activate(
+        &self,
+        name: &str,
+        chorus: &str,
+        ready: ChannelReady,
+        presence: bool,
+    ) -> Result<(), String> {
+        let node = &self.node;
+        ready
+            .wait(node.bus_timeout)
+            .await
+            .map_err(|e| e.to_string())?;
+        let cache = ChannelKind::is_cache(name);
+        for _ in 0..MAX_POSITION_READS {
+            let activated = if presence {
+                // The members first: a join or leave after this read reaches the hub (the
+                // channel is confirmed) and the view applies it by connection.
+                let members = bounded(node.bus_timeout, node.bus.presence(chorus))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let (position, cached) = self.start(name, chorus, cache).await?;
+                let view = MemberView::new(&members);
+                if view.user_count() > self.app.max_presence_members as usize {
+                    return Err(format!(
+                        "The channel has more than {} members",
+                        self.app.max_presence_members
+                    ));
+                }
+                let reply = succeeded(name, &view.presence_data());
+                node.hub
+                    .activate_presence(chorus, &self.conn, &position, view, reply, cached)
+            } else {
+                let (position, cached) = self.start(name, chorus, cache).await?;
+                node.hub
+                    .activate_then(chorus, &self.conn, &position, succeeded(name, "{}"), cached)
+            };
+            match activated {
+                Ok(()) => return Ok(()),
+                Err(ActivateError::Behind) => continue,
+                Err(e) => return Err(format!("{e:?}")),
+            }
+        }
+        Err("the channel kept moving while subscribing".to_owned())
     }
 
     /// Where a subscription starts: the channel's position and, for a cache channel, the

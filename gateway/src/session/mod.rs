@@ -19,15 +19,14 @@ use chorus_protocol::codes::{ErrorCode, close};
 use chorus_protocol::wire::{self, Format};
 use chorus_protocol::{VERSION, channel};
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedReadHalf;
 use tracing::Instrument;
 
 use crate::conn::{Conn, Outgoing};
-use crate::frame_reader::ReadError;
 use crate::limits::Verdict;
-use crate::message_reader::{Message, MessageReader};
+use crate::message_reader::MessageReader;
 use crate::node::Node;
-use crate::security::SessionSecurity;
+use crate::read_loop;
+use crate::security::{Deadline, SessionSecurity};
 use crate::sessions::Control;
 use crate::writer;
 use tokio::sync::mpsc;
@@ -50,7 +49,9 @@ pub(crate) async fn run(node: Arc<Node>, socket: TcpStream, already: Bytes, form
     let writer = WriterTask::spawn(write, conn.clone(), queue, config.ping_interval);
     let mut session = Session::new(&node, &conn);
     let span = tracing::debug_span!("session", client = %conn.client, ?format);
-    session.read_loop(&mut reader, &read).instrument(span).await;
+    read_loop::run(&mut session, &mut reader, &read)
+        .instrument(span)
+        .await;
     drop(session);
     writer.finish(&conn).await;
 }
@@ -97,6 +98,37 @@ impl Drop for WriterTask {
     }
 }
 
+impl read_loop::Session for Session {
+    const SHUTDOWN_REASON: &'static str = "gateway shutting down";
+    const IDLE_REASON: &'static str = "idle timeout";
+
+    fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
+    fn conn(&self) -> &Arc<Conn> {
+        &self.conn
+    }
+
+    fn control_queue(&mut self) -> &mut mpsc::Receiver<Control> {
+        &mut self.control
+    }
+
+    /// The connect timeout before `connect`, the token's expiry after it.
+    fn deadline(&self) -> Option<Deadline> {
+        self.sec
+            .deadline(self.connected || self.node.config.conformance_echo)
+    }
+
+    async fn on_control(&mut self, control: Control) -> bool {
+        self.apply_control(control).await
+    }
+
+    async fn on_message(&mut self, text: bool, payload: &[u8]) {
+        self.take_message(text, payload).await
+    }
+}
+
 struct Session {
     node: Arc<Node>,
     conn: Arc<Conn>,
@@ -133,90 +165,7 @@ impl Session {
         }
     }
 
-    async fn read_loop(&mut self, reader: &mut MessageReader, socket: &OwnedReadHalf) {
-        let idle_timeout = self.node.config.idle_timeout;
-        // This session's moment in the drain window, fixed once so that re-entering the
-        // select below does not move it.
-        let drain_fraction: f64 = rand::random();
-        loop {
-            if !reader.has_frame() {
-                self.conn.uncork();
-            }
-            // The connect timeout before `connect`, the token's expiry after it.
-            let deadline = self
-                .sec
-                .deadline(self.connected || self.node.config.conformance_echo);
-            let deadline_passed = async {
-                match &deadline {
-                    Some(d) => tokio::time::sleep_until(d.at).await,
-                    None => std::future::pending().await,
-                }
-            };
-            let read = tokio::select! {
-                biased;
-                _ = self.conn.closing.cancelled() => return,
-                _ = deadline_passed => {
-                    if let Some(d) = deadline {
-                        tracing::debug!(client = %self.conn.client, code = d.code, "closing at a deadline: {}", d.reason);
-                        if d.code == close::TOKEN_EXPIRED {
-                            self.conn.disconnect(d.code, d.reason);
-                        } else {
-                            self.conn.close(d.code, d.reason);
-                        }
-                    }
-                    return;
-                }
-                _ = async {
-                    self.node.shutdown.cancelled().await;
-                    tokio::time::sleep_until(self.node.drain_turn(drain_fraction)).await;
-                } => {
-                    self.conn.disconnect(close::SHUTDOWN, "gateway shutting down");
-                    return;
-                }
-                Some(control) = self.control.recv() => {
-                    if self.on_control(control).await {
-                        continue;
-                    }
-                    return;
-                }
-                read = tokio::time::timeout(idle_timeout, reader.next(socket)) => read,
-            };
-            // Commands that arrived together are answered together (see `Conn::cork`): the
-            // writer is held while more are in hand, and woken (top of the loop) before the
-            // session waits for the client again.
-            if reader.has_frame() {
-                self.conn.cork();
-            }
-            let message = match read {
-                Err(_) => {
-                    self.conn.close(close::IDLE_TIMEOUT, "idle timeout");
-                    return;
-                }
-                Ok(Err(ReadError::Violation(v))) => {
-                    tracing::debug!(client = %self.conn.client, code = v.code, "closing on a frame violation: {}", v.reason);
-                    self.conn.close(v.code, v.reason);
-                    return;
-                }
-                Ok(Err(ReadError::Lost(e))) => {
-                    tracing::debug!(client = %self.conn.client, error = %e, "connection lost");
-                    self.conn.abandon();
-                    return;
-                }
-                Ok(Ok(message)) => message,
-            };
-            match message {
-                Message::Close(payload) => {
-                    self.conn.send(Outgoing::CloseEcho(payload));
-                    return;
-                }
-                Message::Ping(payload) => self.conn.send(Outgoing::Pong(payload)),
-                Message::Pong => {}
-                Message::Data { text, payload } => self.on_message(text, &payload).await,
-            }
-        }
-    }
-
-    async fn on_message(&mut self, text: bool, payload: &[u8]) {
+    async fn take_message(&mut self, text: bool, payload: &[u8]) {
         if self.node.config.conformance_echo {
             // Conformance testing (scripts/autobahn): the message goes back as it came.
             self.conn
@@ -320,7 +269,7 @@ impl Session {
     }
 
     /// Runs a server command; false when the session ends with it.
-    async fn on_control(&mut self, control: Control) -> bool {
+    async fn apply_control(&mut self, control: Control) -> bool {
         match control {
             Control::Disconnect {
                 code,
