@@ -122,6 +122,27 @@ async fn every_bad_request_gets_its_status_and_publishes_nothing() {
         .unwrap();
     let path = format!("/apps/{ID}/events");
     let good = json!({"name": "e", "data": "x", "channel": "a"}).to_string();
+    let batch_path = format!("/apps/{ID}/batch_events");
+    // A well-signed request to `path` whose body the app refuses.
+    let case = |what, path: &str, body: Value, want| {
+        let body = body.to_string();
+        (
+            what,
+            signed(&s, &app(), "POST", path, &body, &[], |_| {}),
+            body,
+            want,
+        )
+    };
+    // A request to /events with the good body and one signing parameter changed.
+    let tampered = |what, change: fn(&mut Vec<(String, String)>)| {
+        (
+            what,
+            signed(&s, &app(), "POST", &path, &good, &[], change),
+            good.clone(),
+            401,
+        )
+    };
+    let e = json!({"name": "e", "data": "x", "channel": "a"});
     let cases: Vec<(&str, String, String, u16)> = vec![
         (
             "unknown app",
@@ -136,93 +157,51 @@ async fn every_bad_request_gets_its_status_and_publishes_nothing() {
             good.clone(),
             401,
         ),
-        (
-            "stale timestamp",
-            signed(&s, &app(), "POST", &path, &good, &[], |p| {
-                p[1].1 = "1000000000".into()
-            }),
-            good.clone(),
-            401,
-        ),
-        (
-            "another key",
-            signed(&s, &app(), "POST", &path, &good, &[], |p| {
-                p[0].1 = "other".into()
-            }),
-            good.clone(),
-            401,
-        ),
-        (
-            "bad body_md5",
-            signed(&s, &app(), "POST", &path, &good, &[], |p| {
-                p[3].1 = "0".repeat(32)
-            }),
-            good.clone(),
-            401,
-        ),
+        tampered("stale timestamp", |p| p[1].1 = "1000000000".into()),
+        tampered("another key", |p| p[0].1 = "other".into()),
+        tampered("bad body_md5", |p| p[3].1 = "0".repeat(32)),
         (
             "bad JSON",
             signed(&s, &app(), "POST", &path, "{nope", &[], |_| {}),
             "{nope".into(),
             400,
         ),
-        {
-            let b = json!({"name": "e", "data": "x", "channels": ["a", "b", "c", "d"]}).to_string();
-            (
-                "too many channels",
-                signed(&s, &app(), "POST", &path, &b, &[], |_| {}),
-                b,
-                400,
-            )
-        },
-        {
-            let b = json!({"name": "e", "data": "x", "channel": "bad;name"}).to_string();
-            (
-                "bad channel",
-                signed(&s, &app(), "POST", &path, &b, &[], |_| {}),
-                b,
-                400,
-            )
-        },
-        {
-            let b =
-                json!({"name": "e", "data": "x", "channel": "a", "socket_id": "abc"}).to_string();
-            (
-                "bad socket_id",
-                signed(&s, &app(), "POST", &path, &b, &[], |_| {}),
-                b,
-                400,
-            )
-        },
-        {
-            let b = json!({"name": "e", "data": "y".repeat(11 * 1024), "channel": "a"}).to_string();
-            (
-                "data too large",
-                signed(&s, &app(), "POST", &path, &b, &[], |_| {}),
-                b,
-                413,
-            )
-        },
-        {
-            let b = json!({"name": "", "data": "x", "channel": "a"}).to_string();
-            (
-                "empty name",
-                signed(&s, &app(), "POST", &path, &b, &[], |_| {}),
-                b,
-                400,
-            )
-        },
-        {
-            let path = format!("/apps/{ID}/batch_events");
-            let e = json!({"name": "e", "data": "x", "channel": "a"});
-            let b = json!({"batch": [e, e, e]}).to_string();
-            (
-                "batch too large",
-                signed(&s, &app(), "POST", &path, &b, &[], |_| {}),
-                b,
-                400,
-            )
-        },
+        case(
+            "too many channels",
+            &path,
+            json!({"name": "e", "data": "x", "channels": ["a", "b", "c", "d"]}),
+            400,
+        ),
+        case(
+            "bad channel",
+            &path,
+            json!({"name": "e", "data": "x", "channel": "bad;name"}),
+            400,
+        ),
+        case(
+            "bad socket_id",
+            &path,
+            json!({"name": "e", "data": "x", "channel": "a", "socket_id": "abc"}),
+            400,
+        ),
+        case(
+            "data too large",
+            &path,
+            json!({"name": "e", "data": "y".repeat(11 * 1024), "channel": "a"}),
+            413,
+        ),
+        case(
+            "empty name",
+            &path,
+            json!({"name": "", "data": "x", "channel": "a"}),
+            400,
+        ),
+        case(
+            "batch too large",
+            &batch_path,
+            json!({"batch": [e, e, e]}),
+            400,
+        ),
     ];
     for (what, url, body, want) in cases {
         let (status, text, _) = post(&url, &body).await;
