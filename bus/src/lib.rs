@@ -26,6 +26,7 @@ pub mod namespaces;
 pub mod presence;
 pub mod pusher;
 pub mod redis;
+pub mod sharded;
 mod wanted;
 
 use std::sync::Arc;
@@ -226,6 +227,13 @@ pub trait BusSink: Send + Sync + 'static {
     /// missed. Called before any publication of the next connection.
     fn link_lost(&self) {}
 
+    /// One shard's link broke (the bus is sharded): only the channels `lost` picks are
+    /// missing publications. A sink that does not tell channels apart treats it as
+    /// `link_lost`.
+    fn link_lost_where(&self, _lost: &dyn Fn(&str) -> bool) {
+        self.link_lost();
+    }
+
     /// These channels are subscribed again after `link_lost` (or for the first time): what
     /// was published since the link broke must be fetched from history.
     fn resubscribed(&self, _channels: &[String]) {}
@@ -249,6 +257,7 @@ pub struct Bus {
 #[derive(Clone)]
 enum Inner {
     Redis(Arc<redis::RedisBus>),
+    Sharded(Arc<sharded::ShardedBus>),
     Memory(Arc<memory::MemoryBus>),
 }
 
@@ -258,6 +267,7 @@ macro_rules! on_backend {
     ($bus:expr, $b:ident => $body:expr) => {
         match &$bus.inner {
             Inner::Redis($b) => $body,
+            Inner::Sharded($b) => $body,
             Inner::Memory($b) => $body,
         }
     };
@@ -280,11 +290,22 @@ impl Bus {
         }
     }
 
-    /// A Redis bus. Connects lazily: this fails only on a malformed configuration, so a
-    /// service can start while Redis is down and report it through readiness.
+    /// A Redis bus: on one Redis, or with channels sharded over several when `redis_url`
+    /// lists them separated by commas (see [`sharded`]). Connects lazily: this fails only on
+    /// a malformed configuration, so a service can start while Redis is down and report it
+    /// through readiness.
     pub fn redis(config: &BusConfig) -> Result<Self, BusError> {
+        let urls = sharded::urls(&config.redis_url);
+        let inner = match urls.as_slice() {
+            [] => return Err(BusError::Config("no Redis URL".into())),
+            [one] => Inner::Redis(Arc::new(redis::RedisBus::new(&BusConfig {
+                redis_url: (*one).to_owned(),
+                ..config.clone()
+            })?)),
+            several => Inner::Sharded(Arc::new(sharded::ShardedBus::new(config, several)?)),
+        };
         Ok(Self {
-            inner: Inner::Redis(Arc::new(redis::RedisBus::new(config)?)),
+            inner,
             namespaces: Arc::default(),
             pusher_apps: Arc::default(),
         })
@@ -323,6 +344,7 @@ impl Bus {
         self.pusher_apps = Arc::new(apps);
         match &self.inner {
             Inner::Redis(b) => b.set_apps(self.pusher_apps.clone()),
+            Inner::Sharded(b) => b.set_apps(&self.pusher_apps),
             Inner::Memory(b) => b.set_apps(self.pusher_apps.clone()),
         }
         self
@@ -341,7 +363,12 @@ impl Bus {
         }
         match &self.inner {
             Inner::Memory(b) => b.queue_webhook(&app.id, event),
-            Inner::Redis(b) => {
+            Inner::Redis(_) | Inner::Sharded(_) => {
+                let b = match &self.inner {
+                    Inner::Sharded(b) => b.home(),
+                    Inner::Redis(b) => b,
+                    Inner::Memory(_) => return,
+                };
                 let Ok(json) = serde_json::to_string(&event) else {
                     return;
                 };
@@ -369,6 +396,7 @@ impl Bus {
         match &self.inner {
             Inner::Memory(b) => Ok(b.read_webhooks(count, block).await),
             Inner::Redis(b) => b.read_webhooks(consumer, count, block).await,
+            Inner::Sharded(b) => b.read_webhooks(consumer, count, block).await,
         }
     }
 
@@ -377,6 +405,7 @@ impl Bus {
         match &self.inner {
             Inner::Memory(_) => Ok(()),
             Inner::Redis(b) => b.ack_webhooks(ids).await,
+            Inner::Sharded(b) => b.ack_webhooks(ids).await,
         }
     }
 
@@ -509,6 +538,7 @@ impl Bus {
     pub fn attach(&self, node: NodeInfo, sink: Arc<dyn BusSink>) -> NodeLink {
         match &self.inner {
             Inner::Redis(b) => NodeLink::Redis(b.attach(node, sink)),
+            Inner::Sharded(b) => NodeLink::Sharded(b.attach(node, sink)),
             Inner::Memory(b) => NodeLink::Memory(b.attach(node, sink)),
         }
     }
@@ -546,6 +576,7 @@ fn check_idempotency_key(key: &str) -> Result<(), BusError> {
 /// reconnect).
 pub enum NodeLink {
     Redis(redis::RedisLink),
+    Sharded(sharded::ShardedLink),
     Memory(memory::MemoryLink),
 }
 
@@ -555,6 +586,7 @@ impl NodeLink {
     pub fn want(&self, channel: &str) -> ChannelReady {
         match self {
             NodeLink::Redis(l) => l.want(channel),
+            NodeLink::Sharded(l) => l.want(channel),
             NodeLink::Memory(l) => l.want(channel),
         }
     }
@@ -563,15 +595,26 @@ impl NodeLink {
     pub fn unwant(&self, channel: &str) {
         match self {
             NodeLink::Redis(l) => l.unwant(channel),
+            NodeLink::Sharded(l) => l.unwant(channel),
             NodeLink::Memory(l) => l.unwant(channel),
         }
     }
 
     /// Whether the node's link to the bus is up (for `/readyz`).
     pub fn is_ready(&self) -> bool {
+        self.not_ready().is_none()
+    }
+
+    /// Why the node's link to the bus is not up, naming the broken shards when the bus is
+    /// sharded; `None` when it is up.
+    pub fn not_ready(&self) -> Option<String> {
         match self {
-            NodeLink::Redis(l) => l.is_ready(),
-            NodeLink::Memory(_) => true,
+            NodeLink::Redis(l) => (!l.is_ready()).then(|| "bus link down".to_owned()),
+            NodeLink::Sharded(l) => {
+                let broken = l.broken();
+                (!broken.is_empty()).then(|| format!("link down: {}", broken.join(", ")))
+            }
+            NodeLink::Memory(_) => None,
         }
     }
 
@@ -579,6 +622,7 @@ impl NodeLink {
     pub fn connection_opened(&self, conn: ConnectionInfo) {
         match self {
             NodeLink::Redis(l) => l.connection_opened(conn),
+            NodeLink::Sharded(l) => l.connection_opened(conn),
             NodeLink::Memory(l) => l.connection_opened(conn),
         }
     }
@@ -587,6 +631,7 @@ impl NodeLink {
     pub fn connection_closed(&self, client: &str) {
         match self {
             NodeLink::Redis(l) => l.connection_closed(client),
+            NodeLink::Sharded(l) => l.connection_closed(client),
             NodeLink::Memory(l) => l.connection_closed(client),
         }
     }
@@ -603,6 +648,7 @@ impl NodeLink {
         let (announce, max) = (rules.join_leave, rules.presence_max_clients);
         match self {
             NodeLink::Redis(l) => l.join(channel, member, announce, max).await,
+            NodeLink::Sharded(l) => l.join(channel, member, announce, max).await,
             NodeLink::Memory(l) => l.join(channel, member, announce, max),
         }
     }
@@ -612,6 +658,7 @@ impl NodeLink {
     pub async fn leave(&self, channel: &str, client: &str) -> Result<(), BusError> {
         match self {
             NodeLink::Redis(l) => l.leave(channel, client).await,
+            NodeLink::Sharded(l) => l.leave(channel, client).await,
             NodeLink::Memory(l) => {
                 l.leave(channel, client);
                 Ok(())
@@ -623,6 +670,7 @@ impl NodeLink {
     pub fn left(&self, channel: &str, client: &str) {
         match self {
             NodeLink::Redis(l) => l.left(channel, client),
+            NodeLink::Sharded(l) => l.left(channel, client),
             NodeLink::Memory(l) => l.leave(channel, client),
         }
     }
@@ -631,6 +679,7 @@ impl NodeLink {
     pub async fn detach(&self) {
         match self {
             NodeLink::Redis(l) => l.detach().await,
+            NodeLink::Sharded(l) => l.detach().await,
             NodeLink::Memory(l) => l.detach(),
         }
     }

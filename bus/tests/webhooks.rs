@@ -51,6 +51,29 @@ fn redis_bus(server: &RedisServer, lease: Duration) -> Bus {
     Bus::redis(&config).unwrap().with_pusher_apps(apps())
 }
 
+/// The bus sharded over `servers`; the channels these tests use lie on more than one shard,
+/// so the events come from several shards' queues.
+fn sharded_bus(servers: &[RedisServer]) -> Bus {
+    let urls: Vec<String> = servers.iter().map(RedisServer::url).collect();
+    let shards: std::collections::HashSet<usize> = ["pusher-1:presence-room", "pusher-1:news"]
+        .iter()
+        .map(|c| chorus_bus::sharded::shard_of(c, urls.len()))
+        .collect();
+    assert!(shards.len() > 1 || !shards.contains(&0), "{shards:?}");
+    let config = BusConfig {
+        redis_url: urls.join(","),
+        redis_timeout: Duration::from_millis(500),
+        redis_pool_size: 4,
+        node_lease: Duration::from_secs(2),
+        ..BusConfig::default()
+    };
+    Bus::redis(&config).unwrap().with_pusher_apps(apps())
+}
+
+fn three_servers() -> Vec<RedisServer> {
+    (0..3).map(|_| RedisServer::start().unwrap()).collect()
+}
+
 fn member(client: &str, user: &str) -> Member {
     Member {
         client: client.into(),
@@ -179,6 +202,18 @@ async fn memory_member_events_are_per_user_and_queued_once() {
 async fn redis_occupancy_is_counted_across_nodes() {
     let server = RedisServer::start().unwrap();
     occupancy_is_counted_across_nodes(&redis_bus(&server, Duration::from_secs(2))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sharded_member_events_are_per_user_and_queued_once() {
+    let servers = three_servers();
+    member_events_are_per_user(&sharded_bus(&servers)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sharded_occupancy_is_counted_across_nodes() {
+    let servers = three_servers();
+    occupancy_is_counted_across_nodes(&sharded_bus(&servers)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

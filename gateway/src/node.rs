@@ -152,6 +152,10 @@ impl BusSink for NodeSink {
         self.hub.link_lost();
     }
 
+    fn link_lost_where(&self, lost: &dyn Fn(&str) -> bool) {
+        self.hub.link_lost_where(lost);
+    }
+
     fn resubscribed(&self, channels: &[String]) {
         self.hub.resubscribed(channels);
     }

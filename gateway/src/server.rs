@@ -165,9 +165,11 @@ fn route(req: Request<Incoming>, node: &Arc<Node>, tracker: &TaskTracker) -> Res
             } else if node.shutdown.is_cancelled() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready: draining\n")
             } else {
+                let why = node.link.not_ready();
+                let why = why.as_deref().unwrap_or("bus link down");
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "not ready: bus link down\n",
+                    &format!("not ready: {why}\n"),
                 )
             }
         }

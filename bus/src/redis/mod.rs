@@ -56,6 +56,8 @@ pub struct RedisBus {
     occupancy_script: Script,
     /// The Pusher apps, set once the bus is configured: which channels queue webhooks.
     apps: std::sync::OnceLock<Arc<crate::pusher::Apps>>,
+    /// Whether this process created the webhook stream's consumer group on this Redis.
+    webhook_group_ready: AtomicBool,
 }
 
 impl RedisBus {
@@ -80,6 +82,7 @@ impl RedisBus {
             presence_scripts: presence::Scripts::default(),
             occupancy_script: occupancy::occupancy_script(),
             apps: std::sync::OnceLock::new(),
+            webhook_group_ready: AtomicBool::new(false),
         })
     }
 

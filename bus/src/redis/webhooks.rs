@@ -7,7 +7,7 @@
 //! reader had taken stay pending and are claimed by another after [`CLAIM_IDLE`]. The stream
 //! is trimmed to [`WEBHOOK_QUEUE_MAX`] entries, so a backlog with no reader is bounded.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use redis::Value;
@@ -21,9 +21,6 @@ use crate::{BusError, keys};
 
 /// How long an entry may stay taken by a reader before another reader claims it.
 pub(crate) const CLAIM_IDLE: Duration = Duration::from_secs(60);
-
-/// Whether this process created the consumer group already.
-static GROUP_READY: AtomicBool = AtomicBool::new(false);
 
 impl RedisBus {
     /// Appends one event of `app` to the queue.
@@ -57,9 +54,9 @@ impl RedisBus {
         // The wait must end within the operation's deadline.
         let block = block.min(self.config.redis_timeout / 2);
         self.with_conn("reading webhooks", async |conn| {
-            if !GROUP_READY.load(Ordering::Acquire) {
+            if !self.webhook_group_ready.load(Ordering::Acquire) {
                 create_group(conn).await?;
-                GROUP_READY.store(true, Ordering::Release);
+                self.webhook_group_ready.store(true, Ordering::Release);
             }
             let claimed: Result<StreamAutoClaimReply, _> = redis::cmd("XAUTOCLAIM")
                 .arg(keys::webhooks())
@@ -73,7 +70,7 @@ impl RedisBus {
                 .await;
             let claimed = match claimed {
                 Ok(reply) => reply.claimed,
-                Err(e) => return Err(lost_group(e)),
+                Err(e) => return Err(self.lost_group(e)),
             };
             if !claimed.is_empty() {
                 return drop_unreadable(conn, records(claimed)).await;
@@ -100,7 +97,7 @@ impl RedisBus {
                         .collect();
                     drop_unreadable(conn, records(entries)).await
                 }
-                Err(e) => Err(lost_group(e)),
+                Err(e) => Err(self.lost_group(e)),
             }
         })
         .await
@@ -164,13 +161,15 @@ async fn create_group(conn: &mut MultiplexedConnection) -> Result<(), BusError> 
     }
 }
 
-/// A read failed; when Redis lost the group (a restart without persistence), it is created
-/// again on the next read.
-fn lost_group(e: redis::RedisError) -> BusError {
-    if e.code() == Some("NOGROUP") {
-        GROUP_READY.store(false, Ordering::Release);
+impl RedisBus {
+    /// A read failed; when Redis lost the group (a restart without persistence), it is
+    /// created again on the next read.
+    fn lost_group(&self, e: redis::RedisError) -> BusError {
+        if e.code() == Some("NOGROUP") {
+            self.webhook_group_ready.store(false, Ordering::Release);
+        }
+        redis_error(&e)
     }
-    redis_error(&e)
 }
 
 /// The records of stream entries, and the ids of entries that do not read as one.

@@ -23,6 +23,8 @@ pub const API_KEY: &str = "test-key";
 
 pub struct Cluster {
     pub redis: RedisServer,
+    /// The other shards when the bus is sharded (`redis` is shard 0).
+    pub shards: Vec<RedisServer>,
     pub api: SocketAddr,
     pub gateways: Vec<SocketAddr>,
     /// Each gateway's metrics listener (loopback, a port of its own).
@@ -64,6 +66,20 @@ impl Cluster {
             namespaces,
             persistent,
             chorus_bus::pusher::Apps::default(),
+            1,
+        )
+        .await
+    }
+
+    /// A cluster whose bus is sharded over `shards` redis-servers.
+    pub async fn start_sharded(gateways: usize, shards: usize) -> Self {
+        Self::start_apps(
+            gateways,
+            GatewayConfig::default(),
+            Namespaces::default(),
+            false,
+            chorus_bus::pusher::Apps::default(),
+            shards,
         )
         .await
     }
@@ -76,6 +92,7 @@ impl Cluster {
             Namespaces::default(),
             false,
             apps,
+            1,
         )
         .await
     }
@@ -86,6 +103,7 @@ impl Cluster {
         namespaces: Namespaces,
         persistent: bool,
         apps: chorus_bus::pusher::Apps,
+        shards: usize,
     ) -> Self {
         let redis = if persistent {
             RedisServer::start_persistent()
@@ -93,8 +111,14 @@ impl Cluster {
             RedisServer::start()
         }
         .expect("redis-server starts");
+        let shards: Vec<RedisServer> = (1..shards)
+            .map(|_| RedisServer::start().expect("redis-server starts"))
+            .collect();
         let shutdown = CancellationToken::new();
-        let bus_cfg = bus_config(&redis);
+        let mut bus_cfg = bus_config(&redis);
+        for shard in &shards {
+            bus_cfg.redis_url = format!("{},{}", bus_cfg.redis_url, shard.url());
+        }
 
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let api = listener.local_addr().unwrap();
@@ -140,6 +164,7 @@ impl Cluster {
         }
         let cluster = Self {
             redis,
+            shards,
             api,
             gateways: addrs,
             metrics,

@@ -1,0 +1,286 @@
+//! The bus sharded over three independent redis-servers (from chorus-testkit): every channel
+//! lives on one shard only, nodes receive from every shard, and one stopped shard stops only
+//! its own channels.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chorus_bus::sharded::shard_of;
+use chorus_bus::{Bus, BusConfig, BusError, BusSink, Envelope, NodeInfo, Publish, keys};
+use chorus_testkit::RedisServer;
+use tokio::sync::mpsc;
+
+const WAIT: Duration = Duration::from_secs(5);
+const SHARDS: usize = 3;
+
+fn config(servers: &[RedisServer]) -> BusConfig {
+    let urls: Vec<String> = servers.iter().map(RedisServer::url).collect();
+    BusConfig {
+        redis_url: urls.join(","),
+        redis_timeout: Duration::from_millis(500),
+        redis_pool_size: 4,
+        node_lease: Duration::from_millis(1500),
+        canary_interval: Duration::from_millis(200),
+        ..BusConfig::default()
+    }
+}
+
+fn servers() -> Vec<RedisServer> {
+    (0..SHARDS)
+        .map(|_| RedisServer::start().expect("redis-server"))
+        .collect()
+}
+
+fn node(id: &str) -> NodeInfo {
+    NodeInfo {
+        id: id.into(),
+        address: format!("ws://{id}.local:8000/ws"),
+        connections: 0,
+        started_at_ms: 1_700_000_000_000,
+    }
+}
+
+fn publish(channel: &str, n: u64) -> Publish {
+    Publish {
+        channel: channel.into(),
+        data: Bytes::from(n.to_string()),
+        ..Publish::default()
+    }
+}
+
+/// A sink that forwards envelopes and records which channels each lost link covered.
+struct Forward {
+    tx: mpsc::UnboundedSender<Envelope>,
+    /// For every `link_lost_where`: the probe channels it marked lost.
+    lost: Mutex<Vec<Vec<String>>>,
+    probes: Vec<String>,
+}
+
+impl BusSink for Forward {
+    fn publication(&self, envelope: Envelope) {
+        let _ = self.tx.send(envelope);
+    }
+
+    fn link_lost(&self) {
+        self.lost.lock().unwrap().push(self.probes.clone());
+    }
+
+    fn link_lost_where(&self, lost: &dyn Fn(&str) -> bool) {
+        let marked = self.probes.iter().filter(|c| lost(c)).cloned().collect();
+        self.lost.lock().unwrap().push(marked);
+    }
+}
+
+fn sink(probes: &[String]) -> (Arc<Forward>, mpsc::UnboundedReceiver<Envelope>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let sink = Forward {
+        tx,
+        lost: Mutex::default(),
+        probes: probes.to_vec(),
+    };
+    (Arc::new(sink), rx)
+}
+
+/// Channels spread so that every shard holds `per_shard` of them.
+fn channels(per_shard: usize) -> Vec<String> {
+    let mut by_shard = vec![Vec::new(); SHARDS];
+    for i in 0.. {
+        let name = format!("room:{i}");
+        let s = shard_of(&name, SHARDS);
+        if by_shard[s].len() < per_shard {
+            by_shard[s].push(name);
+        }
+        if by_shard.iter().all(|v| v.len() == per_shard) {
+            break;
+        }
+    }
+    by_shard.concat()
+}
+
+async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let end = Instant::now() + WAIT;
+    while !check().await {
+        assert!(Instant::now() < end, "not within {WAIT:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Takes envelopes until every channel reached `last`; asserts they came in order, gapless.
+async fn receive_all(rx: &mut mpsc::UnboundedReceiver<Envelope>, channels: &[String], last: u64) {
+    let mut seen: HashMap<String, u64> = HashMap::new();
+    while channels
+        .iter()
+        .any(|c| seen.get(c).copied().unwrap_or(0) < last)
+    {
+        let e = tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .expect("an envelope within the deadline")
+            .expect("the sink is alive");
+        let previous = seen.insert(e.channel.clone(), e.offset).unwrap_or(0);
+        assert_eq!(e.offset, previous + 1, "{}: gap or repeat", e.channel);
+        assert_eq!(e.data, Bytes::from(e.offset.to_string()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_channel_lives_on_its_own_shard_and_reaches_nodes_through_it() {
+    let servers = servers();
+    let bus = Bus::redis(&config(&servers)).unwrap();
+    let channels = channels(4);
+    let (sink_a, mut rx_a) = sink(&channels);
+    let (sink_b, mut rx_b) = sink(&channels);
+    let a = bus.attach(node("a"), sink_a);
+    let b = bus.attach(node("b"), sink_b);
+    for link in [&a, &b] {
+        for c in &channels {
+            link.want(c).wait(WAIT).await.unwrap();
+        }
+    }
+    // One by one, then batched: one pipeline per shard.
+    for c in &channels {
+        assert_eq!(bus.publish(publish(c, 1)).await.unwrap().offset, 1);
+    }
+    for n in 2..=4 {
+        let batch = channels.iter().map(|c| publish(c, n)).collect();
+        for result in bus.publish_many(batch).await {
+            assert_eq!(result.unwrap().offset, n);
+        }
+    }
+    receive_all(&mut rx_a, &channels, 4).await;
+    receive_all(&mut rx_b, &channels, 4).await;
+
+    // Each channel's keys and subscribers are on its shard and nowhere else.
+    for c in &channels {
+        let owner = shard_of(c, SHARDS);
+        for (i, server) in servers.iter().enumerate() {
+            let meta = server.cli(&["EXISTS", &keys::meta(c)]).unwrap();
+            let history = server.cli(&["XLEN", &keys::history(c)]).unwrap();
+            let subscribers = server.cli(&["PUBSUB", "NUMSUB", &keys::pubsub(c)]).unwrap();
+            if i == owner {
+                assert_eq!((meta[0].as_str(), history[0].as_str()), ("1", "4"), "{c}");
+                assert_eq!(subscribers[1], "2", "{c} on shard {i}");
+            } else {
+                assert_eq!((meta[0].as_str(), history[0].as_str()), ("0", "0"), "{c}");
+                assert_eq!(subscribers[1], "0", "{c} on shard {i}");
+            }
+        }
+        let history = bus
+            .history(c, &chorus_bus::HistoryQuery::page(None, 10, false, 1 << 20))
+            .await
+            .unwrap();
+        assert_eq!(history.publications.len(), 4);
+    }
+    // The node list and the control channel live on the first shard.
+    let mut nodes: Vec<String> = bus
+        .nodes()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| n.id)
+        .collect();
+    nodes.sort();
+    assert_eq!(nodes, ["a", "b"]);
+    let op = chorus_bus::control::ControlOp::Channels {
+        pattern: "*".into(),
+        limit: 10,
+    };
+    assert_eq!(bus.control(&op).await.unwrap().replies.len(), 2);
+    // Every shard holds the nodes' leases (its presence reaper reads them); the connections
+    // are registered on the home shard only.
+    a.connection_opened(chorus_bus::ConnectionInfo {
+        client: "c1".into(),
+        user: "u1".into(),
+        connected_at_ms: 1,
+    });
+    let conns = keys::node_connections("a");
+    until("the connection registered", async || {
+        servers[0].cli(&["HLEN", &conns]).unwrap() == ["1"]
+    })
+    .await;
+    for server in &servers[1..] {
+        assert_eq!(server.cli(&["ZCARD", &keys::nodes()]).unwrap(), ["2"]);
+        assert_eq!(server.cli(&["HLEN", &conns]).unwrap(), ["0"]);
+    }
+    bus.check().await.unwrap();
+    a.detach().await;
+    b.detach().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_shard_stops_only_its_channels_and_is_named() {
+    let mut servers = servers();
+    let bus = Bus::redis(&config(&servers)).unwrap();
+    let channels = channels(2);
+    let (on_down, on_up): (Vec<String>, Vec<String>) = channels
+        .iter()
+        .cloned()
+        .partition(|c| shard_of(c, SHARDS) == 1);
+    let (sink, mut rx) = sink(&channels);
+    let link = bus.attach(node("a"), sink.clone());
+    for c in &channels {
+        link.want(c).wait(WAIT).await.unwrap();
+    }
+    until("the link is up on every shard", async || link.is_ready()).await;
+
+    servers[1].stop();
+    // The node's link to shard 1 breaks, and only shard 1's channels are marked lost.
+    until("shard 1 is reported down", async || {
+        link.not_ready()
+            .is_some_and(|why| why.contains("redis shard 1"))
+    })
+    .await;
+    let lost = sink.lost.lock().unwrap().clone();
+    assert!(!lost.is_empty());
+    for marked in &lost {
+        assert_eq!(
+            marked, &on_down,
+            "a lost link marked other shards' channels"
+        );
+    }
+    let down = bus.check().await.unwrap_err().to_string();
+    assert!(
+        down.contains("redis shard 1") && !down.contains("shard 0"),
+        "{down}"
+    );
+
+    // The other shards' channels keep working, delivered; shard 1's fail, named.
+    for c in &on_up {
+        assert_eq!(bus.publish(publish(c, 1)).await.unwrap().offset, 1);
+    }
+    receive_all(&mut rx, &on_up, 1).await;
+    for c in &on_down {
+        match bus.publish(publish(c, 1)).await {
+            Err(BusError::Unavailable(why)) => assert!(why.contains("redis shard 1"), "{why}"),
+            other => panic!("a publish to a stopped shard: {other:?}"),
+        }
+    }
+    let batch = channels.iter().map(|c| publish(c, 2)).collect();
+    for (c, result) in channels.iter().zip(bus.publish_many(batch).await) {
+        assert_eq!(result.is_ok(), !on_down.contains(c), "{c}: {result:?}");
+    }
+
+    // Back: the link resubscribes and the shard's channels work again (a fresh Redis).
+    servers[1].restart().unwrap();
+    until("shard 1 back", async || link.is_ready()).await;
+    bus.check().await.unwrap();
+    for c in &on_down {
+        assert_eq!(bus.publish(publish(c, 1)).await.unwrap().offset, 1);
+    }
+    link.detach().await;
+}
+
+#[test]
+fn a_bad_shard_list_is_a_configuration_error() {
+    let mut config = BusConfig {
+        redis_url: "redis://127.0.0.1:1,not a url".into(),
+        ..BusConfig::default()
+    };
+    assert!(matches!(Bus::redis(&config), Err(BusError::Config(_))));
+    config.redis_url = vec!["redis://127.0.0.1:1"; 65].join(",");
+    let e = Bus::redis(&config).err().expect("65 shards refused");
+    assert!(e.to_string().contains("2 to 64"), "{e}");
+    config.redis_url = " , ".into();
+    assert!(matches!(Bus::redis(&config), Err(BusError::Config(_))));
+}
