@@ -7,10 +7,12 @@
 //! the bus once with [`Bus::attach`], giving a [`BusSink`] that receives envelopes, and then
 //! says which channels it wants as its local subscriptions come and go.
 //!
-//! Two implementations sit behind the one [`Bus`] type:
+//! Three implementations sit behind the one [`Bus`] type:
 //! - [`redis`]: the production bus. A Lua script per publish assigns the offset and PUBLISHes
 //!   the envelope; each gateway holds one RESP3 pub/sub connection; nodes and their
 //!   connections are registered under short leases. Key names live in [`keys`].
+//! - [`sharded`]: channels spread over several independent Redis servers by a consistent
+//!   hash, one [`redis`] bus per server, so publications scale past one Redis.
 //! - [`memory`]: the single-process bus used by `chorus` with no Redis. Same contract, same
 //!   callers; its memory is bounded by [`MemoryBusConfig`] (channels and idempotency keys),
 //!   and a publish past a bound fails with [`BusError::LimitExceeded`].

@@ -329,7 +329,21 @@ fn compose_ports_health_and_load_balancer_agree_with_the_code() {
         .collect();
     assert!(redis_cmd.windows(2).any(|w| w == ["--appendonly", "yes"]));
     for env in [&gw_env, &api_env] {
-        assert_eq!(get(env, "CHORUS_REDIS_URL"), Some("redis://redis:6379"));
+        assert_eq!(
+            get(env, "CHORUS_REDIS_URL"),
+            Some("${CHORUS_REDIS_URL:-redis://redis:6379}")
+        );
+    }
+    // The sharded profile: two more Redis servers like the first, in the profile only.
+    for name in ["redis-2", "redis-3"] {
+        let shard = &services[name];
+        assert_eq!(
+            format!("{:?}", shard["profiles"]),
+            format!("{:?}", yaml_value("[sharded]"))
+        );
+        assert_eq!(shard["image"], redis["image"]);
+        assert_eq!(shard["command"], redis["command"]);
+        assert!(shard["healthcheck"]["test"].is_sequence());
     }
 
     // The load balancer: nginx, its upstream the gateway service on the gateway's port,
