@@ -68,6 +68,17 @@ pub struct GatewayConfig {
     )]
     pub max_message_size: usize,
 
+    /// Offer permessage-deflate (RFC 7692) to clients that ask for it: publications of at least
+    /// `--compression-min-bytes` are compressed once per wire format and shared by every
+    /// subscriber that negotiated it.
+    #[arg(long = "permessage-deflate", env = "CHORUS_PERMESSAGE_DEFLATE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub permessage_deflate: bool,
+
+    /// Smallest publication frame compressed for clients that negotiated permessage-deflate;
+    /// smaller ones are sent as they are (compressing them saves little and costs CPU).
+    #[arg(long = "compression-min-bytes", env = "CHORUS_COMPRESSION_MIN_BYTES", default_value = "256B", value_parser = parse_size)]
+    pub compression_min_bytes: usize,
+
     /// Largest number of bytes queued for one client before it is disconnected as a slow
     /// consumer (code 3002).
     #[arg(long = "queue-max-bytes", env = "CHORUS_QUEUE_MAX_BYTES", default_value = "1MiB", value_parser = parse_size)]
@@ -306,6 +317,8 @@ impl Default for GatewayConfig {
             ping_interval: Duration::from_secs(25),
             idle_timeout: Duration::from_secs(60),
             max_message_size: 65536,
+            permessage_deflate: true,
+            compression_min_bytes: 256,
             queue_max_bytes: 1 << 20,
             queue_max_frames: 4096,
             catch_up_backlog_max_bytes: 64 << 20,

@@ -24,6 +24,8 @@ use tokio::sync::Notify;
 use tokio::sync::futures::Notified;
 use tokio_util::sync::CancellationToken;
 
+use crate::deflate::Deflate;
+
 /// One item for the writer.
 #[derive(Debug)]
 pub(crate) enum Outgoing {
@@ -32,12 +34,16 @@ pub(crate) enum Outgoing {
     /// A publication push (a data frame) and when it was published (ms since the Unix
     /// epoch), for the delivery-latency metric.
     Publication(Bytes, i64),
+    /// A publication push compressed with permessage-deflate (sent with RSV1), and when it was
+    /// published.
+    Compressed(Bytes, i64),
     /// A pong answering the client's ping.
     Pong(Bytes),
     /// The echo of the client's close frame; the writer sends it and stops.
     CloseEcho(Bytes),
-    /// A client message sent back as is, text (true) or binary (`--conformance-echo` only).
-    Echo(bool, Bytes),
+    /// A client message sent back as is, text (true) or binary, compressed (true) or not
+    /// (`--conformance-echo` only).
+    Echo(bool, bool, Bytes),
 }
 
 impl Outgoing {
@@ -45,9 +51,10 @@ impl Outgoing {
         match self {
             Outgoing::Data(b)
             | Outgoing::Publication(b, _)
+            | Outgoing::Compressed(b, _)
             | Outgoing::Pong(b)
             | Outgoing::CloseEcho(b)
-            | Outgoing::Echo(_, b) => b.len(),
+            | Outgoing::Echo(_, _, b) => b.len(),
         }
     }
 }
@@ -63,6 +70,8 @@ pub(crate) struct Conn {
     /// Cluster-unique client id (`<node>-<n>`).
     pub(crate) client: String,
     pub(crate) format: Format,
+    /// permessage-deflate, when the client negotiated it.
+    pub(crate) deflate: Option<Deflate>,
     queue: Mutex<Queue>,
     /// Wakes the writer when the queue turns non-empty.
     queue_ready: Notify,
@@ -103,9 +112,21 @@ impl Conn {
         max_frames: usize,
         max_bytes: usize,
     ) -> (Arc<Self>, ConnQueue) {
+        Self::with_deflate(client, format, None, max_frames, max_bytes)
+    }
+
+    /// A connection that negotiated permessage-deflate (`deflate`), or not.
+    pub(crate) fn with_deflate(
+        client: String,
+        format: Format,
+        deflate: Option<Deflate>,
+        max_frames: usize,
+        max_bytes: usize,
+    ) -> (Arc<Self>, ConnQueue) {
         let conn = Arc::new(Self {
             client,
             format,
+            deflate,
             queue: Mutex::new(Queue::default()),
             queue_ready: Notify::new(),
             queued_bytes: AtomicUsize::new(0),

@@ -52,6 +52,8 @@ pub(crate) enum OpCode {
 #[derive(Debug)]
 pub(crate) struct Frame {
     pub(crate) fin: bool,
+    /// RSV1: the first frame of a message compressed with permessage-deflate.
+    pub(crate) compressed: bool,
     pub(crate) opcode: OpCode,
     pub(crate) payload: Bytes,
 }
@@ -60,6 +62,7 @@ pub(crate) struct Frame {
 #[derive(Debug, PartialEq, Eq)]
 struct Header {
     fin: bool,
+    compressed: bool,
     opcode: OpCode,
     /// Header bytes, masking key included.
     size: usize,
@@ -79,6 +82,8 @@ pub(crate) struct FrameReader {
     max_payload: u64,
     /// Bytes the frame at the front needs in all, once its header is known.
     want: usize,
+    /// permessage-deflate was negotiated: RSV1 may mark a compressed message.
+    compressed_allowed: bool,
 }
 
 impl FrameReader {
@@ -89,7 +94,13 @@ impl FrameReader {
             buf: BytesMut::from(&already[..]),
             max_payload: max_payload as u64,
             want: 0,
+            compressed_allowed: false,
         }
+    }
+
+    /// Accepts RSV1 on a message's first frame (permessage-deflate was negotiated).
+    pub(crate) fn allow_compressed(&mut self) {
+        self.compressed_allowed = true;
     }
 
     /// The next frame. Cancel-safe: bytes read stay in the reader.
@@ -123,7 +134,7 @@ impl FrameReader {
     /// Whether a whole frame (or a broken one) is already buffered: the next [`FrameReader::next`]
     /// will not wait for the client.
     pub(crate) fn has_frame(&self) -> bool {
-        match header(&self.buf, self.max_payload) {
+        match header(&self.buf, self.max_payload, self.compressed_allowed) {
             Ok(Some(h)) => self.buf.len() >= h.size + h.len as usize,
             Ok(None) => false,
             Err(_) => true,
@@ -132,7 +143,7 @@ impl FrameReader {
 
     /// Cuts the frame at the front of the buffer, if it is all there.
     fn parse(&mut self) -> Result<Option<Frame>, Violation> {
-        let Some(h) = header(&self.buf, self.max_payload)? else {
+        let Some(h) = header(&self.buf, self.max_payload, self.compressed_allowed)? else {
             return Ok(None);
         };
         // The length is at most max_payload, which is a usize.
@@ -148,6 +159,7 @@ impl FrameReader {
         self.release_if_empty();
         Ok(Some(Frame {
             fin: h.fin,
+            compressed: h.compressed,
             opcode: h.opcode,
             payload: frame.freeze(),
         }))
@@ -187,11 +199,16 @@ fn protocol(reason: &'static str) -> Violation {
 
 /// Checks the header at the front of `h` as far as it has arrived. `Ok(None)`: more bytes
 /// needed. Each rule is applied as soon as the bytes it needs are there.
-fn header(h: &[u8], max_payload: u64) -> Result<Option<Header>, Violation> {
+fn header(
+    h: &[u8],
+    max_payload: u64,
+    compressed_allowed: bool,
+) -> Result<Option<Header>, Violation> {
     let Some(&b0) = h.first() else {
         return Ok(None);
     };
-    if b0 & 0x70 != 0 {
+    let compressed = b0 & 0x40 != 0;
+    if b0 & 0x30 != 0 || (compressed && !compressed_allowed) {
         return Err(protocol("reserved bits set"));
     }
     let opcode = match b0 & 0x0f {
@@ -205,6 +222,10 @@ fn header(h: &[u8], max_payload: u64) -> Result<Option<Header>, Violation> {
     };
     let fin = b0 & 0x80 != 0;
     let control = matches!(opcode, OpCode::Close | OpCode::Ping | OpCode::Pong);
+    if compressed && (control || opcode == OpCode::Continuation) {
+        // RFC 7692 §6: only a message's first frame says it is compressed.
+        return Err(protocol("RSV1 on a control or continuation frame"));
+    }
     if control && !fin {
         return Err(protocol("fragmented control frame"));
     }
@@ -252,6 +273,7 @@ fn header(h: &[u8], max_payload: u64) -> Result<Option<Header>, Violation> {
     mask.copy_from_slice(&h[2 + ext..size]);
     Ok(Some(Header {
         fin,
+        compressed,
         opcode,
         size,
         len,

@@ -19,6 +19,7 @@ pub mod cli;
 mod clock;
 pub mod config;
 mod conn;
+mod deflate;
 mod frame_reader;
 mod hub;
 mod limits;

@@ -34,8 +34,8 @@ pub(crate) enum Message {
 
 pub(crate) struct MessageReader {
     frames: FrameReader,
-    /// A fragmented message being reassembled: (is text, bytes so far).
-    partial: Option<(bool, BytesMut)>,
+    /// A fragmented message being reassembled: (is text, is compressed, bytes so far).
+    partial: Option<(bool, bool, BytesMut)>,
     max: usize,
 }
 
@@ -52,6 +52,12 @@ impl MessageReader {
             partial: None,
             max,
         }
+    }
+
+    /// Reads messages compressed with permessage-deflate too (RSV1 on their first frame),
+    /// inflated within the same size bound.
+    pub(crate) fn allow_compressed(&mut self) {
+        self.frames.allow_compressed();
     }
 
     /// Whether a whole frame is already buffered: the next [`MessageReader::next`] may not
@@ -83,19 +89,20 @@ impl MessageReader {
                 (OpCode::Text | OpCode::Binary, None) => {
                     let text = frame.opcode == OpCode::Text;
                     if frame.fin {
-                        return data(text, frame.payload);
+                        return data(text, frame.compressed, frame.payload, self.max);
                     }
-                    self.partial = Some((text, BytesMut::from(&frame.payload[..])));
+                    let first = BytesMut::from(&frame.payload[..]);
+                    self.partial = Some((text, frame.compressed, first));
                 }
-                (OpCode::Continuation, Some((_, buf))) => {
+                (OpCode::Continuation, Some((_, _, buf))) => {
                     if buf.len() + frame.payload.len() > self.max {
                         return Err(violation(close::MESSAGE_TOO_BIG, "message too big"));
                     }
                     buf.extend_from_slice(&frame.payload);
                     if frame.fin
-                        && let Some((text, buf)) = self.partial.take()
+                        && let Some((text, compressed, buf)) = self.partial.take()
                     {
-                        return data(text, buf.freeze());
+                        return data(text, compressed, buf.freeze(), self.max);
                     }
                 }
             }
@@ -103,7 +110,13 @@ impl MessageReader {
     }
 }
 
-fn data(text: bool, payload: Bytes) -> Result<Message, ReadError> {
+/// A whole message: inflated when compressed (within `max`), then checked.
+fn data(text: bool, compressed: bool, payload: Bytes, max: usize) -> Result<Message, ReadError> {
+    let payload = if compressed {
+        crate::deflate::inflate(&payload, max)?
+    } else {
+        payload
+    };
     if text && std::str::from_utf8(&payload).is_err() {
         return Err(violation(
             close::INVALID_PAYLOAD,

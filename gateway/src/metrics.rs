@@ -58,6 +58,11 @@ pub const PUSHER_REFUSALS: &str = "chorus_gateway_pusher_refusals_total";
 /// Client events (`client-*`) relayed from Pusher connections.
 pub const PUSHER_CLIENT_EVENTS: &str = "chorus_gateway_pusher_client_events_total";
 
+/// Open connections that negotiated permessage-deflate.
+pub const DEFLATE_CONNECTIONS: &str = "chorus_gateway_deflate_connections";
+/// Publications delivered compressed (permessage-deflate), one per subscriber.
+pub const COMPRESSED_DELIVERIES: &str = "chorus_gateway_compressed_deliveries_total";
+
 /// Every metric the gateway exports, for tests and docs.
 pub const ALL: &[&str] = &[
     CONNECTIONS,
@@ -79,6 +84,8 @@ pub const ALL: &[&str] = &[
     PUSHER_CONNECTIONS,
     PUSHER_REFUSALS,
     PUSHER_CLIENT_EVENTS,
+    DEFLATE_CONNECTIONS,
+    COMPRESSED_DELIVERIES,
 ];
 
 /// The reasons [`PUSHER_REFUSALS`] uses.
@@ -102,6 +109,7 @@ static SUBSCRIPTIONS_HERE: AtomicI64 = AtomicI64::new(0);
 static QUEUED: AtomicI64 = AtomicI64::new(0);
 static BACKLOG: AtomicI64 = AtomicI64::new(0);
 static PUSHER_OPEN: AtomicI64 = AtomicI64::new(0);
+static DEFLATE_OPEN: AtomicI64 = AtomicI64::new(0);
 
 /// Installs the process's recorder if needed and describes the gateway's metrics (once per
 /// process).
@@ -135,6 +143,15 @@ fn describe() {
         metrics::counter!(PUSHER_REFUSALS, "reason" => *reason).increment(0);
     }
     metrics::counter!(PUSHER_CLIENT_EVENTS).increment(0);
+    describe_gauge!(
+        DEFLATE_CONNECTIONS,
+        "Open connections that negotiated permessage-deflate"
+    );
+    describe_counter!(
+        COMPRESSED_DELIVERIES,
+        "Publications delivered compressed with permessage-deflate"
+    );
+    metrics::counter!(COMPRESSED_DELIVERIES).increment(0);
     describe_gauge!(CONNECTIONS, "Open WebSocket connections");
     describe_counter!(CONNECTIONS_ACCEPTED, "WebSocket upgrades accepted");
     describe_gauge!(
@@ -208,6 +225,7 @@ fn sample() {
         (QUEUED_BYTES, &QUEUED),
         (CATCH_UP_BACKLOG_BYTES, &BACKLOG),
         (PUSHER_CONNECTIONS, &PUSHER_OPEN),
+        (DEFLATE_CONNECTIONS, &DEFLATE_OPEN),
     ] {
         metrics::gauge!(name).set(value.load(Ordering::Relaxed).max(0) as f64);
     }
@@ -235,6 +253,18 @@ pub(crate) fn closed(code: u16) {
 
 /// A WebSocket upgrade was refused; `reason` is one of [`REFUSAL_REASONS`].
 /// A Pusher connection opened (`1`) or closed (`-1`).
+/// Connections that negotiated permessage-deflate opened (positive) or ended (negative).
+pub(crate) fn deflate_connections(delta: i64) {
+    DEFLATE_OPEN.fetch_add(delta, Ordering::Relaxed);
+}
+
+/// `n` subscribers of one publication got it compressed.
+pub(crate) fn compressed_deliveries(n: u64) {
+    if n > 0 {
+        metrics::counter!(COMPRESSED_DELIVERIES).increment(n);
+    }
+}
+
 pub(crate) fn pusher_connections(delta: i64) {
     PUSHER_OPEN.fetch_add(delta, Ordering::Relaxed);
 }

@@ -51,7 +51,10 @@ impl Node {
             .node_id
             .clone()
             .unwrap_or_else(|| format!("gw-{}", chorus_bus::new_epoch()));
-        let hub = Arc::new(Hub::new(config.catch_up_backlog_max_bytes));
+        let hub = Arc::new(
+            Hub::new(config.catch_up_backlog_max_bytes)
+                .compressing_from(config.compression_min_bytes),
+        );
         let info = NodeInfo {
             id: id.clone(),
             address: config.advertise_address.clone().unwrap_or(advertise),

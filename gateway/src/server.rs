@@ -17,7 +17,7 @@ use bytes::Bytes;
 use chorus_protocol::wire::{Format, JSON_SUBPROTOCOL, PROTOBUF_SUBPROTOCOL};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_TYPE, HeaderValue, SEC_WEBSOCKET_PROTOCOL};
+use hyper::header::{CONTENT_TYPE, HeaderValue, SEC_WEBSOCKET_EXTENSIONS, SEC_WEBSOCKET_PROTOCOL};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -277,6 +277,12 @@ fn upgrade(
             None,
         ),
     };
+    let deflate = if node.config.permessage_deflate {
+        let offers = req.headers().get_all(SEC_WEBSOCKET_EXTENSIONS);
+        crate::deflate::negotiate(offers.iter().filter_map(|v| v.to_str().ok()))
+    } else {
+        None
+    };
     let (response, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok(r) => r,
         Err(e) => {
@@ -288,6 +294,7 @@ fn upgrade(
     };
     crate::metrics::connection_accepted();
     let node = node.clone();
+    let (deflate, extension) = deflate.unzip();
     tracker.spawn(async move {
         let _slot = slot;
         match fut.await {
@@ -301,9 +308,11 @@ fn upgrade(
                 Ok(parts) => {
                     let (socket, already) = (parts.io.into_inner(), parts.read_buf);
                     match start {
-                        Start::Chorus(format) => session::run(node, socket, already, format).await,
+                        Start::Chorus(format) => {
+                            session::run(node, socket, already, format, deflate).await;
+                        }
                         Start::Pusher(start) => {
-                            crate::pusher::run(node, socket, already, start).await;
+                            crate::pusher::run(node, socket, already, start, deflate).await;
                         }
                     }
                 }
@@ -317,6 +326,9 @@ fn upgrade(
         parts
             .headers
             .insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p));
+    }
+    if let Some(value) = extension.and_then(|e| HeaderValue::from_str(&e).ok()) {
+        parts.headers.insert(SEC_WEBSOCKET_EXTENSIONS, value);
     }
     Response::from_parts(parts, Body::default())
 }

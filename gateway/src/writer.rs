@@ -36,6 +36,8 @@ const OP_BINARY: u8 = 0x2;
 const OP_CLOSE: u8 = 0x8;
 const OP_PING: u8 = 0x9;
 const OP_PONG: u8 = 0xA;
+/// RSV1 beside the opcode: a message compressed with permessage-deflate.
+const COMPRESSED: u8 = 0x40;
 
 /// A batch of frames being put together for one vectored write.
 #[derive(Default)]
@@ -164,8 +166,13 @@ where
                             Outgoing::Data(bytes) | Outgoing::Publication(bytes, _) => {
                                 frames.frame(data_opcode, bytes);
                             }
+                            Outgoing::Compressed(bytes, _) => {
+                                frames.frame(data_opcode | COMPRESSED, bytes);
+                            }
                             Outgoing::Pong(_) => {}
-                            Outgoing::Echo(text, bytes) => frames.frame(echo_opcode(text), bytes),
+                            Outgoing::Echo(text, compressed, bytes) => {
+                                frames.frame(echo_opcode(text, compressed), bytes);
+                            }
                             Outgoing::CloseEcho(bytes) => {
                                 frames.frame(OP_CLOSE, bytes);
                                 conn.dequeued_bytes(cost);
@@ -201,8 +208,14 @@ where
                         frames.frame(data_opcode, bytes);
                         published_at.push(at);
                     }
+                    Outgoing::Compressed(bytes, at) => {
+                        frames.frame(data_opcode | COMPRESSED, bytes);
+                        published_at.push(at);
+                    }
                     Outgoing::Pong(bytes) => frames.frame(OP_PONG, bytes),
-                    Outgoing::Echo(text, bytes) => frames.frame(echo_opcode(text), bytes),
+                    Outgoing::Echo(text, compressed, bytes) => {
+                        frames.frame(echo_opcode(text, compressed), bytes);
+                    }
                     Outgoing::CloseEcho(bytes) => {
                         frames.frame(OP_CLOSE, bytes);
                         echo = true;
@@ -237,8 +250,13 @@ where
     conn.abandon();
 }
 
-fn echo_opcode(text: bool) -> u8 {
-    if text { OP_TEXT } else { OP_BINARY }
+fn echo_opcode(text: bool, compressed: bool) -> u8 {
+    let opcode = if text { OP_TEXT } else { OP_BINARY };
+    if compressed {
+        opcode | COMPRESSED
+    } else {
+        opcode
+    }
 }
 
 #[cfg(test)]

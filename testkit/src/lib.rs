@@ -9,11 +9,13 @@
 //! - [`raw_frame`] builds WebSocket frames byte by byte, well-formed or not, for tests that
 //!   speak to the gateway below any WebSocket library.
 
+pub mod deflate_client;
 mod process;
 mod prom;
 mod redis_server;
 mod ws_client;
 
+pub use deflate_client::{DeflateWs, Received};
 pub use process::{Process, eventually, wait_http_ok};
 pub use prom::Scrape;
 pub use redis_server::RedisServer;

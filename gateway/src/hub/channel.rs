@@ -106,10 +106,13 @@ pub(crate) struct Channel {
     pub(crate) seq: Sequencer,
 }
 
-/// A publication's frame, encoded at most once per wire format.
+/// A publication's frame, encoded at most once per wire format, and compressed at most once
+/// per wire format for the subscribers that negotiated permessage-deflate.
 struct Encoded {
     frame: client::ServerFrame,
     cache: [Option<Bytes>; Format::ALL.len()],
+    /// `Some(None)`: too small to compress, or no smaller compressed.
+    compressed: [Option<Option<Bytes>>; Format::ALL.len()],
 }
 
 impl Encoded {
@@ -131,12 +134,37 @@ impl Encoded {
         let encoded = Self {
             frame,
             cache: Default::default(),
+            compressed: Default::default(),
         };
         (encoded, exclude_client)
     }
 
     fn get(&mut self, format: Format) -> &Bytes {
         self.cache[format.index()].get_or_insert_with(|| wire::encode_frame(format, &self.frame))
+    }
+
+    /// The frame compressed with the shared window, when it is at least `min` bytes and
+    /// compressing makes it smaller.
+    fn compressed(&mut self, format: Format, min: usize) -> Option<Bytes> {
+        if let Some(done) = &self.compressed[format.index()] {
+            return done.clone();
+        }
+        let plain = self.get(format);
+        let packed = (plain.len() >= min)
+            .then(|| crate::deflate::compress(plain, crate::deflate::SHARED_WINDOW_BITS))
+            .filter(|packed| packed.len() < plain.len());
+        self.compressed[format.index()] = Some(packed.clone());
+        packed
+    }
+
+    /// What a live subscriber on `conn` is sent.
+    fn outgoing(&mut self, conn: &Conn, compress_min: usize, published_at_ms: i64) -> Outgoing {
+        if conn.deflate.is_some_and(|d| d.shares())
+            && let Some(packed) = self.compressed(conn.format, compress_min)
+        {
+            return Outgoing::Compressed(packed, published_at_ms);
+        }
+        Outgoing::Publication(self.get(conn.format).clone(), published_at_ms)
     }
 }
 
@@ -215,7 +243,7 @@ impl Channel {
         match self.seq.classify(&env) {
             Step::Next => {
                 self.seq.last = env.offset;
-                self.deliver_to(env, false);
+                self.deliver_to(env, false, hub.compress_min);
             }
             Step::Duplicate => {}
             Step::Gap => {
@@ -249,10 +277,10 @@ impl Channel {
 
     /// Delivers to every subscriber (live ones' queues, held ones' held lists), or with
     /// `held_only` to the held subscribers only.
-    fn deliver_to(&mut self, env: Envelope, held_only: bool) {
+    fn deliver_to(&mut self, env: Envelope, held_only: bool, compress_min: usize) {
         let (offset, published_at_ms) = (env.offset, env.published_at_ms);
         let (mut encoded, exclude) = Encoded::new(env);
-        let mut queued = 0;
+        let (mut queued, mut compressed) = (0, 0);
         for sub in &mut self.subs {
             if offset <= sub.from
                 || (!exclude.is_empty() && sub.conn.client == exclude)
@@ -260,10 +288,14 @@ impl Channel {
             {
                 continue;
             }
-            let frame = encoded.get(sub.conn.format).clone();
             match &mut sub.held {
-                None => queued += sub.conn.push(Outgoing::Publication(frame, published_at_ms)),
+                None => {
+                    let out = encoded.outgoing(&sub.conn, compress_min, published_at_ms);
+                    compressed += u64::from(matches!(out, Outgoing::Compressed(..)));
+                    queued += sub.conn.push(out);
+                }
                 Some(held) => {
+                    let frame = encoded.get(sub.conn.format).clone();
                     sub.held_bytes += frame.len();
                     held.push(Held {
                         offset,
@@ -280,8 +312,9 @@ impl Channel {
                 }
             }
         }
-        // One update of the process-wide gauge per publication, not per subscriber.
+        // One update of the process-wide metrics per publication, not per subscriber.
         crate::metrics::queued(queued as i64);
+        crate::metrics::compressed_deliveries(compressed);
     }
 
     /// Delivers a join or leave to the live subscribers that take them. Held subscribers do
@@ -353,7 +386,7 @@ impl Channel {
         self.seq.epoch.clone_from(&position.epoch);
         self.seq.last = position.offset;
         for env in self.seq.backlog_covered_by(position) {
-            self.deliver_to(env, true);
+            self.deliver_to(env, true, hub.compress_min);
         }
         self.drain(hub);
     }

@@ -59,6 +59,8 @@ pub(crate) struct Hub {
     backlog: Arc<BacklogBudget>,
     channels: AtomicUsize,
     subscriptions: AtomicUsize,
+    /// Smallest publication frame compressed for permessage-deflate subscribers.
+    pub(crate) compress_min: usize,
 }
 
 /// Why a held subscriber could not be activated.
@@ -93,7 +95,15 @@ impl Hub {
             backlog: BacklogBudget::new(max_backlog_bytes),
             channels: AtomicUsize::new(0),
             subscriptions: AtomicUsize::new(0),
+            compress_min: usize::MAX,
         }
+    }
+
+    /// The same hub compressing publication frames of at least `min` bytes for subscribers
+    /// that negotiated permessage-deflate.
+    pub(crate) fn compressing_from(mut self, min: usize) -> Self {
+        self.compress_min = min;
+        self
     }
 
     fn shard(&self, channel: &str) -> &Mutex<HashMap<String, Channel>> {

@@ -162,13 +162,21 @@ impl Drop for Counted {
 }
 
 /// Runs a Pusher connection from the completed upgrade to the end.
-pub(crate) async fn run(node: Arc<Node>, socket: TcpStream, already: Bytes, start: Start) {
+pub(crate) async fn run(
+    node: Arc<Node>,
+    socket: TcpStream,
+    already: Bytes,
+    start: Start,
+    deflate: Option<crate::deflate::Deflate>,
+) {
     let _counted = node.track_connection();
     let _pusher = Counted::new();
+    let _deflating = deflate.map(|_| crate::deflate::Counted::new());
     let config = &node.config;
-    let (conn, queue) = Conn::new(
+    let (conn, queue) = Conn::with_deflate(
         node.pusher.socket_id(),
         Format::Pusher,
+        deflate,
         config.queue_max_frames,
         config.queue_max_bytes,
     );
@@ -205,6 +213,9 @@ pub(crate) async fn run(node: Arc<Node>, socket: TcpStream, already: Bytes, star
         None,
     )));
     let mut reader = MessageReader::new(config.max_message_size, already);
+    if deflate.is_some() {
+        reader.allow_compressed();
+    }
     let mut session = PusherSession::new(&node, &conn, app);
     let span = tracing::debug_span!("pusher", socket_id = %conn.client, app = %session.app.id);
     read_loop::run(&mut session, &mut reader, &read)

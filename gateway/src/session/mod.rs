@@ -22,6 +22,7 @@ use tokio::net::TcpStream;
 use tracing::Instrument;
 
 use crate::conn::{Conn, Outgoing};
+use crate::deflate::Deflate;
 use crate::limits::Verdict;
 use crate::message_reader::MessageReader;
 use crate::node::Node;
@@ -35,17 +36,28 @@ mod subscribe;
 
 /// Runs a WebSocket connection from the completed upgrade to the end: `socket` is the
 /// upgraded TCP connection, `already` the bytes of it that arrived with the upgrade request.
-pub(crate) async fn run(node: Arc<Node>, socket: TcpStream, already: Bytes, format: Format) {
+pub(crate) async fn run(
+    node: Arc<Node>,
+    socket: TcpStream,
+    already: Bytes,
+    format: Format,
+    deflate: Option<Deflate>,
+) {
     let _counted = node.track_connection();
+    let _deflating = deflate.map(|_| crate::deflate::Counted::new());
     let config = &node.config;
-    let (conn, queue) = Conn::new(
+    let (conn, queue) = Conn::with_deflate(
         node.next_client_id(),
         format,
+        deflate,
         config.queue_max_frames,
         config.queue_max_bytes,
     );
     let (read, write) = socket.into_split();
     let mut reader = MessageReader::new(config.max_message_size, already);
+    if deflate.is_some() {
+        reader.allow_compressed();
+    }
     let writer = WriterTask::spawn(write, conn.clone(), queue, config.ping_interval);
     let mut session = Session::new(&node, &conn);
     let span = tracing::debug_span!("session", client = %conn.client, ?format);
@@ -168,8 +180,14 @@ impl Session {
     async fn take_message(&mut self, text: bool, payload: &[u8]) {
         if self.node.config.conformance_echo {
             // Conformance testing (scripts/autobahn): the message goes back as it came.
-            self.conn
-                .send(Outgoing::Echo(text, Bytes::copy_from_slice(payload)));
+            // Compressed back when the client negotiated permessage-deflate (Autobahn 12, 13).
+            let echo = match self.conn.deflate {
+                Some(d) => {
+                    Outgoing::Echo(text, true, crate::deflate::compress(payload, d.window_bits))
+                }
+                None => Outgoing::Echo(text, false, Bytes::copy_from_slice(payload)),
+            };
+            self.conn.send(echo);
             return;
         }
         let format = self.conn.format;

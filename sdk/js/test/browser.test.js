@@ -146,6 +146,43 @@ test("here now: two pages in a room list each other, and a page that closes drop
   await pages[0].close();
 });
 
+test("Chromium negotiates permessage-deflate and reads the gateway's compressed publications", async () => {
+  const channel = uniqueChannel("chat:deflate");
+  const page = await context.newPage();
+  await page.goto(`${cluster.http()}/healthz`); // any page of the gateway's origin
+  const text = "All happy families are alike; each unhappy family is unhappy in its own way. ".repeat(40);
+  // A plain browser WebSocket: the browser offers the extension by itself.
+  const opened = page.evaluate(
+    ([url, ch]) =>
+      new Promise((resolve, reject) => {
+        const ws = new WebSocket(url);
+        window.deflateWs = ws;
+        window.deflateGot = [];
+        ws.onerror = () => reject(new Error("websocket error"));
+        ws.onopen = () => {
+          ws.send(JSON.stringify({ id: 1, connect: {} }));
+          ws.send(JSON.stringify({ id: 2, subscribe: { channel: ch } }));
+        };
+        ws.onmessage = (e) => {
+          const frame = JSON.parse(e.data);
+          if (frame.id === 2) resolve(ws.extensions);
+          if (frame.pub) window.deflateGot.push(frame.pub.data);
+        };
+      }),
+    [`${cluster.ws()}?format=json`, channel],
+  );
+  const extensions = await opened;
+  assert.match(extensions, /^permessage-deflate/, "the gateway accepted the browser's offer");
+  assert.match(extensions, /server_no_context_takeover/);
+  // 3 KB of text (compressed by the gateway, above --compression-min-bytes) and a small one.
+  await cluster.publish(channel, { text });
+  await cluster.publish(channel, { n: 2 });
+  await page.waitForFunction(() => window.deflateGot.length === 2, null, { timeout: 15000 });
+  const got = await page.evaluate(() => window.deflateGot);
+  assert.deepEqual(got, [{ text }, { n: 2 }]);
+  await page.close();
+});
+
 test("the SDK is served at /sdk/ as JavaScript, loadable cross-origin", async () => {
   const resp = await fetch(`${cluster.http()}/sdk/index.js`);
   assert.equal(resp.status, 200);
