@@ -51,6 +51,8 @@ pub struct Stats {
     pub ready: AtomicUsize,
     pub failed: AtomicUsize,
     pub ready_changed: Notify,
+    /// Bytes read from the sockets after the upgrade.
+    pub wire_bytes: AtomicU64,
     /// Publish → receive, µs.
     pub latency: Mutex<Histogram>,
     /// TCP connect → WebSocket upgrade answered, µs.
@@ -74,6 +76,7 @@ impl Stats {
             ready: AtomicUsize::new(0),
             failed: AtomicUsize::new(0),
             ready_changed: Notify::new(),
+            wire_bytes: AtomicU64::new(0),
             latency: Mutex::new(Histogram::default()),
             handshake: Mutex::new(Histogram::default()),
             subscribed: Mutex::new(Histogram::default()),
@@ -113,6 +116,8 @@ pub struct Spec {
     pub source: Option<IpAddr>,
     pub channels: Vec<String>,
     pub protocol: Arc<Protocol>,
+    /// Offer permessage-deflate.
+    pub deflate: bool,
 }
 
 /// What one client saw of each of its channels: new offsets received.
@@ -297,9 +302,18 @@ impl Tracker {
     ) -> Option<Option<u16>> {
         let now = stats.now_us();
         let mut closed = None;
+        let mut inflated = Vec::new();
         while let Some((op, range, end)) = wire::parse_frame(buf) {
+            let payload = if buf[0] & wire::COMPRESSED != 0 {
+                if wire::inflate(&buf[range], &mut inflated).is_err() {
+                    return Some(None);
+                }
+                &inflated[..]
+            } else {
+                &buf[range]
+            };
             match op {
-                wire::OP_BINARY => match wire::read_server(&buf[range]) {
+                wire::OP_BINARY => match wire::read_server(payload) {
                     Some(Server::Publication {
                         channel,
                         offset,
@@ -312,11 +326,11 @@ impl Tracker {
                     Some(reply @ Server::Reply { .. }) => self.reply(stats, reply, now),
                     _ => {}
                 },
-                wire::OP_TEXT => self.text(stats, &buf[range], pong, now),
+                wire::OP_TEXT => self.text(stats, payload, pong, now),
                 wire::OP_PING => {
-                    wire::client_frame(pong, wire::OP_PONG, &buf[range]);
+                    wire::client_frame(pong, wire::OP_PONG, payload);
                 }
-                wire::OP_CLOSE => closed = Some(wire::close_code(&buf[range])),
+                wire::OP_CLOSE => closed = Some(wire::close_code(payload)),
                 _ => {}
             }
             buf.advance(end);
@@ -490,8 +504,11 @@ async fn read(
             n = stream.read_buf(buf) => n,
             _ = stopping(stop) => return End::Stopped,
         };
-        if matches!(n, Ok(0) | Err(_)) {
-            return End::Closed(None);
+        match n {
+            Ok(0) | Err(_) => return End::Closed(None),
+            Ok(n) => {
+                stats.wire_bytes.fetch_add(n as u64, Ordering::Relaxed);
+            }
         }
     }
 }
@@ -529,7 +546,7 @@ async fn open(
     let started = Instant::now();
     let mut stream = dial(spec).await?;
     let mut buf = BytesMut::with_capacity(8 << 10);
-    handshake(&mut stream, &mut buf, spec.addr, &spec.protocol).await?;
+    handshake(&mut stream, &mut buf, spec).await?;
     let upgraded = started.elapsed();
     let mut out = BytesMut::new();
     match &*spec.protocol {
@@ -598,13 +615,14 @@ async fn dial(spec: &Spec) -> std::io::Result<TcpStream> {
     Ok(stream)
 }
 
-async fn handshake(
-    stream: &mut TcpStream,
-    buf: &mut BytesMut,
-    addr: SocketAddr,
-    protocol: &Protocol,
-) -> anyhow::Result<()> {
-    let path = match protocol {
+async fn handshake(stream: &mut TcpStream, buf: &mut BytesMut, spec: &Spec) -> anyhow::Result<()> {
+    let addr = spec.addr;
+    let extension = if spec.deflate {
+        "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+    } else {
+        ""
+    };
+    let path = match &*spec.protocol {
         Protocol::Protobuf => "/ws?format=protobuf".to_owned(),
         Protocol::Json => "/ws?format=json".to_owned(),
         Protocol::Pusher { key } => format!("/app/{key}?protocol=7&client=chorus-bench&version=1"),
@@ -612,7 +630,7 @@ async fn handshake(
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
          Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-         Sec-WebSocket-Version: 13\r\n\r\n"
+         Sec-WebSocket-Version: 13\r\n{extension}\r\n"
     );
     stream.write_all(request.as_bytes()).await?;
     loop {

@@ -32,6 +32,10 @@ struct Cli {
     /// it) or pusher (the Pusher protocol at /app/{key}, needs --pusher-app).
     #[arg(long = "client-protocol", value_enum, default_value = "protobuf")]
     client_protocol: ClientProtocol,
+    /// Offer permessage-deflate (RFC 7692) in every client's upgrade and inflate the frames
+    /// that arrive compressed; the report adds the bytes received on the wire per delivery.
+    #[arg(long)]
+    deflate: bool,
     /// A Pusher app, ID:KEY:SECRET, for `--client-protocol pusher` and `--via pusher`.
     #[arg(long = "pusher-app")]
     pusher_app: Option<chorus_bench::publisher::PusherApp>,
@@ -143,6 +147,7 @@ fn main() -> anyhow::Result<()> {
         api_key: cli.api_key,
         via: cli.via,
         protocol: std::sync::Arc::new(protocol),
+        deflate: cli.deflate,
         pusher: cli.pusher_app,
         clients: cli.clients,
         messages,

@@ -35,6 +35,8 @@ pub struct Options {
     pub via: Via,
     /// The clients' protocol.
     pub protocol: Arc<client::Protocol>,
+    /// The clients offer permessage-deflate.
+    pub deflate: bool,
     /// The Pusher app (`--via pusher`).
     pub pusher: Option<publisher::PusherApp>,
     pub clients: usize,
@@ -124,6 +126,11 @@ pub struct Report {
     pub handshake_ms: Option<Latency>,
     pub subscribed_ms: Option<Latency>,
     pub gateway_kib_per_connection: Option<f64>,
+    /// Whether the clients offered permessage-deflate.
+    pub deflate: bool,
+    /// Bytes the clients read from their sockets over the run, per delivery (frames, headers
+    /// and replies included).
+    pub wire_bytes_per_delivery: Option<f64>,
     /// CPU time of this load generator over the same window, ms.
     pub generator_cpu_ms: f64,
     /// Per-stage latencies from the services' histograms (with `--metrics`).
@@ -226,6 +233,7 @@ async fn spawn_clients(
             source: source(opts, i),
             channels: channels_of(i),
             protocol: opts.protocol.clone(),
+            deflate: opts.deflate,
         };
         handles.push(tokio::spawn(client::run(
             spec,
@@ -478,6 +486,9 @@ async fn fanout(opts: Options) -> anyhow::Result<Report> {
         gave_up: stats.gave_up.load(Ordering::Relaxed),
         generator_cpu_ms,
         stages: stage_latencies,
+        deflate: opts.deflate,
+        wire_bytes_per_delivery: (deliveries > 0)
+            .then(|| stats.wire_bytes.load(Ordering::Relaxed) as f64 / deliveries as f64),
         ..Report::default()
     };
     cpu_per_delivery(&mut report, servers);

@@ -116,6 +116,7 @@ fn options(c: &Cluster, scenario: Scenario) -> Options {
         api_key: KEY.into(),
         via: Via::GrpcStream,
         protocol: Arc::new(Protocol::Protobuf),
+        deflate: false,
         pusher: None,
         clients: 6,
         messages: 40,
@@ -208,6 +209,25 @@ async fn every_scenario_runs_end_to_end_without_loss() {
             assert!(stage.p50_ms <= stage.p99_ms, "{stage:?}");
         }
     }
+
+    // With permessage-deflate: 1 KiB JSON publications arrive compressed and are inflated;
+    // the wire carries fewer bytes per delivery than without.
+    let mut wire = Vec::new();
+    for deflate in [false, true] {
+        let mut o = options(&c, Scenario::Fanout);
+        o.protocol = Arc::new(Protocol::Json);
+        o.via = Via::Http;
+        o.size = 1024;
+        o.deflate = deflate;
+        let r = scenario::run(o).await.unwrap();
+        assert_complete(&r);
+        assert!(r.deflate == deflate);
+        wire.push(r.wire_bytes_per_delivery.unwrap());
+    }
+    assert!(
+        wire[1] < wire[0] * 0.8,
+        "bytes per delivery, plain then deflate: {wire:?}"
+    );
 
     let mut o = options(&c, Scenario::Connect);
     o.clients = 30;

@@ -96,10 +96,7 @@ async fn large_publications_arrive_compressed_once_for_every_client_that_negotia
     for ws in [&mut a, &mut b, &mut plain] {
         let small = ws.next().await.unwrap();
         assert!(!small.compressed);
-        assert_eq!(
-            json_of(&small.payload)["pub"]["data"],
-            json!({"n": 2})
-        );
+        assert_eq!(json_of(&small.payload)["pub"]["data"], json!({"n": 2}));
     }
 }
 
