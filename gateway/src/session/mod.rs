@@ -298,12 +298,14 @@ impl Session {
                 self.conn.disconnect_with(code, &reason, reconnect);
                 false
             }
+            // Boxed: rare, and their futures would otherwise sit in every idle connection's
+            // task (the read loop holds this one inline).
             Control::Subscribe(channel) => {
-                self.server_subscribe(channel, None).await;
+                Box::pin(self.server_subscribe(channel, None)).await;
                 true
             }
             Control::Unsubscribe(channel) => {
-                self.server_unsubscribe(&channel).await;
+                Box::pin(self.server_unsubscribe(&channel)).await;
                 true
             }
         }
@@ -670,5 +672,60 @@ mod tests {
         assert_eq!(node.hub.subscription_count(), 0, "left the hub");
         assert_eq!(connections().await, 0, "left the registry");
         assert!(conn.is_ending(), "its queue and writer are done");
+    }
+}
+
+#[cfg(test)]
+mod task_size {
+    use super::*;
+
+    /// Every connection's task holds its session future whole, and moving it into the task
+    /// touches every byte: a large future inlined in the read loop (a server-side subscribe
+    /// once made it 16 KiB) costs that much memory per idle connection.
+    #[tokio::test]
+    async fn an_idle_connections_tasks_stay_small() {
+        let config = crate::config::GatewayConfig::default();
+        let node = Node::start(
+            chorus_bus::Bus::memory(),
+            config.clone(),
+            std::time::Duration::from_secs(1),
+            "127.0.0.1:0".into(),
+            tokio_util::sync::CancellationToken::new(),
+            crate::security::Security::from_config(&config).unwrap(),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let socket = || TcpStream::connect(addr);
+        let chorus = run(
+            node.clone(),
+            socket().await.unwrap(),
+            Bytes::new(),
+            Format::Json,
+            None,
+        );
+        let refused = crate::pusher::Start::Refuse {
+            code: 4001,
+            message: "",
+            reason: "",
+        };
+        let pusher = crate::pusher::run(
+            node.clone(),
+            socket().await.unwrap(),
+            Bytes::new(),
+            refused,
+            None,
+        );
+        let (conn, queue) = Conn::new("c".into(), Format::Json, 8, 1 << 16);
+        let (_, write) = socket().await.unwrap().into_split();
+        let writer = crate::writer::run(write, conn, queue, std::time::Duration::from_secs(25));
+        let sizes = [
+            std::mem::size_of_val(&chorus),
+            std::mem::size_of_val(&pusher),
+            std::mem::size_of_val(&writer),
+        ];
+        assert!(
+            sizes.iter().all(|s| *s <= 4096),
+            "session, Pusher session, writer: {sizes:?} bytes"
+        );
     }
 }
