@@ -8,14 +8,13 @@ use std::sync::Arc;
 
 use chorus_protocol::codes::close;
 use tokio::net::tcp::OwnedReadHalf;
-use tokio::sync::mpsc;
 
 use crate::conn::{Conn, Outgoing};
 use crate::frame_reader::ReadError;
 use crate::message_reader::{Message, MessageReader};
 use crate::node::Node;
 use crate::security::Deadline;
-use crate::sessions::Control;
+use crate::sessions::{Control, ControlQueue};
 
 /// What a protocol's session gives the read loop.
 pub(crate) trait Session {
@@ -27,7 +26,7 @@ pub(crate) trait Session {
     fn node(&self) -> &Arc<Node>;
     fn conn(&self) -> &Arc<Conn>;
     /// Server commands for this connection (`sessions.rs`).
-    fn control_queue(&mut self) -> &mut mpsc::Receiver<Control>;
+    fn control_queue(&self) -> &Arc<ControlQueue>;
 
     /// The next moment the session must close by, if any; asked again every turn.
     fn deadline(&self) -> Option<Deadline> {
@@ -50,6 +49,7 @@ pub(crate) async fn run<S: Session>(
 ) {
     let node = session.node().clone();
     let conn = session.conn().clone();
+    let controls = session.control_queue().clone();
     let idle_timeout = node.config.idle_timeout;
     // This session's moment in the drain window, fixed once so that re-entering the select
     // below does not move it.
@@ -86,7 +86,7 @@ pub(crate) async fn run<S: Session>(
                 conn.disconnect(close::SHUTDOWN, S::SHUTDOWN_REASON);
                 return;
             }
-            Some(control) = session.control_queue().recv() => {
+            control = controls.recv() => {
                 if session.on_control(control).await {
                     continue;
                 }

@@ -7,11 +7,12 @@
 //! over without waiting, so a session whose queue is full (it is busy with a slow command) is
 //! not counted as reached.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 /// Commands one session may have waiting.
 pub(crate) const QUEUE: usize = 16;
@@ -29,7 +30,43 @@ pub(crate) enum Control {
     Unsubscribe(String),
 }
 
-type Entry = (String, mpsc::Sender<Control>);
+/// One session's queue of server commands, at most [`QUEUE`] long.
+///
+/// Why not a tokio channel: every connection has one, and a channel allocates a block of 32
+/// slots up front (over a kilobyte for `Control`) that almost no connection ever uses. This
+/// holds no allocation until a command arrives.
+#[derive(Default)]
+pub(crate) struct ControlQueue {
+    items: Mutex<VecDeque<Control>>,
+    ready: Notify,
+}
+
+impl ControlQueue {
+    /// Queues a command without waiting; false when the queue is full.
+    pub(crate) fn try_push(&self, control: Control) -> bool {
+        let mut items = self.items.lock();
+        if items.len() >= QUEUE {
+            return false;
+        }
+        items.push_back(control);
+        drop(items);
+        // A permit is kept when nobody waits yet, so a command is never missed.
+        self.ready.notify_one();
+        true
+    }
+
+    /// The next command. Cancel-safe: a command is taken only when it is returned.
+    pub(crate) async fn recv(&self) -> Control {
+        loop {
+            if let Some(control) = self.items.lock().pop_front() {
+                return control;
+            }
+            self.ready.notified().await;
+        }
+    }
+}
+
+type Entry = (String, Arc<ControlQueue>);
 /// One shard: user → that user's sessions here (client id, command queue).
 type Shard = Mutex<HashMap<String, Vec<Entry>>>;
 
@@ -52,7 +89,7 @@ impl Sessions {
         &self.shards[self.hasher.hash_one(user) as usize % SHARDS]
     }
 
-    pub(crate) fn register(&self, user: &str, client: &str, tx: mpsc::Sender<Control>) {
+    pub(crate) fn register(&self, user: &str, client: &str, tx: Arc<ControlQueue>) {
         self.shard(user)
             .lock()
             .entry(user.to_owned())
@@ -79,7 +116,7 @@ impl Sessions {
         };
         list.iter()
             .filter(|(c, _)| client.is_none_or(|want| want == c))
-            .filter(|(_, tx)| tx.try_send(control.clone()).is_ok())
+            .filter(|(_, tx)| tx.try_push(control.clone()))
             .count() as u64
     }
 }
@@ -88,19 +125,27 @@ impl Sessions {
 mod tests {
     use super::*;
 
-    #[test]
-    fn commands_reach_a_users_sessions_or_one_client_and_never_wait() {
+    fn taken(q: &ControlQueue) -> Option<Control> {
+        q.items.lock().pop_front()
+    }
+
+    #[tokio::test]
+    async fn commands_reach_a_users_sessions_or_one_client_and_never_wait() {
         let sessions = Sessions::default();
-        let (a, mut a_rx) = mpsc::channel(1);
-        let (b, mut b_rx) = mpsc::channel(1);
-        sessions.register("alice", "c1", a);
-        sessions.register("alice", "c2", b);
+        let (a, b) = (
+            Arc::new(ControlQueue::default()),
+            Arc::new(ControlQueue::default()),
+        );
+        sessions.register("alice", "c1", a.clone());
+        sessions.register("alice", "c2", b.clone());
         let bye = Control::Unsubscribe("x".into());
         assert_eq!(sessions.send("alice", None, &bye), 2);
-        assert_eq!(a_rx.try_recv().unwrap(), bye);
-        assert_eq!(b_rx.try_recv().unwrap(), bye);
-        assert_eq!(sessions.send("alice", Some("c2"), &bye), 1);
-        assert!(a_rx.try_recv().is_err(), "only c2");
+        assert_eq!(a.recv().await, bye);
+        assert_eq!(b.recv().await, bye);
+        for _ in 0..QUEUE {
+            assert_eq!(sessions.send("alice", Some("c2"), &bye), 1);
+        }
+        assert_eq!(taken(&a), None, "only c2");
         assert_eq!(
             sessions.send("alice", Some("c2"), &bye),
             0,

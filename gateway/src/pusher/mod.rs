@@ -32,7 +32,6 @@ use chorus_protocol::pusher as wire;
 use chorus_protocol::wire::Format;
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::conn::{Conn, Outgoing};
@@ -41,7 +40,7 @@ use crate::message_reader::MessageReader;
 use crate::node::Node;
 use crate::read_loop;
 use crate::session::{WriterTask, bounded};
-use crate::sessions::Control;
+use crate::sessions::{Control, ControlQueue};
 
 /// What pusher-js is told to wait, without a message, before it pings (seconds).
 const ACTIVITY_TIMEOUT_SECS: u64 = 120;
@@ -243,8 +242,8 @@ impl read_loop::Session for PusherSession {
         &self.conn
     }
 
-    fn control_queue(&mut self) -> &mut mpsc::Receiver<Control> {
-        &mut self.control
+    fn control_queue(&self) -> &Arc<ControlQueue> {
+        &self.control
     }
 
     async fn on_control(&mut self, control: Control) -> bool {
@@ -270,8 +269,8 @@ struct PusherSession {
     user: Option<String>,
     /// The control user this connection is registered under (once signed in).
     registered: Option<String>,
-    control: mpsc::Receiver<Control>,
-    control_tx: Option<mpsc::Sender<Control>>,
+    /// Server commands for this connection, registered once signed in.
+    control: Arc<ControlQueue>,
     /// Every message, like Chorus's command rate.
     rate: RateLimiter,
     /// Client events, at the app's `client_event_rate` per second.
@@ -280,7 +279,6 @@ struct PusherSession {
 
 impl PusherSession {
     fn new(node: &Arc<Node>, conn: &Arc<Conn>, app: Arc<App>) -> Self {
-        let (control_tx, control) = mpsc::channel(crate::sessions::QUEUE);
         node.link.connection_opened(ConnectionInfo {
             client: conn.client.clone(),
             user: String::new(),
@@ -294,8 +292,7 @@ impl PusherSession {
             presence: HashMap::new(),
             user: None,
             registered: None,
-            control,
-            control_tx: Some(control_tx),
+            control: Arc::default(),
             rate: RateLimiter::new(config.command_rate, config.command_burst),
             client_events: RateLimiter::new(app.client_event_rate, app.client_event_rate),
             app,
@@ -394,11 +391,12 @@ impl PusherSession {
             self.error(None, "Already signed in as another user");
             return;
         }
-        if let Some(tx) = self.control_tx.take() {
+        if self.registered.is_none() {
             let control_user = self.app.control_user(&id);
+            let queue = self.control.clone();
             self.node
                 .sessions
-                .register(&control_user, &self.conn.client, tx);
+                .register(&control_user, &self.conn.client, queue);
             self.registered = Some(control_user);
         }
         self.user = Some(id);

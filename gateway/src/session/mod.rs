@@ -28,9 +28,8 @@ use crate::message_reader::MessageReader;
 use crate::node::Node;
 use crate::read_loop;
 use crate::security::{Deadline, SessionSecurity};
-use crate::sessions::Control;
+use crate::sessions::{Control, ControlQueue};
 use crate::writer;
-use tokio::sync::mpsc;
 
 mod subscribe;
 
@@ -122,8 +121,8 @@ impl read_loop::Session for Session {
         &self.conn
     }
 
-    fn control_queue(&mut self) -> &mut mpsc::Receiver<Control> {
-        &mut self.control
+    fn control_queue(&self) -> &Arc<ControlQueue> {
+        &self.control
     }
 
     /// The connect timeout before `connect`, the token's expiry after it.
@@ -152,17 +151,15 @@ struct Session {
     sec: SessionSecurity,
     /// Close the connection once the current command's reply is queued.
     close_after_reply: Option<(u16, &'static str)>,
-    /// Server commands for this connection (`sessions.rs`); the sender is registered under
-    /// the user once `connect` named it.
-    control: mpsc::Receiver<Control>,
-    control_tx: Option<mpsc::Sender<Control>>,
+    /// Server commands for this connection (`sessions.rs`), registered under the user once
+    /// `connect` named it.
+    control: Arc<ControlQueue>,
     /// The user this session is registered under in the node's sessions.
     registered: Option<String>,
 }
 
 impl Session {
     fn new(node: &Arc<Node>, conn: &Arc<Conn>) -> Self {
-        let (control_tx, control) = mpsc::channel(crate::sessions::QUEUE);
         Self {
             node: node.clone(),
             conn: conn.clone(),
@@ -171,8 +168,7 @@ impl Session {
             presence: HashSet::new(),
             sec: node.security.session(),
             close_after_reply: None,
-            control,
-            control_tx: Some(control_tx),
+            control: Arc::default(),
             registered: None,
         }
     }
@@ -365,10 +361,9 @@ impl Session {
         }
         self.connected = true;
         let user = &self.sec.identity.user;
-        if !user.is_empty()
-            && let Some(tx) = self.control_tx.take()
-        {
-            self.node.sessions.register(user, &self.conn.client, tx);
+        if !user.is_empty() && self.registered.is_none() {
+            let queue = self.control.clone();
+            self.node.sessions.register(user, &self.conn.client, queue);
             self.registered = Some(user.clone());
         }
         self.node.link.connection_opened(ConnectionInfo {
