@@ -3,7 +3,9 @@
 //! every connection's queue gets the same `Bytes`; each connection's writer sends what is
 //! queued in one vectored write. Its deliveries per second, with the same client code and on
 //! the same machine, is the most this load generator can observe: Chorus's figures are
-//! reported as a ratio to it.
+//! reported as a ratio to it. It speaks both of Chorus's forms — protobuf (binary frames) and,
+//! to a client that asks with `?format=json`, JSON (text frames) — so a JSON run has a JSON
+//! ceiling beside it.
 
 use std::io::IoSlice;
 use std::net::SocketAddr;
@@ -27,7 +29,21 @@ const QUEUE: usize = 4096;
 
 #[derive(Clone, Default)]
 pub struct Ceiling {
-    subscribers: Arc<Mutex<Vec<mpsc::Sender<Bytes>>>>,
+    subscribers: Arc<Mutex<Vec<(Format, mpsc::Sender<Bytes>)>>>,
+}
+
+/// A server frame of `format` (binary for protobuf, text for JSON), header included.
+fn framed(format: Format, frame: &client::ServerFrame) -> Bytes {
+    let payload = cwire::encode_frame(format, frame);
+    let op = if format == Format::Json {
+        wire::OP_TEXT
+    } else {
+        wire::OP_BINARY
+    };
+    let mut out = BytesMut::with_capacity(payload.len() + 10);
+    wire::put_header(&mut out, op, payload.len(), false);
+    out.extend_from_slice(&payload);
+    out.freeze()
 }
 
 impl Ceiling {
@@ -52,29 +68,30 @@ impl Ceiling {
     /// Publishes one message to every subscriber: framed once, shared by all. Waits for a
     /// subscriber whose queue is full (the ceiling measures throughput, it never drops).
     pub async fn publish(&self, seq: u64, data: Bytes) {
-        let push = cwire::encode_frame(
-            Format::Protobuf,
-            &cwire::push(push::Body::Publication(client::Publication {
-                channel: "ceiling".into(),
-                offset: seq + 1,
-                epoch: "ceiling".into(),
-                data,
-            })),
-        );
-        let mut frame = BytesMut::with_capacity(push.len() + 10);
-        wire::put_header(&mut frame, wire::OP_BINARY, push.len(), false);
-        frame.extend_from_slice(&push);
-        let frame = frame.freeze();
+        let push = cwire::push(push::Body::Publication(client::Publication {
+            channel: "ceiling".into(),
+            offset: seq + 1,
+            epoch: "ceiling".into(),
+            data,
+        }));
+        // Framed once per form, shared by every subscriber of that form.
+        let (mut binary, mut text) = (None, None);
         let subs: Vec<_> = self.subscribers.lock().clone();
-        for tx in subs {
-            let _ = tx.send(frame.clone()).await;
+        for (format, tx) in subs {
+            let cached = if format == Format::Json {
+                &mut text
+            } else {
+                &mut binary
+            };
+            let frame = cached.get_or_insert_with(|| framed(format, &push)).clone();
+            let _ = tx.send(frame).await;
         }
     }
 
     async fn serve(self, mut stream: TcpStream) {
         let mut buf = BytesMut::with_capacity(4096);
         // The upgrade.
-        let key = loop {
+        let (key, format) = loop {
             if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                 let head = String::from_utf8_lossy(&buf[..end]).into_owned();
                 buf.advance(end + 4);
@@ -83,7 +100,13 @@ impl Ceiling {
                     name.eq_ignore_ascii_case("sec-websocket-key")
                         .then(|| value.trim().to_owned())
                 });
-                break key;
+                let request_line = head.lines().next().unwrap_or("");
+                let format = if request_line.contains("format=json") {
+                    Format::Json
+                } else {
+                    Format::Protobuf
+                };
+                break (key, format);
             }
             match stream.read_buf(&mut buf).await {
                 Ok(n) if n > 0 => {}
@@ -121,8 +144,12 @@ impl Ceiling {
             while let Some((op, payload, end)) = wire::unmask(&buf) {
                 buf.advance(end);
                 match op {
-                    wire::OP_BINARY => {
-                        let Ok(cmd) = client::Command::decode(payload.as_slice()) else {
+                    wire::OP_BINARY | wire::OP_TEXT => {
+                        let cmd = match format {
+                            Format::Json => cwire::decode_command(format, &payload).ok(),
+                            _ => client::Command::decode(payload.as_slice()).ok(),
+                        };
+                        let Some(cmd) = cmd else {
                             return;
                         };
                         let result = match cmd.body {
@@ -135,23 +162,17 @@ impl Ceiling {
                             _ => reply::Result::Ping(client::PingResult {}),
                         };
                         let is_sub = matches!(result, reply::Result::Subscribe(_));
-                        let bytes = cwire::encode_frame(
-                            Format::Protobuf,
-                            &cwire::reply(client::Reply {
-                                id: cmd.id,
-                                error: None,
-                                result: Some(result),
-                            }),
-                        );
-                        let mut frame = BytesMut::new();
-                        wire::put_header(&mut frame, wire::OP_BINARY, bytes.len(), false);
-                        frame.extend_from_slice(&bytes);
-                        if tx.send(frame.freeze()).await.is_err() {
+                        let reply = cwire::reply(client::Reply {
+                            id: cmd.id,
+                            error: None,
+                            result: Some(result),
+                        });
+                        if tx.send(framed(format, &reply)).await.is_err() {
                             return;
                         }
                         if is_sub && !subscribed {
                             subscribed = true;
-                            self.subscribers.lock().push(tx.clone());
+                            self.subscribers.lock().push((format, tx.clone()));
                         }
                     }
                     wire::OP_CLOSE => return,

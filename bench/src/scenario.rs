@@ -285,6 +285,10 @@ async fn fanout(opts: Options) -> anyhow::Result<Report> {
     let (stop_tx, stop) = watch::channel(false);
     let (target, addrs, channels, pick) = match opts.scenario {
         Scenario::Ceiling => {
+            anyhow::ensure!(
+                !matches!(*opts.protocol, client::Protocol::Pusher { .. }),
+                "the ceiling speaks Chorus's protobuf and JSON forms, not the Pusher protocol"
+            );
             let (ceiling, addrs) = Ceiling::start(opts.ceiling_ports).await?;
             (
                 Target::Ceiling(ceiling),

@@ -159,6 +159,14 @@ async fn every_scenario_runs_end_to_end_without_loss() {
     assert_complete(&ceiling);
     assert_eq!(ceiling.deliveries, 6 * 40);
 
+    // The ceiling speaks JSON to JSON clients too.
+    let mut json_ceiling = options(&c, Scenario::Ceiling);
+    json_ceiling.rate = 0.0;
+    json_ceiling.protocol = Arc::new(Protocol::Json);
+    let json_ceiling = scenario::run(json_ceiling).await.unwrap();
+    assert_complete(&json_ceiling);
+    assert_eq!(json_ceiling.deliveries, 6 * 40);
+
     for via in [Via::GrpcStream, Via::Grpc, Via::Http] {
         let mut o = options(&c, Scenario::Fanout);
         o.via = via;
