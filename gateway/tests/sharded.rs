@@ -120,3 +120,46 @@ async fn channels_on_every_shard_reach_both_gateways_and_a_stopped_shard_is_name
     let resp = cluster.http_publish(&on_down[0], json!({ "n": 1 })).await;
     assert_eq!(resp.status(), 200);
 }
+
+/// The binary takes the shard list from `--redis-url` as operators write it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_binary_takes_a_shard_list_and_names_a_broken_shard() {
+    let mut shards: Vec<chorus_testkit::RedisServer> = (0..SHARDS)
+        .map(|_| chorus_testkit::RedisServer::start().unwrap())
+        .collect();
+    let urls: Vec<String> = shards
+        .iter()
+        .map(chorus_testkit::RedisServer::url)
+        .collect();
+    let port = chorus_testkit::free_port();
+    let _gateway = support::gateway_process(&urls.join(","), port, &["--canary-interval", "200ms"]);
+    let readyz = format!("http://127.0.0.1:{port}/readyz");
+    chorus_testkit::wait_http_ok(&readyz, Duration::from_secs(10))
+        .await
+        .unwrap();
+    // Every shard has the node's lease: the gateway attached to each.
+    for shard in &shards {
+        eventually(
+            Duration::from_secs(5),
+            "the node registered on every shard",
+            || async { shard.cli(&["ZCARD", &chorus_bus::keys::nodes()]).unwrap() == ["1"] },
+        )
+        .await
+        .unwrap();
+    }
+    shards[2].stop();
+    let http = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let resp = http.get(&readyz).send().await.unwrap();
+        let (status, why) = (resp.status().as_u16(), resp.text().await.unwrap());
+        if status == 503 && why.contains("redis shard 2") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the broken shard is not named: {status} {why}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
