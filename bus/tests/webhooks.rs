@@ -223,9 +223,30 @@ async fn memory_occupancy_is_counted_across_nodes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_nodes_channels_are_vacated_and_its_members_removed_once_by_a_survivor() {
-    let server = RedisServer::start().unwrap();
+    killed_node_reaped(&[RedisServer::start().unwrap()]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sharded_a_killed_nodes_channels_are_vacated_and_its_members_removed_once() {
+    killed_node_reaped(&three_servers()).await;
+}
+
+/// A node killed without clean-up: a survivor vacates its channels and removes its members,
+/// once, on whichever shard they live.
+async fn killed_node_reaped(servers: &[RedisServer]) {
     let lease = Duration::from_millis(600);
-    let survivor_bus = redis_bus(&server, lease);
+    let url = servers
+        .iter()
+        .map(RedisServer::url)
+        .collect::<Vec<_>>()
+        .join(",");
+    let config = BusConfig {
+        redis_url: url.clone(),
+        redis_timeout: Duration::from_millis(500),
+        node_lease: lease,
+        ..BusConfig::default()
+    };
+    let survivor_bus = Bus::redis(&config).unwrap().with_pusher_apps(apps());
     let survivor = survivor_bus.attach(node("survivor"), Arc::new(Ignore));
     let ch = "pusher-1:presence-x";
 
@@ -236,7 +257,6 @@ async fn a_killed_nodes_channels_are_vacated_and_its_members_removed_once_by_a_s
         .enable_all()
         .build()
         .unwrap();
-    let url = server.url();
     let (doomed_bus, doomed_link) = doomed_runtime
         .spawn(async move {
             let config = BusConfig {
@@ -282,13 +302,15 @@ async fn a_killed_nodes_channels_are_vacated_and_its_members_removed_once_by_a_s
             removed("1", "presence-x", "dora"),
         ]
     );
-    assert_eq!(
-        server
-            .cli(&["HLEN", &chorus_bus::keys::node_occupancy("doomed")])
-            .unwrap(),
-        ["0"],
-        "the dead node's occupancy index is gone"
-    );
+    for server in servers {
+        assert_eq!(
+            server
+                .cli(&["HLEN", &chorus_bus::keys::node_occupancy("doomed")])
+                .unwrap(),
+            ["0"],
+            "the dead node's occupancy index is gone"
+        );
+    }
     drop(survivor);
     // Their tasks are gone with their runtime; dropping them here would touch it.
     std::mem::forget((doomed_bus, doomed_link));
