@@ -174,6 +174,16 @@ if scale_g:
     out.append("")
     out.append(fanout_table(scale_g))
     out.append("")
+json_labels = [l for l in labels if l.startswith("json")]
+if json_labels:
+    out.append("### What users see: JSON clients, HTTP publishing, beside a JSON ceiling")
+    out.append("")
+    out.append("Chorus's JSON form (text frames) read by the same clients, publications over HTTP "
+               "with 16 in flight; `json-ceiling-r*` is the ceiling server speaking JSON to the same "
+               "clients at the same rate.")
+    out.append("")
+    out.append(fanout_table(json_labels))
+    out.append("")
 # The targets, each with the run that measures it.
 ceil = by.get("ceiling", {}).get("report", {}).get("deliveries_per_sec")
 fan_runs = [by[l]["report"] for l in fan if l.startswith("fanout")]
@@ -203,6 +213,19 @@ if clean_runs:
     if ok:
         best = max(ok, key=lambda r: r["deliveries_per_sec"])
         targets.append(("Highest sustained rate: p99 ≤ 50 ms, no queue growth", f"{f(best['deliveries_per_sec'])}/s (p99 {f(best['latency_ms']['p99'], 1)} ms) = {f(best['deliveries_per_sec'] / ceil if ceil else None, 2)} × ceiling", True, best["label"]))
+for rate in (100, 500, 1000):
+    jc = by.get(f"json-ceiling-r{rate}", {}).get("report")
+    jr = by.get(f"json-r{rate}", {}).get("report")
+    if jc and jr and rate >= 500:
+        ratio = jr["latency_ms"]["p99"] / jc["latency_ms"]["p99"] if jc["latency_ms"]["p99"] else None
+        targets.append((f"JSON clients, {f(rate * jr['clients'])} deliveries/s offered: p99 ≤ 1.5 × the JSON ceiling's",
+                        f"{f(jr['latency_ms']['p99'], 1)} ms against {f(jc['latency_ms']['p99'], 1)} ms = {f(ratio, 2)}×; "
+                        f"{f(jr['deliveries_per_sec'])} delivered/s",
+                        ratio is not None and ratio <= 1.5 and delivers(jr), f"json-r{rate}"))
+    if jr and rate == 100:
+        cpu = jr.get("server_cpu_us_per_delivery")
+        targets.append((f"JSON clients, {f(rate * jr['clients'])} deliveries/s: all servers' CPU ≤ 5 µs per delivery",
+                        f"{f(cpu, 2)} µs", cpu is not None and cpu <= 5, f"json-r{rate}"))
 for label in [l for l in labels if l.startswith("connect")]:
     r = by[label]["report"]
     k = r.get("gateway_kib_per_connection")
