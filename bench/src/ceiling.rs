@@ -27,9 +27,12 @@ use crate::wire;
 /// Frames a connection may have queued before the publisher waits for it.
 const QUEUE: usize = 4096;
 
+/// A subscribed connection: the form it speaks and its queue.
+type Subscriber = (Format, mpsc::Sender<Bytes>);
+
 #[derive(Clone, Default)]
 pub struct Ceiling {
-    subscribers: Arc<Mutex<Vec<(Format, mpsc::Sender<Bytes>)>>>,
+    subscribers: Arc<Mutex<Vec<Subscriber>>>,
 }
 
 /// A server frame of `format` (binary for protobuf, text for JSON), header included.
