@@ -225,16 +225,10 @@ pub struct ConnectionInfo {
 pub trait BusSink: Send + Sync + 'static {
     fn publication(&self, envelope: Envelope);
 
-    /// The node's link to the bus broke: publications from now until `resubscribed` are
-    /// missed. Called before any publication of the next connection.
-    fn link_lost(&self) {}
-
-    /// One shard's link broke (the bus is sharded): only the channels `lost` picks are
-    /// missing publications. A sink that does not tell channels apart treats it as
-    /// `link_lost`.
-    fn link_lost_where(&self, _lost: &dyn Fn(&str) -> bool) {
-        self.link_lost();
-    }
+    /// The node's link to the bus broke for the channels `lost` picks (every channel on one
+    /// Redis; one shard's channels when the bus is sharded): their publications from now
+    /// until `resubscribed` are missed. Called before any publication of the next connection.
+    fn link_lost(&self, _lost: &dyn Fn(&str) -> bool) {}
 
     /// These channels are subscribed again after `link_lost` (or for the first time): what
     /// was published since the link broke must be fetched from history.

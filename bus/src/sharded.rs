@@ -409,10 +409,10 @@ impl BusSink for ShardSink {
         self.sink.publication(envelope);
     }
 
-    fn link_lost(&self) {
+    fn link_lost(&self, lost: &dyn Fn(&str) -> bool) {
         let (shard, shards) = (self.shard, self.shards);
         self.sink
-            .link_lost_where(&|channel| shard_of(channel, shards) == shard);
+            .link_lost(&|channel| shard_of(channel, shards) == shard && lost(channel));
     }
 
     fn resubscribed(&self, channels: &[String]) {

@@ -53,7 +53,7 @@ fn publish(channel: &str, n: u64) -> Publish {
 /// A sink that forwards envelopes and records which channels each lost link covered.
 struct Forward {
     tx: mpsc::UnboundedSender<Envelope>,
-    /// For every `link_lost_where`: the probe channels it marked lost.
+    /// For every `link_lost`: the probe channels it marked lost.
     lost: Mutex<Vec<Vec<String>>>,
     probes: Vec<String>,
 }
@@ -63,11 +63,7 @@ impl BusSink for Forward {
         let _ = self.tx.send(envelope);
     }
 
-    fn link_lost(&self) {
-        self.lost.lock().unwrap().push(self.probes.clone());
-    }
-
-    fn link_lost_where(&self, lost: &dyn Fn(&str) -> bool) {
+    fn link_lost(&self, lost: &dyn Fn(&str) -> bool) {
         let marked = self.probes.iter().filter(|c| lost(c)).cloned().collect();
         self.lost.lock().unwrap().push(marked);
     }

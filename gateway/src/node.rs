@@ -151,12 +151,8 @@ impl BusSink for NodeSink {
         self.hub.publication(envelope);
     }
 
-    fn link_lost(&self) {
-        self.hub.link_lost();
-    }
-
-    fn link_lost_where(&self, lost: &dyn Fn(&str) -> bool) {
-        self.hub.link_lost_where(lost);
+    fn link_lost(&self, lost: &dyn Fn(&str) -> bool) {
+        self.hub.link_lost(lost);
     }
 
     fn resubscribed(&self, channels: &[String]) {

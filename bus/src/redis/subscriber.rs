@@ -90,7 +90,7 @@ impl Subscriber {
                     // Pending first: whoever sees "not ready" must not find a stale "live".
                     self.wanted.mark_all_pending();
                     self.state.subscriber_ready.store(false, Ordering::Release);
-                    self.sink.link_lost();
+                    self.sink.link_lost(&|_| true);
                     let delay = backoff.next_delay();
                     tracing::warn!(node = %self.node, %reason, retry_in = ?delay,
                         "redis subscriber connection lost");

@@ -467,11 +467,7 @@ impl BusSink for Hub {
         }
     }
 
-    fn link_lost(&self) {
-        self.link_lost_where(&|_| true);
-    }
-
-    fn link_lost_where(&self, lost: &dyn Fn(&str) -> bool) {
+    fn link_lost(&self, lost: &dyn Fn(&str) -> bool) {
         for shard in self.shards.iter() {
             for (name, ch) in shard.lock().iter_mut() {
                 if ch.seq.state != State::Unsynced && lost(name) {

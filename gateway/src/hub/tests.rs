@@ -343,7 +343,7 @@ fn a_lost_link_waits_for_resubscription_and_a_failed_read_is_retried() {
     let (_bus, hub, link) = setup();
     let (a, mut qa) = conn("a", Format::Json);
     live(&hub, &link, "ch", &a, 1);
-    hub.link_lost();
+    hub.link_lost(&|_| true);
     hub.publication(envelope("ch", 4, "")); // arrives on the new connection
     assert!(
         hub.catch_up_targets().is_empty(),
@@ -404,7 +404,7 @@ fn a_catch_up_read_made_before_the_link_broke_is_ignored_and_a_newer_one_runs() 
     assert_eq!(stale, vec![target("ch", 1, &stale)]);
     // While it is in flight, the pub/sub link breaks and comes back: what was published
     // during the outage (5) is in no read made before.
-    hub.link_lost();
+    hub.link_lost(&|_| true);
     hub.resubscribed(&["ch".into()]);
     let before_outage = recovery(2..=4, 4, true, false);
     hub.finish_catch_up(&stale[0], Some(before_outage));
@@ -438,7 +438,7 @@ fn a_channel_that_cannot_buffer_within_the_node_budget_sends_its_subscribers_to_
     let (b, _qb) = conn("b", Format::Json);
     live(&hub, &link, "one", &a, 1);
     live(&hub, &link, "two", &b, 1);
-    hub.link_lost();
+    hub.link_lost(&|_| true);
     let sized = |channel: &str, offset: u64| Envelope {
         data: Bytes::from(vec![b'1'; 2000]),
         ..envelope(channel, offset, "")
@@ -470,7 +470,7 @@ fn a_catch_up_larger_than_one_page_reads_on_until_the_channel_is_whole() {
     let (_bus, hub, link) = setup();
     let (a, mut qa) = conn("a", Format::Json);
     live(&hub, &link, "ch", &a, 1);
-    hub.link_lost();
+    hub.link_lost(&|_| true);
     hub.resubscribed(&["ch".into()]);
     let first = hub.catch_up_targets();
     assert_eq!(first.len(), 1);
