@@ -323,17 +323,13 @@ async fn channel_info(
     Ok(info)
 }
 
-/// Subscribers of each named Pusher channel across the gateways, in one round trip; none
-/// when `wanted` does not ask for them.
+/// Subscribers of each named Pusher channel across the gateways, in one round trip (none
+/// for no names).
 async fn subscription_counts<'a>(
     broker: &Broker,
     app: &App,
     names: impl Iterator<Item = &'a str>,
-    wanted: bool,
 ) -> Result<HashMap<String, u64>, ApiError> {
-    if !wanted {
-        return Ok(HashMap::new());
-    }
     let chorus = names
         .map(|name| chorus_channel(app, name))
         .collect::<Result<Vec<_>, _>>()?;
@@ -372,13 +368,8 @@ pub(crate) async fn events(
     if !wanted.any() {
         return Ok(Json(json!({})));
     }
-    let counts = subscription_counts(
-        &broker,
-        &app,
-        names.iter().map(String::as_str),
-        wanted.subscription_count,
-    )
-    .await?;
+    let counted = names.iter().filter(|_| wanted.subscription_count);
+    let counts = subscription_counts(&broker, &app, counted.map(String::as_str)).await?;
     let mut channels = Map::new();
     for name in names {
         let n = counts.get(&name).copied().unwrap_or(0);
@@ -432,8 +423,7 @@ pub(crate) async fn batch_events(
         return Ok(Json(json!({})));
     }
     let counted = infos.iter().filter(|(_, w)| w.subscription_count);
-    let counts =
-        subscription_counts(&broker, &app, counted.map(|(name, _)| name.as_str()), true).await?;
+    let counts = subscription_counts(&broker, &app, counted.map(|(name, _)| name.as_str())).await?;
     let mut batch = Vec::with_capacity(infos.len());
     for (name, wanted) in infos {
         let n = counts.get(&name).copied().unwrap_or(0);
@@ -516,7 +506,7 @@ pub(crate) async fn channel(
 ) -> Result<Json<Value>, ApiError> {
     let (app, params) = verify(&broker, &app_id, &method, &uri, &[])?;
     let wanted = Wanted::of(params.get("info").map(String::as_str));
-    let counts = subscription_counts(&broker, &app, std::iter::once(name.as_str()), true).await?;
+    let counts = subscription_counts(&broker, &app, std::iter::once(name.as_str())).await?;
     let subscriptions = counts.get(&name).copied().unwrap_or(0);
     let mut info = channel_info(&broker, &app, &name, wanted, subscriptions).await?;
     info.insert("occupied".into(), json!(subscriptions > 0));

@@ -357,27 +357,22 @@ impl Bus {
         if !app.wants_webhook(event.kind()) {
             return;
         }
-        match &self.inner {
-            Inner::Memory(b) => b.queue_webhook(&app.id, event),
-            Inner::Redis(_) | Inner::Sharded(_) => {
-                let b = match &self.inner {
-                    Inner::Sharded(b) => b.home(),
-                    Inner::Redis(b) => b,
-                    Inner::Memory(_) => return,
-                };
-                let Ok(json) = serde_json::to_string(&event) else {
-                    return;
-                };
-                let (bus, app) = (b.clone(), app.id.clone());
-                // Client events are rate-limited per connection, which bounds these tasks.
-                tokio::spawn(async move {
-                    if let Err(e) = bus.queue_webhook(&app, &json).await {
-                        metrics::webhook_dropped();
-                        tracing::warn!(app, error = %e, "queueing a webhook event failed");
-                    }
-                });
+        let redis = match &self.inner {
+            Inner::Memory(b) => return b.queue_webhook(&app.id, event),
+            Inner::Redis(b) => b,
+            Inner::Sharded(b) => b.home(),
+        };
+        let Ok(json) = serde_json::to_string(&event) else {
+            return;
+        };
+        let (bus, app) = (redis.clone(), app.id.clone());
+        // Client events are rate-limited per connection, which bounds these tasks.
+        tokio::spawn(async move {
+            if let Err(e) = bus.queue_webhook(&app, &json).await {
+                metrics::webhook_dropped();
+                tracing::warn!(app, error = %e, "queueing a webhook event failed");
             }
-        }
+        });
     }
 
     /// Up to `count` webhook events for the dispatcher `consumer` (one broker-api), waiting

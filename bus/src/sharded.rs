@@ -139,28 +139,23 @@ impl ShardedBus {
         let n = self.shards.len();
         let first = self.next_webhook_shard.fetch_add(1, Ordering::Relaxed) % n;
         let mut failed = None;
-        // A first pass that does not wait, then one that waits on the first shard only.
-        for wait in [std::time::Duration::ZERO, block] {
-            for k in 0..n {
-                let i = (first + k) % n;
-                let block = if k == 0 {
-                    wait
-                } else {
-                    std::time::Duration::ZERO
-                };
-                match self.shards[i].read_webhooks(consumer, count, block).await {
-                    Ok(records) if !records.is_empty() => {
-                        return Ok(records
-                            .into_iter()
-                            .map(|mut r| {
-                                r.id = format!("{i}/{}", r.id);
-                                r
-                            })
-                            .collect());
-                    }
-                    Ok(_) => {}
-                    Err(e) => failed = Some(self.named(i, e)),
+        // Every shard once without waiting, then the first one again, waiting.
+        let reads = (0..n)
+            .map(|k| ((first + k) % n, std::time::Duration::ZERO))
+            .chain(std::iter::once((first, block)));
+        for (i, block) in reads {
+            match self.shards[i].read_webhooks(consumer, count, block).await {
+                Ok(records) if !records.is_empty() => {
+                    return Ok(records
+                        .into_iter()
+                        .map(|mut r| {
+                            r.id = format!("{i}/{}", r.id);
+                            r
+                        })
+                        .collect());
                 }
+                Ok(_) => {}
+                Err(e) => failed = Some(self.named(i, e)),
             }
         }
         failed.map_or(Ok(Vec::new()), Err)
