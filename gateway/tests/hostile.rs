@@ -11,36 +11,21 @@ use chorus_gateway::GatewayConfig;
 use chorus_protocol::client::{self, command};
 use chorus_protocol::codes::{ErrorCode, close};
 use chorus_protocol::wire::Format;
-use chorus_testkit::WsClient;
+use chorus_testkit::{DeflateWs, WsClient};
 use support::MemoryGateway;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// A WebSocket opened by hand, for writing frames the rules forbid.
+/// A WebSocket opened by hand, for writing frames the rules forbid (testkit's hand-framed
+/// client, offering no extension).
 struct RawWs {
-    stream: TcpStream,
+    ws: DeflateWs,
 }
 
 impl RawWs {
     async fn open(addr: SocketAddr) -> Self {
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        let request = format!(
-            "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        );
-        stream.write_all(request.as_bytes()).await.unwrap();
-        // Read the 101 response head, byte by byte so no frame byte is consumed.
-        let mut head = Vec::new();
-        while !head.ends_with(b"\r\n\r\n") {
-            let b = tokio::time::timeout(Duration::from_secs(5), stream.read_u8())
-                .await
-                .expect("upgrade response in time")
-                .expect("upgrade response");
-            head.push(b);
-        }
-        let head = String::from_utf8_lossy(&head);
-        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-        Self { stream }
+        let ws = DeflateWs::open(addr, "/ws", None).await.expect("upgrade");
+        Self { ws }
     }
 
     /// Writes one frame; `mask` is applied when given.
@@ -56,35 +41,15 @@ impl RawWs {
 
     async fn write(&mut self, bytes: &[u8]) {
         // The server may already have closed; the close code is what the test checks.
-        let _ = self.stream.write_all(bytes).await;
+        let _ = self.ws.send_raw(bytes).await;
     }
 
     /// Reads server frames until a close frame; returns its code (1005 if it has none).
     async fn close_code(&mut self) -> u16 {
-        let read = async {
-            loop {
-                let b0 = self.stream.read_u8().await?;
-                let b1 = self.stream.read_u8().await?;
-                let len = match b1 & 0x7f {
-                    126 => u64::from(self.stream.read_u16().await?),
-                    127 => self.stream.read_u64().await?,
-                    n => u64::from(n),
-                };
-                let mut payload = vec![0; len as usize];
-                self.stream.read_exact(&mut payload).await?;
-                if b0 & 0x0f == 8 {
-                    return Ok::<u16, std::io::Error>(if payload.len() >= 2 {
-                        u16::from_be_bytes([payload[0], payload[1]])
-                    } else {
-                        1005
-                    });
-                }
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(5), read)
+        self.ws
+            .close_code()
             .await
-            .expect("a close frame within 5 s")
-            .expect("a close frame before the connection ended")
+            .expect("a close frame before the connection ended, within 5 s")
     }
 }
 

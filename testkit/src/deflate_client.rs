@@ -1,6 +1,7 @@
-//! A WebSocket client that negotiates permessage-deflate (RFC 7692), framed by hand over a
-//! plain TCP socket: tungstenite has no compression, so the gateway's compressed frames are
-//! read — and compressed client messages written — here, with flate2.
+//! A WebSocket client framed by hand over a plain TCP socket: for frames the rules forbid
+//! (written as raw bytes), and for permessage-deflate (RFC 7692) when it offers the
+//! extension — tungstenite has no compression, so the gateway's compressed frames are read,
+//! and compressed client messages written, here with flate2.
 
 use std::net::SocketAddr;
 use std::time::Duration;
