@@ -11,6 +11,9 @@ use chorus_bus::{
 use chorus_testkit::RedisServer;
 use tokio::sync::mpsc;
 
+mod common;
+use common::node;
+
 const WAIT: Duration = Duration::from_secs(5);
 const TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -21,15 +24,6 @@ fn config(server: &RedisServer) -> BusConfig {
         redis_pool_size: 4,
         node_lease: Duration::from_millis(1500),
         ..BusConfig::default()
-    }
-}
-
-fn node(id: &str) -> NodeInfo {
-    NodeInfo {
-        id: id.into(),
-        address: format!("ws://{id}.local:8000/ws"),
-        connections: 0,
-        started_at_ms: 1_700_000_000_000,
     }
 }
 

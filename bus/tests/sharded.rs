@@ -8,37 +8,24 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chorus_bus::sharded::shard_of;
-use chorus_bus::{Bus, BusConfig, BusError, BusSink, Envelope, NodeInfo, Publish, keys};
+use chorus_bus::{Bus, BusConfig, BusError, BusSink, Envelope, Publish, keys};
 use chorus_testkit::RedisServer;
 use tokio::sync::mpsc;
+
+mod common;
+use common::{node, redis_servers, redis_url};
 
 const WAIT: Duration = Duration::from_secs(5);
 const SHARDS: usize = 3;
 
 fn config(servers: &[RedisServer]) -> BusConfig {
-    let urls: Vec<String> = servers.iter().map(RedisServer::url).collect();
     BusConfig {
-        redis_url: urls.join(","),
+        redis_url: redis_url(servers),
         redis_timeout: Duration::from_millis(500),
         redis_pool_size: 4,
         node_lease: Duration::from_millis(1500),
         canary_interval: Duration::from_millis(200),
         ..BusConfig::default()
-    }
-}
-
-fn servers() -> Vec<RedisServer> {
-    (0..SHARDS)
-        .map(|_| RedisServer::start().expect("redis-server"))
-        .collect()
-}
-
-fn node(id: &str) -> NodeInfo {
-    NodeInfo {
-        id: id.into(),
-        address: format!("ws://{id}.local:8000/ws"),
-        connections: 0,
-        started_at_ms: 1_700_000_000_000,
     }
 }
 
@@ -122,7 +109,7 @@ async fn receive_all(rx: &mut mpsc::UnboundedReceiver<Envelope>, channels: &[Str
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_channel_lives_on_its_own_shard_and_reaches_nodes_through_it() {
-    let servers = servers();
+    let servers = redis_servers(SHARDS);
     let bus = Bus::redis(&config(&servers)).unwrap();
     let channels = channels(4);
     let (sink_a, mut rx_a) = sink(&channels);
@@ -206,7 +193,7 @@ async fn every_channel_lives_on_its_own_shard_and_reaches_nodes_through_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_shard_stops_only_its_channels_and_is_named() {
-    let mut servers = servers();
+    let mut servers = redis_servers(SHARDS);
     let bus = Bus::redis(&config(&servers)).unwrap();
     let channels = channels(2);
     let (on_down, on_up): (Vec<String>, Vec<String>) = channels

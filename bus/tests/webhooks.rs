@@ -7,23 +7,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chorus_bus::pusher::{App, Apps, WebhookEvent, WebhookRecord};
-use chorus_bus::{Bus, BusConfig, BusSink, Envelope, Member, NamespaceRules, NodeInfo};
+use chorus_bus::{Bus, BusConfig, BusSink, Envelope, Member, NamespaceRules};
 use chorus_testkit::RedisServer;
+
+mod common;
+use common::{node, redis_servers, redis_url};
 
 const WAIT: Duration = Duration::from_secs(5);
 
 struct Ignore;
 impl BusSink for Ignore {
     fn publication(&self, _: Envelope) {}
-}
-
-fn node(id: &str) -> NodeInfo {
-    NodeInfo {
-        id: id.into(),
-        address: format!("ws://{id}.local:8000/ws"),
-        connections: 0,
-        started_at_ms: 1_700_000_000_000,
-    }
 }
 
 fn apps() -> Apps {
@@ -40,9 +34,10 @@ fn apps() -> Apps {
     Apps::from_apps(vec![hooked, only_members, silent]).unwrap()
 }
 
-fn redis_bus(server: &RedisServer, lease: Duration) -> Bus {
+/// A bus on `servers` (sharded over them when there are several) with the test apps.
+fn redis_bus(servers: &[RedisServer], lease: Duration) -> Bus {
     let config = BusConfig {
-        redis_url: server.url(),
+        redis_url: redis_url(servers),
         redis_timeout: Duration::from_millis(500),
         redis_pool_size: 4,
         node_lease: lease,
@@ -54,24 +49,12 @@ fn redis_bus(server: &RedisServer, lease: Duration) -> Bus {
 /// The bus sharded over `servers`; the channels these tests use lie on more than one shard,
 /// so the events come from several shards' queues.
 fn sharded_bus(servers: &[RedisServer]) -> Bus {
-    let urls: Vec<String> = servers.iter().map(RedisServer::url).collect();
     let shards: std::collections::HashSet<usize> = ["pusher-1:presence-room", "pusher-1:news"]
         .iter()
-        .map(|c| chorus_bus::sharded::shard_of(c, urls.len()))
+        .map(|c| chorus_bus::sharded::shard_of(c, servers.len()))
         .collect();
     assert!(shards.len() > 1 || !shards.contains(&0), "{shards:?}");
-    let config = BusConfig {
-        redis_url: urls.join(","),
-        redis_timeout: Duration::from_millis(500),
-        redis_pool_size: 4,
-        node_lease: Duration::from_secs(2),
-        ..BusConfig::default()
-    };
-    Bus::redis(&config).unwrap().with_pusher_apps(apps())
-}
-
-fn three_servers() -> Vec<RedisServer> {
-    (0..3).map(|_| RedisServer::start().unwrap()).collect()
+    redis_bus(servers, Duration::from_secs(2))
 }
 
 fn member(client: &str, user: &str) -> Member {
@@ -190,7 +173,11 @@ async fn occupancy_is_counted_across_nodes(bus: &Bus) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_member_events_are_per_user_and_queued_once() {
     let server = RedisServer::start().unwrap();
-    member_events_are_per_user(&redis_bus(&server, Duration::from_secs(2))).await;
+    member_events_are_per_user(&redis_bus(
+        std::slice::from_ref(&server),
+        Duration::from_secs(2),
+    ))
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,18 +188,22 @@ async fn memory_member_events_are_per_user_and_queued_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_occupancy_is_counted_across_nodes() {
     let server = RedisServer::start().unwrap();
-    occupancy_is_counted_across_nodes(&redis_bus(&server, Duration::from_secs(2))).await;
+    occupancy_is_counted_across_nodes(&redis_bus(
+        std::slice::from_ref(&server),
+        Duration::from_secs(2),
+    ))
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sharded_member_events_are_per_user_and_queued_once() {
-    let servers = three_servers();
+    let servers = redis_servers(3);
     member_events_are_per_user(&sharded_bus(&servers)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sharded_occupancy_is_counted_across_nodes() {
-    let servers = three_servers();
+    let servers = redis_servers(3);
     occupancy_is_counted_across_nodes(&sharded_bus(&servers)).await;
 }
 
@@ -228,25 +219,14 @@ async fn a_killed_nodes_channels_are_vacated_and_its_members_removed_once_by_a_s
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sharded_a_killed_nodes_channels_are_vacated_and_its_members_removed_once() {
-    killed_node_reaped(&three_servers()).await;
+    killed_node_reaped(&redis_servers(3)).await;
 }
 
 /// A node killed without clean-up: a survivor vacates its channels and removes its members,
 /// once, on whichever shard they live.
 async fn killed_node_reaped(servers: &[RedisServer]) {
     let lease = Duration::from_millis(600);
-    let url = servers
-        .iter()
-        .map(RedisServer::url)
-        .collect::<Vec<_>>()
-        .join(",");
-    let config = BusConfig {
-        redis_url: url.clone(),
-        redis_timeout: Duration::from_millis(500),
-        node_lease: lease,
-        ..BusConfig::default()
-    };
-    let survivor_bus = Bus::redis(&config).unwrap().with_pusher_apps(apps());
+    let survivor_bus = redis_bus(servers, lease);
     let survivor = survivor_bus.attach(node("survivor"), Arc::new(Ignore));
     let ch = "pusher-1:presence-x";
 
@@ -257,15 +237,10 @@ async fn killed_node_reaped(servers: &[RedisServer]) {
         .enable_all()
         .build()
         .unwrap();
+    // Built here, used only there: its connections and tasks belong to the doomed runtime.
+    let bus = redis_bus(servers, lease);
     let (doomed_bus, doomed_link) = doomed_runtime
         .spawn(async move {
-            let config = BusConfig {
-                redis_url: url,
-                redis_timeout: Duration::from_millis(500),
-                node_lease: lease,
-                ..BusConfig::default()
-            };
-            let bus = Bus::redis(&config).unwrap().with_pusher_apps(apps());
             let link = bus.attach(node("doomed"), Arc::new(Ignore));
             link.want(ch).wait(WAIT).await.unwrap();
             let r = bus.presence_rules(ch).unwrap().clone();
@@ -319,7 +294,7 @@ async fn killed_node_reaped(servers: &[RedisServer]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_queued_event_goes_to_one_reader_and_an_acknowledged_one_never_comes_back() {
     let server = RedisServer::start().unwrap();
-    let bus = redis_bus(&server, Duration::from_secs(2));
+    let bus = redis_bus(std::slice::from_ref(&server), Duration::from_secs(2));
     let app = bus.pusher_apps().by_id("1").unwrap().clone();
     for n in 0..50 {
         bus.pusher_webhook(
