@@ -24,7 +24,7 @@ use tokio::sync::Notify;
 use tokio::sync::futures::Notified;
 use tokio_util::sync::CancellationToken;
 
-use crate::deflate::Deflate;
+use crate::deflate::{self, Deflate};
 
 /// One item for the writer.
 #[derive(Debug)]
@@ -72,6 +72,8 @@ pub(crate) struct Conn {
     pub(crate) format: Format,
     /// permessage-deflate, when the client negotiated it.
     pub(crate) deflate: Option<Deflate>,
+    /// Counts the connection in `chorus_gateway_deflate_connections` while it lives.
+    _deflating: Option<deflate::Counted>,
     queue: Mutex<Queue>,
     /// Wakes the writer when the queue turns non-empty.
     queue_ready: Notify,
@@ -127,6 +129,7 @@ impl Conn {
             client,
             format,
             deflate,
+            _deflating: deflate.map(|_| deflate::Counted::new()),
             queue: Mutex::new(Queue::default()),
             queue_ready: Notify::new(),
             queued_bytes: AtomicUsize::new(0),

@@ -45,19 +45,18 @@ const fn violation(code: u16, reason: &'static str) -> ReadError {
 
 impl MessageReader {
     /// A reader of messages up to `max` bytes, reassembled; `already` holds bytes that arrived
-    /// with the upgrade request.
-    pub(crate) fn new(max: usize, already: Bytes) -> Self {
+    /// with the upgrade request. With `compressed` (permessage-deflate was negotiated) it reads
+    /// compressed messages too (RSV1 on their first frame), inflated within the same bound.
+    pub(crate) fn new(max: usize, already: Bytes, compressed: bool) -> Self {
+        let mut frames = FrameReader::new(max, already);
+        if compressed {
+            frames.allow_compressed();
+        }
         Self {
-            frames: FrameReader::new(max, already),
+            frames,
             partial: None,
             max,
         }
-    }
-
-    /// Reads messages compressed with permessage-deflate too (RSV1 on their first frame),
-    /// inflated within the same size bound.
-    pub(crate) fn allow_compressed(&mut self) {
-        self.frames.allow_compressed();
     }
 
     /// Whether a whole frame is already buffered: the next [`MessageReader::next`] may not

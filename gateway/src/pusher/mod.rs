@@ -170,7 +170,6 @@ pub(crate) async fn run(
 ) {
     let _counted = node.track_connection();
     let _pusher = Counted::new();
-    let _deflating = deflate.map(|_| crate::deflate::Counted::new());
     let config = &node.config;
     let (conn, queue) = Conn::with_deflate(
         node.pusher.socket_id(),
@@ -211,10 +210,7 @@ pub(crate) async fn run(
         &established,
         None,
     )));
-    let mut reader = MessageReader::new(config.max_message_size, already);
-    if deflate.is_some() {
-        reader.allow_compressed();
-    }
+    let mut reader = MessageReader::new(config.max_message_size, already, deflate.is_some());
     let mut session = PusherSession::new(&node, &conn, app);
     let span = tracing::debug_span!("pusher", socket_id = %conn.client, app = %session.app.id);
     read_loop::run(&mut session, &mut reader, &read)

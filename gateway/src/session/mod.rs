@@ -43,7 +43,6 @@ pub(crate) async fn run(
     deflate: Option<Deflate>,
 ) {
     let _counted = node.track_connection();
-    let _deflating = deflate.map(|_| crate::deflate::Counted::new());
     let config = &node.config;
     let (conn, queue) = Conn::with_deflate(
         node.next_client_id(),
@@ -53,10 +52,7 @@ pub(crate) async fn run(
         config.queue_max_bytes,
     );
     let (read, write) = socket.into_split();
-    let mut reader = MessageReader::new(config.max_message_size, already);
-    if deflate.is_some() {
-        reader.allow_compressed();
-    }
+    let mut reader = MessageReader::new(config.max_message_size, already, deflate.is_some());
     let writer = WriterTask::spawn(write, conn.clone(), queue, config.ping_interval);
     let mut session = Session::new(&node, &conn);
     let span = tracing::debug_span!("session", client = %conn.client, ?format);
