@@ -10,7 +10,9 @@
 //! Three implementations sit behind the one [`Bus`] type:
 //! - [`redis`]: the production bus. A Lua script per publish assigns the offset and PUBLISHes
 //!   the envelope; each gateway holds one RESP3 pub/sub connection; nodes and their
-//!   connections are registered under short leases. Key names live in [`keys`].
+//!   connections are registered under short leases. Key names live in [`keys`]. The same
+//!   bus runs on a Redis Cluster ([`redis::cluster`]): commands routed by slot, publications
+//!   on sharded pub/sub.
 //! - [`sharded`]: channels spread over several independent Redis servers by a consistent
 //!   hash, one [`redis`] bus per server, so publications scale past one Redis.
 //! - [`memory`]: the single-process bus used by `chorus` with no Redis. Same contract, same
@@ -286,11 +288,19 @@ impl Bus {
         }
     }
 
-    /// A Redis bus: on one Redis, or with channels sharded over several when `redis_url`
-    /// lists them separated by commas (see [`sharded`]). Connects lazily: this fails only on
+    /// A Redis bus: on one Redis; with channels sharded over several when `redis_url`
+    /// lists them separated by commas (see [`sharded`]); on a Redis Cluster when it is a
+    /// `redis+cluster://` URL of seed nodes (see [`redis::cluster`]). Connects lazily: this fails only on
     /// a malformed configuration, so a service can start while Redis is down and report it
     /// through readiness.
     pub fn redis(config: &BusConfig) -> Result<Self, BusError> {
+        if redis::cluster::seeds(&config.redis_url).is_some() {
+            return Ok(Self {
+                inner: Inner::Redis(Arc::new(redis::RedisBus::new(config)?)),
+                namespaces: Arc::default(),
+                pusher_apps: Arc::default(),
+            });
+        }
         let urls = sharded::urls(&config.redis_url);
         let inner = match urls.as_slice() {
             [] => return Err(BusError::Config("no Redis URL".into())),
@@ -600,7 +610,7 @@ impl NodeLink {
     /// sharded; `None` when it is up.
     pub fn not_ready(&self) -> Option<String> {
         match self {
-            NodeLink::Redis(l) => (!l.is_ready()).then(|| "bus link down".to_owned()),
+            NodeLink::Redis(l) => l.not_ready(),
             NodeLink::Sharded(l) => {
                 let broken = l.broken();
                 (!broken.is_empty()).then(|| format!("link down: {}", broken.join(", ")))

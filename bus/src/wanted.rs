@@ -67,6 +67,13 @@ impl Wanted {
         }
     }
 
+    /// After the bus dropped one channel's subscription: not live until resubscribed.
+    pub(crate) fn mark_pending(&self, channel: &str) {
+        if let Some(tx) = self.channels.lock().get(channel) {
+            tx.send_replace(false);
+        }
+    }
+
     /// After the bus connection dropped: nothing is live until resubscribed.
     pub(crate) fn mark_all_pending(&self) {
         for tx in self.channels.lock().values() {

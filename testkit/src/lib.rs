@@ -2,6 +2,8 @@
 //!
 //! - [`RedisServer`] starts a real `redis-server` on a free loopback port and stops it when
 //!   dropped, so every test has its own Redis and no test depends on another's state.
+//! - [`RedisCluster`] starts six of them as a real Redis Cluster (three masters, three
+//!   replicas) for the cluster tests.
 //! - [`WsClient`] is a real WebSocket client (tokio-tungstenite, independent of the gateway's
 //!   own WebSocket library) speaking Chorus's client protocol in either format.
 //! - [`Process`] runs a Chorus binary as a child process that a test can SIGKILL.
@@ -12,12 +14,14 @@
 pub mod deflate_client;
 mod process;
 mod prom;
+mod redis_cluster;
 mod redis_server;
 mod ws_client;
 
 pub use deflate_client::{DeflateWs, Received};
 pub use process::{Process, eventually, wait_http_ok};
 pub use prom::Scrape;
+pub use redis_cluster::RedisCluster;
 pub use redis_server::RedisServer;
 pub use ws_client::{Closed, WAIT, WsClient};
 

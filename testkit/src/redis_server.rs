@@ -13,6 +13,8 @@ pub struct RedisServer {
     dir: PathBuf,
     /// AOF persistence with `appendfsync always`: every acknowledged write survives a kill.
     persistent: bool,
+    /// A Redis Cluster node (`--cluster-enabled yes`, a short node timeout).
+    cluster_node: bool,
 }
 
 impl RedisServer {
@@ -27,8 +29,19 @@ impl RedisServer {
         Self::start_with(true)
     }
 
+    /// Starts a Redis Cluster node (not yet part of a cluster) on a free port whose cluster
+    /// bus port (port + 10000) is free too. Its node timeout is 1 s, so a failover takes
+    /// seconds.
+    pub fn start_cluster_node() -> anyhow::Result<Self> {
+        let port = cluster_port()?;
+        Self::start_on(port, false, true)
+    }
+
     fn start_with(persistent: bool) -> anyhow::Result<Self> {
-        let port = crate::free_port();
+        Self::start_on(crate::free_port(), persistent, false)
+    }
+
+    fn start_on(port: u16, persistent: bool, cluster_node: bool) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!("chorus-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let mut server = Self {
@@ -36,6 +49,7 @@ impl RedisServer {
             child: None,
             dir,
             persistent,
+            cluster_node,
         };
         server.spawn()?;
         Ok(server)
@@ -48,6 +62,11 @@ impl RedisServer {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Whether the server process is running (not stopped).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     /// Kills the server (SIGKILL) and waits for it to exit. The port stays reserved for
@@ -95,6 +114,25 @@ impl RedisServer {
             } else {
                 ["--appendonly", "no"].as_slice()
             })
+            .args(if self.cluster_node {
+                [
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "1000",
+                    // A replica may take over however recently it heard from its master,
+                    // and starts its first sync at once (not after the default 5 s).
+                    "--cluster-replica-validity-factor",
+                    "0",
+                    "--repl-diskless-sync-delay",
+                    "0",
+                ]
+                .as_slice()
+            } else {
+                [].as_slice()
+            })
             .arg("--dir")
             .arg(&self.dir)
             .stdout(Stdio::null())
@@ -120,6 +158,17 @@ impl RedisServer {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// A free loopback port below 55536 whose cluster bus port (+10000) is free as well.
+fn cluster_port() -> anyhow::Result<u16> {
+    for _ in 0..200 {
+        let port = crate::free_port();
+        if port < 55536 && std::net::TcpListener::bind(("127.0.0.1", port + 10000)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port pair (port, port + 10000) for a cluster node")
 }
 
 impl Drop for RedisServer {

@@ -28,8 +28,16 @@ impl RedisBus {
         // Replies are awaited within three quarters of the timeout, so that the whole call
         // (bounded by the timeout) answers with what arrived rather than failing.
         let deadline = Instant::now() + self.config.redis_timeout * 3 / 4;
-        self.with_conn("a control request", async |conn| {
-            let reached: usize = redis::cmd("PUBLISH")
+        self.with_blocking_conn("a control request", async |conn| {
+            // On a cluster the control channel is a sharded one: SPUBLISH counts the
+            // gateways subscribed on its shard, which is every gateway (plain PUBLISH would
+            // count only those connected to the node that took it).
+            let publish = if self.on_cluster() {
+                "SPUBLISH"
+            } else {
+                "PUBLISH"
+            };
+            let reached: usize = redis::cmd(publish)
                 .arg(keys::control())
                 .arg(&text)
                 .query_async(conn)

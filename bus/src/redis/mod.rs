@@ -3,6 +3,8 @@
 //!
 //! - [`connect`]: connection settings (keepalive, timeouts), the pool, and how Redis failures
 //!   read as [`BusError`]s;
+//! - [`cluster`]: the same bus on a Redis Cluster (`redis+cluster://` seeds): commands routed
+//!   by slot, publications on sharded pub/sub;
 //! - [`publish`]: the publish script and `publish`/`broadcast`/`position`/`check`;
 //! - [`subscriber`]: the per-node task that keeps Redis subscriptions equal to the wanted set
 //!   and hands envelopes to the node's sink;
@@ -13,6 +15,7 @@
 //! cancels them and waits for their clean-up (UNSUBSCRIBE, registry removal); dropping the link
 //! cancels them too, and they clean up on their own.
 
+pub mod cluster;
 mod connect;
 mod control;
 mod occupancy;
@@ -28,8 +31,10 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use redis::Script;
-use redis::aio::MultiplexedConnection;
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
 
+use cluster::Conn;
 use connect::Pool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -42,12 +47,26 @@ use crate::{BusConfig, BusError, BusSink, ChannelReady, ConnectionInfo, NodeInfo
 /// caller counts that gateway as not answering).
 const CONTROL_ANSWERS: usize = 256;
 
+/// How the bus reaches Redis for commands.
+enum Redis {
+    Single(Pool),
+    Cluster(Box<OnCluster>),
+}
+
+struct OnCluster {
+    client: ClusterClient,
+    /// The connection every non-blocking command shares, made on first use.
+    conn: tokio::sync::OnceCell<ClusterConnection>,
+    /// Connections for blocking commands, one caller each.
+    blocking: cluster::BlockingPool,
+}
+
 pub struct RedisBus {
     config: BusConfig,
     /// Connections for publishing, queries and the registry.
-    pool: Pool,
-    /// The client for subscriber connections (RESP3), one per attached node.
-    subscriber_client: redis::Client,
+    redis: Redis,
+    /// Where subscriber connections (RESP3, one per attached node) go.
+    subscriber_target: subscriber::Target,
     publish_script: Script,
     history_script: Script,
     lease_script: Script,
@@ -68,18 +87,39 @@ impl RedisBus {
         if config.node_lease < Duration::from_millis(30) {
             return Err(BusError::Config("node lease must be at least 30ms".into()));
         }
-        let info = connect::connection_info(config)?;
-        let subscriber_client = redis::Client::open(connect::resp3(&info))
-            .map_err(|e| BusError::Config(format!("redis connection settings: {e}")))?;
+        let (redis, subscriber_target) = match cluster::seeds(&config.redis_url) {
+            Some(seeds) => {
+                let seeds = seeds?;
+                let client = cluster::build(cluster::builder(config, &seeds)?)?;
+                (
+                    Redis::Cluster(Box::new(OnCluster {
+                        blocking: cluster::blocking_pool(config, client.clone())?,
+                        client,
+                        conn: tokio::sync::OnceCell::new(),
+                    })),
+                    subscriber::Target::Cluster(seeds),
+                )
+            }
+            None => {
+                let info = connect::connection_info(config)?;
+                let client = redis::Client::open(connect::resp3(&info))
+                    .map_err(|e| BusError::Config(format!("redis connection settings: {e}")))?;
+                (
+                    Redis::Single(connect::pool(config, info)?),
+                    subscriber::Target::Single(client),
+                )
+            }
+        };
+        let on_cluster = matches!(redis, Redis::Cluster(_));
         Ok(Self {
-            pool: connect::pool(config, info)?,
-            subscriber_client,
+            redis,
+            subscriber_target,
             config: config.clone(),
-            publish_script: publish::publish_script(),
+            publish_script: publish::publish_script(on_cluster),
             history_script: publish::history_script(),
             lease_script: registry::lease_script(),
             live_nodes_script: registry::live_nodes_script(),
-            presence_scripts: presence::Scripts::default(),
+            presence_scripts: presence::Scripts::new(on_cluster),
             occupancy_script: occupancy::occupancy_script(),
             apps: std::sync::OnceLock::new(),
             webhook_group_ready: AtomicBool::new(false),
@@ -104,20 +144,44 @@ impl RedisBus {
         Some((app.id.clone(), json))
     }
 
-    /// Runs `op` on a pooled connection. The whole of it, checkout included, is bounded by
-    /// `--redis-timeout`; running out of time is reported as unavailable, naming `what`.
+    /// Whether this bus runs on a Redis Cluster.
+    pub(crate) fn on_cluster(&self) -> bool {
+        matches!(self.redis, Redis::Cluster(_))
+    }
+
+    /// Runs `op` on a pooled connection (the cluster's connection on a cluster). The whole of
+    /// it, checkout included, is bounded by `--redis-timeout`; running out of time is
+    /// reported as unavailable, naming `what`.
     pub(crate) async fn with_conn<T>(
         &self,
         what: &str,
-        op: impl AsyncFnOnce(&mut MultiplexedConnection) -> Result<T, BusError>,
+        op: impl AsyncFnOnce(&mut Conn<'_>) -> Result<T, BusError>,
     ) -> Result<T, BusError> {
         let timeout = self.config.redis_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut pooled = tokio::time::timeout_at(deadline, self.pool.get())
+        let pool = match &self.redis {
+            Redis::Single(pool) => pool,
+            Redis::Cluster(on) => {
+                // The cluster connection reconnects and follows the slot map on its own; only
+                // its first connection is made here, and retried by the next caller if it
+                // fails.
+                let conn = tokio::time::timeout_at(
+                    deadline,
+                    on.conn.get_or_try_init(|| on.client.get_async_connection()),
+                )
+                .await
+                .map_err(|_| connect::timed_out(what, timeout))?
+                .map_err(|e| connect::redis_error(&e))?;
+                return tokio::time::timeout_at(deadline, op(&mut Conn::Cluster(conn.clone())))
+                    .await
+                    .unwrap_or_else(|_| Err(connect::timed_out(what, timeout)));
+            }
+        };
+        let mut pooled = tokio::time::timeout_at(deadline, pool.get())
             .await
             .map_err(|_| connect::timed_out(what, timeout))?
             .map_err(|e| connect::pool_error(e, timeout))?;
-        match tokio::time::timeout_at(deadline, op(&mut pooled.conn)).await {
+        match tokio::time::timeout_at(deadline, op(&mut Conn::Single(&mut pooled.conn))).await {
             Ok(result) => {
                 if matches!(result, Err(BusError::Unavailable(_))) {
                     // Connection trouble: the pool drops this connection instead of reusing it.
@@ -130,6 +194,31 @@ impl RedisBus {
                 Err(connect::timed_out(what, timeout))
             }
         }
+    }
+
+    /// Like [`RedisBus::with_conn`], for an operation that blocks on Redis (BLPOP, XREADGROUP
+    /// BLOCK): on a cluster it runs on a connection of its own (see
+    /// [`cluster::BlockingManager`]); a pooled connection is one caller's already.
+    pub(crate) async fn with_blocking_conn<T>(
+        &self,
+        what: &str,
+        op: impl AsyncFnOnce(&mut Conn<'_>) -> Result<T, BusError>,
+    ) -> Result<T, BusError> {
+        let Redis::Cluster(on) = &self.redis else {
+            return self.with_conn(what, op).await;
+        };
+        let timeout = self.config.redis_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let conn = tokio::time::timeout_at(deadline, on.blocking.get())
+            .await
+            .map_err(|_| connect::timed_out(what, timeout))?
+            .map_err(|e| match e {
+                deadpool::managed::PoolError::Backend(e) => connect::redis_error(&e),
+                other => BusError::Unavailable(format!("redis cluster pool: {other}")),
+            })?;
+        tokio::time::timeout_at(deadline, op(&mut Conn::Cluster(conn.clone())))
+            .await
+            .unwrap_or_else(|_| Err(connect::timed_out(what, timeout)))
     }
 
     /// Starts the node's subscriber and registry tasks. Must be called within a Tokio runtime.
@@ -147,7 +236,8 @@ impl RedisBus {
             answers_rx,
         );
         let subscriber_task = subscriber::Subscriber {
-            client: self.subscriber_client.clone(),
+            target: self.subscriber_target.clone(),
+            config: self.config.clone(),
             timeout: self.config.redis_timeout,
             canary_interval: self.config.canary_interval,
             node: node.id.clone(),
@@ -195,6 +285,9 @@ pub(crate) struct LinkState {
     pub(crate) subscriber_ready: AtomicBool,
     /// The last registry refresh succeeded.
     pub(crate) registry_ready: AtomicBool,
+    /// Why the subscriber's last connection was lost (which shard, on a cluster), until it is
+    /// back.
+    pub(crate) subscriber_lost: Mutex<Option<String>>,
 }
 
 pub struct RedisLink {
@@ -218,8 +311,22 @@ impl RedisLink {
     }
 
     pub(crate) fn is_ready(&self) -> bool {
-        self.state.subscriber_ready.load(Ordering::Acquire)
-            && self.state.registry_ready.load(Ordering::Acquire)
+        self.not_ready().is_none()
+    }
+
+    /// Why the link is not up (naming the Redis shard at fault when the subscriber knows it);
+    /// `None` when it is.
+    pub(crate) fn not_ready(&self) -> Option<String> {
+        if !self.state.subscriber_ready.load(Ordering::Acquire) {
+            return Some(match self.state.subscriber_lost.lock().as_deref() {
+                Some(reason) => format!("bus link down: {reason}"),
+                None => "bus link down".to_owned(),
+            });
+        }
+        if !self.state.registry_ready.load(Ordering::Acquire) {
+            return Some("bus link down: node registry not refreshed".to_owned());
+        }
+        None
     }
 
     pub(crate) fn connection_opened(&self, conn: ConnectionInfo) {

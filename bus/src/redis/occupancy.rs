@@ -25,10 +25,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::Script;
-use redis::aio::MultiplexedConnection;
 use tokio_util::sync::CancellationToken;
 
 use super::RedisBus;
+use super::cluster::Conn;
 use super::connect::redis_error;
 use crate::pusher::{WEBHOOK_QUEUE_MAX, WebhookEvent};
 use crate::wanted::Wanted;
@@ -150,7 +150,7 @@ impl RedisBus {
 
     async fn vacate_in(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Conn<'_>,
         node: &str,
         channel: &str,
     ) -> Result<(), BusError> {
@@ -171,25 +171,26 @@ impl RedisBus {
 
     async fn run_occupancy(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Conn<'_>,
         node: &str,
         channel: &str,
         occupied: bool,
         app: &str,
         event: &str,
     ) -> Result<(), BusError> {
-        let _queued: i64 = self
-            .occupancy_script
-            .key(keys::occupancy(channel))
-            .key(keys::webhooks())
+        let mut invocation = self.occupancy_script.key(keys::occupancy(channel));
+        self.webhook_stream(&mut invocation);
+        invocation
             .arg(node)
             .arg(if occupied { "1" } else { "0" })
             .arg(app)
             .arg(event)
-            .arg(WEBHOOK_QUEUE_MAX)
+            .arg(WEBHOOK_QUEUE_MAX);
+        let queued: i64 = invocation
             .invoke_async(conn)
             .await
             .map_err(|e| redis_error(&e))?;
+        self.queue_due_webhook(conn, queued, app, event).await;
         Ok(())
     }
 

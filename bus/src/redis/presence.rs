@@ -23,10 +23,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
 use redis::{Script, Value};
 
 use super::RedisBus;
+use super::cluster::Conn;
 use super::connect::redis_error;
 use crate::presence::{Member, StoredEntry, announcement_bytes, index_field, split_index_field};
 use crate::pusher::{WEBHOOK_QUEUE_MAX, WebhookEvent};
@@ -39,8 +39,8 @@ pub(crate) const REAP_EVERY: Duration = Duration::from_millis(500);
 /// Entries read per HSCAN step when reaping or rewriting.
 const SCAN_COUNT: usize = 500;
 
-const JOIN_LUA: &str = include_str!("lua/join.lua");
-const LEAVE_LUA: &str = include_str!("lua/leave.lua");
+pub(crate) const JOIN_LUA: &str = include_str!("lua/join.lua");
+pub(crate) const LEAVE_LUA: &str = include_str!("lua/leave.lua");
 const DEAD_NODES_LUA: &str = include_str!("lua/dead_nodes.lua");
 
 pub(crate) struct Scripts {
@@ -49,11 +49,19 @@ pub(crate) struct Scripts {
     dead_nodes: Script,
 }
 
-impl Default for Scripts {
-    fn default() -> Self {
+impl Scripts {
+    /// The scripts for one Redis, or for a cluster (announcing on sharded pub/sub).
+    pub(crate) fn new(on_cluster: bool) -> Self {
+        let text = |source: &str| {
+            if on_cluster {
+                super::cluster::sharded_script(source)
+            } else {
+                source.to_owned()
+            }
+        };
         Self {
-            join: Script::new(JOIN_LUA),
-            leave: Script::new(LEAVE_LUA),
+            join: Script::new(&text(JOIN_LUA)),
+            leave: Script::new(&text(LEAVE_LUA)),
             dead_nodes: Script::new(DEAD_NODES_LUA),
         }
     }
@@ -102,7 +110,7 @@ impl RedisBus {
 
     async fn read_presence(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Conn<'_>,
         channel: &str,
     ) -> Result<(Vec<Member>, Vec<(Member, bool)>), BusError> {
         let mut invocation = self.live_nodes_script.key(keys::nodes());
@@ -137,7 +145,7 @@ impl RedisBus {
     /// Adds `member` to `channel`'s presence for `node`, announcing it if `announce`.
     pub(crate) async fn join_in(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Conn<'_>,
         node: &str,
         channel: &str,
         member: &Member,
@@ -173,25 +181,25 @@ impl RedisBus {
                 }
             })
             .unwrap_or_default();
-        let added: i64 = self
-            .presence_scripts
-            .join
-            .key(keys::presence(channel))
-            .key(keys::webhooks())
+        let mut invocation = self.presence_scripts.join.key(keys::presence(channel));
+        self.webhook_stream(&mut invocation);
+        invocation
             .arg(&member.client)
             .arg(&entry)
             .arg(max)
             .arg(envelope)
             .arg(keys::pubsub(channel))
-            .arg(app)
-            .arg(event)
+            .arg(&app)
+            .arg(&event)
             .arg(&member.user)
-            .arg(WEBHOOK_QUEUE_MAX)
+            .arg(WEBHOOK_QUEUE_MAX);
+        let added: i64 = invocation
             .invoke_async(conn)
             .await
             .map_err(|e| redis_error(&e))?;
+        self.queue_due_webhook(conn, added, &app, &event).await;
         Ok(match added {
-            1 => Joined::Added,
+            1 | 2 => Joined::Added,
             0 => Joined::Refreshed,
             _ => {
                 // Not in the channel: not in the index either.
@@ -209,7 +217,7 @@ impl RedisBus {
     /// there. Does not touch any node's index.
     pub(crate) async fn leave_in(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Conn<'_>,
         channel: &str,
         member: &Member,
         announce: bool,
@@ -227,28 +235,28 @@ impl RedisBus {
                 }
             })
             .unwrap_or_default();
-        let removed: i64 = self
-            .presence_scripts
-            .leave
-            .key(keys::presence(channel))
-            .key(keys::webhooks())
+        let mut invocation = self.presence_scripts.leave.key(keys::presence(channel));
+        self.webhook_stream(&mut invocation);
+        invocation
             .arg(&member.client)
             .arg(envelope)
             .arg(keys::pubsub(channel))
-            .arg(app)
-            .arg(event)
+            .arg(&app)
+            .arg(&event)
             .arg(&member.user)
-            .arg(WEBHOOK_QUEUE_MAX)
+            .arg(WEBHOOK_QUEUE_MAX);
+        let removed: i64 = invocation
             .invoke_async(conn)
             .await
             .map_err(|e| redis_error(&e))?;
-        Ok(removed == 1)
+        self.queue_due_webhook(conn, removed, &app, &event).await;
+        Ok(removed >= 1)
     }
 
     /// Removes `member` from `channel` and from `node`'s index.
     pub(crate) async fn leave_node_entry(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Conn<'_>,
         node: &str,
         channel: &str,
         member: &Member,
@@ -264,10 +272,7 @@ impl RedisBus {
     }
 
     /// Nodes whose lease ran out within the reaping window.
-    pub(crate) async fn dead_nodes(
-        &self,
-        conn: &mut MultiplexedConnection,
-    ) -> Result<Vec<String>, BusError> {
+    pub(crate) async fn dead_nodes(&self, conn: &mut Conn<'_>) -> Result<Vec<String>, BusError> {
         let mut invocation = self.presence_scripts.dead_nodes.key(keys::nodes());
         invocation.arg(self.window_ms());
         invocation
@@ -279,7 +284,7 @@ impl RedisBus {
     /// Claims a dead node for reaping by `me`; false when another node holds the claim.
     pub(crate) async fn claim_reap(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Conn<'_>,
         dead: &str,
         me: &str,
     ) -> Result<bool, BusError> {
@@ -318,7 +323,7 @@ impl RedisBus {
     /// how many presence entries it removed.
     async fn clear_chunk(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Conn<'_>,
         node: &str,
     ) -> Result<(usize, usize), BusError> {
         let index = keys::node_presence(node);
@@ -385,7 +390,7 @@ impl RedisBus {
     /// The entries `node`'s index holds in Redis, by index field.
     pub(crate) async fn node_index(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Conn<'_>,
         node: &str,
     ) -> Result<HashMap<String, String>, BusError> {
         redis::cmd("HGETALL")

@@ -34,6 +34,7 @@ use prost::Message;
 use redis::{Pipeline, Script, ServerErrorKind, Value};
 
 use super::RedisBus;
+use super::cluster::Conn;
 use super::connect::redis_error;
 use crate::namespaces::{NamespaceRules, Namespaces};
 use crate::{
@@ -57,8 +58,12 @@ pub(crate) const PUBLISH_LUA: &str = include_str!("lua/publish.lua");
 /// `more` is '1' when the byte bound stopped the read before the count did.
 pub(crate) const HISTORY_LUA: &str = include_str!("lua/history.lua");
 
-pub(crate) fn publish_script() -> Script {
-    Script::new(PUBLISH_LUA)
+pub(crate) fn publish_script(on_cluster: bool) -> Script {
+    if on_cluster {
+        Script::new(&super::cluster::sharded_script(PUBLISH_LUA))
+    } else {
+        Script::new(PUBLISH_LUA)
+    }
 }
 
 pub(crate) fn history_script() -> Script {
@@ -274,7 +279,7 @@ impl RedisBus {
     /// did not execute, so nothing is published twice.
     async fn run_publishes(
         &self,
-        conn: &mut redis::aio::MultiplexedConnection,
+        conn: &mut Conn<'_>,
         pending: &[(usize, redis::Cmd)],
     ) -> Result<Vec<Result<Published, BusError>>, BusError> {
         let mut pipe = Pipeline::with_capacity(pending.len());
@@ -385,7 +390,7 @@ mod tests {
                 .unwrap();
         }
         let body = envelope_without_position("t", Bytes::from_static(b"payload"), "c9".into());
-        let value: Value = publish_script()
+        let value: Value = publish_script(false)
             .key(keys::meta("t"))
             .key(keys::history("t"))
             .key(keys::meta("t"))

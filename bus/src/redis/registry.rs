@@ -27,6 +27,7 @@ use redis::{Script, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::cluster::Conn;
 use super::connect::redis_error;
 use super::presence::Joined;
 use super::{LinkState, RedisBus};
@@ -254,10 +255,7 @@ impl Registry {
         }
     }
 
-    async fn try_refresh(
-        &self,
-        conn: &mut redis::aio::MultiplexedConnection,
-    ) -> Result<(), BusError> {
+    async fn try_refresh(&self, conn: &mut Conn<'_>) -> Result<(), BusError> {
         let lease_ms = self.lease().as_millis() as u64;
         // The description first, so a reader never sees a live node without it.
         let node_key = keys::node(&self.node.id);
@@ -321,10 +319,7 @@ impl Registry {
     /// node does not are removed (their leaves announced), and every entry the node holds is
     /// written again (announced only if Redis had lost it: a reaper removed it while this node
     /// could not renew its lease, or Redis restarted).
-    async fn reconcile_presence(
-        &self,
-        conn: &mut redis::aio::MultiplexedConnection,
-    ) -> Result<(), BusError> {
+    async fn reconcile_presence(&self, conn: &mut Conn<'_>) -> Result<(), BusError> {
         let node = &self.node.id;
         let in_redis = self.bus.node_index(conn, node).await?;
         let held: Vec<(String, NodeEntry)> = self
@@ -387,7 +382,7 @@ impl Registry {
     /// Replaces the connections hash with the in-memory map, atomically.
     async fn rewrite_connections(
         &self,
-        conn: &mut redis::aio::MultiplexedConnection,
+        conn: &mut Conn<'_>,
         lease_ms: u64,
     ) -> Result<(), BusError> {
         let key = keys::node_connections(&self.node.id);
@@ -494,10 +489,7 @@ impl RedisBus {
             .await
     }
 
-    async fn try_nodes(
-        &self,
-        conn: &mut redis::aio::MultiplexedConnection,
-    ) -> Result<Vec<NodeInfo>, BusError> {
+    async fn try_nodes(&self, conn: &mut Conn<'_>) -> Result<Vec<NodeInfo>, BusError> {
         let mut ids: Vec<String> = self
             .live_nodes_script
             .key(keys::nodes())

@@ -24,26 +24,39 @@
 //! the sink hears `resubscribed` for each batch Redis confirms again — the gateway's cue to
 //! recover the gap from history.
 //!
+//! On a Redis Cluster the same task holds one cluster connection (one socket per master, made
+//! by the crate) and uses sharded pub/sub: channels are SSUBSCRIBEd a slot at a time, each on
+//! the master that owns it. When a slot moves, its master drops those subscriptions with an
+//! `sunsubscribe` push; the task marks just those channels lost and subscribes them again
+//! (now on the new owner), and the gateway recovers their gap from history. A lost socket to
+//! any master reads as a lost connection, as on one Redis.
+//!
 //! Why a canary: a PING proves the socket, not delivery. Every `--canary-interval` the task
 //! PUBLISHes a numbered canary on the node's own canary channel (to which this connection is
 //! subscribed) and expects it back through the push path within `--redis-timeout`. When it
 //! does not come, the connection is treated as lost: readiness drops, and the reconnect
 //! rebuilds every subscription and recovers the gap. With the canary off, a plain PING guards
-//! against half-open sockets instead.
+//! against half-open sockets instead. On a cluster there is one canary channel per master
+//! (a name whose slot that master serves), so each shard's delivery path is proven, and a
+//! canary that does not come back names its shard in the readiness reason.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use std::time::Instant;
 
+use futures::future::join_all;
+use parking_lot::Mutex;
 use redis::aio::MultiplexedConnection;
-use redis::{PushInfo, PushKind, Value};
+use redis::cluster_async::ClusterConnection;
+use redis::{PushInfo, PushKind, RedisResult, Value};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::LinkState;
+use super::cluster;
 use super::connect::async_config;
 use crate::control::ControlRequest;
 use crate::wanted::Wanted;
@@ -59,8 +72,16 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Payloads on Chorus's pub/sub channels that were not envelopes, across all links.
 static UNDECODABLE: AtomicU64 = AtomicU64::new(0);
 
+/// Where a subscriber connects: one server, or a cluster by its seed nodes.
+#[derive(Clone)]
+pub(crate) enum Target {
+    Single(redis::Client),
+    Cluster(Vec<String>),
+}
+
 pub(crate) struct Subscriber {
-    pub(crate) client: redis::Client,
+    pub(crate) target: Target,
+    pub(crate) config: crate::BusConfig,
     pub(crate) timeout: Duration,
     /// 0: no canary, PING instead.
     pub(crate) canary_interval: Duration,
@@ -73,6 +94,94 @@ pub(crate) struct Subscriber {
     pub(crate) cancel: CancellationToken,
 }
 
+/// A channel a canary travels on, and the cluster master it proves (`None` on one Redis).
+struct Canary {
+    channel: String,
+    shard: Option<String>,
+}
+
+/// What the push sender reports to the session: canaries seen, the connection lost, and
+/// channels whose subscription a cluster master dropped (their slot moved).
+#[derive(Default)]
+struct Pushed {
+    lost: Notify,
+    /// The highest canary number seen back, per canary.
+    canary_seen: Mutex<Vec<u64>>,
+    canary_back: Notify,
+    dropped: Mutex<Vec<String>>,
+    dropped_any: Notify,
+}
+
+/// The subscriber's connection: to one server (plain pub/sub) or to a cluster (sharded).
+enum Link {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl Link {
+    /// Subscribes pub/sub channels; on a cluster, one SSUBSCRIBE per slot, concurrently.
+    async fn subscribe(&mut self, names: &[String]) -> RedisResult<()> {
+        match self {
+            Link::Single(c) => c.subscribe(names).await,
+            Link::Cluster(c) => {
+                let each = by_slot(names).into_values().map(|group| {
+                    let mut c = c.clone();
+                    async move { c.ssubscribe(group).await }
+                });
+                join_all(each).await.into_iter().collect()
+            }
+        }
+    }
+
+    async fn unsubscribe(&mut self, names: &[String]) -> RedisResult<()> {
+        match self {
+            Link::Single(c) => c.unsubscribe(names).await,
+            Link::Cluster(c) => {
+                let each = by_slot(names).into_values().map(|group| {
+                    let mut c = c.clone();
+                    async move { c.sunsubscribe(group).await }
+                });
+                join_all(each).await.into_iter().collect()
+            }
+        }
+    }
+
+    async fn publish(&mut self, channel: &str, payload: u64) -> RedisResult<Value> {
+        match self {
+            Link::Single(c) => {
+                redis::cmd("PUBLISH")
+                    .arg(channel)
+                    .arg(payload)
+                    .query_async(c)
+                    .await
+            }
+            Link::Cluster(c) => {
+                redis::cmd("SPUBLISH")
+                    .arg(channel)
+                    .arg(payload)
+                    .query_async(c)
+                    .await
+            }
+        }
+    }
+
+    async fn ping(&mut self) -> RedisResult<Value> {
+        match self {
+            Link::Single(c) => redis::cmd("PING").query_async(c).await,
+            Link::Cluster(c) => redis::cmd("PING").query_async(c).await,
+        }
+    }
+}
+
+/// Pub/sub channel names grouped by cluster slot (one SSUBSCRIBE may name only one slot).
+fn by_slot(names: &[String]) -> HashMap<u16, Vec<&String>> {
+    let mut groups: HashMap<u16, Vec<&String>> = HashMap::new();
+    for name in names {
+        groups.entry(cluster::slot(name)).or_default().push(name);
+    }
+    groups
+}
+
 /// Why a session with Redis ended.
 enum End {
     Cancelled,
@@ -82,15 +191,20 @@ enum End {
 impl Subscriber {
     pub(crate) async fn run(self) {
         let mut backoff = Backoff::default();
+        // The last session's canaries: on a cluster, the masters to name when one fails.
+        let canaries = Arc::new(Mutex::new(Vec::new()));
         loop {
-            match self.session(&mut backoff).await {
+            match self.session(&mut backoff, &canaries).await {
                 End::Cancelled => break,
                 End::Lost(reason) => {
                     crate::metrics::redis_reconnect();
                     // Pending first: whoever sees "not ready" must not find a stale "live".
                     self.wanted.mark_all_pending();
                     self.state.subscriber_ready.store(false, Ordering::Release);
+                    *self.state.subscriber_lost.lock() = Some(reason.clone());
                     self.sink.link_lost(&|_| true);
+                    let reason = self.name_unreachable(reason, &canaries).await;
+                    *self.state.subscriber_lost.lock() = Some(reason.clone());
                     let delay = backoff.next_delay();
                     tracing::warn!(node = %self.node, %reason, retry_in = ?delay,
                         "redis subscriber connection lost");
@@ -105,42 +219,126 @@ impl Subscriber {
         tracing::debug!(node = %self.node, "redis subscriber stopped");
     }
 
+    /// `reason`, with the cluster masters of the last session that do not accept a TCP
+    /// connection named: the crate reports a lost socket without saying which.
+    async fn name_unreachable(&self, reason: String, canaries: &Mutex<Vec<Canary>>) -> String {
+        let shards: Vec<String> = canaries
+            .lock()
+            .iter()
+            .filter_map(|c| c.shard.clone())
+            .collect();
+        let probes = shards.iter().map(|shard| async move {
+            let connect = tokio::net::TcpStream::connect(shard.as_str());
+            match tokio::time::timeout(self.timeout, connect).await {
+                Ok(Ok(_)) => None,
+                _ => Some(shard.as_str()),
+            }
+        });
+        let down: Vec<&str> = join_all(probes).await.into_iter().flatten().collect();
+        if down.is_empty() {
+            reason
+        } else {
+            format!("{reason}; redis shard {} unreachable", down.join(", "))
+        }
+    }
+
+    /// Connects to the target, with the push sender attached.
+    async fn connect(
+        &self,
+        pushed: &Arc<Pushed>,
+        canaries: &Arc<Mutex<Vec<Canary>>>,
+    ) -> Result<Link, String> {
+        let handler = self.push_handler(pushed.clone(), canaries.clone());
+        let connecting = async {
+            match &self.target {
+                Target::Single(client) => {
+                    let config = async_config(self.timeout).set_push_sender(handler);
+                    client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await
+                        .map(Link::Single)
+                }
+                Target::Cluster(seeds) => {
+                    let builder = cluster::builder(&self.config, seeds)
+                        .map_err(|e| {
+                            redis::RedisError::from((
+                                redis::ErrorKind::InvalidClientConfig,
+                                "cluster settings",
+                                e.to_string(),
+                            ))
+                        })?
+                        .use_protocol(redis::ProtocolVersion::RESP3)
+                        .push_sender(handler);
+                    let client = builder.build()?;
+                    client.get_async_connection().await.map(Link::Cluster)
+                }
+            }
+        };
+        match tokio::time::timeout(self.timeout, connecting).await {
+            Ok(Ok(link)) => Ok(link),
+            Ok(Err(e)) => Err(super::connect::redis_error(&e).to_string()),
+            Err(_) => Err(format!("no connection within {:?}", self.timeout)),
+        }
+    }
+
+    /// The canaries of this connection: the node's one channel on one Redis; on a cluster,
+    /// one per master, on a channel whose slot that master serves.
+    async fn canaries(&self, link: &mut Link) -> Result<Vec<Canary>, String> {
+        match link {
+            Link::Single(_) => Ok(vec![Canary {
+                channel: keys::canary(&self.node),
+                shard: None,
+            }]),
+            Link::Cluster(c) => {
+                let masters = tokio::time::timeout(self.timeout, cluster::masters(c))
+                    .await
+                    .map_err(|_| format!("CLUSTER SLOTS not answered within {:?}", self.timeout))?
+                    .map_err(|e| format!("CLUSTER SLOTS failed: {e}"))?;
+                masters
+                    .into_iter()
+                    .map(|(shard, ranges)| {
+                        let channel = cluster::canary_on(&self.node, &ranges).ok_or_else(|| {
+                            format!("no canary channel lands on redis shard {shard}")
+                        })?;
+                        Ok(Canary {
+                            channel,
+                            shard: Some(shard),
+                        })
+                    })
+                    .collect()
+            }
+        }
+    }
+
     /// One connection's life: connect, subscribe the wanted set, then follow changes until
     /// the connection fails or the link is cancelled.
-    async fn session(&self, backoff: &mut Backoff) -> End {
-        let lost = Arc::new(Notify::new());
-        let canary_seen = Arc::new(AtomicU64::new(0));
-        let canary_back = Arc::new(Notify::new());
-        let config = async_config(self.timeout).set_push_sender(self.push_handler(
-            lost.clone(),
-            canary_seen.clone(),
-            canary_back.clone(),
-        ));
-        let connect = self
-            .client
-            .get_multiplexed_async_connection_with_config(&config);
+    async fn session(&self, backoff: &mut Backoff, canaries: &Arc<Mutex<Vec<Canary>>>) -> End {
+        let pushed = Arc::new(Pushed::default());
         let mut conn = tokio::select! {
             _ = self.cancel.cancelled() => return End::Cancelled,
-            result = tokio::time::timeout(self.timeout, connect) => match result {
-                Ok(Ok(conn)) => conn,
-                Ok(Err(e)) => return End::Lost(super::connect::redis_error(&e).to_string()),
-                Err(_) => return End::Lost(format!("no connection within {:?}", self.timeout)),
+            link = self.connect(&pushed, canaries) => match link {
+                Ok(link) => link,
+                Err(reason) => return End::Lost(reason),
             },
         };
         let mut subscribed = HashSet::new();
-        let canary_channel = keys::canary(&self.node);
         let canary_on = !self.canary_interval.is_zero();
-        if let Err(reason) = self
-            .bounded("SUBSCRIBE", conn.subscribe(keys::control()))
-            .await
-        {
-            return End::Lost(reason);
+        let mut fixed = vec![keys::control()];
+        if canary_on {
+            let found = tokio::select! {
+                _ = self.cancel.cancelled() => return End::Cancelled,
+                found = self.canaries(&mut conn) => found,
+            };
+            match found {
+                Ok(found) => {
+                    fixed.extend(found.iter().map(|c| c.channel.clone()));
+                    *pushed.canary_seen.lock() = vec![0; found.len()];
+                    *canaries.lock() = found;
+                }
+                Err(reason) => return End::Lost(reason),
+            }
         }
-        if canary_on
-            && let Err(reason) = self
-                .bounded("SUBSCRIBE", conn.subscribe(&canary_channel))
-                .await
-        {
+        if let Err(reason) = self.bounded("SUBSCRIBE", conn.subscribe(&fixed)).await {
             return End::Lost(reason);
         }
         if let Err(reason) = self.reconcile(&mut conn, &mut subscribed).await {
@@ -154,7 +352,7 @@ impl Subscriber {
         // connection: delivery proven, not just a socket.
         let mut proven = !canary_on;
         if proven {
-            self.state.subscriber_ready.store(true, Ordering::Release);
+            self.ready();
         }
         backoff.reset();
         tracing::info!(node = %self.node, channels = subscribed.len(), "redis subscriber connected");
@@ -171,6 +369,11 @@ impl Subscriber {
         // The canary in flight: its number and when it was sent.
         let mut canary: Option<(u64, Instant)> = None;
         let mut canary_next = 0u64;
+        // Which canaries have not come back with number `n` yet.
+        let missing = |n: u64| -> Vec<usize> {
+            let seen = pushed.canary_seen.lock();
+            (0..seen.len()).filter(|&i| seen[i] < n).collect()
+        };
         loop {
             tokio::select! {
                 biased;
@@ -178,11 +381,21 @@ impl Subscriber {
                     self.unsubscribe_all(&mut conn, &subscribed).await;
                     return End::Cancelled;
                 }
-                _ = lost.notified() => return End::Lost("connection closed".into()),
-                _ = canary_back.notified(), if !proven => {
-                    if canary.is_some_and(|(n, _)| canary_seen.load(Ordering::Acquire) >= n) {
+                _ = pushed.lost.notified() => return End::Lost("connection closed".into()),
+                _ = pushed.dropped_any.notified() => {
+                    let dropped = std::mem::take(&mut *pushed.dropped.lock());
+                    if dropped.iter().any(|c| fixed.contains(c)) {
+                        return End::Lost("the control or canary channel moved to another shard".into());
+                    }
+                    self.resubscribe_moved(&dropped, &mut subscribed);
+                    if let Err(reason) = self.reconcile(&mut conn, &mut subscribed).await {
+                        return End::Lost(reason);
+                    }
+                }
+                _ = pushed.canary_back.notified(), if !proven => {
+                    if canary.is_some_and(|(n, _)| missing(n).is_empty()) {
                         proven = true;
-                        self.state.subscriber_ready.store(true, Ordering::Release);
+                        self.ready();
                         tracing::debug!(node = %self.node, "canary delivered; link ready");
                     }
                 }
@@ -193,45 +406,84 @@ impl Subscriber {
                 }
                 _ = ping.tick() => {
                     if !canary_on {
-                        let ping = redis::cmd("PING");
-                        match tokio::time::timeout(self.timeout, ping.query_async::<Value>(&mut conn)).await {
+                        match tokio::time::timeout(self.timeout, conn.ping()).await {
                             Ok(Ok(_)) => {}
                             Ok(Err(e)) => return End::Lost(format!("PING failed: {e}")),
                             Err(_) => return End::Lost(format!("no PONG within {:?}", self.timeout)),
                         }
                         continue;
                     }
-                    if let Some((n, sent)) = canary
-                        && canary_seen.load(Ordering::Acquire) < n
-                    {
-                        if sent.elapsed() >= self.timeout {
-                            return End::Lost(format!(
-                                "canary {n} not delivered within {:?}", self.timeout
-                            ));
+                    if let Some((n, sent)) = canary {
+                        let missing = missing(n);
+                        if !missing.is_empty() {
+                            if sent.elapsed() >= self.timeout {
+                                let canaries = canaries.lock();
+                                let shards: Vec<&str> = missing
+                                    .iter()
+                                    .filter_map(|&i| canaries.get(i)?.shard.as_deref())
+                                    .collect();
+                                return End::Lost(if shards.is_empty() {
+                                    format!("canary {n} not delivered within {:?}", self.timeout)
+                                } else {
+                                    format!(
+                                        "canary {n} not delivered within {:?} by redis shard {}",
+                                        self.timeout,
+                                        shards.join(", ")
+                                    )
+                                });
+                            }
+                            continue;
                         }
-                        continue;
                     }
                     canary_next += 1;
-                    let mut cmd = redis::cmd("PUBLISH");
-                    cmd.arg(&canary_channel).arg(canary_next);
-                    let publish = cmd.query_async::<Value>(&mut conn);
-                    match tokio::time::timeout(self.timeout, publish).await {
-                        Ok(Ok(_)) => canary = Some((canary_next, Instant::now())),
-                        Ok(Err(e)) => return End::Lost(format!("canary PUBLISH failed: {e}")),
-                        Err(_) => return End::Lost(format!(
-                            "canary PUBLISH not answered within {:?}", self.timeout
-                        )),
+                    let channels: Vec<String> =
+                        canaries.lock().iter().map(|c| c.channel.clone()).collect();
+                    for channel in &channels {
+                        let publish = conn.publish(channel, canary_next);
+                        match tokio::time::timeout(self.timeout, publish).await {
+                            Ok(Ok(_)) => {}
+                            Ok(Err(e)) => return End::Lost(format!("canary PUBLISH failed: {e}")),
+                            Err(_) => return End::Lost(format!(
+                                "canary PUBLISH not answered within {:?}", self.timeout
+                            )),
+                        }
                     }
+                    canary = Some((canary_next, Instant::now()));
                 }
             }
         }
+    }
+
+    fn ready(&self) {
+        *self.state.subscriber_lost.lock() = None;
+        self.state.subscriber_ready.store(true, Ordering::Release);
+    }
+
+    /// Channels whose subscription a cluster master dropped (their slot moved): no longer
+    /// subscribed, not live, and lost to the sink until the next reconcile subscribes them on
+    /// their new shard. Channels no longer wanted were dropped by our own SUNSUBSCRIBE.
+    fn resubscribe_moved(&self, dropped: &[String], subscribed: &mut HashSet<String>) {
+        let moved: HashSet<&str> = dropped
+            .iter()
+            .filter_map(|name| keys::channel_of_pubsub(name))
+            .filter(|c| self.wanted.contains(c) && subscribed.remove(*c))
+            .collect();
+        if moved.is_empty() {
+            return;
+        }
+        for channel in &moved {
+            self.wanted.mark_pending(channel);
+        }
+        tracing::info!(node = %self.node, channels = moved.len(),
+            "redis cluster moved subscribed channels; subscribing them on their new shard");
+        self.sink.link_lost(&|c| moved.contains(c));
     }
 
     /// Makes Redis's subscriptions on this connection equal to the wanted set, and marks each
     /// wanted channel live once Redis confirmed it. Stops early (without error) when cancelled.
     async fn reconcile(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Link,
         subscribed: &mut HashSet<String>,
     ) -> Result<(), String> {
         let snapshot = self.wanted.snapshot();
@@ -295,11 +547,7 @@ impl Subscriber {
     }
 
     /// On detach: leave Redis with no subscriptions of ours, within the timeout.
-    async fn unsubscribe_all(
-        &self,
-        conn: &mut MultiplexedConnection,
-        subscribed: &HashSet<String>,
-    ) {
+    async fn unsubscribe_all(&self, conn: &mut Link, subscribed: &HashSet<String>) {
         if subscribed.is_empty() {
             return;
         }
@@ -322,31 +570,46 @@ impl Subscriber {
     /// The push sender: runs on the connection's reader for every push value. Never waits.
     fn push_handler(
         &self,
-        lost: Arc<Notify>,
-        canary_seen: Arc<AtomicU64>,
-        canary_back: Arc<Notify>,
+        pushed: Arc<Pushed>,
+        canaries: Arc<Mutex<Vec<Canary>>>,
     ) -> impl Fn(PushInfo) -> Result<(), Infallible> + Send + Sync + 'static {
         let wanted = self.wanted.clone();
         let sink = self.sink.clone();
         let node = self.node.clone();
-        let canary_channel = keys::canary(&self.node).into_bytes();
         let control_channel = keys::control().into_bytes();
         let answers = self.answers.clone();
         move |push: PushInfo| {
             match push.kind {
-                PushKind::Message if is_on(&push.data, &control_channel) => {
-                    control(&node, sink.as_ref(), &answers, push.data);
-                }
-                PushKind::Message if is_on(&push.data, &canary_channel) => {
-                    if let Some(Value::BulkString(n)) = push.data.get(1)
-                        && let Some(n) = std::str::from_utf8(n).ok().and_then(|n| n.parse().ok())
+                PushKind::Message | PushKind::SMessage => {
+                    if is_on(&push.data, &control_channel) {
+                        control(&node, sink.as_ref(), &answers, push.data);
+                    } else if let Some(i) = canaries
+                        .lock()
+                        .iter()
+                        .position(|c| is_on(&push.data, c.channel.as_bytes()))
                     {
-                        canary_seen.fetch_max(n, Ordering::AcqRel);
-                        canary_back.notify_one();
+                        if let Some(Value::BulkString(n)) = push.data.get(1)
+                            && let Some(n) = std::str::from_utf8(n)
+                                .ok()
+                                .and_then(|n| n.parse::<u64>().ok())
+                            && let Some(seen) = pushed.canary_seen.lock().get_mut(i)
+                        {
+                            *seen = (*seen).max(n);
+                            pushed.canary_back.notify_one();
+                        }
+                    } else {
+                        deliver(&node, &wanted, sink.as_ref(), push.data);
                     }
                 }
-                PushKind::Message => deliver(&node, &wanted, sink.as_ref(), push.data),
-                PushKind::Disconnection => lost.notify_one(),
+                PushKind::SUnsubscribe => {
+                    if let Some(Value::BulkString(name)) = push.data.first()
+                        && let Ok(name) = std::str::from_utf8(name)
+                    {
+                        pushed.dropped.lock().push(name.to_owned());
+                        pushed.dropped_any.notify_one();
+                    }
+                }
+                PushKind::Disconnection => pushed.lost.notify_one(),
                 _ => {}
             }
             Ok(())

@@ -11,13 +11,28 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use redis::Value;
-use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 
 use super::RedisBus;
+use super::cluster::Conn;
 use super::connect::redis_error;
 use crate::pusher::{WEBHOOK_QUEUE_MAX, WebhookEvent, WebhookRecord};
 use crate::{BusError, keys};
+
+/// The XADD that appends one event of `app` to the queue, trimmed to its bound.
+fn queue_command(app: &str, event: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(keys::webhooks())
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(WEBHOOK_QUEUE_MAX)
+        .arg("*")
+        .arg("a")
+        .arg(app)
+        .arg("e")
+        .arg(event);
+    cmd
+}
 
 /// How long an entry may stay taken by a reader before another reader claims it.
 pub(crate) const CLAIM_IDLE: Duration = Duration::from_secs(60);
@@ -26,21 +41,40 @@ impl RedisBus {
     /// Appends one event of `app` to the queue.
     pub(crate) async fn queue_webhook(&self, app: &str, event: &str) -> Result<(), BusError> {
         self.with_conn("queueing a webhook", async |conn| {
-            redis::cmd("XADD")
-                .arg(keys::webhooks())
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(WEBHOOK_QUEUE_MAX)
-                .arg("*")
-                .arg("a")
-                .arg(app)
-                .arg("e")
-                .arg(event)
+            queue_command(app, event)
                 .exec_async(conn)
                 .await
                 .map_err(|e| redis_error(&e))
         })
         .await
+    }
+
+    /// Gives a webhook-queueing script (`join.lua`, `leave.lua`, `occupancy.lua`) the stream
+    /// as its second key, except on a cluster: the stream lives on another shard than the
+    /// channel's keys, so the script answers 2 when an event is due and
+    /// [`RedisBus::queue_due_webhook`] queues it.
+    pub(crate) fn webhook_stream(&self, invocation: &mut redis::ScriptInvocation<'_>) {
+        if !self.on_cluster() {
+            invocation.key(keys::webhooks());
+        }
+    }
+
+    /// Queues the event a script left due (its reply was 2). On a cluster this is a second
+    /// step, so a failure here loses that one event: it is logged, and the change the script
+    /// made stands.
+    pub(crate) async fn queue_due_webhook(
+        &self,
+        conn: &mut Conn<'_>,
+        reply: i64,
+        app: &str,
+        event: &str,
+    ) {
+        if reply != 2 {
+            return;
+        }
+        if let Err(e) = queue_command(app, event).exec_async(conn).await {
+            tracing::warn!(app, error = %e, "queueing a webhook event failed; it is lost");
+        }
     }
 
     /// Up to `count` events for `consumer`: first any a crashed reader left taken for
@@ -53,7 +87,7 @@ impl RedisBus {
     ) -> Result<Vec<WebhookRecord>, BusError> {
         // The wait must end within the operation's deadline.
         let block = block.min(self.config.redis_timeout / 2);
-        self.with_conn("reading webhooks", async |conn| {
+        self.with_blocking_conn("reading webhooks", async |conn| {
             if !self.webhook_group_ready.load(Ordering::Acquire) {
                 create_group(conn).await?;
                 self.webhook_group_ready.store(true, Ordering::Release);
@@ -113,7 +147,7 @@ impl RedisBus {
     }
 }
 
-async fn ack(conn: &mut MultiplexedConnection, ids: &[String]) -> Result<(), BusError> {
+async fn ack(conn: &mut Conn<'_>, ids: &[String]) -> Result<(), BusError> {
     redis::pipe()
         .cmd("XACK")
         .arg(keys::webhooks())
@@ -131,7 +165,7 @@ async fn ack(conn: &mut MultiplexedConnection, ids: &[String]) -> Result<(), Bus
 
 /// Ends the entries that do not read as webhook events (nothing could ever deliver them).
 async fn drop_unreadable(
-    conn: &mut MultiplexedConnection,
+    conn: &mut Conn<'_>,
     (good, bad): (Vec<WebhookRecord>, Vec<String>),
 ) -> Result<Vec<WebhookRecord>, BusError> {
     if !bad.is_empty() {
@@ -145,7 +179,7 @@ async fn drop_unreadable(
 }
 
 /// Creates the consumer group (and the stream) unless it exists.
-async fn create_group(conn: &mut MultiplexedConnection) -> Result<(), BusError> {
+async fn create_group(conn: &mut Conn<'_>) -> Result<(), BusError> {
     let created: Result<Value, _> = redis::cmd("XGROUP")
         .arg("CREATE")
         .arg(keys::webhooks())

@@ -9,6 +9,8 @@
 -- ARGV[4] = the join envelope ('' when joins are not announced), ARGV[5] = pub/sub channel,
 -- ARGV[6] = app id ('' when no webhook), ARGV[7] = the webhook event's JSON,
 -- ARGV[8] = the member's user, ARGV[9] = the webhook stream's most entries.
+-- On a cluster KEYS[2] is not given (the stream lives on another shard): the script then
+-- returns 2 (added, the webhook is due) and the caller queues the event.
 -- Returns 1 (added), 0 (already there, refreshed) or -1 (the channel is full).
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
@@ -32,6 +34,9 @@ if ARGV[4] ~= '' then
   redis.call('PUBLISH', ARGV[5], ARGV[4])
 end
 if ARGV[6] ~= '' and first then
+  if #KEYS < 2 then
+    return 2
+  end
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[9], '*', 'a', ARGV[6], 'e', ARGV[7])
 end
 return 1

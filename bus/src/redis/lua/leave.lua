@@ -8,6 +8,8 @@
 -- ARGV[1] = client id, ARGV[2] = the leave envelope ('' when not announced),
 -- ARGV[3] = pub/sub channel, ARGV[4] = app id ('' when no webhook), ARGV[5] = the webhook
 -- event's JSON, ARGV[6] = the member's user, ARGV[7] = the webhook stream's most entries.
+-- On a cluster KEYS[2] is not given (the stream lives on another shard): the script then
+-- returns 2 (removed, the webhook is due) and the caller queues the event.
 -- Returns 1 when the entry was removed, 0 when it was not there.
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then
   return 0
@@ -21,6 +23,9 @@ if ARGV[4] ~= '' then
     if ok and entry['user'] == ARGV[6] then
       return 1
     end
+  end
+  if #KEYS < 2 then
+    return 2
   end
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], '*', 'a', ARGV[4], 'e', ARGV[5])
 end

@@ -6,6 +6,8 @@
 -- ARGV[1] = node id, ARGV[2] = '1' (in) or '0' (out), ARGV[3] = app id ('' when the app
 -- wants no webhook of this kind), ARGV[4] = the webhook event's JSON, ARGV[5] = the webhook
 -- stream's most entries.
+-- On a cluster KEYS[2] is not given (the stream lives on another shard): the script then
+-- returns 2 when the event is due, and the caller queues it.
 -- Returns 1 when the webhook event was queued, else 0.
 local changed
 if ARGV[2] == '1' then
@@ -14,6 +16,9 @@ else
   changed = redis.call('SREM', KEYS[1], ARGV[1]) == 1 and redis.call('SCARD', KEYS[1]) == 0
 end
 if changed and ARGV[3] ~= '' then
+  if #KEYS < 2 then
+    return 2
+  end
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'a', ARGV[3], 'e', ARGV[4])
   return 1
 end

@@ -1,0 +1,371 @@
+//! The bus on a real Redis Cluster (six redis-servers from chorus-testkit, three masters with a
+//! replica each): every channel lives on the master of its slot and travels on sharded
+//! pub/sub there; a moved slot and a failed-over master are followed.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chorus_bus::redis::cluster::slot;
+use chorus_bus::{Bus, BusConfig, BusSink, Envelope, Publish, keys};
+use chorus_testkit::RedisCluster;
+use tokio::sync::mpsc;
+
+mod common;
+use common::node;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn config(cluster: &RedisCluster) -> BusConfig {
+    BusConfig {
+        redis_url: cluster.url(),
+        redis_timeout: Duration::from_millis(1000),
+        redis_pool_size: 4,
+        node_lease: Duration::from_millis(1500),
+        canary_interval: Duration::from_millis(200),
+        ..BusConfig::default()
+    }
+}
+
+fn publish(channel: &str, n: u64) -> Publish {
+    Publish {
+        channel: channel.into(),
+        data: Bytes::from(n.to_string()),
+        ..Publish::default()
+    }
+}
+
+/// A sink that forwards envelopes and records which channels were lost and resubscribed.
+struct Forward {
+    tx: mpsc::UnboundedSender<Envelope>,
+    probes: Vec<String>,
+    lost: Mutex<Vec<Vec<String>>>,
+    resubscribed: Mutex<Vec<String>>,
+}
+
+impl BusSink for Forward {
+    fn publication(&self, envelope: Envelope) {
+        let _ = self.tx.send(envelope);
+    }
+
+    fn link_lost(&self, lost: &dyn Fn(&str) -> bool) {
+        let marked = self.probes.iter().filter(|c| lost(c)).cloned().collect();
+        self.lost.lock().unwrap().push(marked);
+    }
+
+    fn resubscribed(&self, channels: &[String]) {
+        self.resubscribed
+            .lock()
+            .unwrap()
+            .extend(channels.iter().cloned());
+    }
+}
+
+fn sink(probes: &[String]) -> (Arc<Forward>, mpsc::UnboundedReceiver<Envelope>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let sink = Forward {
+        tx,
+        probes: probes.to_vec(),
+        lost: Mutex::default(),
+        resubscribed: Mutex::default(),
+    };
+    (Arc::new(sink), rx)
+}
+
+/// The port of the master serving `channel`'s slot.
+fn owner(cluster: &RedisCluster, channel: &str) -> u16 {
+    cluster.master_of(slot(&keys::pubsub(channel))).unwrap()
+}
+
+/// `per_master` channels on every master.
+fn channels(cluster: &RedisCluster, per_master: usize) -> Vec<String> {
+    let masters: Vec<u16> = cluster.masters().unwrap().iter().map(|m| m.0).collect();
+    let mut by_master: HashMap<u16, Vec<String>> = HashMap::new();
+    for i in 0.. {
+        let name = format!("room:{i}");
+        let list = by_master.entry(owner(cluster, &name)).or_default();
+        if list.len() < per_master {
+            list.push(name);
+        }
+        if masters
+            .iter()
+            .all(|m| by_master.get(m).is_some_and(|l| l.len() == per_master))
+        {
+            break;
+        }
+    }
+    masters.iter().flat_map(|m| by_master[m].clone()).collect()
+}
+
+async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let end = Instant::now() + WAIT;
+    while !check().await {
+        assert!(Instant::now() < end, "not within {WAIT:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Takes envelopes until every channel reached `last`; asserts they came in order, gapless.
+async fn receive_all(rx: &mut mpsc::UnboundedReceiver<Envelope>, channels: &[String], last: u64) {
+    let mut seen: HashMap<String, u64> = HashMap::new();
+    while channels
+        .iter()
+        .any(|c| seen.get(c).copied().unwrap_or(0) < last)
+    {
+        let e = tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("an envelope within the deadline; seen {seen:?}"))
+            .expect("the sink is alive");
+        let previous = seen.insert(e.channel.clone(), e.offset).unwrap_or(0);
+        assert_eq!(e.offset, previous + 1, "{}: gap or repeat", e.channel);
+        assert_eq!(e.data, Bytes::from(e.offset.to_string()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channels_on_every_master_travel_on_their_own_shard_only() {
+    let cluster = RedisCluster::start().unwrap();
+    let rules = chorus_bus::NamespaceRules {
+        presence: true,
+        join_leave: true,
+        ..chorus_bus::NamespaceRules::default()
+    };
+    let bus = Bus::redis(&config(&cluster))
+        .unwrap()
+        .with_namespaces(chorus_bus::Namespaces {
+            default: rules.clone(),
+            ..chorus_bus::Namespaces::default()
+        });
+    let channels = channels(&cluster, 2);
+    let (sink_a, mut rx_a) = sink(&channels);
+    let (sink_b, mut rx_b) = sink(&channels);
+    let a = bus.attach(node("a"), sink_a);
+    let b = bus.attach(node("b"), sink_b);
+    for link in [&a, &b] {
+        for c in &channels {
+            link.want(c).wait(WAIT).await.unwrap();
+        }
+    }
+    until("both links ready", async || a.is_ready() && b.is_ready()).await;
+    // One by one, then batched (one pipeline over every master's slots).
+    for c in &channels {
+        assert_eq!(bus.publish(publish(c, 1)).await.unwrap().offset, 1);
+    }
+    for n in 2..=4 {
+        let batch = channels.iter().map(|c| publish(c, n)).collect();
+        for result in bus.publish_many(batch).await {
+            assert_eq!(result.unwrap().offset, n);
+        }
+    }
+    receive_all(&mut rx_a, &channels, 4).await;
+    receive_all(&mut rx_b, &channels, 4).await;
+
+    // Each channel's keys and subscribers are on its master only; nothing uses plain pub/sub.
+    let masters: Vec<u16> = cluster.masters().unwrap().iter().map(|m| m.0).collect();
+    assert_eq!(masters.len(), 3);
+    for c in &channels {
+        let home = owner(&cluster, c);
+        for &m in &masters {
+            let server = cluster.node(m);
+            let shard = server
+                .cli(&["PUBSUB", "SHARDNUMSUB", &keys::pubsub(c)])
+                .unwrap();
+            let plain = server.cli(&["PUBSUB", "NUMSUB", &keys::pubsub(c)]).unwrap();
+            assert_eq!(plain[1], "0", "{c} on plain pub/sub of {m}");
+            if m == home {
+                assert_eq!(shard[1], "2", "{c} on its master {m}");
+                assert_eq!(server.cli(&["XLEN", &keys::history(c)]).unwrap(), ["4"]);
+            } else {
+                assert_eq!(shard[1], "0", "{c} on {m}, not its master");
+                assert!(server.cli(&["DBSIZE"]).is_ok());
+            }
+        }
+        let history = bus
+            .history(c, &chorus_bus::HistoryQuery::page(None, 10, false, 1 << 20))
+            .await
+            .unwrap();
+        assert_eq!(history.publications.len(), 4);
+    }
+    // Each node's canary runs on every master.
+    for &m in &masters {
+        let canaries = cluster
+            .node(m)
+            .cli(&["PUBSUB", "SHARDCHANNELS", "chorus.canary.*"])
+            .unwrap();
+        assert_eq!(
+            canaries.len(),
+            2,
+            "one canary per node on {m}: {canaries:?}"
+        );
+    }
+
+    // The registry, the control channel and presence work across slots.
+    let mut nodes: Vec<String> = bus
+        .nodes()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| n.id)
+        .collect();
+    nodes.sort();
+    assert_eq!(nodes, ["a", "b"]);
+    let op = chorus_bus::control::ControlOp::Channels {
+        pattern: "*".into(),
+        limit: 10,
+    };
+    let replies = bus.control(&op).await.unwrap();
+    assert_eq!((replies.reached, replies.replies.len()), (2, 2));
+    let member = chorus_bus::Member {
+        client: "c1".into(),
+        user: "u1".into(),
+        ..chorus_bus::Member::default()
+    };
+    a.join(&channels[0], member.clone(), &rules).await.unwrap();
+    let present = bus.presence(&channels[0]).await.unwrap();
+    assert_eq!(present.len(), 1);
+    assert_eq!(present[0].client, "c1");
+    a.leave(&channels[0], "c1").await.unwrap();
+    assert!(bus.presence(&channels[0]).await.unwrap().is_empty());
+    bus.check().await.unwrap();
+    a.detach().await;
+    b.detach().await;
+}
+
+/// Moves `slot` from the master on `from` to the master on `to` with the `CLUSTER SETSLOT`
+/// steps, its keys with MIGRATE.
+fn migrate(cluster: &RedisCluster, slot: u16, from: u16, to: u16) {
+    let (source, target) = (cluster.node(from), cluster.node(to));
+    let (from_id, to_id) = (cluster.node_id(from).unwrap(), cluster.node_id(to).unwrap());
+    let slot = slot.to_string();
+    target
+        .cli(&["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id])
+        .unwrap();
+    source
+        .cli(&["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id])
+        .unwrap();
+    loop {
+        let keys = source
+            .cli(&["CLUSTER", "GETKEYSINSLOT", &slot, "100"])
+            .unwrap();
+        if keys.is_empty() {
+            break;
+        }
+        let port = to.to_string();
+        let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+        args.extend(keys.iter().map(String::as_str));
+        source.cli(&args).unwrap();
+    }
+    for server in [target, source] {
+        server
+            .cli(&["CLUSTER", "SETSLOT", &slot, "NODE", &to_id])
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_slot_is_subscribed_again_on_its_new_master() {
+    let cluster = RedisCluster::start().unwrap();
+    let bus = Bus::redis(&config(&cluster)).unwrap();
+    let channels = channels(&cluster, 1);
+    let (moving, staying) = (channels[0].clone(), channels[1..].to_vec());
+    let (sink, mut rx) = sink(&channels);
+    let link = bus.attach(node("a"), sink.clone());
+    for c in &channels {
+        link.want(c).wait(WAIT).await.unwrap();
+    }
+    until("the link is ready", async || link.is_ready()).await;
+    for c in &channels {
+        bus.publish(publish(c, 1)).await.unwrap();
+    }
+    receive_all(&mut rx, &channels, 1).await;
+    sink.resubscribed.lock().unwrap().clear();
+
+    let from = owner(&cluster, &moving);
+    let to = owner(&cluster, &staying[0]);
+    migrate(&cluster, slot(&keys::pubsub(&moving)), from, to);
+
+    // Only the moved channel is lost, then subscribed again, on its new master.
+    until("the moved channel resubscribed", async || {
+        sink.resubscribed.lock().unwrap().contains(&moving)
+    })
+    .await;
+    assert_eq!(*sink.lost.lock().unwrap(), [vec![moving.clone()]]);
+    assert_eq!(
+        cluster
+            .node(to)
+            .cli(&["PUBSUB", "SHARDNUMSUB", &keys::pubsub(&moving)])
+            .unwrap()[1],
+        "1"
+    );
+    // Its offsets and history moved with it, and publications reach the node again.
+    for c in &channels {
+        assert_eq!(bus.publish(publish(c, 2)).await.unwrap().offset, 2);
+    }
+    let mut seen = HashMap::new();
+    while seen.len() < channels.len() {
+        let e = tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if e.offset == 2 {
+            seen.insert(e.channel.clone(), e.offset);
+        }
+    }
+    assert!(link.is_ready());
+    link.detach().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_master_fails_over_and_the_link_comes_back() {
+    let mut cluster = RedisCluster::start().unwrap();
+    let bus = Bus::redis(&config(&cluster)).unwrap();
+    let channels = channels(&cluster, 1);
+    let (sink, mut rx) = sink(&channels);
+    let link = bus.attach(node("a"), sink.clone());
+    for c in &channels {
+        link.want(c).wait(WAIT).await.unwrap();
+    }
+    until("the link is ready", async || link.is_ready()).await;
+    for c in &channels {
+        bus.publish(publish(c, 1)).await.unwrap();
+    }
+    receive_all(&mut rx, &channels, 1).await;
+
+    let victim = owner(&cluster, &channels[0]);
+    cluster.kill(victim);
+    until("the link reports the failure", async || !link.is_ready()).await;
+    // Readiness names the master that went away.
+    let dead = format!("redis shard 127.0.0.1:{victim} unreachable");
+    until("readiness names the dead master", async || {
+        link.not_ready().is_some_and(|why| why.contains(&dead))
+    })
+    .await;
+    // The replica takes over; the link resubscribes every channel and delivery resumes.
+    until("the replica promoted", async || {
+        cluster
+            .master_of(slot(&keys::pubsub(&channels[0])))
+            .is_ok_and(|m| m != victim)
+    })
+    .await;
+    cluster.wait_ok(Duration::from_secs(30)).unwrap();
+    until("the link is back", async || link.is_ready()).await;
+    for c in &channels {
+        assert!(sink.resubscribed.lock().unwrap().contains(c));
+    }
+    for c in &channels {
+        let published = bus.publish(publish(c, 2)).await.unwrap();
+        assert!(published.offset >= 1, "{c}: {published:?}");
+    }
+    let mut seen = 0;
+    while seen < channels.len() {
+        let e = tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if e.data == "2" {
+            seen += 1;
+        }
+    }
+    link.detach().await;
+}
