@@ -232,37 +232,6 @@ async fn channels_on_every_master_travel_on_their_own_shard_only() {
     b.detach().await;
 }
 
-/// Moves `slot` from the master on `from` to the master on `to` with the `CLUSTER SETSLOT`
-/// steps, its keys with MIGRATE.
-fn migrate(cluster: &RedisCluster, slot: u16, from: u16, to: u16) {
-    let (source, target) = (cluster.node(from), cluster.node(to));
-    let (from_id, to_id) = (cluster.node_id(from).unwrap(), cluster.node_id(to).unwrap());
-    let slot = slot.to_string();
-    target
-        .cli(&["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id])
-        .unwrap();
-    source
-        .cli(&["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id])
-        .unwrap();
-    loop {
-        let keys = source
-            .cli(&["CLUSTER", "GETKEYSINSLOT", &slot, "100"])
-            .unwrap();
-        if keys.is_empty() {
-            break;
-        }
-        let port = to.to_string();
-        let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
-        args.extend(keys.iter().map(String::as_str));
-        source.cli(&args).unwrap();
-    }
-    for server in [target, source] {
-        server
-            .cli(&["CLUSTER", "SETSLOT", &slot, "NODE", &to_id])
-            .unwrap();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_moved_slot_is_subscribed_again_on_its_new_master() {
     let cluster = RedisCluster::start().unwrap();
@@ -283,7 +252,9 @@ async fn a_moved_slot_is_subscribed_again_on_its_new_master() {
 
     let from = owner(&cluster, &moving);
     let to = owner(&cluster, &staying[0]);
-    migrate(&cluster, slot(&keys::pubsub(&moving)), from, to);
+    cluster
+        .migrate_slot(slot(&keys::pubsub(&moving)), from, to)
+        .unwrap();
 
     // Only the moved channel is lost, then subscribed again, on its new master.
     until("the moved channel resubscribed", async || {

@@ -12,7 +12,7 @@ use chorus_bus::{NamespaceRules, Namespaces};
 use chorus_gateway::GatewayConfig;
 use chorus_testkit::{Process, free_port, wait_http_ok};
 use support::Cluster;
-use support::load::{Acked, Counts, Follower, Publisher, Seen, count, settle, summary};
+use support::load::{Publisher, assert_nothing_lost, followers, report, settle, stop_all, tally};
 
 const RATE: u32 = 1000;
 const CHANNELS: usize = 10;
@@ -46,73 +46,6 @@ async fn ready(port: u16) {
     .expect("gateway ready");
 }
 
-/// Followers spread over the gateways, each with the others as fallbacks.
-async fn followers(urls: &[String], chans: &[String]) -> Vec<Follower> {
-    let mut out = Vec::new();
-    for i in 0..FOLLOWERS {
-        let mut order = urls.to_vec();
-        order.rotate_left(i % urls.len());
-        out.push(Follower::start(&order, chans).await);
-    }
-    out
-}
-
-/// Counts what the followers delivered against what was acknowledged, epoch by epoch: in each
-/// epoch a follower's offsets must run without a hole from where it started to the top.
-fn tally(seen: &[Seen], acked: &Acked) -> Counts {
-    let mut total = Counts::default();
-    for s in seen {
-        for (ch, offs) in &acked.per_channel {
-            let mut tops: BTreeMap<&str, u64> = BTreeMap::new();
-            for (epoch, o) in offs {
-                let top = tops.entry(epoch).or_default();
-                *top = (*top).max(*o);
-            }
-            for (epoch, top) in tops {
-                let got: Vec<u64> = s
-                    .publications
-                    .get(ch)
-                    .into_iter()
-                    .flatten()
-                    .filter(|(e, _)| e == epoch)
-                    .map(|(_, o)| *o)
-                    .collect();
-                total += count(&got, top);
-            }
-        }
-    }
-    total
-}
-
-fn report(name: &str, acked: &Acked, counts: Counts, stats: &[chorus_client::Stats]) {
-    let dups: u64 = stats.iter().map(|s| s.duplicates).sum();
-    let reconnects: u64 = stats.iter().map(|s| s.connects.saturating_sub(1)).sum();
-    println!(
-        "{name}: {}; duplicates dropped by the clients {dups}, reconnects {reconnects}",
-        summary(acked, counts)
-    );
-}
-
-async fn stop_all(followers: Vec<Follower>) -> (Vec<Seen>, Vec<chorus_client::Stats>) {
-    let mut seen = Vec::new();
-    let mut stats = Vec::new();
-    for f in followers {
-        let (s, st) = f.stop().await;
-        seen.push(s);
-        stats.push(st);
-    }
-    (seen, stats)
-}
-
-fn assert_nothing_lost(counts: Counts, stats: &[chorus_client::Stats]) {
-    assert_eq!(counts.lost, 0, "{counts:?}");
-    assert_eq!(counts.duplicated, 0, "{counts:?}");
-    assert_eq!(counts.out_of_order, 0, "{counts:?}");
-    // The gateways sent no duplicate either (the client would have dropped it silently).
-    assert!(stats.iter().all(|s| s.duplicates == 0), "{stats:?}");
-    assert!(stats.iter().all(|s| s.unrecovered == 0), "{stats:?}");
-}
-
 /// (d) A gateway process is killed with SIGKILL under load: its clients reconnect to the other
 /// gateway with their positions and recover every message they missed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,7 +58,7 @@ async fn a_killed_gateways_clients_recover_every_message_on_the_other_gateway() 
     ready(pb).await;
     let urls = [pa, pb].map(|p| format!("ws://127.0.0.1:{p}/ws"));
     let chans = channels();
-    let followers = followers(&urls, &chans).await;
+    let followers = followers(&urls, &chans, FOLLOWERS).await;
     let publisher = Publisher::start(cluster.api, chans.clone(), RATE);
     tokio::time::sleep(Duration::from_millis(1000)).await;
     tokio::task::block_in_place(|| a.kill());
@@ -170,7 +103,7 @@ async fn rolling_restart_under_load_loses_and_duplicates_nothing() {
     }
     let urls = ports.map(|p| format!("ws://127.0.0.1:{p}/ws"));
     let chans = channels();
-    let followers = followers(&urls, &chans).await;
+    let followers = followers(&urls, &chans, FOLLOWERS).await;
     let publisher = Publisher::start(cluster.api, chans.clone(), RATE);
     tokio::time::sleep(Duration::from_millis(500)).await;
     for i in 0..2 {
@@ -216,7 +149,7 @@ async fn redis_restarted_without_persistence_reports_recovered_false_with_the_ne
     let mut cluster = Cluster::start_full(2, GatewayConfig::default(), namespaces, false).await;
     let urls = [cluster.ws(0), cluster.ws(1)];
     let chans = channels();
-    let followers = followers(&urls, &chans).await;
+    let followers = followers(&urls, &chans, FOLLOWERS).await;
     let publisher = Publisher::start(cluster.api, chans.clone(), RATE);
     tokio::time::sleep(Duration::from_millis(800)).await;
     let redis = &mut cluster.redis;

@@ -97,6 +97,30 @@ impl RedisCluster {
         Err(last.unwrap_or_else(|| anyhow::anyhow!("no node")))
     }
 
+    /// Moves `slot` from the master on `from` to the master on `to` with the `CLUSTER
+    /// SETSLOT` steps (IMPORTING, MIGRATING, its keys with MIGRATE, then NODE on both).
+    pub fn migrate_slot(&self, slot: u16, from: u16, to: u16) -> anyhow::Result<()> {
+        let (source, target) = (self.node(from), self.node(to));
+        let (from_id, to_id) = (self.node_id(from)?, self.node_id(to)?);
+        let slot = slot.to_string();
+        target.cli(&["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id])?;
+        source.cli(&["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id])?;
+        let port = to.to_string();
+        loop {
+            let keys = source.cli(&["CLUSTER", "GETKEYSINSLOT", &slot, "100"])?;
+            if keys.is_empty() {
+                break;
+            }
+            let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+            args.extend(keys.iter().map(String::as_str));
+            source.cli(&args)?;
+        }
+        for server in [target, source] {
+            server.cli(&["CLUSTER", "SETSLOT", &slot, "NODE", &to_id])?;
+        }
+        Ok(())
+    }
+
     /// The ID of the node on `port`.
     pub fn node_id(&self, port: u16) -> anyhow::Result<String> {
         let id = self.node(port).cli(&["CLUSTER", "MYID"])?;

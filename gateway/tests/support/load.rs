@@ -349,3 +349,70 @@ pub async fn settle(followers: &[Follower], acked: &Acked) {
     })
     .await;
 }
+
+/// Followers spread over the gateways, each with the others as fallbacks.
+pub async fn followers(urls: &[String], chans: &[String], n: usize) -> Vec<Follower> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let mut order = urls.to_vec();
+        order.rotate_left(i % urls.len());
+        out.push(Follower::start(&order, chans).await);
+    }
+    out
+}
+
+/// Counts what the followers delivered against what was acknowledged, epoch by epoch: in each
+/// epoch a follower's offsets must run without a hole from where it started to the top.
+pub fn tally(seen: &[Seen], acked: &Acked) -> Counts {
+    let mut total = Counts::default();
+    for s in seen {
+        for (ch, offs) in &acked.per_channel {
+            let mut tops: BTreeMap<&str, u64> = BTreeMap::new();
+            for (epoch, o) in offs {
+                let top = tops.entry(epoch).or_default();
+                *top = (*top).max(*o);
+            }
+            for (epoch, top) in tops {
+                let got: Vec<u64> = s
+                    .publications
+                    .get(ch)
+                    .into_iter()
+                    .flatten()
+                    .filter(|(e, _)| e == epoch)
+                    .map(|(_, o)| *o)
+                    .collect();
+                total += count(&got, top);
+            }
+        }
+    }
+    total
+}
+
+pub fn report(name: &str, acked: &Acked, counts: Counts, stats: &[chorus_client::Stats]) {
+    let dups: u64 = stats.iter().map(|s| s.duplicates).sum();
+    let reconnects: u64 = stats.iter().map(|s| s.connects.saturating_sub(1)).sum();
+    println!(
+        "{name}: {}; duplicates dropped by the clients {dups}, reconnects {reconnects}",
+        summary(acked, counts)
+    );
+}
+
+pub async fn stop_all(followers: Vec<Follower>) -> (Vec<Seen>, Vec<chorus_client::Stats>) {
+    let mut seen = Vec::new();
+    let mut stats = Vec::new();
+    for f in followers {
+        let (s, st) = f.stop().await;
+        seen.push(s);
+        stats.push(st);
+    }
+    (seen, stats)
+}
+
+pub fn assert_nothing_lost(counts: Counts, stats: &[chorus_client::Stats]) {
+    assert_eq!(counts.lost, 0, "{counts:?}");
+    assert_eq!(counts.duplicated, 0, "{counts:?}");
+    assert_eq!(counts.out_of_order, 0, "{counts:?}");
+    // The gateways sent no duplicate either (the client would have dropped it silently).
+    assert!(stats.iter().all(|s| s.duplicates == 0), "{stats:?}");
+    assert!(stats.iter().all(|s| s.unrecovered == 0), "{stats:?}");
+}

@@ -120,23 +120,11 @@ impl Cluster {
             bus_cfg.redis_url = format!("{},{}", bus_cfg.redis_url, shard.url());
         }
 
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let api = listener.local_addr().unwrap();
-        let config = BrokerConfig {
-            api_keys: vec![API_KEY.into()],
-            ..BrokerConfig::default()
-        }
-        .with_bus_timeout(&bus_cfg);
         let bus = Bus::redis(&bus_cfg)
             .unwrap()
             .with_namespaces(namespaces.clone())
             .with_pusher_apps(apps.clone());
-        tokio::spawn(chorus_broker_api::serve(
-            listener,
-            bus,
-            config,
-            shutdown.clone(),
-        ));
+        let api = spawn_broker(&bus_cfg, bus, &shutdown).await;
 
         let mut addrs = Vec::new();
         let mut metrics = Vec::new();
@@ -232,6 +220,28 @@ impl Drop for Cluster {
 }
 
 /// A gRPC request carrying the test API key.
+/// A broker-api in this process on a loopback port, on `bus`, until `shutdown`.
+pub async fn spawn_broker(
+    bus_cfg: &BusConfig,
+    bus: Bus,
+    shutdown: &CancellationToken,
+) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = listener.local_addr().unwrap();
+    let config = BrokerConfig {
+        api_keys: vec![API_KEY.into()],
+        ..BrokerConfig::default()
+    }
+    .with_bus_timeout(bus_cfg);
+    tokio::spawn(chorus_broker_api::serve(
+        listener,
+        bus,
+        config,
+        shutdown.clone(),
+    ));
+    api
+}
+
 pub fn authed<T>(msg: T) -> tonic::Request<T> {
     let mut req = tonic::Request::new(msg);
     req.metadata_mut().insert(
