@@ -312,6 +312,9 @@ async fn a_killed_master_fails_over_and_the_link_comes_back() {
         link.not_ready().is_some_and(|why| why.contains(&dead))
     })
     .await;
+    // A service's readiness check names the dead master too, until its replica takes over.
+    let why = bus.check().await.unwrap_err().to_string();
+    assert!(why.contains(&format!("redis shard 127.0.0.1:{victim}")), "{why}");
     // The replica takes over; the link resubscribes every channel and delivery resumes.
     until("the replica promoted", async || {
         cluster
@@ -321,6 +324,7 @@ async fn a_killed_master_fails_over_and_the_link_comes_back() {
     .await;
     cluster.wait_ok(Duration::from_secs(30)).unwrap();
     until("the link is back", async || link.is_ready()).await;
+    bus.check().await.unwrap();
     for c in &channels {
         assert!(sink.resubscribed.lock().unwrap().contains(c));
     }

@@ -345,6 +345,49 @@ fn compose_ports_health_and_load_balancer_agree_with_the_code() {
         assert_eq!(shard["command"], redis["command"]);
         assert!(shard["healthcheck"]["test"].is_sequence());
     }
+    // The cluster profile: six cluster-enabled nodes on fixed addresses of their own network,
+    // joined by a one-shot init as three masters with a replica each; both services reach
+    // that network.
+    let subnet = s(
+        &compose["networks"]["redis-cluster"]["ipam"]["config"][0]["subnet"],
+        "the cluster network's subnet",
+    );
+    let prefix = subnet.trim_end_matches("0/24");
+    let mut addresses = Vec::new();
+    for i in 1..=6 {
+        let node = &services[format!("redis-c{i}").as_str()];
+        assert_eq!(
+            format!("{:?}", node["profiles"]),
+            format!("{:?}", yaml_value("[cluster]"))
+        );
+        assert_eq!(node["image"], redis["image"]);
+        let cmd: Vec<&str> = node["command"]
+            .as_sequence()
+            .expect("a cluster node's command")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert!(cmd.windows(2).any(|w| w == ["--cluster-enabled", "yes"]), "{cmd:?}");
+        assert!(cmd.windows(2).any(|w| w == ["--appendonly", "yes"]), "{cmd:?}");
+        let ip = s(
+            &node["networks"]["redis-cluster"]["ipv4_address"],
+            "a cluster node's address",
+        );
+        assert!(ip.starts_with(prefix), "{ip} in {subnet}");
+        addresses.push(format!("{ip}:6379"));
+    }
+    let init = &services["redis-cluster-init"];
+    let script = format!("{:?}", init["command"]);
+    assert!(
+        script.contains("--cluster create")
+            && script.contains("--cluster-replicas 1")
+            && addresses.iter().all(|a| script.contains(a.as_str())),
+        "{script}"
+    );
+    for service in ["gateway", "broker-api"] {
+        let networks = format!("{:?}", services[service]["networks"]);
+        assert!(networks.contains("redis-cluster") && networks.contains("default"), "{networks}");
+    }
 
     // The load balancer: nginx, its upstream the gateway service on the gateway's port,
     // re-resolved through Docker's DNS, one published port, the shared template.

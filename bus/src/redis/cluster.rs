@@ -19,6 +19,7 @@ use futures::future::join_all;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, ServerErrorKind, Value};
 
 use crate::{BusConfig, BusError, keys};
@@ -240,6 +241,43 @@ pub(crate) async fn masters(
     }
     masters.sort();
     Ok(masters)
+}
+
+impl super::RedisBus {
+    /// Whether every master of the cluster answers PING; an error names each one that does
+    /// not (`redis shard 10.0.0.7:6379: ...`).
+    pub(crate) async fn check_masters(&self) -> Result<(), BusError> {
+        self.with_conn("PING", async |conn| {
+            let Conn::Cluster(conn) = conn else {
+                return Err(BusError::Protocol("not a cluster connection".into()));
+            };
+            let masters = masters(conn).await?;
+            let pings = masters.iter().map(|(address, _)| {
+                let mut conn = conn.clone();
+                async move {
+                    let (host, port) = address.rsplit_once(':')?;
+                    let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                        host: host.to_owned(),
+                        port: port.parse().ok()?,
+                    });
+                    match conn.route_command(redis::cmd("PING"), routing).await {
+                        Ok(_) => None,
+                        Err(e) => Some(format!(
+                            "redis shard {address}: {}",
+                            super::connect::redis_error(&e)
+                        )),
+                    }
+                }
+            });
+            let broken: Vec<String> = join_all(pings).await.into_iter().flatten().collect();
+            if broken.is_empty() {
+                Ok(())
+            } else {
+                Err(BusError::Unavailable(broken.join("; ")))
+            }
+        })
+        .await
+    }
 }
 
 /// A canary channel of `node` whose slot one of `ranges` holds: the node's canary on that

@@ -343,6 +343,9 @@ impl RedisBus {
     }
 
     pub(crate) async fn check(&self) -> Result<(), BusError> {
+        if self.on_cluster() {
+            return self.check_masters().await;
+        }
         self.with_conn("PING", async |conn| {
             let _: String = redis::cmd("PING")
                 .query_async(conn)
