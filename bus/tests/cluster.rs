@@ -244,8 +244,10 @@ async fn a_moved_slot_is_subscribed_again_on_its_new_master() {
         link.want(c).wait(WAIT).await.unwrap();
     }
     until("the link is ready", async || link.is_ready()).await;
-    for c in &channels {
-        bus.publish(publish(c, 1)).await.unwrap();
+    // A batch over every master: split by master with the slot map as it is now.
+    let batch = channels.iter().map(|c| publish(c, 1)).collect();
+    for result in bus.publish_many(batch).await {
+        assert_eq!(result.unwrap().offset, 1);
     }
     receive_all(&mut rx, &channels, 1).await;
     sink.resubscribed.lock().unwrap().clear();
@@ -269,10 +271,14 @@ async fn a_moved_slot_is_subscribed_again_on_its_new_master() {
             .unwrap()[1],
         "1"
     );
-    // Its offsets and history moved with it, and publications reach the node again.
-    for c in &channels {
-        assert_eq!(bus.publish(publish(c, 2)).await.unwrap().offset, 2);
+    // Its offsets and history moved with it, and publications reach the node again. The
+    // batch goes out with the old slot map: the moved channel's publish is refused by its old
+    // master (MOVED, not run) and sent again to the new one.
+    let batch = channels.iter().map(|c| publish(c, 2)).collect();
+    for result in bus.publish_many(batch).await {
+        assert_eq!(result.unwrap().offset, 2);
     }
+    assert_eq!(bus.publish(publish(&moving, 3)).await.unwrap().offset, 3);
     let mut seen = HashMap::new();
     while seen.len() < channels.len() {
         let e = tokio::time::timeout(WAIT, rx.recv())
@@ -314,7 +320,10 @@ async fn a_killed_master_fails_over_and_the_link_comes_back() {
     .await;
     // A service's readiness check names the dead master too, until its replica takes over.
     let why = bus.check().await.unwrap_err().to_string();
-    assert!(why.contains(&format!("redis shard 127.0.0.1:{victim}")), "{why}");
+    assert!(
+        why.contains(&format!("redis shard 127.0.0.1:{victim}")),
+        "{why}"
+    );
     // The replica takes over; the link resubscribes every channel and delivery resumes.
     until("the replica promoted", async || {
         cluster

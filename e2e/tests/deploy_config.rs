@@ -367,8 +367,14 @@ fn compose_ports_health_and_load_balancer_agree_with_the_code() {
             .iter()
             .filter_map(Value::as_str)
             .collect();
-        assert!(cmd.windows(2).any(|w| w == ["--cluster-enabled", "yes"]), "{cmd:?}");
-        assert!(cmd.windows(2).any(|w| w == ["--appendonly", "yes"]), "{cmd:?}");
+        assert!(
+            cmd.windows(2).any(|w| w == ["--cluster-enabled", "yes"]),
+            "{cmd:?}"
+        );
+        assert!(
+            cmd.windows(2).any(|w| w == ["--appendonly", "yes"]),
+            "{cmd:?}"
+        );
         let ip = s(
             &node["networks"]["redis-cluster"]["ipv4_address"],
             "a cluster node's address",
@@ -386,7 +392,10 @@ fn compose_ports_health_and_load_balancer_agree_with_the_code() {
     );
     for service in ["gateway", "broker-api"] {
         let networks = format!("{:?}", services[service]["networks"]);
-        assert!(networks.contains("redis-cluster") && networks.contains("default"), "{networks}");
+        assert!(
+            networks.contains("redis-cluster") && networks.contains("default"),
+            "{networks}"
+        );
     }
 
     // The load balancer: nginx, its upstream the gateway service on the gateway's port,

@@ -15,6 +15,8 @@
 //! history and publishes on one shard, and plain `PUBLISH` (which a cluster copies to every
 //! node) is never used.
 
+use std::collections::HashMap;
+
 use futures::future::join_all;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
@@ -56,14 +58,18 @@ pub(crate) fn seeds(url: &str) -> Option<Result<Vec<String>, BusError>> {
 /// The cluster slot a key (or sharded pub/sub channel) hashes to: CRC16 of its hash tag
 /// (the first non-empty `{...}`), or of the whole key when it has none.
 pub fn slot(key: &str) -> u16 {
-    let bytes = key.as_bytes();
+    slot_of_bytes(key.as_bytes())
+}
+
+fn slot_of_bytes(key: &[u8]) -> u16 {
     let tagged = key
-        .find('{')
+        .iter()
+        .position(|&b| b == b'{')
         .and_then(|open| {
-            let close = key[open + 1..].find('}')? + open + 1;
-            (close > open + 1).then(|| &bytes[open + 1..close])
+            let close = key[open + 1..].iter().position(|&b| b == b'}')? + open + 1;
+            (close > open + 1).then(|| &key[open + 1..close])
         })
-        .unwrap_or(bytes);
+        .unwrap_or(key);
     crc16::State::<crc16::XMODEM>::calculate(tagged) % SLOTS
 }
 
@@ -141,14 +147,14 @@ pub(crate) fn blocking_pool(
 /// cluster's.
 pub(crate) enum Conn<'a> {
     Single(&'a mut MultiplexedConnection),
-    Cluster(ClusterConnection),
+    Cluster(ClusterConnection, &'a Masters),
 }
 
 impl ConnectionLike for Conn<'_> {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Conn::Single(c) => c.req_packed_command(cmd),
-            Conn::Cluster(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c, _) => c.req_packed_command(cmd),
         }
     }
 
@@ -160,41 +166,217 @@ impl ConnectionLike for Conn<'_> {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Conn::Cluster(c) => Box::pin(cluster_pipeline(c, pipeline, offset, count)),
+            Conn::Cluster(c, masters) => {
+                Box::pin(cluster_pipeline(c, masters, pipeline, offset, count))
+            }
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
             Conn::Single(c) => c.get_db(),
-            Conn::Cluster(c) => c.get_db(),
+            Conn::Cluster(c, _) => c.get_db(),
         }
     }
 }
 
-/// A pipeline on the cluster: as one when its commands share a slot, else each command on
-/// its own (an atomic pipeline over several slots stays an error: it cannot be honoured).
+/// A pipeline on the cluster: as one when its commands share a slot; else one pipeline per
+/// master (see [`Masters`]), or, for commands whose key cannot be read, each command on its
+/// own. An atomic pipeline over several slots stays an error: it cannot be honoured.
 async fn cluster_pipeline(
     conn: &mut ClusterConnection,
+    masters: &Masters,
     pipeline: &Pipeline,
     offset: usize,
     count: usize,
 ) -> Result<Vec<Value>, RedisError> {
     match conn.req_packed_commands(pipeline, offset, count).await {
         Err(e) if offset == 0 && e.kind() == ErrorKind::Server(ServerErrorKind::CrossSlot) => {
-            let replies = join_all(pipeline.cmd_iter().map(|cmd| {
-                let mut conn = conn.clone();
-                let mut one = Pipeline::with_capacity(1);
-                one.add_command(cmd.clone());
-                async move {
-                    let mut reply = conn.req_packed_commands(&one, 0, 1).await?;
-                    Ok(reply.pop().unwrap_or(Value::Nil))
-                }
-            }))
-            .await;
-            replies.into_iter().collect()
+            let cmds: Vec<&Cmd> = pipeline.cmd_iter().collect();
+            let keys: Option<Vec<Vec<u8>>> = cmds.iter().map(|c| key_of(c)).collect();
+            match keys {
+                Some(keys) => masters.run(conn, &cmds, &keys).await,
+                None => one_by_one(conn, &cmds).await,
+            }
         }
         other => other,
+    }
+}
+
+/// Each command on its own through the cluster connection (which follows redirects),
+/// concurrently, replies in order.
+async fn one_by_one(conn: &ClusterConnection, cmds: &[&Cmd]) -> Result<Vec<Value>, RedisError> {
+    let replies = join_all(cmds.iter().map(|cmd| {
+        let mut conn = conn.clone();
+        let mut one = Pipeline::with_capacity(1);
+        one.add_command((*cmd).clone());
+        async move {
+            let mut reply = conn.req_packed_commands(&one, 0, 1).await?;
+            Ok(reply.pop().unwrap_or(Value::Nil))
+        }
+    }))
+    .await;
+    replies.into_iter().collect()
+}
+
+/// The first key of a command: the argument after the name, or after the script and key
+/// count for EVAL/EVALSHA; `None` when it has none.
+fn key_of(cmd: &Cmd) -> Option<Vec<u8>> {
+    let mut args = cmd.args_iter().filter_map(|a| match a {
+        redis::Arg::Simple(bytes) => Some(bytes),
+        _ => None,
+    });
+    let name = args.next()?;
+    if name.eq_ignore_ascii_case(b"EVALSHA") || name.eq_ignore_ascii_case(b"EVAL") {
+        let _script = args.next()?;
+        if args.next()? == b"0" {
+            return None;
+        }
+    }
+    args.next().map(<[u8]>::to_vec)
+}
+
+/// Whether a reply says the command went to a node that does not serve its slot (now): it
+/// did not run there, so it can be sent again.
+fn misrouted(value: &Value) -> bool {
+    matches!(value, Value::ServerError(e)
+        if matches!(e.code(), "MOVED" | "ASK" | "TRYAGAIN" | "CLUSTERDOWN"))
+}
+
+/// Slot ranges with the address of the master serving each: `(first, last, host:port)`.
+type SlotMap = Vec<(u16, u16, String)>;
+
+/// Direct connections to the cluster's masters, for pipelines over many slots.
+///
+/// The cluster router runs a pipeline on one slot only, and sending a batch of publications to
+/// a thousand channels one command at a time costs twice the CPU of the single-Redis
+/// pipeline. So a batch is split by master, with a slot map read from `CLUSTER SLOTS`, and
+/// each part is pipelined on a plain connection to its master. A command that master refuses
+/// as not its slot (`MOVED`, `ASK`: a slot moved since the map was read) did not run; it is
+/// sent again on its own through the cluster connection, which follows the redirect, and the
+/// map is read again before the next batch. Connection trouble on a master's pipeline fails
+/// that part, as on one Redis: whether its commands ran is unknown, so none is resent.
+pub(crate) struct Masters {
+    config: BusConfig,
+    /// `redis://[auth@]` of the seeds, for connections to the masters by address.
+    auth: String,
+    map: parking_lot::RwLock<Option<std::sync::Arc<SlotMap>>>,
+    conns: parking_lot::Mutex<HashMap<String, MultiplexedConnection>>,
+}
+
+impl Masters {
+    pub(crate) fn new(config: &BusConfig, seeds: &[String]) -> Self {
+        let auth = seeds
+            .first()
+            .and_then(|s| s.strip_prefix("redis://"))
+            .and_then(|rest| rest.rsplit_once('@'))
+            .map_or_else(String::new, |(auth, _)| format!("{auth}@"));
+        Self {
+            config: config.clone(),
+            auth,
+            map: parking_lot::RwLock::new(None),
+            conns: parking_lot::Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn run(
+        &self,
+        cluster: &mut ClusterConnection,
+        cmds: &[&Cmd],
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Value>, RedisError> {
+        let cached = self.map.read().clone();
+        let map = match cached {
+            Some(map) => map,
+            None => {
+                let read = masters(cluster).await.map_err(|e| {
+                    RedisError::from((ErrorKind::Io, "CLUSTER SLOTS", e.to_string()))
+                })?;
+                let map: SlotMap = read
+                    .into_iter()
+                    .flat_map(|(addr, ranges)| {
+                        ranges.into_iter().map(move |(a, b)| (a, b, addr.clone()))
+                    })
+                    .collect();
+                let map = std::sync::Arc::new(map);
+                *self.map.write() = Some(map.clone());
+                map
+            }
+        };
+        let mut parts: HashMap<&str, Vec<usize>> = HashMap::new();
+        let mut unmapped = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            let slot = slot_of_bytes(key);
+            match map.iter().find(|(a, b, _)| (*a..=*b).contains(&slot)) {
+                Some((_, _, addr)) => parts.entry(addr.as_str()).or_default().push(i),
+                None => unmapped.push(i),
+            }
+        }
+        let mut replies: Vec<Option<Value>> = vec![None; cmds.len()];
+        let runs = parts.into_iter().map(|(addr, indices)| async move {
+            let mut pipe = Pipeline::with_capacity(indices.len());
+            for &i in &indices {
+                pipe.add_command(cmds[i].clone());
+            }
+            let result = match self.connection(addr).await {
+                Ok(mut conn) => {
+                    let ran = conn.req_packed_commands(&pipe, 0, indices.len()).await;
+                    if ran.is_err() {
+                        self.conns.lock().remove(addr);
+                    }
+                    ran
+                }
+                Err(e) => Err(e),
+            };
+            (indices, result)
+        });
+        for (indices, result) in join_all(runs).await {
+            let values = result?;
+            for (i, value) in indices.into_iter().zip(values) {
+                replies[i] = Some(value);
+            }
+        }
+        let again: Vec<usize> = (0..cmds.len())
+            .filter(|&i| replies[i].as_ref().is_none_or(misrouted))
+            .chain(unmapped)
+            .collect();
+        if !again.is_empty() {
+            *self.map.write() = None;
+            let resend: Vec<&Cmd> = again.iter().map(|&i| cmds[i]).collect();
+            for (i, value) in again.into_iter().zip(one_by_one(cluster, &resend).await?) {
+                replies[i] = Some(value);
+            }
+        }
+        Ok(replies
+            .into_iter()
+            .map(|v| v.unwrap_or(Value::Nil))
+            .collect())
+    }
+
+    /// The shared connection to the master at `addr`, made on first use.
+    async fn connection(&self, addr: &str) -> Result<MultiplexedConnection, RedisError> {
+        let cached = self.conns.lock().get(addr).cloned();
+        if let Some(conn) = cached {
+            return Ok(conn);
+        }
+        let info = super::connect::connection_info(&BusConfig {
+            redis_url: format!("redis://{}{addr}", self.auth),
+            ..self.config.clone()
+        })
+        .map_err(|e| {
+            RedisError::from((
+                ErrorKind::InvalidClientConfig,
+                "master address",
+                e.to_string(),
+            ))
+        })?;
+        let conn = redis::Client::open(info)?
+            .get_multiplexed_async_connection_with_config(&super::connect::async_config(
+                self.config.redis_timeout,
+            ))
+            .await?;
+        self.conns.lock().insert(addr.to_owned(), conn.clone());
+        Ok(conn)
     }
 }
 
@@ -248,7 +430,7 @@ impl super::RedisBus {
     /// not (`redis shard 10.0.0.7:6379: ...`).
     pub(crate) async fn check_masters(&self) -> Result<(), BusError> {
         self.with_conn("PING", async |conn| {
-            let Conn::Cluster(conn) = conn else {
+            let Conn::Cluster(conn, _) = conn else {
                 return Err(BusError::Protocol("not a cluster connection".into()));
             };
             let masters = masters(conn).await?;
@@ -314,6 +496,20 @@ mod tests {
         assert_eq!(slot("foo{{bar}}zap"), slot("{bar"));
         assert_eq!(slot(&keys::meta("news")), slot(&keys::pubsub("news")));
         assert_eq!(slot(&keys::history("news")), slot("news"));
+    }
+
+    #[test]
+    fn a_commands_key_is_read_past_a_scripts_key_count() {
+        let mut eval = redis::cmd("EVALSHA");
+        eval.arg("abc").arg(2).arg("k1").arg("k2").arg("a");
+        assert_eq!(key_of(&eval).as_deref(), Some(&b"k1"[..]));
+        let mut keyless = redis::cmd("EVALSHA");
+        keyless.arg("abc").arg(0).arg("a");
+        assert_eq!(key_of(&keyless), None);
+        let mut hset = redis::cmd("HSET");
+        hset.arg("h").arg("f").arg("v");
+        assert_eq!(key_of(&hset).as_deref(), Some(&b"h"[..]));
+        assert_eq!(key_of(&redis::cmd("PING")), None);
     }
 
     #[test]

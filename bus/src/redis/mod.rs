@@ -59,6 +59,8 @@ struct OnCluster {
     conn: tokio::sync::OnceCell<ClusterConnection>,
     /// Connections for blocking commands, one caller each.
     blocking: cluster::BlockingPool,
+    /// Direct connections to the masters, for pipelines over many slots.
+    masters: cluster::Masters,
 }
 
 pub struct RedisBus {
@@ -94,6 +96,7 @@ impl RedisBus {
                 (
                     Redis::Cluster(Box::new(OnCluster {
                         blocking: cluster::blocking_pool(config, client.clone())?,
+                        masters: cluster::Masters::new(config, &seeds),
                         client,
                         conn: tokio::sync::OnceCell::new(),
                     })),
@@ -172,9 +175,12 @@ impl RedisBus {
                 .await
                 .map_err(|_| connect::timed_out(what, timeout))?
                 .map_err(|e| connect::redis_error(&e))?;
-                return tokio::time::timeout_at(deadline, op(&mut Conn::Cluster(conn.clone())))
-                    .await
-                    .unwrap_or_else(|_| Err(connect::timed_out(what, timeout)));
+                return tokio::time::timeout_at(
+                    deadline,
+                    op(&mut Conn::Cluster(conn.clone(), &on.masters)),
+                )
+                .await
+                .unwrap_or_else(|_| Err(connect::timed_out(what, timeout)));
             }
         };
         let mut pooled = tokio::time::timeout_at(deadline, pool.get())
@@ -216,7 +222,7 @@ impl RedisBus {
                 deadpool::managed::PoolError::Backend(e) => connect::redis_error(&e),
                 other => BusError::Unavailable(format!("redis cluster pool: {other}")),
             })?;
-        tokio::time::timeout_at(deadline, op(&mut Conn::Cluster(conn.clone())))
+        tokio::time::timeout_at(deadline, op(&mut Conn::Cluster(conn.clone(), &on.masters)))
             .await
             .unwrap_or_else(|_| Err(connect::timed_out(what, timeout)))
     }
