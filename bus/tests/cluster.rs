@@ -304,20 +304,28 @@ async fn a_killed_master_fails_over_and_the_link_comes_back() {
         link.want(c).wait(WAIT).await.unwrap();
     }
     until("the link is ready", async || link.is_ready()).await;
-    for c in &channels {
-        bus.publish(publish(c, 1)).await.unwrap();
+    let batch = channels.iter().map(|c| publish(c, 1)).collect();
+    for result in bus.publish_many(batch).await {
+        result.unwrap();
     }
     receive_all(&mut rx, &channels, 1).await;
 
-    let victim = owner(&cluster, &channels[0]);
+    let owners: Vec<u16> = channels.iter().map(|c| owner(&cluster, c)).collect();
+    let victim = owners[0];
     cluster.kill(victim);
-    until("the link reports the failure", async || !link.is_ready()).await;
-    // Readiness names the master that went away.
-    let dead = format!("redis shard 127.0.0.1:{victim} unreachable");
-    until("readiness names the dead master", async || {
-        link.not_ready().is_some_and(|why| why.contains(&dead))
-    })
-    .await;
+    // Until a replica takes over, a batch fails only on the dead master's channels.
+    let batch = channels.iter().map(|c| publish(c, 2)).collect();
+    let results = bus.publish_many(batch).await;
+    for ((c, result), home) in channels.iter().zip(results).zip(owners) {
+        if home == victim {
+            assert!(
+                matches!(result, Err(chorus_bus::BusError::Unavailable(_))),
+                "{c}: {result:?}"
+            );
+        } else {
+            assert_eq!(result.unwrap().offset, 2, "{c}");
+        }
+    }
     // A service's readiness check names the dead master too, until its replica takes over.
     let why = bus.check().await.unwrap_err().to_string();
     assert!(
@@ -350,6 +358,56 @@ async fn a_killed_master_fails_over_and_the_link_comes_back() {
         if e.data == "2" {
             seen += 1;
         }
+    }
+    link.detach().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_lost_with_its_replica_is_named_until_it_returns() {
+    let mut cluster = RedisCluster::start().unwrap();
+    let bus = Bus::redis(&config(&cluster)).unwrap();
+    let channels = channels(&cluster, 1);
+    let (sink, mut rx) = sink(&channels);
+    let link = bus.attach(node("a"), sink);
+    for c in &channels {
+        link.want(c).wait(WAIT).await.unwrap();
+    }
+    until("the link is ready", async || link.is_ready()).await;
+
+    // No replica left to take over: the master's slots stay down, and both the gateway's
+    // readiness and a service's check say which master it is.
+    let victim = owner(&cluster, &channels[0]);
+    let replica = cluster.replica_of(victim).unwrap();
+    cluster.kill(replica);
+    cluster.kill(victim);
+    let dead = format!("redis shard 127.0.0.1:{victim} unreachable");
+    until("readiness names the dead master", async || {
+        link.not_ready().is_some_and(|why| why.contains(&dead))
+    })
+    .await;
+    let why = bus.check().await.unwrap_err().to_string();
+    assert!(
+        why.contains(&format!("redis shard 127.0.0.1:{victim}")),
+        "{why}"
+    );
+
+    // Back with its slots (and no data: its channels start a new epoch).
+    cluster.restart(victim).unwrap();
+    cluster.wait_ok(Duration::from_secs(30)).unwrap();
+    until("the link is back", async || link.is_ready()).await;
+    for c in &channels {
+        until("publishing works again", async || {
+            bus.publish(publish(c, 1)).await.is_ok()
+        })
+        .await;
+    }
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < channels.len() {
+        let e = tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        seen.insert(e.channel);
     }
     link.detach().await;
 }

@@ -121,6 +121,29 @@ impl RedisCluster {
         Ok(())
     }
 
+    /// The port of a replica of the master on `port`, as a live node sees it.
+    pub fn replica_of(&self, port: u16) -> anyhow::Result<u16> {
+        let id = self.node_id(port)?;
+        let lines = self.node(port).cli(&["CLUSTER", "NODES"])?;
+        lines
+            .iter()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|f| f.len() > 3 && f[2].contains("slave") && f[3] == id)
+            .and_then(|f| f[1].split('@').next()?.rsplit(':').next()?.parse().ok())
+            .context("the master has no replica")
+    }
+
+    /// Starts the node on `port` again, with its cluster configuration (it rejoins in the role
+    /// and with the slots it had) and no data.
+    pub fn restart(&mut self, port: u16) -> anyhow::Result<()> {
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.port() == port)
+            .context("a node of this cluster")?;
+        node.restart()
+    }
+
     /// The ID of the node on `port`.
     pub fn node_id(&self, port: u16) -> anyhow::Result<String> {
         let id = self.node(port).cli(&["CLUSTER", "MYID"])?;

@@ -196,7 +196,10 @@ async fn cluster_pipeline(
             let keys: Option<Vec<Vec<u8>>> = cmds.iter().map(|c| key_of(c)).collect();
             match keys {
                 Some(keys) => masters.run(conn, &cmds, &keys).await,
-                None => one_by_one(conn, &cmds).await,
+                None => one_by_one(conn, &cmds, masters.config.redis_timeout / 2)
+                    .await
+                    .into_iter()
+                    .collect(),
             }
         }
         other => other,
@@ -204,19 +207,35 @@ async fn cluster_pipeline(
 }
 
 /// Each command on its own through the cluster connection (which follows redirects),
-/// concurrently, replies in order.
-async fn one_by_one(conn: &ClusterConnection, cmds: &[&Cmd]) -> Result<Vec<Value>, RedisError> {
-    let replies = join_all(cmds.iter().map(|cmd| {
+/// concurrently, replies in order. Each gets at most `within`: a command for a master that is
+/// gone fails in time for the others' replies to be used, instead of running the whole
+/// operation out of its deadline while the crate retries.
+async fn one_by_one(
+    conn: &ClusterConnection,
+    cmds: &[&Cmd],
+    within: std::time::Duration,
+) -> Vec<Result<Value, RedisError>> {
+    join_all(cmds.iter().map(|cmd| {
         let mut conn = conn.clone();
         let mut one = Pipeline::with_capacity(1);
         one.add_command((*cmd).clone());
         async move {
-            let mut reply = conn.req_packed_commands(&one, 0, 1).await?;
+            let sent = tokio::time::timeout(within, conn.req_packed_commands(&one, 0, 1)).await;
+            let mut reply = sent.map_err(|_| {
+                RedisError::from((ErrorKind::Io, "no reply", format!("within {within:?}")))
+            })??;
             Ok(reply.pop().unwrap_or(Value::Nil))
         }
     }))
-    .await;
-    replies.into_iter().collect()
+    .await
+}
+
+/// A command's failure to reach Redis as its reply in a pipeline, so that the other commands'
+/// replies stand: a server error as Redis sent it, anything else as a `CLUSTERDOWN` error
+/// (read as "unavailable, retry later").
+fn failed(e: &RedisError) -> Value {
+    let text = e.to_string().replace(['\r', '\n'], " ");
+    redis::parse_redis_value(format!("-CLUSTERDOWN {text}\r\n").as_bytes()).unwrap_or(Value::Nil)
 }
 
 /// The first key of a command: the argument after the name, or after the script and key
@@ -318,22 +337,31 @@ impl Masters {
             for &i in &indices {
                 pipe.add_command(cmds[i].clone());
             }
-            let result = match self.connection(addr).await {
-                Ok(mut conn) => {
-                    let ran = conn.req_packed_commands(&pipe, 0, indices.len()).await;
-                    if ran.is_err() {
-                        self.conns.lock().remove(addr);
-                    }
-                    ran
-                }
-                Err(e) => Err(e),
+            // Nothing sent (no connection): left unanswered, so sent again below.
+            let Ok(mut conn) = self.connection(addr).await else {
+                return (indices, None);
             };
-            (indices, result)
+            let ran = conn.req_packed_commands(&pipe, 0, indices.len()).await;
+            if ran.is_err() {
+                self.conns.lock().remove(addr);
+            }
+            (indices, Some(ran))
         });
         for (indices, result) in join_all(runs).await {
-            let values = result?;
-            for (i, value) in indices.into_iter().zip(values) {
-                replies[i] = Some(value);
+            match result {
+                Some(Ok(values)) => {
+                    for (i, value) in indices.into_iter().zip(values) {
+                        replies[i] = Some(value);
+                    }
+                }
+                // Sent, outcome unknown: each command fails, none is sent again.
+                Some(Err(e)) => {
+                    *self.map.write() = None;
+                    for i in indices {
+                        replies[i] = Some(failed(&e));
+                    }
+                }
+                None => {}
             }
         }
         let again: Vec<usize> = (0..cmds.len())
@@ -343,8 +371,12 @@ impl Masters {
         if !again.is_empty() {
             *self.map.write() = None;
             let resend: Vec<&Cmd> = again.iter().map(|&i| cmds[i]).collect();
-            for (i, value) in again.into_iter().zip(one_by_one(cluster, &resend).await?) {
-                replies[i] = Some(value);
+            let within = self.config.redis_timeout / 2;
+            for (i, value) in again
+                .into_iter()
+                .zip(one_by_one(cluster, &resend, within).await)
+            {
+                replies[i] = Some(value.unwrap_or_else(|e| failed(&e)));
             }
         }
         Ok(replies
@@ -510,6 +542,20 @@ mod tests {
         hset.arg("h").arg("f").arg("v");
         assert_eq!(key_of(&hset).as_deref(), Some(&b"h"[..]));
         assert_eq!(key_of(&redis::cmd("PING")), None);
+    }
+
+    #[test]
+    fn a_failure_reads_as_an_unavailable_reply() {
+        let e = RedisError::from((ErrorKind::Io, "connection refused"));
+        let Value::ServerError(reply) = failed(&e) else {
+            panic!("not an error reply");
+        };
+        assert_eq!(reply.code(), "CLUSTERDOWN");
+        let bus_error = super::super::connect::redis_error(&reply.into());
+        assert!(
+            matches!(bus_error, BusError::Unavailable(_)),
+            "{bus_error:?}"
+        );
     }
 
     #[test]
