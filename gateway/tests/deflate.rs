@@ -9,7 +9,7 @@ mod support;
 use bytes::Bytes;
 use chorus_bus::Publish;
 use chorus_gateway::GatewayConfig;
-use chorus_testkit::{DeflateWs, raw_frame};
+use chorus_testkit::{DeflateWs, Scrape, eventually, raw_frame};
 use serde_json::{Value, json};
 use support::MemoryGateway;
 
@@ -52,7 +52,13 @@ async fn publish(g: &MemoryGateway, data: Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_publications_arrive_compressed_once_for_every_client_that_negotiated_it() {
-    let g = gateway().await;
+    let metrics_addr = std::net::SocketAddr::from(([127, 0, 0, 1], chorus_testkit::free_port()));
+    let metrics = format!("http://{metrics_addr}/metrics");
+    let g = MemoryGateway::start(GatewayConfig {
+        metrics_listen: chorus_gateway::ListenAddr(Some(metrics_addr)),
+        ..GatewayConfig::default()
+    })
+    .await;
     let mut a = open(&g, Some(OFFER)).await;
     let mut b = open(&g, Some("permessage-deflate")).await;
     let mut plain = open(&g, None).await;
@@ -98,6 +104,24 @@ async fn large_publications_arrive_compressed_once_for_every_client_that_negotia
         assert!(!small.compressed);
         assert_eq!(json_of(&small.payload)["pub"]["data"], json!({"n": 2}));
     }
+
+    // The metrics: two connections with the extension, two compressed deliveries (the big
+    // publication to each of them; the small one and the plain client's copy were not).
+    let value = |scrape: &Scrape, name: &str| scrape.value(name, &[]);
+    let scrape = Scrape::fetch(&metrics).await.expect("/metrics answers");
+    assert_eq!(value(&scrape, "chorus_gateway_deflate_connections"), 2.0);
+    assert_eq!(
+        value(&scrape, "chorus_gateway_compressed_deliveries_total"),
+        2.0
+    );
+    drop(a);
+    let gone = eventually(std::time::Duration::from_secs(5), "a closed", || async {
+        Scrape::fetch(&metrics)
+            .await
+            .is_ok_and(|s| value(&s, "chorus_gateway_deflate_connections") == 1.0)
+    })
+    .await;
+    assert!(gone.is_ok(), "the gauge follows a closed connection");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
