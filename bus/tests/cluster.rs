@@ -3,19 +3,14 @@
 //! pub/sub there; a moved slot and a failed-over master are followed.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::Bytes;
 use chorus_bus::redis::cluster::slot;
-use chorus_bus::{Bus, BusConfig, BusSink, Envelope, Publish, keys};
+use chorus_bus::{Bus, BusConfig, keys};
 use chorus_testkit::RedisCluster;
-use tokio::sync::mpsc;
 
 mod common;
-use common::node;
-
-const WAIT: Duration = Duration::from_secs(10);
+use common::{WAIT, assert_nodes_answer, attached, publish, receive_all, until};
 
 fn config(cluster: &RedisCluster) -> BusConfig {
     BusConfig {
@@ -26,51 +21,6 @@ fn config(cluster: &RedisCluster) -> BusConfig {
         canary_interval: Duration::from_millis(200),
         ..BusConfig::default()
     }
-}
-
-fn publish(channel: &str, n: u64) -> Publish {
-    Publish {
-        channel: channel.into(),
-        data: Bytes::from(n.to_string()),
-        ..Publish::default()
-    }
-}
-
-/// A sink that forwards envelopes and records which channels were lost and resubscribed.
-struct Forward {
-    tx: mpsc::UnboundedSender<Envelope>,
-    probes: Vec<String>,
-    lost: Mutex<Vec<Vec<String>>>,
-    resubscribed: Mutex<Vec<String>>,
-}
-
-impl BusSink for Forward {
-    fn publication(&self, envelope: Envelope) {
-        let _ = self.tx.send(envelope);
-    }
-
-    fn link_lost(&self, lost: &dyn Fn(&str) -> bool) {
-        let marked = self.probes.iter().filter(|c| lost(c)).cloned().collect();
-        self.lost.lock().unwrap().push(marked);
-    }
-
-    fn resubscribed(&self, channels: &[String]) {
-        self.resubscribed
-            .lock()
-            .unwrap()
-            .extend(channels.iter().cloned());
-    }
-}
-
-fn sink(probes: &[String]) -> (Arc<Forward>, mpsc::UnboundedReceiver<Envelope>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let sink = Forward {
-        tx,
-        probes: probes.to_vec(),
-        lost: Mutex::default(),
-        resubscribed: Mutex::default(),
-    };
-    (Arc::new(sink), rx)
 }
 
 /// The port of the master serving `channel`'s slot.
@@ -98,31 +48,6 @@ fn channels(cluster: &RedisCluster, per_master: usize) -> Vec<String> {
     masters.iter().flat_map(|m| by_master[m].clone()).collect()
 }
 
-async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let end = Instant::now() + WAIT;
-    while !check().await {
-        assert!(Instant::now() < end, "not within {WAIT:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Takes envelopes until every channel reached `last`; asserts they came in order, gapless.
-async fn receive_all(rx: &mut mpsc::UnboundedReceiver<Envelope>, channels: &[String], last: u64) {
-    let mut seen: HashMap<String, u64> = HashMap::new();
-    while channels
-        .iter()
-        .any(|c| seen.get(c).copied().unwrap_or(0) < last)
-    {
-        let e = tokio::time::timeout(WAIT, rx.recv())
-            .await
-            .unwrap_or_else(|_| panic!("an envelope within the deadline; seen {seen:?}"))
-            .expect("the sink is alive");
-        let previous = seen.insert(e.channel.clone(), e.offset).unwrap_or(0);
-        assert_eq!(e.offset, previous + 1, "{}: gap or repeat", e.channel);
-        assert_eq!(e.data, Bytes::from(e.offset.to_string()));
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn channels_on_every_master_travel_on_their_own_shard_only() {
     let cluster = RedisCluster::start().unwrap();
@@ -138,16 +63,8 @@ async fn channels_on_every_master_travel_on_their_own_shard_only() {
             ..chorus_bus::Namespaces::default()
         });
     let channels = channels(&cluster, 2);
-    let (sink_a, mut rx_a) = sink(&channels);
-    let (sink_b, mut rx_b) = sink(&channels);
-    let a = bus.attach(node("a"), sink_a);
-    let b = bus.attach(node("b"), sink_b);
-    for link in [&a, &b] {
-        for c in &channels {
-            link.want(c).wait(WAIT).await.unwrap();
-        }
-    }
-    until("both links ready", async || a.is_ready() && b.is_ready()).await;
+    let (a, _, mut rx_a) = attached(&bus, "a", &channels).await;
+    let (b, _, mut rx_b) = attached(&bus, "b", &channels).await;
     // One by one, then batched (one pipeline over every master's slots).
     for c in &channels {
         assert_eq!(bus.publish(publish(c, 1)).await.unwrap().offset, 1);
@@ -201,21 +118,7 @@ async fn channels_on_every_master_travel_on_their_own_shard_only() {
     }
 
     // The registry, the control channel and presence work across slots.
-    let mut nodes: Vec<String> = bus
-        .nodes()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|n| n.id)
-        .collect();
-    nodes.sort();
-    assert_eq!(nodes, ["a", "b"]);
-    let op = chorus_bus::control::ControlOp::Channels {
-        pattern: "*".into(),
-        limit: 10,
-    };
-    let replies = bus.control(&op).await.unwrap();
-    assert_eq!((replies.reached, replies.replies.len()), (2, 2));
+    assert_nodes_answer(&bus, &["a", "b"]).await;
     let member = chorus_bus::Member {
         client: "c1".into(),
         user: "u1".into(),
@@ -238,12 +141,7 @@ async fn a_moved_slot_is_subscribed_again_on_its_new_master() {
     let bus = Bus::redis(&config(&cluster)).unwrap();
     let channels = channels(&cluster, 1);
     let (moving, staying) = (channels[0].clone(), channels[1..].to_vec());
-    let (sink, mut rx) = sink(&channels);
-    let link = bus.attach(node("a"), sink.clone());
-    for c in &channels {
-        link.want(c).wait(WAIT).await.unwrap();
-    }
-    until("the link is ready", async || link.is_ready()).await;
+    let (link, sink, mut rx) = attached(&bus, "a", &channels).await;
     // A batch over every master: split by master with the slot map as it is now.
     let batch = channels.iter().map(|c| publish(c, 1)).collect();
     for result in bus.publish_many(batch).await {
@@ -298,12 +196,7 @@ async fn a_killed_master_fails_over_and_the_link_comes_back() {
     let mut cluster = RedisCluster::start().unwrap();
     let bus = Bus::redis(&config(&cluster)).unwrap();
     let channels = channels(&cluster, 1);
-    let (sink, mut rx) = sink(&channels);
-    let link = bus.attach(node("a"), sink.clone());
-    for c in &channels {
-        link.want(c).wait(WAIT).await.unwrap();
-    }
-    until("the link is ready", async || link.is_ready()).await;
+    let (link, sink, mut rx) = attached(&bus, "a", &channels).await;
     let batch = channels.iter().map(|c| publish(c, 1)).collect();
     for result in bus.publish_many(batch).await {
         result.unwrap();
@@ -367,12 +260,7 @@ async fn a_master_lost_with_its_replica_is_named_until_it_returns() {
     let mut cluster = RedisCluster::start().unwrap();
     let bus = Bus::redis(&config(&cluster)).unwrap();
     let channels = channels(&cluster, 1);
-    let (sink, mut rx) = sink(&channels);
-    let link = bus.attach(node("a"), sink);
-    for c in &channels {
-        link.want(c).wait(WAIT).await.unwrap();
-    }
-    until("the link is ready", async || link.is_ready()).await;
+    let (link, _sink, mut rx) = attached(&bus, "a", &channels).await;
 
     // No replica left to take over: the master's slots stay down, and both the gateway's
     // readiness and a service's check say which master it is.

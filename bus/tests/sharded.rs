@@ -2,20 +2,17 @@
 //! lives on one shard only, nodes receive from every shard, and one stopped shard stops only
 //! its own channels.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::Bytes;
 use chorus_bus::sharded::shard_of;
-use chorus_bus::{Bus, BusConfig, BusError, BusSink, Envelope, Publish, keys};
+use chorus_bus::{Bus, BusConfig, BusError, keys};
 use chorus_testkit::RedisServer;
-use tokio::sync::mpsc;
 
 mod common;
-use common::{node, redis_servers, redis_url};
+use common::{
+    WAIT, assert_nodes_answer, node, publish, receive_all, redis_servers, redis_url, sink, until,
+};
 
-const WAIT: Duration = Duration::from_secs(5);
 const SHARDS: usize = 3;
 
 fn config(servers: &[RedisServer]) -> BusConfig {
@@ -27,43 +24,6 @@ fn config(servers: &[RedisServer]) -> BusConfig {
         canary_interval: Duration::from_millis(200),
         ..BusConfig::default()
     }
-}
-
-fn publish(channel: &str, n: u64) -> Publish {
-    Publish {
-        channel: channel.into(),
-        data: Bytes::from(n.to_string()),
-        ..Publish::default()
-    }
-}
-
-/// A sink that forwards envelopes and records which channels each lost link covered.
-struct Forward {
-    tx: mpsc::UnboundedSender<Envelope>,
-    /// For every `link_lost`: the probe channels it marked lost.
-    lost: Mutex<Vec<Vec<String>>>,
-    probes: Vec<String>,
-}
-
-impl BusSink for Forward {
-    fn publication(&self, envelope: Envelope) {
-        let _ = self.tx.send(envelope);
-    }
-
-    fn link_lost(&self, lost: &dyn Fn(&str) -> bool) {
-        let marked = self.probes.iter().filter(|c| lost(c)).cloned().collect();
-        self.lost.lock().unwrap().push(marked);
-    }
-}
-
-fn sink(probes: &[String]) -> (Arc<Forward>, mpsc::UnboundedReceiver<Envelope>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let sink = Forward {
-        tx,
-        lost: Mutex::default(),
-        probes: probes.to_vec(),
-    };
-    (Arc::new(sink), rx)
 }
 
 /// Channels spread so that every shard holds `per_shard` of them.
@@ -80,31 +40,6 @@ fn channels(per_shard: usize) -> Vec<String> {
         }
     }
     by_shard.concat()
-}
-
-async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let end = Instant::now() + WAIT;
-    while !check().await {
-        assert!(Instant::now() < end, "not within {WAIT:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Takes envelopes until every channel reached `last`; asserts they came in order, gapless.
-async fn receive_all(rx: &mut mpsc::UnboundedReceiver<Envelope>, channels: &[String], last: u64) {
-    let mut seen: HashMap<String, u64> = HashMap::new();
-    while channels
-        .iter()
-        .any(|c| seen.get(c).copied().unwrap_or(0) < last)
-    {
-        let e = tokio::time::timeout(WAIT, rx.recv())
-            .await
-            .expect("an envelope within the deadline")
-            .expect("the sink is alive");
-        let previous = seen.insert(e.channel.clone(), e.offset).unwrap_or(0);
-        assert_eq!(e.offset, previous + 1, "{}: gap or repeat", e.channel);
-        assert_eq!(e.data, Bytes::from(e.offset.to_string()));
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,20 +91,7 @@ async fn every_channel_lives_on_its_own_shard_and_reaches_nodes_through_it() {
         assert_eq!(history.publications.len(), 4);
     }
     // The node list and the control channel live on the first shard.
-    let mut nodes: Vec<String> = bus
-        .nodes()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|n| n.id)
-        .collect();
-    nodes.sort();
-    assert_eq!(nodes, ["a", "b"]);
-    let op = chorus_bus::control::ControlOp::Channels {
-        pattern: "*".into(),
-        limit: 10,
-    };
-    assert_eq!(bus.control(&op).await.unwrap().replies.len(), 2);
+    assert_nodes_answer(&bus, &["a", "b"]).await;
     // Every shard holds the nodes' leases (its presence reaper reads them); the connections
     // are registered on the home shard only.
     a.connection_opened(chorus_bus::ConnectionInfo {

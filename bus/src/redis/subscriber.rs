@@ -123,26 +123,14 @@ impl Link {
     async fn subscribe(&mut self, names: &[String]) -> RedisResult<()> {
         match self {
             Link::Single(c) => c.subscribe(names).await,
-            Link::Cluster(c) => {
-                let each = by_slot(names).into_values().map(|group| {
-                    let mut c = c.clone();
-                    async move { c.ssubscribe(group).await }
-                });
-                join_all(each).await.into_iter().collect()
-            }
+            Link::Cluster(c) => per_slot(c, names, true).await,
         }
     }
 
     async fn unsubscribe(&mut self, names: &[String]) -> RedisResult<()> {
         match self {
             Link::Single(c) => c.unsubscribe(names).await,
-            Link::Cluster(c) => {
-                let each = by_slot(names).into_values().map(|group| {
-                    let mut c = c.clone();
-                    async move { c.sunsubscribe(group).await }
-                });
-                join_all(each).await.into_iter().collect()
-            }
+            Link::Cluster(c) => per_slot(c, names, false).await,
         }
     }
 
@@ -173,13 +161,24 @@ impl Link {
     }
 }
 
-/// Pub/sub channel names grouped by cluster slot (one SSUBSCRIBE may name only one slot).
-fn by_slot(names: &[String]) -> HashMap<u16, Vec<&String>> {
+/// SSUBSCRIBE (or SUNSUBSCRIBE) of `names`, one command per cluster slot (one may name only
+/// one slot), concurrently.
+async fn per_slot(conn: &ClusterConnection, names: &[String], subscribe: bool) -> RedisResult<()> {
     let mut groups: HashMap<u16, Vec<&String>> = HashMap::new();
     for name in names {
         groups.entry(cluster::slot(name)).or_default().push(name);
     }
-    groups
+    let each = groups.into_values().map(|group| {
+        let mut conn = conn.clone();
+        async move {
+            if subscribe {
+                conn.ssubscribe(group).await
+            } else {
+                conn.sunsubscribe(group).await
+            }
+        }
+    });
+    join_all(each).await.into_iter().collect()
 }
 
 /// Why a session with Redis ended.
