@@ -19,7 +19,8 @@ pub struct BusConfig {
     #[arg(long = "redis-timeout", env = "CHORUS_REDIS_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
     pub redis_timeout: Duration,
 
-    /// Largest number of pooled Redis connections for publishing and queries.
+    /// Largest number of pooled Redis connections for publishing and queries (on a Redis
+    /// Cluster, which multiplexes those over one connection per master: for blocking reads).
     #[arg(
         long = "redis-pool-size",
         env = "CHORUS_REDIS_POOL_SIZE",
