@@ -6,9 +6,11 @@
 //!
 //! What the cluster router cannot do is run a pipeline whose commands hash to different
 //! slots. The bus pipelines for fewer round trips, not for atomicity (every atomic pipeline
-//! touches one key), so [`Conn`] sends such a pipeline's commands one by one, concurrently, on
-//! the multiplexed cluster connection: each reaches its own slot's master, and the replies
-//! come back in the pipeline's order.
+//! touches one key), so [`Conn`] splits such a pipeline by master ([`Masters`]: a slot map
+//! from `CLUSTER SLOTS`, a direct connection per master) and puts the replies back in the
+//! pipeline's order; what a master refuses as not its slot goes again through the cluster
+//! connection, which follows the redirect. Blocking commands get connections of their own
+//! ([`BlockingManager`]).
 //!
 //! Publications travel on sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`): a channel's pub/sub
 //! channel carries the same `{channel}` hash tag as its keys, so the publish script writes the
