@@ -36,9 +36,12 @@ pub fn idempotency(channel: &str, key: &str) -> String {
     format!("{PREFIX}:idem:{{{channel}}}:{key}")
 }
 
+/// What every canary channel's name starts with.
+pub const CANARY_PREFIX: &str = "chorus.canary.";
+
 /// The pub/sub channel a node sends its canary on (and is subscribed to).
 pub fn canary(node: &str) -> String {
-    format!("{PREFIX}.canary.{{{node}}}")
+    format!("{CANARY_PREFIX}{{{node}}}")
 }
 
 /// Sorted set of live node ids, scored by lease expiry (ms since the Unix epoch).
@@ -118,5 +121,6 @@ mod tests {
         assert_eq!(idempotency("news", "k1"), "chorus:idem:{news}:k1");
         // A canary never reads as a channel.
         assert_eq!(channel_of_pubsub(&canary("n1")), None);
+        assert_eq!(canary("n1"), format!("{PREFIX}.canary.{{n1}}"));
     }
 }

@@ -582,10 +582,14 @@ impl Subscriber {
                 PushKind::Message | PushKind::SMessage => {
                     if is_on(&push.data, &control_channel) {
                         control(&node, sink.as_ref(), &answers, push.data);
-                    } else if let Some(i) = canaries
-                        .lock()
-                        .iter()
-                        .position(|c| is_on(&push.data, c.channel.as_bytes()))
+                    } else if let Some(i) = is_canary(&push.data)
+                        .then(|| {
+                            canaries
+                                .lock()
+                                .iter()
+                                .position(|c| is_on(&push.data, c.channel.as_bytes()))
+                        })
+                        .flatten()
                     {
                         if let Some(Value::BulkString(n)) = push.data.get(1)
                             && let Some(n) = std::str::from_utf8(n)
@@ -644,6 +648,13 @@ fn control(
     if answers.try_send((request.reply_to, text)).is_err() {
         tracing::warn!(node, "too many control answers waiting; one is dropped");
     }
+}
+
+/// Whether a message push came on a canary channel (of any node), so that ordinary
+/// publications skip the lookup among this connection's canaries.
+fn is_canary(data: &[Value]) -> bool {
+    matches!(data.first(),
+        Some(Value::BulkString(name)) if name.starts_with(keys::CANARY_PREFIX.as_bytes()))
 }
 
 /// Whether a message push came on `channel_name`.
