@@ -27,6 +27,21 @@ fn api_key() -> String {
         .to_owned()
 }
 
+/// The first of six consecutive free loopback ports whose cluster bus ports (+10000) are free
+/// too, for the script's Redis Cluster.
+fn cluster_ports() -> u16 {
+    let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+    (0..1000)
+        .map(|_| rand_base())
+        .find(|&base| (base..base + 6).all(|p| free(p) && free(p + 10000)))
+        .expect("six free ports with free cluster bus ports")
+}
+
+/// A port in 20000–49999, from a free port's number (the kernel hands them out spread).
+fn rand_base() -> u16 {
+    20000 + free_port() % 30000
+}
+
 /// The script in its own process group: dropping it stops the whole group, so nothing it
 /// started outlives the test even if the test fails half-way.
 struct LocalCluster {
@@ -37,11 +52,22 @@ struct LocalCluster {
 }
 
 impl LocalCluster {
-    fn start(gateways: usize) -> Self {
-        let (lb, api, redis) = (free_port(), free_port(), free_port());
+    /// The script with `gateways` gateways, on one redis-server or (`redis_cluster`) on a
+    /// six-node Redis Cluster.
+    fn start(gateways: usize, redis_cluster: bool) -> Self {
+        let (lb, api) = (free_port(), free_port());
+        let redis = if redis_cluster {
+            cluster_ports()
+        } else {
+            free_port()
+        };
         let gw_ports: Vec<String> = (0..gateways).map(|_| free_port().to_string()).collect();
-        let mut child = Command::new("bash")
-            .arg(root().join("scripts/local-cluster"))
+        let mut script = Command::new("bash");
+        script.arg(root().join("scripts/local-cluster"));
+        if redis_cluster {
+            script.arg("--redis-cluster");
+        }
+        let mut child = script
             .args(["--gateways", &gateways.to_string()])
             .args(["--port", &lb.to_string()])
             .args(["--api-port", &api.to_string()])
@@ -134,9 +160,25 @@ impl Drop for LocalCluster {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_through_nginx_reach_every_gateway_and_receive_a_broker_api_publish() {
-    let mut cluster = tokio::task::spawn_blocking(|| LocalCluster::start(2))
+    let cluster = tokio::task::spawn_blocking(|| LocalCluster::start(2, false))
         .await
         .unwrap();
+    through_nginx(cluster).await;
+}
+
+/// The compose cluster profile's topology: the same, with the services on a six-node Redis
+/// Cluster joined by the same `redis-cli --cluster create`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_on_a_redis_cluster() {
+    let cluster = tokio::task::spawn_blocking(|| LocalCluster::start(2, true))
+        .await
+        .unwrap();
+    through_nginx(cluster).await;
+}
+
+/// Clients through nginx land on both gateways and receive a broker-api publish; the script
+/// stops everything on SIGTERM.
+async fn through_nginx(mut cluster: LocalCluster) {
     let ws = format!("ws://127.0.0.1:{}/ws", cluster.lb);
 
     // Through nginx (least_conn): four connections spread over both gateways.
