@@ -299,3 +299,46 @@ async fn a_master_lost_with_its_replica_is_named_until_it_returns() {
     }
     link.detach().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_with_a_slot_the_map_lacks_publishes_it_once() {
+    let cluster = RedisCluster::start().unwrap();
+    for node in cluster.nodes() {
+        node.cli(&["CONFIG", "SET", "cluster-require-full-coverage", "no"])
+            .unwrap();
+    }
+    let bus = Bus::redis(&config(&cluster)).unwrap();
+    let channels = channels(&cluster, 1);
+    let (lacking, others) = (&channels[0], &channels[1..]);
+    let home = owner(&cluster, lacking);
+    let slot = slot(&keys::pubsub(lacking)).to_string();
+    // The slot served by no master while a batch over the others reads the slot map...
+    for node in cluster.nodes() {
+        node.cli(&["CLUSTER", "DELSLOTS", &slot]).unwrap();
+    }
+    let batch = others.iter().map(|c| publish(c, 1)).collect();
+    for result in bus.publish_many(batch).await {
+        assert_eq!(result.unwrap().offset, 1);
+    }
+    // ...then served again: the next batch finds it missing from the map it holds.
+    cluster
+        .node(home)
+        .cli(&["CLUSTER", "ADDSLOTS", &slot])
+        .unwrap();
+    until("every node sees the slot served again", async || {
+        cluster.masters().is_ok_and(|m| {
+            m.iter().any(|(_, r)| {
+                r.iter()
+                    .any(|(a, b)| (*a..=*b).contains(&slot.parse().unwrap()))
+            })
+        }) && bus.position(lacking).await.is_ok()
+    })
+    .await;
+    let batch = channels.iter().map(|c| publish(c, 1)).collect();
+    for (c, result) in channels.iter().zip(bus.publish_many(batch).await) {
+        let expected = if c == lacking { 1 } else { 2 };
+        assert_eq!(result.unwrap().offset, expected, "{c}");
+    }
+    // Published once: its position and history hold one publication.
+    assert_eq!(bus.position(lacking).await.unwrap().offset, 1);
+}

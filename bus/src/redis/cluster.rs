@@ -324,13 +324,13 @@ impl Masters {
                 map
             }
         };
+        // A command whose slot the map does not hold gets no part: left unanswered, it is
+        // sent on its own below.
         let mut parts: HashMap<&str, Vec<usize>> = HashMap::new();
-        let mut unmapped = Vec::new();
         for (i, key) in keys.iter().enumerate() {
             let slot = slot_of_bytes(key);
-            match map.iter().find(|(a, b, _)| (*a..=*b).contains(&slot)) {
-                Some((_, _, addr)) => parts.entry(addr.as_str()).or_default().push(i),
-                None => unmapped.push(i),
+            if let Some((_, _, addr)) = map.iter().find(|(a, b, _)| (*a..=*b).contains(&slot)) {
+                parts.entry(addr.as_str()).or_default().push(i);
             }
         }
         let mut replies: Vec<Option<Value>> = vec![None; cmds.len()];
@@ -368,7 +368,6 @@ impl Masters {
         }
         let again: Vec<usize> = (0..cmds.len())
             .filter(|&i| replies[i].as_ref().is_none_or(misrouted))
-            .chain(unmapped)
             .collect();
         if !again.is_empty() {
             *self.map.write() = None;
