@@ -10,7 +10,9 @@ use chorus_bus::{Bus, BusConfig, keys};
 use chorus_testkit::RedisCluster;
 
 mod common;
-use common::{WAIT, assert_nodes_answer, attached, publish, receive_all, until};
+use common::{
+    WAIT, assert_nodes_answer, attached, publish, publish_singly_then_batched, receive_all, until,
+};
 
 fn config(cluster: &RedisCluster) -> BusConfig {
     BusConfig {
@@ -66,15 +68,7 @@ async fn channels_on_every_master_travel_on_their_own_shard_only() {
     let (a, _, mut rx_a) = attached(&bus, "a", &channels).await;
     let (b, _, mut rx_b) = attached(&bus, "b", &channels).await;
     // One by one, then batched (one pipeline over every master's slots).
-    for c in &channels {
-        assert_eq!(bus.publish(publish(c, 1)).await.unwrap().offset, 1);
-    }
-    for n in 2..=4 {
-        let batch = channels.iter().map(|c| publish(c, n)).collect();
-        for result in bus.publish_many(batch).await {
-            assert_eq!(result.unwrap().offset, n);
-        }
-    }
+    publish_singly_then_batched(&bus, &channels).await;
     receive_all(&mut rx_a, &channels, 4).await;
     receive_all(&mut rx_b, &channels, 4).await;
 

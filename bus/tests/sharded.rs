@@ -10,7 +10,8 @@ use chorus_testkit::RedisServer;
 
 mod common;
 use common::{
-    WAIT, assert_nodes_answer, node, publish, receive_all, redis_servers, redis_url, sink, until,
+    assert_nodes_answer, attached, publish, publish_singly_then_batched, receive_all,
+    redis_servers, redis_url, until,
 };
 
 const SHARDS: usize = 3;
@@ -47,25 +48,10 @@ async fn every_channel_lives_on_its_own_shard_and_reaches_nodes_through_it() {
     let servers = redis_servers(SHARDS);
     let bus = Bus::redis(&config(&servers)).unwrap();
     let channels = channels(4);
-    let (sink_a, mut rx_a) = sink(&channels);
-    let (sink_b, mut rx_b) = sink(&channels);
-    let a = bus.attach(node("a"), sink_a);
-    let b = bus.attach(node("b"), sink_b);
-    for link in [&a, &b] {
-        for c in &channels {
-            link.want(c).wait(WAIT).await.unwrap();
-        }
-    }
+    let (a, _, mut rx_a) = attached(&bus, "a", &channels).await;
+    let (b, _, mut rx_b) = attached(&bus, "b", &channels).await;
     // One by one, then batched: one pipeline per shard.
-    for c in &channels {
-        assert_eq!(bus.publish(publish(c, 1)).await.unwrap().offset, 1);
-    }
-    for n in 2..=4 {
-        let batch = channels.iter().map(|c| publish(c, n)).collect();
-        for result in bus.publish_many(batch).await {
-            assert_eq!(result.unwrap().offset, n);
-        }
-    }
+    publish_singly_then_batched(&bus, &channels).await;
     receive_all(&mut rx_a, &channels, 4).await;
     receive_all(&mut rx_b, &channels, 4).await;
 
@@ -122,12 +108,7 @@ async fn a_stopped_shard_stops_only_its_channels_and_is_named() {
         .iter()
         .cloned()
         .partition(|c| shard_of(c, SHARDS) == 1);
-    let (sink, mut rx) = sink(&channels);
-    let link = bus.attach(node("a"), sink.clone());
-    for c in &channels {
-        link.want(c).wait(WAIT).await.unwrap();
-    }
-    until("the link is up on every shard", async || link.is_ready()).await;
+    let (link, sink, mut rx) = attached(&bus, "a", &channels).await;
 
     servers[1].stop();
     // The node's link to shard 1 breaks, and only shard 1's channels are marked lost.

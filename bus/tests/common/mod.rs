@@ -155,3 +155,18 @@ pub async fn assert_nodes_answer(bus: &Bus, ids: &[&str]) {
         (ids.len(), ids.len())
     );
 }
+
+/// Publishes offset 1 on every channel one message at a time, then offsets 2 to 4 in
+/// batches over all of them (each batch crossing every shard or master), checking each
+/// offset the bus answers.
+pub async fn publish_singly_then_batched(bus: &Bus, channels: &[String]) {
+    for c in channels {
+        assert_eq!(bus.publish(publish(c, 1)).await.unwrap().offset, 1);
+    }
+    for n in 2..=4 {
+        let batch = channels.iter().map(|c| publish(c, n)).collect();
+        for result in bus.publish_many(batch).await {
+            assert_eq!(result.unwrap().offset, n);
+        }
+    }
+}
