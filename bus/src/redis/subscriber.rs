@@ -134,29 +134,24 @@ impl Link {
         }
     }
 
+    /// A canary: PUBLISH on one Redis, SPUBLISH (to the channel's shard) on a cluster.
     async fn publish(&mut self, channel: &str, payload: u64) -> RedisResult<Value> {
-        match self {
-            Link::Single(c) => {
-                redis::cmd("PUBLISH")
-                    .arg(channel)
-                    .arg(payload)
-                    .query_async(c)
-                    .await
-            }
-            Link::Cluster(c) => {
-                redis::cmd("SPUBLISH")
-                    .arg(channel)
-                    .arg(payload)
-                    .query_async(c)
-                    .await
-            }
-        }
+        let mut cmd = redis::cmd(match self {
+            Link::Single(_) => "PUBLISH",
+            Link::Cluster(_) => "SPUBLISH",
+        });
+        cmd.arg(channel).arg(payload);
+        self.query(&cmd).await
     }
 
     async fn ping(&mut self) -> RedisResult<Value> {
+        self.query(&redis::cmd("PING")).await
+    }
+
+    async fn query(&mut self, cmd: &redis::Cmd) -> RedisResult<Value> {
         match self {
-            Link::Single(c) => redis::cmd("PING").query_async(c).await,
-            Link::Cluster(c) => redis::cmd("PING").query_async(c).await,
+            Link::Single(c) => cmd.query_async(c).await,
+            Link::Cluster(c) => cmd.query_async(c).await,
         }
     }
 }
@@ -248,32 +243,27 @@ impl Subscriber {
         canaries: &Arc<Mutex<Vec<Canary>>>,
     ) -> Result<Link, String> {
         let handler = self.push_handler(pushed.clone(), canaries.clone());
-        let connecting = async {
-            match &self.target {
-                Target::Single(client) => {
-                    let config = async_config(self.timeout).set_push_sender(handler);
-                    client
-                        .get_multiplexed_async_connection_with_config(&config)
-                        .await
-                        .map(Link::Single)
-                }
-                Target::Cluster(seeds) => {
-                    let builder = cluster::builder(&self.config, seeds)
-                        .map_err(|e| {
-                            redis::RedisError::from((
-                                redis::ErrorKind::InvalidClientConfig,
-                                "cluster settings",
-                                e.to_string(),
-                            ))
-                        })?
-                        .use_protocol(redis::ProtocolVersion::RESP3)
-                        .push_sender(handler);
-                    let client = builder.build()?;
-                    client.get_async_connection().await.map(Link::Cluster)
-                }
+        let within = self.timeout;
+        let connected = match &self.target {
+            Target::Single(client) => {
+                let config = async_config(within).set_push_sender(handler);
+                let connect = client.get_multiplexed_async_connection_with_config(&config);
+                tokio::time::timeout(within, connect)
+                    .await
+                    .map(|c| c.map(Link::Single))
+            }
+            Target::Cluster(seeds) => {
+                let builder = cluster::builder(&self.config, seeds)
+                    .map_err(|e| e.to_string())?
+                    .use_protocol(redis::ProtocolVersion::RESP3)
+                    .push_sender(handler);
+                let client = cluster::build(builder).map_err(|e| e.to_string())?;
+                tokio::time::timeout(within, client.get_async_connection())
+                    .await
+                    .map(|c| c.map(Link::Cluster))
             }
         };
-        match tokio::time::timeout(self.timeout, connecting).await {
+        match connected {
             Ok(Ok(link)) => Ok(link),
             Ok(Err(e)) => Err(super::connect::redis_error(&e).to_string()),
             Err(_) => Err(format!("no connection within {:?}", self.timeout)),
