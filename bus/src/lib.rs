@@ -294,15 +294,12 @@ impl Bus {
     /// a malformed configuration, so a service can start while Redis is down and report it
     /// through readiness.
     pub fn redis(config: &BusConfig) -> Result<Self, BusError> {
-        if redis::cluster::seeds(&config.redis_url).is_some() {
-            return Ok(Self {
-                inner: Inner::Redis(Arc::new(redis::RedisBus::new(config)?)),
-                namespaces: Arc::default(),
-                pusher_apps: Arc::default(),
-            });
-        }
         let urls = sharded::urls(&config.redis_url);
         let inner = match urls.as_slice() {
+            // A cluster's seed list is one URL, commas and all.
+            _ if redis::cluster::seeds(&config.redis_url).is_some() => {
+                Inner::Redis(Arc::new(redis::RedisBus::new(config)?))
+            }
             [] => return Err(BusError::Config("no Redis URL".into())),
             [one] => Inner::Redis(Arc::new(redis::RedisBus::new(&BusConfig {
                 redis_url: (*one).to_owned(),

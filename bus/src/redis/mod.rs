@@ -317,7 +317,8 @@ impl RedisLink {
     }
 
     pub(crate) fn is_ready(&self) -> bool {
-        self.not_ready().is_none()
+        self.state.subscriber_ready.load(Ordering::Acquire)
+            && self.state.registry_ready.load(Ordering::Acquire)
     }
 
     /// Why the link is not up (naming the Redis shard at fault when the subscriber knows it);
