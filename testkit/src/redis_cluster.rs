@@ -129,7 +129,7 @@ impl RedisCluster {
             .iter()
             .map(|l| l.split_whitespace().collect::<Vec<_>>())
             .find(|f| f.len() > 3 && f[2].contains("slave") && f[3] == id)
-            .and_then(|f| f[1].split('@').next()?.rsplit(':').next()?.parse().ok())
+            .and_then(|f| port_of(f[1]))
             .context("the master has no replica")
     }
 
@@ -194,12 +194,7 @@ fn parse_masters(lines: &[String]) -> Vec<Master> {
         if fields.len() < 8 || !fields[2].contains("master") || fields[2].contains("fail") {
             continue;
         }
-        let Some(port) = fields[1]
-            .split('@')
-            .next()
-            .and_then(|a| a.rsplit(':').next())
-            .and_then(|p| p.parse().ok())
-        else {
+        let Some(port) = port_of(fields[1]) else {
             continue;
         };
         let ranges: Vec<(u16, u16)> = fields[8..]
@@ -216,4 +211,9 @@ fn parse_masters(lines: &[String]) -> Vec<Master> {
     }
     masters.sort();
     masters
+}
+
+/// The port of a `CLUSTER NODES` address field (`ip:port@cport[,hostname]`).
+fn port_of(address: &str) -> Option<u16> {
+    address.split('@').next()?.rsplit(':').next()?.parse().ok()
 }
