@@ -22,6 +22,8 @@ pub struct Cli {
     #[command(flatten)]
     pub log: LogConfig,
     #[command(flatten)]
+    pub runtime: chorus_runtime::tools::RuntimeConfig,
+    #[command(flatten)]
     pub config: chorus_runtime::config_file::ConfigArg,
     /// Instead of running: print shell completions, the man page, or check/print a settings file.
     #[command(subcommand)]

@@ -7,11 +7,11 @@ use chorus_bus::Bus;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let Some(cli) = chorus_runtime::tools::start::<Cli>()? else {
-        return Ok(());
-    };
+fn main() -> anyhow::Result<()> {
+    chorus_runtime::tools::run(serve)
+}
+
+async fn serve(cli: Cli) -> anyhow::Result<()> {
     let broker = cli.broker.with_bus_timeout(&cli.bus);
     let bus = Bus::configured(&cli.bus, &cli.namespaces, &cli.pusher)
         .context("setting up the Redis bus")?;

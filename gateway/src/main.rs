@@ -5,11 +5,11 @@ use chorus_bus::Bus;
 use chorus_gateway::Cli;
 use tokio_util::sync::CancellationToken;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let Some(cli) = chorus_runtime::tools::start::<Cli>()? else {
-        return Ok(());
-    };
+fn main() -> anyhow::Result<()> {
+    chorus_runtime::tools::run(serve)
+}
+
+async fn serve(cli: Cli) -> anyhow::Result<()> {
     let bus = Bus::configured(&cli.bus, &cli.namespaces, &cli.pusher)
         .context("setting up the Redis bus")?;
     let listener = cli

@@ -23,20 +23,47 @@ pub fn args_with_config_file(command: &clap::Command) -> Vec<std::ffi::OsString>
     }
 }
 
-/// A binary's command line that has the common parts: log settings and the tools.
+/// A binary's command line that has the common parts: log settings, the runtime's threads and
+/// the tools.
 pub trait ServiceCli: clap::Parser {
     fn log(&self) -> &LogConfig;
+    fn runtime(&self) -> &RuntimeConfig;
     fn tool(&self) -> Option<&Tool>;
 }
 
-/// Implements [`ServiceCli`] for a command line with `log: LogConfig` and
-/// `tool: Option<Tool>` fields.
+/// How many threads run a service's tasks.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RuntimeConfig {
+    /// Threads that run the service's tasks (default: one per CPU core). When several Chorus
+    /// processes share a host's cores (a gateway per core, say), give each its share: threads
+    /// beyond the cores only wait for a core and add latency.
+    #[arg(long = "worker-threads", env = "CHORUS_WORKER_THREADS")]
+    pub worker_threads: Option<std::num::NonZeroUsize>,
+}
+
+impl RuntimeConfig {
+    /// The multi-threaded tokio runtime these settings describe.
+    pub fn build(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        if let Some(n) = self.worker_threads {
+            builder.worker_threads(n.get());
+        }
+        builder.enable_all().build()
+    }
+}
+
+/// Implements [`ServiceCli`] for a command line with `log: LogConfig`,
+/// `runtime: RuntimeConfig` and `tool: Option<Tool>` fields.
 #[macro_export]
 macro_rules! service_cli {
     ($cli:ty) => {
         impl $crate::tools::ServiceCli for $cli {
             fn log(&self) -> &$crate::logging::LogConfig {
                 &self.log
+            }
+
+            fn runtime(&self) -> &$crate::tools::RuntimeConfig {
+                &self.runtime
             }
 
             fn tool(&self) -> Option<&$crate::tools::Tool> {
@@ -46,23 +73,31 @@ macro_rules! service_cli {
     };
 }
 
-/// Parses the command line, with the settings file's values where the command line and the
-/// environment give none (see [`config_file`]). A tool subcommand runs and gives `None` (the
-/// binary exits); otherwise logging is set up and the parsed flags come back to run the
-/// service with.
-pub fn start<C: ServiceCli>() -> std::io::Result<Option<C>> {
+/// Runs a service: parses the command line, with the settings file's values where the command
+/// line and the environment give none (see [`config_file`]); runs a tool subcommand instead
+/// when one is given; otherwise builds the runtime the settings ask for, sets up logging in it
+/// and runs `serve` with the parsed flags to the end.
+pub fn run<C, F, E>(serve: impl FnOnce(C) -> F) -> Result<(), E>
+where
+    C: ServiceCli,
+    F: std::future::Future<Output = Result<(), E>>,
+    E: From<std::io::Error>,
+{
     let args = args_with_config_file(&C::command());
     let cli = C::try_parse_from(args).unwrap_or_else(|e| e.exit());
     if let Some(tool) = cli.tool() {
         tool.run(C::command())?;
-        return Ok(None);
+        return Ok(());
     }
-    let service = C::command().get_name().to_owned();
-    if let Err(e) = logging::init(cli.log(), &service) {
-        eprintln!("error: {e}");
-        std::process::exit(2);
-    }
-    Ok(Some(cli))
+    let runtime = cli.runtime().build()?;
+    runtime.block_on(async move {
+        let service = C::command().get_name().to_owned();
+        if let Err(e) = logging::init(cli.log(), &service) {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+        serve(cli).await
+    })
 }
 
 /// `completions SHELL` or `man`, next to a binary's own flags.
@@ -170,5 +205,23 @@ mod tests {
             man.contains("listen") && man.contains("CHORUS_EXAMPLE_LISTEN"),
             "{man}"
         );
+    }
+
+    #[derive(Parser)]
+    struct WithRuntime {
+        #[command(flatten)]
+        runtime: RuntimeConfig,
+    }
+
+    #[test]
+    fn worker_threads_set_the_runtimes_threads_and_zero_is_refused() {
+        let one = WithRuntime::try_parse_from(["x", "--worker-threads", "1"]).unwrap();
+        assert_eq!(one.runtime.build().unwrap().metrics().num_workers(), 1);
+        let three = WithRuntime::try_parse_from(["x", "--worker-threads", "3"]).unwrap();
+        assert_eq!(three.runtime.build().unwrap().metrics().num_workers(), 3);
+        assert!(WithRuntime::try_parse_from(["x", "--worker-threads", "0"]).is_err());
+        let default = WithRuntime::try_parse_from(["x"]).unwrap();
+        assert!(default.runtime.worker_threads.is_none());
+        assert!(default.runtime.build().unwrap().metrics().num_workers() >= 1);
     }
 }
